@@ -1,0 +1,56 @@
+# Every target builds its own virtual environment from the lock file: a fresh machine needs only Python 3.11+.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+STAMP   = $(VENV)/.installed
+export XDG_RUNTIME_DIR ?= $(CURDIR)/.cache/xdg
+
+.PHONY: help venv demo test lint format lock bench act clean
+
+help:
+	@echo "make demo   deploy migrations/ with its seed to an embedded PostgreSQL and show the report"
+	@echo "make test   run the test suite (real PostgreSQL with pgvector, embedded)"
+	@echo "make lint   ruff, format check and mypy"
+	@echo "make bench  benchmarks against bare alembic and psql (see bench/README.md)"
+	@echo "make lock   re-lock the runtime dependencies (requirements.lock)"
+
+$(STAMP): pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	sed -e 's/ *\\$$//' -e '/--hash=/d' requirements.lock > $(VENV)/constraints.txt
+	$(BIN)/python -m pip install --quiet -c $(VENV)/constraints.txt -e '.[dev,embedded]'
+	@mkdir -p -m 700 $(XDG_RUNTIME_DIR)
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/db-deploy deploy --embedded --run-seed \
+	  --migrations-path migrations \
+	  --smoke-expect "$$(cat migrations/smoke-expect.txt)" \
+	  --required-extensions vector
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+lock: $(STAMP)
+	$(BIN)/pip-compile --quiet --strip-extras --generate-hashes --no-emit-index-url \
+	  --no-emit-find-links --allow-unsafe -o requirements.lock pyproject.toml
+
+bench: $(STAMP)
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+act:
+	@bash scripts/act.sh
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,217 @@
+"""Finding the user's Alembic project and running its env.py with the deployer's connection.
+
+Alembic's command API split (alembic.command vs alembic.config) is followed: this module builds
+the `Config` and `ScriptDirectory` once, and `run_env` runs the user's own env.py with a work
+function (what `alembic.command.upgrade` does), handing env.py the deployer's connection through
+`config.attributes["connection"]` (Alembic's cookbook) and also `sqlalchemy.url` and
+`DATABASE_URL` for env.py files that build their own engine.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic.config import Config
+from alembic.runtime.environment import EnvironmentContext
+from alembic.runtime.migration import MigrationContext
+from alembic.script import Script, ScriptDirectory
+
+from deployer.errors import ConfigError
+from deployer.results import Revision
+
+
+@dataclass(frozen=True)
+class AlembicProject:
+    """The user's project: its Config (their ini when there is one) and script folder."""
+
+    config: Config
+    script: ScriptDirectory
+    ini: Path | None
+    script_location: Path
+
+    def heads(self) -> list[str]:
+        return sorted(self.script.get_heads())
+
+    def revision(self, rev: str) -> Script:
+        return self.script.get_revision(rev)  # type: ignore[return-value]
+
+    def describe(self, rev: str) -> Revision:
+        sc = self.revision(rev)
+        down = sc.down_revision
+        downs = [] if down is None else [down] if isinstance(down, str) else list(down)
+        return Revision(
+            revision=sc.revision,
+            description=(sc.doc or "").strip(),
+            down_revision=downs,
+            path=str(sc.path),
+        )
+
+    def ancestors(self, heads: Iterable[str]) -> set[str]:
+        """`heads` and every revision below them."""
+        out: set[str] = set()
+        for head in heads:
+            for sc in self.script.iterate_revisions(head, "base"):
+                out.add(sc.revision)
+        return out
+
+    def upgrade_path(self, current: Iterable[str], target: str) -> list[Revision]:
+        """Revisions an upgrade from `current` to `target` would apply, oldest first."""
+        steps = self.script._upgrade_revs(target, tuple(current))
+        return [self.describe(step.revision.revision) for step in steps]
+
+
+def find_project(migrations: Path, workspace: Path) -> AlembicProject:
+    """Load the project at `migrations`: an alembic.ini, a folder holding one, or the script folder.
+    Anything missing or broken is a ConfigError (exit 2) naming the path relative to the
+    workspace."""
+    shown = _shown(migrations, workspace)
+    if not migrations.exists():
+        raise ConfigError(f"migrations-path {shown} does not exist")
+    ini: Path | None = None
+    if migrations.is_file():
+        if migrations.suffix != ".ini":
+            raise ConfigError(f"migrations-path {shown} is a file but not an alembic.ini")
+        ini = migrations
+    elif (migrations / "alembic.ini").is_file():
+        ini = migrations / "alembic.ini"
+    elif not (migrations / "env.py").is_file():
+        raise ConfigError(
+            f"migrations-path {shown} holds no alembic.ini and no env.py: "
+            "point it at your Alembic project"
+        )
+    config = Config(str(ini)) if ini else Config()
+    location = _script_location(config, ini, migrations, workspace)
+    config.set_main_option("script_location", str(location))
+    try:
+        script = ScriptDirectory.from_config(config)
+        script.get_heads()  # loads every revision file now: errors surface here, not mid-deploy
+    except Exception as exc:  # noqa: BLE001 - user code: any error is a config error
+        raise ConfigError(
+            f"cannot load the migrations in {_shown(location, workspace)}: "
+            f"{_describe_exception(exc)}"
+        ) from None
+    return AlembicProject(config=config, script=script, ini=ini, script_location=location)
+
+
+def _script_location(config: Config, ini: Path | None, folder: Path, workspace: Path) -> Path:
+    """As Alembic resolves it from the working folder, else relative to the ini's folder, else
+    the folder holding env.py."""
+    raw = config.get_main_option("script_location") if ini else None
+    if raw and ":" in raw and not os.path.isabs(raw) and not raw.startswith("."):
+        # package resource form `pkg:folder`
+        from alembic.util import coerce_resource_to_filename
+
+        return Path(coerce_resource_to_filename(raw))
+    candidates: list[Path] = []
+    if raw:
+        p = Path(raw)
+        if p.is_absolute():
+            candidates.append(p)
+        else:
+            candidates += [workspace / p, Path.cwd() / p]
+            if ini:
+                candidates.append(ini.parent / p)
+    base = ini.parent if ini else folder
+    candidates.append(base)
+    for c in candidates:
+        if (c / "env.py").is_file():
+            return c.resolve()
+    where = f"script_location {raw!r}" if raw else _shown(base, workspace)
+    raise ConfigError(f"no env.py found for {where}: is this an Alembic project?")
+
+
+def _shown(path: Path, workspace: Path) -> str:
+    try:
+        return repr(str(path.resolve().relative_to(workspace)))
+    except ValueError:
+        return repr(str(path))
+
+
+def _describe_exception(exc: BaseException) -> str:
+    if isinstance(exc, SyntaxError):
+        name = Path(exc.filename or "?").name
+        return f"syntax error in {name} line {exc.lineno}: {exc.msg}"
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"
+
+
+describe_exception = _describe_exception
+
+
+@contextmanager
+def _environ(values: dict[str, str]) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextmanager
+def _sys_path(*paths: Path) -> Iterator[None]:
+    added = [str(p) for p in paths if str(p) not in sys.path]
+    sys.path[:0] = added
+    try:
+        yield
+    finally:
+        for p in added:
+            if p in sys.path:
+                sys.path.remove(p)
+
+
+WorkFn = Callable[[tuple[str, ...], MigrationContext], Iterable[Any]]
+
+
+def run_env(
+    project: AlembicProject,
+    fn: WorkFn,
+    *,
+    connection: sa.Connection | None,
+    url: str,
+    environ: dict[str, str] | None = None,
+    workspace: Path | None = None,
+    as_sql: bool = False,
+    output_buffer: Any = None,
+    **env_kw: Any,
+) -> None:
+    """Run the project's env.py with work function `fn` (called with the current heads and the
+    MigrationContext before any step runs). `url` (with its password) goes into
+    `sqlalchemy.url` and `DATABASE_URL` for env.py files that build their own engine."""
+    config = project.config
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    if connection is not None:
+        config.attributes["connection"] = connection
+    else:
+        config.attributes.pop("connection", None)
+    if output_buffer is not None:
+        config.output_buffer = output_buffer
+    env = {"DATABASE_URL": url, **(environ or {})}
+    paths = [p for p in (workspace, project.script_location.parent) if p is not None]
+    with (
+        _environ(env),
+        _sys_path(*paths),
+        EnvironmentContext(config, project.script, fn=fn, as_sql=as_sql, **env_kw),
+    ):
+        project.script.run_env()
+
+
+def read_heads(
+    conn: sa.Connection, version_table: str = "alembic_version", schema: str | None = None
+) -> list[str]:
+    """The revisions recorded in the version table, read on our own connection."""
+    ctx = MigrationContext.configure(
+        conn, opts={"version_table": version_table, "version_table_schema": schema}
+    )
+    return sorted(ctx.get_current_heads())

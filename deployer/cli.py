@@ -1,0 +1,187 @@
+"""The `db-deploy` command line (and the container's entrypoint): parse once, run, publish.
+
+    db-deploy [deploy|plan|status|smoke|seed] [--database-url URL] [--run-seed] …
+
+Exit codes: 0 success (or nothing to do), 1 the deploy failed, 2 bad input or configuration,
+3 the database could not be reached or the deploy lock not taken in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from deployer import __version__
+from deployer.errors import EXIT_BAD_INPUT, ConfigError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_INPUT, f"db-deploy: error: {message} (see db-deploy --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from deployer.settings import COMMANDS, Settings, _meta
+
+    parser = _Parser(
+        prog="db-deploy",
+        description="Deploy PostgreSQL schema changes with Alembic: preflight, migrate, seed, "
+        "status, smoke; report to GitHub, Slack, JSON and the terminal.",
+        epilog="Every flag is also an action input (INPUT_<NAME>) and a plain environment "
+        "variable; flags win. Exit codes: 0 ok, 1 deploy failed, 2 bad input, 3 unreachable.",
+        argument_default=argparse.SUPPRESS,
+    )
+    parser.add_argument(
+        "command_arg",
+        nargs="?",
+        choices=COMMANDS,
+        metavar="COMMAND",
+        help=f"one of {', '.join(COMMANDS)} (default: deploy)",
+    )
+    for name, field in Settings.model_fields.items():
+        meta = _meta(field)
+        flag = meta["input"]
+        if name in {"embedded", "workspace", "command"}:
+            continue
+        help_text = meta.get("description") or {
+            "summary-file": "also write the markdown summary to this file",
+            "output-file": "also write the outputs (GITHUB_OUTPUT format) to this file",
+        }.get(flag, "")
+        if meta.get("env"):
+            help_text += f" [env {meta['env']}]"
+        if field.annotation is bool:
+            parser.add_argument(
+                f"--{flag}", dest=name, action=argparse.BooleanOptionalAction, help=help_text
+            )
+        else:
+            parser.add_argument(f"--{flag}", dest=name, metavar="VALUE", help=help_text)
+    parser.add_argument("--command", dest="command", metavar="COMMAND", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--embedded",
+        dest="embedded",
+        nargs="?",
+        const="",
+        metavar="DIR",
+        help="with no database URL, deploy to a local PostgreSQL with pgvector "
+        "started in DIR (default: a temporary folder, removed at exit)",
+    )
+    parser.add_argument(
+        "--workspace",
+        dest="workspace",
+        metavar="DIR",
+        help="folder that relative paths start from (default: GITHUB_WORKSPACE "
+        "or the current folder)",
+    )
+    parser.add_argument(
+        "--debug",
+        dest="debug",
+        action="store_true",
+        help="on an internal error, include the traceback in the report",
+    )
+    parser.add_argument("--version", action="version", version=f"db-deploy {__version__}")
+    return parser
+
+
+def raw_secret_values(environ: dict[str, str] | os._Environ[str]) -> list[str]:
+    """Secret values as given, before validation: masked even when they fail to parse."""
+    from deployer.redact import url_secrets
+
+    keys = (
+        "DATABASE-URL",
+        "DATABASE_URL",
+        "DIRECT-DATABASE-URL",
+        "DIRECT_DATABASE_URL",
+        "SLACK-WEBHOOK-URL",
+        "SLACK_WEBHOOK_URL",
+    )
+    values = [environ.get(f"INPUT_{k}", "") for k in keys] + [
+        environ.get(k, "") for k in ("DATABASE_URL", "DIRECT_DATABASE_URL", "SLACK_WEBHOOK_URL")
+    ]
+    out: list[str] = []
+    for v in values:
+        if v.strip():
+            out += url_secrets(v.strip())
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = vars(build_parser().parse_args(argv))
+    debug = bool(args.pop("debug", False))
+    if "command_arg" in args:
+        args["command"] = args.pop("command_arg")
+
+    from deployer.github import GitHubConsole, GitHubContext
+    from deployer.redact import Redactor, RedactingStream, url_secrets
+    from deployer.render.terminal import TerminalConsole
+
+    redactor = Redactor(raw_secret_values(os.environ))
+    for key in ("database_url", "direct_database_url", "slack_webhook_url"):
+        if args.get(key):
+            redactor.add(*url_secrets(str(args[key])))
+    gh = GitHubContext.from_env()
+    real_stdout = sys.stdout
+    console: GitHubConsole | TerminalConsole
+    console = GitHubConsole(real_stdout) if gh else TerminalConsole(sys.stderr)
+    if isinstance(console, GitHubConsole):
+        console.mask(*redactor.secrets)  # before anything else is printed
+    sys.stdout = RedactingStream(real_stdout, redactor)  # type: ignore[assignment]
+    sys.stderr = RedactingStream(sys.__stderr__ or sys.stderr, redactor)  # type: ignore[assignment]
+    if isinstance(console, GitHubConsole):
+        console.stream = sys.stdout
+    else:
+        console.stream = sys.stderr
+    try:
+        return _run(args, redactor, gh, console, debug)
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        sys.stdout, sys.stderr = real_stdout, sys.__stderr__ or sys.stderr
+
+
+def _run(args: dict[str, Any], redactor: Any, gh: Any, console: Any, debug: bool) -> int:
+    from pydantic import SecretStr
+
+    from deployer.settings import load_settings
+
+    try:
+        settings = load_settings(args)
+    except ConfigError as exc:
+        console.error(redactor(exc.message))
+        return exc.exit_code
+    new = [s for s in settings.secrets if s not in redactor.secrets]
+    redactor.add(*new)
+    if hasattr(console, "mask"):
+        console.mask(*new)
+
+    with contextlib.ExitStack() as stack:
+        if settings.embedded is not None:
+            if settings.url:
+                console.info("a database URL is set: --embedded is ignored")
+            else:
+                from deployer.embedded import embedded_server
+
+                try:
+                    url = stack.enter_context(embedded_server(settings.embedded))
+                except ConfigError as exc:
+                    console.error(exc.message)
+                    return exc.exit_code
+                console.info(f"embedded PostgreSQL with pgvector started ({url.split('?')[1]})")
+                settings = settings.model_copy(update={"database_url": SecretStr(url)})
+        return _execute(settings, redactor, gh, console, debug)
+    return 0  # unreachable; keeps type checkers content
+
+
+def _execute(settings: Any, redactor: Any, gh: Any, console: Any, debug: bool) -> int:
+    from deployer.pipeline import execute
+    from deployer.publish import publish
+
+    result = execute(settings, console, debug=debug)
+    publish(result, settings, redactor, gh=gh, console=console, stdout=sys.stdout)
+    if debug and result.extra.get("traceback"):
+        sys.stderr.write(str(result.extra["traceback"]))
+    return result.exit_code

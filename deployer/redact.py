@@ -1,0 +1,116 @@
+"""Secret redaction: every secret the run knows is replaced before text leaves the process.
+
+The GitHub runner masks values registered with `::add-mask::`, but only in its own log; our JSON
+report, files written outside GitHub, Slack messages and the terminal need the same care, so all
+text passes through one `Redactor`.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import threading
+from collections.abc import Iterable
+from typing import TextIO
+from urllib.parse import quote, quote_plus, unquote, urlsplit
+
+MASK = "***"
+
+
+def url_secrets(url: str) -> list[str]:
+    """The secret parts of a connection URL: the URL itself and its password, in the spellings
+    that can appear in messages (raw, percent-decoded, percent-encoded)."""
+    if not url:
+        return []
+    found = [url]
+    password = None
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        pass
+    if password is None:
+        m = re.match(r"^[^:/]+://[^:@/]*:([^@]*)@", url)
+        password = m.group(1) if m else None
+    if password is None:
+        m = re.search(r"(?:^|[?&])password=([^&]*)", url)
+        password = m.group(1) if m else None
+    if password:
+        decoded = unquote(password)
+        found += [password, decoded, quote(decoded, safe=""), quote_plus(decoded)]
+    return found
+
+
+class Redactor:
+    """Replaces every registered secret by `***` in any text."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self._secrets: set[str] = set()
+        self._pattern: re.Pattern[str] | None = None
+        self._lock = threading.Lock()
+        self.add(*secrets)
+
+    def add(self, *secrets: str) -> None:
+        with self._lock:
+            # Very short values would mask ordinary words; the runner skips empty ones too.
+            self._secrets.update(s for s in secrets if s and len(s) >= 3)
+            ordered = sorted(self._secrets, key=len, reverse=True)
+            self._pattern = re.compile("|".join(map(re.escape, ordered))) if ordered else None
+
+    @property
+    def secrets(self) -> list[str]:
+        return sorted(self._secrets, key=len, reverse=True)
+
+    def __call__(self, text: str) -> str:
+        if not text or self._pattern is None:
+            return text
+        return self._pattern.sub(MASK, text)
+
+    def obj(self, value: object) -> object:
+        """Redact every string inside a JSON-like structure."""
+        if isinstance(value, str):
+            return self(value)
+        if isinstance(value, dict):
+            return {self(str(k)): self.obj(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self.obj(v) for v in value]
+        return value
+
+
+class RedactingStream(io.TextIOBase):
+    """A text stream that redacts whole lines before passing them on.
+
+    It wraps sys.stdout/sys.stderr at the edge, so that anything printed during the run (env.py's
+    logging, Alembic's messages, a library's warning) is redacted too.
+    """
+
+    def __init__(self, target: TextIO, redactor: Redactor) -> None:
+        self._target = target
+        self._redactor = redactor
+        self._buffer = ""
+
+    def write(self, s: str) -> int:
+        self._buffer += s
+        if "\n" in self._buffer:
+            head, _, self._buffer = self._buffer.rpartition("\n")
+            self._target.write(self._redactor(head + "\n"))
+        return len(s)
+
+    def flush(self) -> None:
+        if self._buffer:
+            self._target.write(self._redactor(self._buffer))
+            self._buffer = ""
+        self._target.flush()
+
+    def isatty(self) -> bool:
+        return self._target.isatty()
+
+    def fileno(self) -> int:
+        return self._target.fileno()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self._target, "encoding", "utf-8")
+
+    def writable(self) -> bool:
+        return True

@@ -1,0 +1,312 @@
+"""Result records: what each step returns, and the run's record that every renderer reads."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class Telemetry:
+    """Who, what and where: from the runner's GITHUB_* variables (empty outside GitHub)."""
+
+    actor: str = ""
+    repository: str = ""
+    ref: str = ""
+    sha: str = ""
+    workflow: str = ""
+    event: str = ""
+    run_id: str = ""
+    run_attempt: str = ""
+    run_url: str = ""
+    environment: str = ""
+    tool_version: str = ""
+
+    @classmethod
+    def from_env(cls, environment: str = "", environ: dict[str, str] | None = None) -> Telemetry:
+        from deployer import __version__
+
+        env = dict(os.environ if environ is None else environ)
+        server = env.get("GITHUB_SERVER_URL", "https://github.com")
+        repo = env.get("GITHUB_REPOSITORY", "")
+        run_id = env.get("GITHUB_RUN_ID", "")
+        attempt = env.get("GITHUB_RUN_ATTEMPT", "")
+        run_url = f"{server}/{repo}/actions/runs/{run_id}" if repo and run_id else ""
+        if run_url and attempt and attempt != "1":
+            run_url += f"/attempts/{attempt}"
+        return cls(
+            actor=env.get("GITHUB_ACTOR", "") or env.get("USER", ""),
+            repository=repo,
+            ref=env.get("GITHUB_REF", ""),
+            sha=env.get("GITHUB_SHA", ""),
+            workflow=env.get("GITHUB_WORKFLOW", ""),
+            event=env.get("GITHUB_EVENT_NAME", ""),
+            run_id=run_id,
+            run_attempt=attempt,
+            run_url=run_url,
+            environment=environment,
+            tool_version=__version__,
+        )
+
+
+@dataclass
+class PreflightResult:
+    target: str  # host:port/database, never the password
+    server_version: str = ""
+    server_version_num: int = 0
+    user: str = ""
+    database: str = ""
+    tls: bool | None = None
+    attempts: int = 1
+    seconds: float = 0.0
+
+
+@dataclass
+class Revision:
+    revision: str
+    description: str = ""
+    down_revision: list[str] = field(default_factory=list)
+    path: str = ""
+
+
+@dataclass
+class AppliedRevision:
+    revision: str
+    description: str
+    seconds: float
+
+
+@dataclass
+class MigrateResult:
+    script_location: str = ""
+    target: str = "heads"
+    previous: list[str] = field(default_factory=list)
+    current: list[str] = field(default_factory=list)
+    pending: list[Revision] = field(default_factory=list)  # what was to be applied
+    applied: list[AppliedRevision] = field(default_factory=list)
+    failed_revision: str = ""
+    error: str = ""
+    dry_run: bool = False
+    sql: dict[str, str] = field(default_factory=dict)  # revision → offline SQL (dry run)
+    transaction_per_migration: bool = False
+    version_table: str = "alembic_version"
+    version_table_schema: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def version_table_name(self) -> str:
+        s = self.version_table_schema
+        return f"{s}.{self.version_table}" if s else self.version_table
+
+
+@dataclass
+class TableDelta:
+    table: str
+    inserted: int
+    updated: int
+    deleted: int
+
+
+@dataclass
+class SeedResult:
+    path: str
+    kind: str  # "python" or "sql"
+    tables: list[TableDelta] = field(default_factory=list)
+    error: str = ""
+    seconds: float = 0.0
+
+    @property
+    def inserted(self) -> int:
+        return sum(t.inserted for t in self.tables)
+
+    @property
+    def updated(self) -> int:
+        return sum(t.updated for t in self.tables)
+
+    @property
+    def deleted(self) -> int:
+        return sum(t.deleted for t in self.tables)
+
+
+@dataclass
+class StatusResult:
+    database_heads: list[str] = field(default_factory=list)
+    script_heads: list[str] = field(default_factory=list)
+    pending: list[Revision] = field(default_factory=list)
+    up_to_date: bool = False
+    error: str = ""
+    seconds: float = 0.0
+
+
+@dataclass
+class TableCheck:
+    schema: str
+    name: str
+    rows: int | None = None
+    estimated: bool = False
+    ok: bool = True
+    error: str = ""
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+
+@dataclass
+class ExtensionCheck:
+    name: str
+    required: str = ""  # minimum version asked, "" = any
+    installed: str | None = None  # None = not installed
+    ok: bool = True
+
+
+@dataclass
+class ExpectationCheck:
+    table: str
+    minimum: int
+    counted: int | None = None  # at most `minimum` rows are counted
+    ok: bool = False
+    error: str = ""
+
+
+@dataclass
+class VectorIndex:
+    name: str
+    table: str
+    method: str  # ivfflat or hnsw
+    size_bytes: int
+    rows: int | None = None
+    lists: int | None = None
+    recommended_lists: int | None = None
+    advice: str = ""  # SQL to fix, when lists is far from pgvector's guidance
+
+
+@dataclass
+class SmokeResult:
+    tables: list[TableCheck] = field(default_factory=list)
+    extensions: list[ExtensionCheck] = field(default_factory=list)
+    expectations: list[ExpectationCheck] = field(default_factory=list)
+    vector_indexes: list[VectorIndex] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def failed_tables(self) -> list[TableCheck]:
+        return [t for t in self.tables if not t.ok]
+
+    @property
+    def total_rows(self) -> int:
+        return sum(t.rows or 0 for t in self.tables if t.ok)
+
+    @property
+    def problems(self) -> list[str]:
+        out = [f"table {t.qualified} is not readable: {t.error}" for t in self.failed_tables]
+        for e in self.extensions:
+            if not e.ok:
+                have = f"version {e.installed} is installed" if e.installed else "not installed"
+                want = f" >= {e.required}" if e.required else ""
+                out.append(f"extension {e.name}{want} required, {have}")
+        for x in self.expectations:
+            if not x.ok:
+                got = x.error or f"found {x.counted}"
+                out.append(f"expected {x.table} >= {x.minimum} rows, {got}")
+        return out
+
+
+@dataclass
+class RunResult:
+    """Everything one run did: the only input of the renderers (markdown, terminal, JSON, Slack,
+    GitHub outputs)."""
+
+    command: str
+    telemetry: Telemetry
+    status: str = "success"  # success | noop | failed
+    exit_code: int = 0
+    failed_step: str = ""
+    error: str = ""
+    dry_run: bool = False
+    seed_requested: bool = False
+    started_at: datetime = field(default_factory=utcnow)
+    finished_at: datetime | None = None
+    steps: dict[str, float] = field(default_factory=dict)  # step → seconds
+    preflight: PreflightResult | None = None
+    migrate: MigrateResult | None = None
+    seed: SeedResult | None = None
+    status_check: StatusResult | None = None
+    smoke: SmokeResult | None = None
+    warnings: list[str] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)
+    report_path: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)  # command-specific facts
+
+    @property
+    def duration(self) -> float:
+        end = self.finished_at or utcnow()
+        return round((end - self.started_at).total_seconds(), 3)
+
+    @property
+    def ok(self) -> bool:
+        return self.status != "failed"
+
+    @property
+    def applied(self) -> list[AppliedRevision]:
+        return self.migrate.applied if self.migrate else []
+
+    @property
+    def previous_revision(self) -> str:
+        return ",".join(self.migrate.previous) if self.migrate else ""
+
+    @property
+    def current_revision(self) -> str:
+        if self.status_check and self.status_check.database_heads:
+            return ",".join(self.status_check.database_heads)
+        return ",".join(self.migrate.current) if self.migrate else ""
+
+    @property
+    def head_revision(self) -> str:
+        if self.status_check and self.status_check.script_heads:
+            return ",".join(self.status_check.script_heads)
+        return ""
+
+    @property
+    def pending_count(self) -> int:
+        if self.status_check is not None:
+            return len(self.status_check.pending)
+        if self.migrate is not None:
+            return len(self.migrate.pending) - len(self.migrate.applied)
+        return 0
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["started_at"] = self.started_at.isoformat()
+        data["finished_at"] = self.finished_at.isoformat() if self.finished_at else None
+        data["duration_seconds"] = self.duration
+        data["schema_version"] = SCHEMA_VERSION
+        data["status_check"] = data.pop("status_check")
+        if self.seed is not None:
+            data["seed"]["totals"] = {
+                "inserted": self.seed.inserted,
+                "updated": self.seed.updated,
+                "deleted": self.seed.deleted,
+            }
+        if self.smoke is not None:
+            data["smoke"]["summary"] = {
+                "tables": len(self.smoke.tables),
+                "failed": len(self.smoke.failed_tables),
+                "rows": self.smoke.total_rows,
+                "problems": self.smoke.problems,
+            }
+        data["revisions"] = {
+            "previous": self.previous_revision,
+            "current": self.current_revision,
+            "head": self.head_revision,
+            "pending_count": self.pending_count,
+        }
+        return data

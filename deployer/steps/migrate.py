@@ -1,0 +1,297 @@
+"""Migrate: bring the database to the target revision with the user's own env.py.
+
+The work function handed to `EnvironmentContext` receives the MigrationContext before any step
+runs, whatever env.py passes to `configure()`. It returns the upgrade steps wrapped in a
+generator, and Alembic's `run_migrations` loop (alembic/runtime/migration.py) does
+`for step in fn(...): with begin_transaction(_per_migration=True): run; stamp` — so when the
+generator resumes after yielding a step, that step has run and, with per-revision transactions,
+committed. A step that raises leaves its revision recorded as the one that failed.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic.runtime.migration import MigrationContext, RevisionStep
+
+from deployer.alembic_project import AlembicProject, describe_exception, read_heads, run_env
+from deployer.db import APPLICATION_NAME, server_message, session_options
+from deployer.errors import ConfigError, DeployError, StepFailed
+from deployer.results import AppliedRevision, MigrateResult
+
+HEAD_TARGETS = {"head", "heads"}
+
+
+@dataclass
+class _Tracker:
+    """What the work function saw and what ran, filled in while env.py runs."""
+
+    called: bool = False
+    previous: tuple[str, ...] = ()
+    running: RevisionStep | None = None
+    started: float = 0.0
+    applied: list[AppliedRevision] = field(default_factory=list)
+    context: MigrationContext | None = None
+
+
+def resolve_target(project: AlembicProject, target: str) -> tuple[str, ...]:
+    """The revision ids `target` names (the script's heads for head/heads). Unknown → exit 2."""
+    if target in HEAD_TARGETS:
+        return tuple(project.heads())
+    try:
+        revs = project.script.get_revisions(target)
+    except Exception as exc:  # noqa: BLE001 - alembic raises several kinds here
+        raise ConfigError(
+            f"unknown target revision {target!r}: {describe_exception(exc)}"
+        ) from None
+    if not revs:
+        raise ConfigError(f"unknown target revision {target!r}")
+    return tuple(sorted(r.revision for r in revs if r is not None))
+
+
+def migrate(
+    project: AlembicProject,
+    connection: sa.Connection,
+    *,
+    url: str,
+    target: str = "heads",
+    dry_run: bool = False,
+    lock_timeout: float | None = None,
+    statement_timeout: float | None = None,
+    workspace: Path | None = None,
+    on_applied: Callable[[AppliedRevision], None] | None = None,
+) -> MigrateResult:
+    """Upgrade to `target`. Returns the record, with `error` and `failed_revision` set when a
+    revision failed (the database is then at its last committed revision, read back from it).
+    Raises ConfigError for bad targets and a broken env.py (nothing changed)."""
+    started = time.perf_counter()
+    destination = resolve_target(project, target)
+    result = MigrateResult(
+        script_location=str(project.script_location), target=target, dry_run=dry_run
+    )
+    tracker = _Tracker()
+
+    def tracked(steps: list[RevisionStep]) -> Iterator[RevisionStep]:
+        for step in steps:
+            tracker.running = step
+            tracker.started = time.perf_counter()
+            yield step
+            done = AppliedRevision(
+                revision=step.revision.revision,
+                description=(step.revision.doc or "").strip(),
+                seconds=round(time.perf_counter() - tracker.started, 4),
+            )
+            tracker.applied.append(done)
+            tracker.running = None
+            if on_applied:
+                on_applied(done)
+
+    def work(heads: tuple[str, ...], context: MigrationContext) -> Any:
+        tracker.called = True
+        tracker.previous = tuple(heads)
+        tracker.context = context
+        _refuse_downgrade(project, heads, target, destination)
+        try:
+            steps = project.script._upgrade_revs(target, heads)
+        except Exception as exc:  # noqa: BLE001
+            raise ConfigError(
+                f"cannot plan the upgrade from {_fmt(heads)} to {target!r}: "
+                f"{describe_exception(exc)}"
+            ) from None
+        result.pending = [project.describe(s.revision.revision) for s in steps]
+        return [] if dry_run else tracked(steps)
+
+    environ = {
+        "PGOPTIONS": session_options(lock_timeout, statement_timeout),
+        "PGAPPNAME": APPLICATION_NAME,
+    }
+    error: BaseException | None = None
+    try:
+        run_env(
+            project,
+            work,
+            connection=connection,
+            url=url,
+            environ=environ,
+            workspace=workspace,
+            dont_mutate=dry_run,
+        )
+        if connection.in_transaction():
+            connection.commit()
+    except DeployError:
+        _rollback(connection)
+        raise
+    except Exception as exc:  # noqa: BLE001 - user code: report, don't crash
+        _rollback(connection)
+        if not tracker.called:
+            raise ConfigError(
+                f"env.py failed before migrating: {describe_exception(exc)}",
+                detail=server_message(exc),
+            ) from None
+        error = exc
+
+    ctx = tracker.context
+    if ctx is not None:
+        result.version_table = ctx.version_table
+        result.version_table_schema = ctx.version_table_schema
+        result.transaction_per_migration = bool(getattr(ctx, "_transaction_per_migration", False))
+    result.previous = sorted(tracker.previous)
+    result.current = _read_back(connection, result)
+
+    if error is not None:
+        failed = tracker.running
+        result.failed_revision = failed.revision.revision if failed else ""
+        result.error = (
+            server_message(error)
+            if isinstance(error, sa.exc.DBAPIError)
+            else (describe_exception(error))
+        )
+        # Only what the database kept counts as applied (all-or-nothing rolls back everything).
+        kept = project.ancestors(result.current) if result.current else set()
+        result.applied = [a for a in tracker.applied if a.revision in kept]
+    else:
+        result.applied = list(tracker.applied)
+        if dry_run:
+            result.sql = offline_sql(project, url, result.previous, target, workspace)
+        else:
+            _check_version_table(result, destination)
+    result.seconds = round(time.perf_counter() - started, 4)
+    return result
+
+
+def _refuse_downgrade(
+    project: AlembicProject, heads: tuple[str, ...], target: str, destination: tuple[str, ...]
+) -> None:
+    if target in HEAD_TARGETS or not heads:
+        return
+    below = project.ancestors(heads) - set(heads)
+    if any(d in below for d in destination):
+        raise ConfigError(
+            f"target {target!r} is below the current revision {_fmt(heads)}: deploy only "
+            "upgrades (use the rollback command to downgrade)"
+        )
+
+
+def _check_version_table(result: MigrateResult, destination: tuple[str, ...]) -> None:
+    """The version table on the deployer's own connection must show what env.py reported."""
+    expected = set(destination) if result.pending or not result.previous else None
+    if expected is None:
+        return
+    if set(result.current) != expected and not expected <= set(result.current):
+        raise StepFailed(
+            f"env.py reported applying {len(result.applied)} revision(s) up to {_fmt(destination)}"
+            f", but {result.version_table_name} on the deploy connection is at "
+            f"{_fmt(result.current)}: env.py migrated another database (does it ignore "
+            "config.attributes['connection'] and sqlalchemy.url?)",
+            step="migrate",
+        )
+
+
+def _read_back(connection: sa.Connection, result: MigrateResult) -> list[str]:
+    try:
+        heads = read_heads(connection, result.version_table, result.version_table_schema)
+    except sa.exc.DBAPIError:
+        _rollback(connection)
+        return []
+    if connection.in_transaction():
+        connection.rollback()
+    return heads
+
+
+def _rollback(connection: sa.Connection) -> None:
+    try:
+        if connection.in_transaction():
+            connection.rollback()
+    except sa.exc.DBAPIError:
+        pass
+
+
+def _fmt(heads: tuple[str, ...] | list[str]) -> str:
+    return ", ".join(heads) if heads else "base"
+
+
+_RUNNING = re.compile(r"^-- Running upgrade (.*?) -> (\S+?),?(?: .*)?$", re.MULTILINE)
+
+
+def offline_sql(
+    project: AlembicProject,
+    url: str,
+    current: list[str],
+    target: str,
+    workspace: Path | None = None,
+) -> dict[str, str]:
+    """The SQL each pending revision would run, from Alembic's offline (`--sql`) mode, split at
+    Alembic's `-- Running upgrade A -> B` markers."""
+    if len(current) > 1:
+        return {}
+    buf = io.StringIO()
+
+    def work(rev: Any, context: MigrationContext) -> Any:
+        return project.script._upgrade_revs(target, rev)
+
+    try:
+        run_env(
+            project,
+            work,
+            connection=None,
+            url=url,
+            workspace=workspace,
+            as_sql=True,
+            output_buffer=buf,
+            starting_rev=current[0] if current else None,
+            destination_rev=target,
+        )
+    except Exception as exc:  # noqa: BLE001 - offline mode is best effort
+        return {"*": f"-- offline SQL unavailable: {describe_exception(exc)}"}
+    text = buf.getvalue()
+    out: dict[str, str] = {}
+    marks = list(_RUNNING.finditer(text))
+    for i, m in enumerate(marks):
+        end = marks[i + 1].start() if i + 1 < len(marks) else len(text)
+        chunk = text[m.end() : end].strip()
+        out[m.group(2)] = re.sub(r"\n{3,}", "\n\n", chunk)
+    return out
+
+
+@dataclass
+class EnvFacts:
+    """What env.py configures, learnt by running it once without changing anything."""
+
+    heads: list[str]
+    version_table: str
+    version_table_schema: str | None
+
+
+def inspect_env(
+    project: AlembicProject, connection: sa.Connection, *, url: str, workspace: Path | None = None
+) -> EnvFacts:
+    """Run env.py with a work function that applies nothing (as `alembic current` does, with
+    `dont_mutate`): a broken env.py shows here, before the deploy lock or any change."""
+    seen: dict[str, Any] = {}
+
+    def work(heads: tuple[str, ...], context: MigrationContext) -> Any:
+        seen.update(
+            heads=sorted(heads), table=context.version_table, schema=context.version_table_schema
+        )
+        return []
+
+    try:
+        run_env(
+            project, work, connection=connection, url=url, workspace=workspace, dont_mutate=True
+        )
+    except DeployError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - user code
+        raise ConfigError(f"env.py failed before migrating: {describe_exception(exc)}") from None
+    finally:
+        _rollback(connection)
+    if not seen:
+        raise ConfigError("env.py never called context.run_migrations(): nothing would be migrated")
+    return EnvFacts(seen["heads"], seen["table"], seen["schema"])

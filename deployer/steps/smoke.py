@@ -1,0 +1,225 @@
+"""Smoke: prove every table readable by the deploy role, count rows without reading them all,
+check required extensions and expectations, and review vector indexes.
+
+Cost does not grow with the data: one catalog query lists tables with their size estimates,
+each table is read through `LIMIT` (exact counts only up to `EXACT_LIMIT` rows, catalog
+estimates above, marked as such), and the per-table reads go out as one UNION ALL per batch.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+
+from deployer.db import server_message
+from deployer.results import (
+    ExpectationCheck,
+    ExtensionCheck,
+    SmokeResult,
+    TableCheck,
+    VectorIndex,
+)
+from deployer.settings import Expectation, ExtensionRequirement
+
+EXACT_LIMIT = 10_000
+BATCH = 200  # tables per UNION ALL query
+ADVICE_MIN_ROWS = 10_000  # below this an ivfflat index's lists hardly matters
+SYSTEM_SCHEMAS = ("pg_catalog", "information_schema", "pg_toast")
+
+_TABLES = sa.text(
+    """
+    SELECT n.nspname, c.relname, c.oid::bigint, c.reltuples::bigint,
+           has_table_privilege(c.oid, 'SELECT')
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.relkind IN ('r', 'p', 'm', 'f')
+      AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+      AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%'
+      AND NOT c.relispartition
+    ORDER BY n.nspname, c.relname
+    """
+)
+
+_EXTENSIONS = sa.text("SELECT extname, extversion FROM pg_extension")
+
+_VECTOR_INDEXES = sa.text(
+    """
+    SELECT i.relname, n.nspname || '.' || t.relname, am.amname,
+           pg_relation_size(i.oid), i.reloptions, t.reltuples::bigint
+    FROM pg_index x
+    JOIN pg_class i ON i.oid = x.indexrelid
+    JOIN pg_class t ON t.oid = x.indrelid
+    JOIN pg_namespace n ON n.oid = t.relnamespace
+    JOIN pg_am am ON am.oid = i.relam
+    WHERE am.amname IN ('ivfflat', 'hnsw')
+    ORDER BY 2, 1
+    """
+)
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def qualified(schema: str, table: str) -> str:
+    return f"{quote_ident(schema)}.{quote_ident(table)}"
+
+
+def version_tuple(v: str) -> tuple[int, ...]:
+    parts = []
+    for p in v.split("."):
+        digits = "".join(ch for ch in p if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
+def recommended_lists(rows: int) -> int:
+    """pgvector's guidance: rows / 1000 up to 1M rows, sqrt(rows) above."""
+    if rows <= 1_000_000:
+        return max(1, rows // 1000)
+    return int(math.sqrt(rows))
+
+
+def smoke(
+    connection: sa.Connection,
+    *,
+    expectations: Sequence[Expectation] = (),
+    extensions: Sequence[ExtensionRequirement] = (),
+) -> SmokeResult:
+    started = time.perf_counter()
+    result = SmokeResult()
+    try:
+        catalog = connection.execute(_TABLES).all()
+        result.tables = _check_tables(connection, catalog)
+        installed = dict(connection.execute(_EXTENSIONS).all())
+        result.extensions = [_check_extension(req, installed) for req in extensions]
+        estimates = {f"{r[0]}.{r[1]}": r for r in catalog}
+        result.expectations = [_check_expectation(connection, x, estimates) for x in expectations]
+        result.vector_indexes = _vector_indexes(connection, result.tables)
+    finally:
+        if connection.in_transaction():
+            connection.rollback()
+    result.seconds = round(time.perf_counter() - started, 4)
+    return result
+
+
+def _check_tables(connection: sa.Connection, catalog: Sequence[sa.Row]) -> list[TableCheck]:
+    checks = [TableCheck(schema=r[0], name=r[1]) for r in catalog]
+    readable = []
+    for check, row in zip(checks, catalog, strict=True):
+        if row[4]:
+            readable.append((check, row))
+        else:
+            check.ok = False
+            check.error = "permission denied (no SELECT privilege for the deploy role)"
+    if not readable:
+        return checks
+    # One round trip per batch: a UNION ALL of bounded counts. Should any table fail (a lock, a
+    # broken foreign table), fall back to one savepoint per table to name the culprit.
+    counts: dict[int, int] = {}
+    for first in range(0, len(readable), BATCH):
+        batch = readable[first : first + BATCH]
+        sql = " UNION ALL ".join(
+            f"SELECT {i}, count(*) FROM (SELECT 1 FROM {qualified(c.schema, c.name)} "
+            f"LIMIT {EXACT_LIMIT + 1}) s{i}"
+            for i, (c, _) in enumerate(batch, start=first)
+        )
+        connection.execute(sa.text("SAVEPOINT smoke_batch"))
+        try:
+            counts.update(connection.execute(sa.text(sql)).tuples().all())
+            connection.execute(sa.text("RELEASE SAVEPOINT smoke_batch"))
+        except sa.exc.DBAPIError:
+            connection.execute(sa.text("ROLLBACK TO SAVEPOINT smoke_batch"))
+            for i, (check, _) in enumerate(batch, start=first):
+                try:
+                    counts[i] = _bounded_count(
+                        connection, check.schema, check.name, EXACT_LIMIT + 1
+                    )
+                except sa.exc.DBAPIError as exc:
+                    check.ok = False
+                    check.error = server_message(exc)
+    for i, (check, row) in enumerate(readable):
+        if i not in counts:
+            continue
+        count = counts[i]
+        if count > EXACT_LIMIT:
+            check.rows = max(int(row[3]), count)
+            check.estimated = True
+        else:
+            check.rows = int(count)
+    return checks
+
+
+def _bounded_count(connection: sa.Connection, schema: str, table: str, limit: int) -> int:
+    """count(*) of at most `limit` rows, in a savepoint so a failure leaves the session usable."""
+    connection.execute(sa.text("SAVEPOINT smoke_one"))
+    try:
+        n = connection.execute(
+            sa.text(
+                f"SELECT count(*) FROM (SELECT 1 FROM {qualified(schema, table)} LIMIT {int(limit)}) s"
+            )
+        ).scalar_one()
+    except sa.exc.DBAPIError:
+        connection.execute(sa.text("ROLLBACK TO SAVEPOINT smoke_one"))
+        raise
+    connection.execute(sa.text("RELEASE SAVEPOINT smoke_one"))
+    return int(n)
+
+
+def _check_extension(req: ExtensionRequirement, installed: dict[str, str]) -> ExtensionCheck:
+    have = installed.get(req.name)
+    ok = have is not None and (
+        not req.min_version or version_tuple(have) >= version_tuple(req.min_version)
+    )
+    return ExtensionCheck(name=req.name, required=req.min_version, installed=have, ok=ok)
+
+
+def _check_expectation(
+    connection: sa.Connection, exp: Expectation, catalog: dict[str, sa.Row]
+) -> ExpectationCheck:
+    schema, _, table = exp.table.rpartition(".")
+    key = f"{schema or 'public'}.{table}"
+    check = ExpectationCheck(table=exp.table, minimum=exp.minimum)
+    if key not in catalog:
+        check.error = "no such table"
+        return check
+    try:
+        check.counted = _bounded_count(connection, schema or "public", table, exp.minimum)
+    except sa.exc.DBAPIError as exc:
+        check.error = server_message(exc)
+        return check
+    check.ok = check.counted >= exp.minimum
+    return check
+
+
+def _vector_indexes(connection: sa.Connection, tables: list[TableCheck]) -> list[VectorIndex]:
+    rows_by_table = {t.qualified: t.rows for t in tables}
+    out = []
+    for name, table, method, size, options, reltuples in connection.execute(_VECTOR_INDEXES):
+        opts = dict(o.split("=", 1) for o in (options or []))
+        rows = rows_by_table.get(table)
+        if rows is None or (rows > EXACT_LIMIT and reltuples > 0):
+            rows = max(int(reltuples), rows or 0)
+        idx = VectorIndex(
+            name=name,
+            table=table,
+            method=method,
+            size_bytes=int(size),
+            rows=rows,
+        )
+        if method == "ivfflat":
+            idx.lists = int(opts.get("lists", 100))
+            if rows is not None and rows >= ADVICE_MIN_ROWS:
+                idx.recommended_lists = recommended_lists(rows)
+                ratio = idx.lists / idx.recommended_lists
+                if ratio > 2 or ratio < 0.5:
+                    schema = table.split(".", 1)[0]
+                    ident = qualified(schema, name)
+                    idx.advice = (
+                        f"ALTER INDEX {ident} SET (lists = {idx.recommended_lists}); "
+                        f"REINDEX INDEX CONCURRENTLY {ident};"
+                    )
+        out.append(idx)
+    return out

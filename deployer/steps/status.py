@@ -1,0 +1,50 @@
+"""Status: the database's heads against the script's, read on the deployer's own connection."""
+
+from __future__ import annotations
+
+import time
+
+import sqlalchemy as sa
+
+from deployer.alembic_project import AlembicProject, read_heads
+from deployer.errors import StepFailed
+from deployer.results import StatusResult
+
+
+def check_single_head(project: AlembicProject) -> None:
+    """Several heads in the script: a merge is missing. Refused before anything is applied."""
+    heads = project.heads()
+    if len(heads) > 1:
+        raise StepFailed(
+            f"the migrations have {len(heads)} heads ({', '.join(heads)}): merge them with "
+            "`alembic merge heads` before deploying",
+            step="status",
+        )
+
+
+def status(
+    project: AlembicProject,
+    connection: sa.Connection,
+    *,
+    version_table: str = "alembic_version",
+    version_table_schema: str | None = None,
+) -> StatusResult:
+    started = time.perf_counter()
+    result = StatusResult(script_heads=project.heads())
+    try:
+        result.database_heads = read_heads(connection, version_table, version_table_schema)
+    finally:
+        if connection.in_transaction():
+            connection.rollback()
+    known = project.ancestors(project.heads())
+    unknown = [h for h in result.database_heads if h not in known]
+    if unknown:
+        result.error = (
+            f"the database is at {', '.join(unknown)}, which the migrations folder does not "
+            "contain: is this the right folder, or was a newer version deployed?"
+        )
+    else:
+        result.pending = project.upgrade_path(result.database_heads, "heads")
+        result.up_to_date = not result.pending
+    result.seconds = round(time.perf_counter() - started, 4)
+    return result
