@@ -119,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from deployer.render.terminal import TerminalConsole
 
     redactor = Redactor(raw_secret_values(os.environ))
-    for key in ("database_url", "direct_database_url", "slack_webhook_url"):
+    for key in ("database_url", "direct_database_url", "slack_webhook_url", "scratch_database_url"):
         if args.get(key):
             redactor.add(*url_secrets(str(args[key])))
     gh = GitHubContext.from_env()

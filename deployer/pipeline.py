@@ -269,13 +269,22 @@ COMMANDS: dict[str, Callable[[Run], None]] = {
 }
 
 
+def command(name: str) -> Callable[[Run], None]:
+    """The function that runs command `name`; the operations modes live in their own module."""
+    if name in COMMANDS:
+        return COMMANDS[name]
+    from deployer.operations import OPERATIONS
+
+    return OPERATIONS[name]
+
+
 def execute(settings: Settings, observer: Observer, *, debug: bool = False) -> RunResult:
     """Run `settings.command` and return its record; failures become the record's status."""
     run = Run(settings, observer)
     result = run.result
     try:
         with run.stack:
-            COMMANDS[settings.command](run)
+            command(settings.command)(run)
     except DeployError as exc:
         result.status = "failed"
         result.exit_code = exc.exit_code

@@ -241,6 +241,12 @@ class RunResult:
     seed: SeedResult | None = None
     status_check: StatusResult | None = None
     smoke: SmokeResult | None = None
+    # Operations modes (deployer/operations.py): their own records, rendered by
+    # deployer/render/operations.py.
+    backup: Any = None
+    restore: Any = None
+    drift: Any = None
+    security: Any = None
     warnings: list[str] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
     report_path: str = ""

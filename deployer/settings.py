@@ -22,7 +22,20 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from deployer.errors import ConfigError
 
-COMMANDS = ("deploy", "plan", "status", "smoke", "seed")
+COMMANDS = (
+    "deploy",
+    "plan",
+    "status",
+    "smoke",
+    "seed",
+    "drift",
+    "backup",
+    "restore",
+    "preflight",
+    "rollback",
+)
+URL_DRIVERS = ("psycopg", "psycopg_async", "asyncpg", "psycopg2")
+FAIL_ON = ("error", "warning")
 URL_SCHEMES = ("postgres", "postgresql")
 TRUE = {"true", "1", "yes", "on"}
 FALSE = {"false", "0", "no", "off"}
@@ -307,6 +320,123 @@ class Settings(BaseSettings):
             "Where to write the JSON report, relative to the workspace",
         ),
     )
+    # Safety (issue 5).
+    allow_edited_migrations: bool = Field(
+        False,
+        json_schema_extra=_input(
+            "allow-edited-migrations",
+            "DB_DEPLOY_ALLOW_EDITED_MIGRATIONS",
+            "Accept (and re-record) applied revisions whose script changed since they ran",
+        ),
+    )
+    require_tls: bool = Field(
+        False,
+        json_schema_extra=_input(
+            "require-tls",
+            "DB_DEPLOY_REQUIRE_TLS",
+            "Fail when a non-local database is reached without TLS (otherwise a warning)",
+        ),
+    )
+    lock_retries: int = Field(
+        0,
+        ge=0,
+        le=10,
+        json_schema_extra=_input(
+            "lock-retries",
+            "DB_DEPLOY_LOCK_RETRIES",
+            "Retry a revision blocked by another session's lock this many times, with backoff",
+        ),
+    )
+    # Operations modes (issue 7).
+    scratch_database_url: SecretStr = Field(
+        SecretStr(""),
+        json_schema_extra=_input(
+            "scratch-database-url",
+            "DB_DEPLOY_SCRATCH_DATABASE_URL",
+            "drift: an empty database to migrate for comparison (default: an embedded server)",
+            secret=True,
+        ),
+    )
+    backup_path: str = Field(
+        "",
+        json_schema_extra=_input(
+            "backup-path",
+            "DB_DEPLOY_BACKUP_PATH",
+            "backup: file or folder to write (default: backups/ in the workspace); restore: the file",
+        ),
+    )
+    backup_before: bool = Field(
+        False,
+        json_schema_extra=_input(
+            "backup-before", "DB_DEPLOY_BACKUP_BEFORE", "deploy: take a backup before migrating"
+        ),
+    )
+    confirm_restore: str = Field(
+        "",
+        json_schema_extra=_input(
+            "confirm-restore",
+            "DB_DEPLOY_CONFIRM_RESTORE",
+            "restore: must equal the target database's name",
+        ),
+    )
+    confirm_rollback: bool = Field(
+        False,
+        json_schema_extra=_input(
+            "confirm-rollback",
+            "DB_DEPLOY_CONFIRM_ROLLBACK",
+            "rollback: required on the production environment",
+        ),
+    )
+    preflight_fail_on: str = Field(
+        "error",
+        json_schema_extra=_input(
+            "preflight-fail-on",
+            "DB_DEPLOY_PREFLIGHT_FAIL_ON",
+            "preflight: fail on findings of this severity or worse (error or warning)",
+        ),
+    )
+    security_preflight: bool = Field(
+        True,
+        json_schema_extra=_input(
+            "security-preflight",
+            "DB_DEPLOY_SECURITY_PREFLIGHT",
+            "deploy: run the cheap security checks first",
+        ),
+    )
+    # Real-world Alembic projects (issue 8).
+    alembic_ini: str = Field(
+        "",
+        json_schema_extra=_input(
+            "alembic-ini",
+            "DB_DEPLOY_ALEMBIC_INI",
+            "Path of alembic.ini when it is not in migrations-path",
+        ),
+    )
+    script_location: str = Field(
+        "",
+        json_schema_extra=_input(
+            "script-location",
+            "DB_DEPLOY_SCRIPT_LOCATION",
+            "Alembic script folder (the one with env.py) when the ini's is wrong for the workspace",
+        ),
+    )
+    url_driver: str = Field(
+        "psycopg",
+        json_schema_extra=_input(
+            "url-driver",
+            "DB_DEPLOY_URL_DRIVER",
+            "Driver written into sqlalchemy.url for env.py: psycopg, psycopg_async, asyncpg, psycopg2",
+        ),
+    )
+    requirements: str = Field(
+        "",
+        json_schema_extra=_input(
+            "requirements",
+            "DB_DEPLOY_REQUIREMENTS",
+            "A requirements file in the workspace (or `.` for the workspace's project) to install "
+            "before running",
+        ),
+    )
     # Command-line only (no action input).
     summary_file: str = Field("", json_schema_extra=_input("summary-file", None, ""))
     output_file: str = Field("", json_schema_extra=_input("output-file", None, ""))
@@ -326,7 +456,17 @@ class Settings(BaseSettings):
 
     # -- validators: strings from the environment become typed values
 
-    @field_validator("run_seed", "allow_production_seed", "dry_run", mode="before")
+    @field_validator(
+        "run_seed",
+        "allow_production_seed",
+        "dry_run",
+        "allow_edited_migrations",
+        "require_tls",
+        "backup_before",
+        "confirm_rollback",
+        "security_preflight",
+        mode="before",
+    )
     @classmethod
     def _bool(cls, v: object) -> bool:
         return parse_bool(v)
@@ -348,7 +488,7 @@ class Settings(BaseSettings):
     def _extensions(cls, v: object) -> tuple[ExtensionRequirement, ...]:
         return parse_extensions(v)
 
-    @field_validator("database_url", "direct_database_url", mode="before")
+    @field_validator("database_url", "direct_database_url", "scratch_database_url", mode="before")
     @classmethod
     def _url(cls, v: object) -> str:
         raw = v.get_secret_value() if isinstance(v, SecretStr) else str(v)
@@ -368,6 +508,22 @@ class Settings(BaseSettings):
         text = str(v).strip().lower()
         if text not in COMMANDS:
             raise ValueError(f"expected one of {', '.join(COMMANDS)}, got {str(v)!r}")
+        return text
+
+    @field_validator("url_driver", mode="before")
+    @classmethod
+    def _driver(cls, v: object) -> str:
+        text = str(v).strip().lower()
+        if text not in URL_DRIVERS:
+            raise ValueError(f"expected one of {', '.join(URL_DRIVERS)}, got {str(v)!r}")
+        return text
+
+    @field_validator("preflight_fail_on", mode="before")
+    @classmethod
+    def _fail_on(cls, v: object) -> str:
+        text = str(v).strip().lower()
+        if text not in FAIL_ON:
+            raise ValueError(f"expected error or warning, got {str(v)!r}")
         return text
 
     @field_validator("target", "migrations_path", "history_schema", "report_file", mode="before")
@@ -424,6 +580,7 @@ class Settings(BaseSettings):
         return [
             *url_secrets(self.url),
             *url_secrets(self.direct_database_url.get_secret_value()),
+            *url_secrets(self.scratch_database_url.get_secret_value()),
             *([self.webhook] if self.webhook else []),
         ]
 

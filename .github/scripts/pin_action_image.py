@@ -3,17 +3,19 @@
 
 On main, `runs.image` is `Dockerfile`, so the repository's own CI (`uses: ./`) builds and tests
 the image from source. On a release tag, action.yml must name the image the release workflow
-pushed, pinned by digest, so a user's `uses: owner/db-deploy-action@v1` pulls it instead of
-rebuilding the Dockerfile in every job:
+pushed, so a user's `uses: owner/db-deploy-action@v1` pulls it instead of rebuilding the
+Dockerfile in every job:
 
     runs:
       using: "docker"
-      image: "docker://ghcr.io/<owner>/db-deploy-action:1.2.3@sha256:<digest>"
+      image: "docker://ghcr.io/<owner>/db-deploy-action@sha256:<digest>" # 1.2.3
 
-The tag is for people reading the file; the digest is what Docker pulls, so a moved or
-overwritten tag can never change what a release runs. Only that one line changes (inputs,
-outputs and comments stay byte-identical), and the script refuses anything it does not expect.
-Standard library only: it runs on the bare runner before any setup step.
+Pinned by digest, not by tag: a registry tag can be re-pushed, a digest cannot, so what a
+release tag runs never changes. The version stays on the line as a comment (`name:tag@digest`
+is not used: Docker ignores the tag there, other engines reject the form, and docker/cli#7181
+proposes rejecting it too). Only that one line changes (inputs, outputs and comments stay
+byte-identical), and the script refuses anything it does not expect. Standard library only: it
+runs on the bare runner before any setup step.
 
 Usage: pin_action_image.py --image ghcr.io/OWNER/db-deploy-action --version 1.2.3 \
            --digest sha256:... [action.yml]
@@ -27,7 +29,8 @@ import sys
 from pathlib import Path
 
 IMAGE_LINE = re.compile(r'^(?P<indent>[ ]+)image:[ ]*(?P<q>["\']?)Dockerfile(?P=q)[ ]*$', re.M)
-IMAGE_NAME = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?:\.[a-z0-9-]+)*(?::[0-9]+)?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)+$")
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+IMAGE_NAME = re.compile(rf"^[a-z0-9.-]+(?::[0-9]+)?(?:/{_COMPONENT})+$")
 VERSION = re.compile(r"^(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)$")
 DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 
@@ -39,17 +42,18 @@ def pinned_reference(image: str, version: str, digest: str) -> str:
         raise ValueError(f"not a release version X.Y.Z: {version!r}")
     if not DIGEST.match(digest):
         raise ValueError(f"not a sha256 digest: {digest!r}")
-    return f"docker://{image}:{version}@{digest}"
+    return f"docker://{image}@{digest}"
 
 
-def pin(text: str, reference: str) -> str:
+def pin(text: str, reference: str, version: str) -> str:
     matches = list(IMAGE_LINE.finditer(text))
     if len(matches) != 1:
         raise ValueError(
             f"expected exactly one `image: Dockerfile` line in action.yml, found {len(matches)}"
         )
     m = matches[0]
-    return text[: m.start()] + f'{m.group("indent")}image: "{reference}"' + text[m.end() :]
+    line = f'{m.group("indent")}image: "{reference}" # {version}'
+    return text[: m.start()] + line + text[m.end() :]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,11 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         reference = pinned_reference(args.image, args.version, args.digest)
-        args.action.write_text(pin(args.action.read_text(encoding="utf-8"), reference), "utf-8")
+        text = args.action.read_text(encoding="utf-8")
+        args.action.write_text(pin(text, reference, args.version), encoding="utf-8")
     except (OSError, ValueError) as exc:
         print(f"pin_action_image: {exc}", file=sys.stderr)
         return 1
-    print(f"{args.action}: runs.image = {reference}")
+    print(f"{args.action}: runs.image = {reference} (version {args.version})")
     return 0
 
 

@@ -67,12 +67,13 @@ def migrate(
     statement_timeout: float | None = None,
     workspace: Path | None = None,
     on_applied: Callable[[AppliedRevision], None] | None = None,
+    downgrade: bool = False,
 ) -> MigrateResult:
-    """Upgrade to `target`. Returns the record, with `error` and `failed_revision` set when a
+    """Upgrade (or, with `downgrade`, downgrade: the rollback command) to `target`. Returns the record, with `error` and `failed_revision` set when a
     revision failed (the database is then at its last committed revision, read back from it).
     Raises ConfigError for bad targets and a broken env.py (nothing changed)."""
     started = time.perf_counter()
-    destination = resolve_target(project, target)
+    destination = () if downgrade and target == "base" else resolve_target(project, target)
     result = MigrateResult(
         script_location=str(project.script_location), target=target, dry_run=dry_run
     )
@@ -97,12 +98,20 @@ def migrate(
         tracker.called = True
         tracker.previous = tuple(heads)
         tracker.context = context
-        _refuse_downgrade(project, heads, target, destination)
+        if downgrade:
+            _refuse_upgrade(project, heads, target, destination)
+        else:
+            _refuse_downgrade(project, heads, target, destination)
         try:
-            steps = project.script._upgrade_revs(target, heads)
+            steps = (
+                project.script._downgrade_revs(target, heads)
+                if downgrade
+                else project.script._upgrade_revs(target, heads)
+            )
         except Exception as exc:  # noqa: BLE001
             raise ConfigError(
-                f"cannot plan the upgrade from {_fmt(heads)} to {target!r}: "
+                f"cannot plan the {'downgrade' if downgrade else 'upgrade'} from {_fmt(heads)} "
+                f"to {target!r}: "
                 f"{describe_exception(exc)}"
             ) from None
         result.pending = [project.describe(s.revision.revision) for s in steps]
@@ -155,10 +164,10 @@ def migrate(
         )
         # Only what the database kept counts as applied (all-or-nothing rolls back everything).
         kept = project.ancestors(result.current) if result.current else set()
-        result.applied = [a for a in tracker.applied if a.revision in kept]
+        result.applied = [a for a in tracker.applied if (a.revision in kept) != downgrade]
     else:
         result.applied = list(tracker.applied)
-        if dry_run:
+        if dry_run and not downgrade:
             result.sql = offline_sql(project, url, result.previous, target, workspace)
         else:
             _check_version_table(result, destination)
@@ -179,19 +188,31 @@ def _refuse_downgrade(
         )
 
 
+def _refuse_upgrade(
+    project: AlembicProject, heads: tuple[str, ...], target: str, destination: tuple[str, ...]
+) -> None:
+    below = project.ancestors(heads) if heads else set()
+    if any(d not in below for d in destination):
+        raise ConfigError(
+            f"target {target!r} is not below the current revision {_fmt(heads)}: "
+            "rollback only downgrades"
+        )
+
+
 def _check_version_table(result: MigrateResult, destination: tuple[str, ...]) -> None:
     """The version table on the deployer's own connection must show what env.py reported."""
-    expected = set(destination) if result.pending or not result.previous else None
-    if expected is None:
+    if not result.pending:
         return
-    if set(result.current) != expected and not expected <= set(result.current):
-        raise StepFailed(
-            f"env.py reported applying {len(result.applied)} revision(s) up to {_fmt(destination)}"
-            f", but {result.version_table_name} on the deploy connection is at "
-            f"{_fmt(result.current)}: env.py migrated another database (does it ignore "
-            "config.attributes['connection'] and sqlalchemy.url?)",
-            step="migrate",
-        )
+    current, expected = set(result.current), set(destination)
+    if (expected <= current) if expected else not current:
+        return
+    raise StepFailed(
+        f"env.py reported applying {len(result.applied)} revision(s) to {_fmt(destination)}, "
+        f"but {result.version_table_name} on the deploy connection is at {_fmt(result.current)}: "
+        "env.py migrated another database (does it ignore config.attributes['connection'] "
+        "and sqlalchemy.url?)",
+        step="migrate",
+    )
 
 
 def _read_back(connection: sa.Connection, result: MigrateResult) -> list[str]:
