@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "command_arg",
         nargs="?",
+        default=None,
         choices=COMMANDS,
         metavar="COMMAND",
         help=f"one of {', '.join(COMMANDS)} (default: deploy)",
@@ -111,8 +112,9 @@ def raw_secret_values(environ: dict[str, str] | os._Environ[str]) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = vars(build_parser().parse_args(argv))
     debug = bool(args.pop("debug", False))
-    if "command_arg" in args:
-        args["command"] = args.pop("command_arg")
+    positional = args.pop("command_arg", None)
+    if positional:
+        args["command"] = positional
 
     from deployer.github import GitHubConsole, GitHubContext
     from deployer.redact import Redactor, RedactingStream, url_secrets
@@ -136,6 +138,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.stream = sys.stderr
     try:
         return _run(args, redactor, gh, console, debug)
+    except Exception as exc:  # noqa: BLE001 - never a traceback for the user, unless asked
+        console.error(redactor(f"internal error: {type(exc).__name__}: {exc}"))
+        if debug:
+            import traceback
+
+            sys.stderr.write(traceback.format_exc())
+        return 1
     finally:
         with contextlib.suppress(Exception):
             sys.stdout.flush()

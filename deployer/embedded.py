@@ -40,3 +40,14 @@ def embedded_server(directory: str = "") -> Iterator[str]:
         yield f"postgresql://postgres@/postgres?host={pgdata}"
     finally:
         server.cleanup()
+
+
+def _reason(exc: BaseException) -> str:
+    """The server tools' own error line (initdb: error: …), not the wrapper's whole dump."""
+    lines = [line.strip() for line in str(exc).splitlines()]
+    errors = [line for line in lines if ": error:" in line or line.startswith("FATAL")]
+    hint = ""
+    if os.geteuid() == 0:
+        hint = " (as root, the server runs as user 'pgserver': the folder and its parents must be "
+        hint += "reachable by that user)"
+    return (errors[0] if errors else (lines[0] if lines else type(exc).__name__)) + hint

@@ -184,7 +184,8 @@ class Run:
             )
             if st.error:
                 raise StepFailed(st.error, step="status")
-            if st.pending and not self.result.dry_run and self.settings.target in {"head", "heads"}:
+            deployed = self.settings.command == "deploy" and not self.result.dry_run
+            if st.pending and deployed and self.settings.target in {"head", "heads"}:
                 raise StepFailed(
                     f"{len(st.pending)} revision(s) still pending after the deploy: "
                     + ", ".join(r.revision for r in st.pending),

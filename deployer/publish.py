@@ -41,7 +41,7 @@ def publish(
 
     if settings.webhook:
         payload = redactor.obj(slack.render(result))
-        failure = notify.post_slack(settings.webhook, payload)  # type: ignore[arg-type]
+        failure = notify.post_slack(settings.webhook, payload, timeout=settings.slack_timeout)  # type: ignore[arg-type]
         if failure:
             result.warnings.append(redactor(failure))
             console.warning(redactor(failure))

@@ -296,6 +296,14 @@ class Settings(BaseSettings):
             secret=True,
         ),
     )
+    slack_timeout: float = Field(
+        10.0,
+        json_schema_extra=_input(
+            "slack-timeout",
+            "DB_DEPLOY_SLACK_TIMEOUT",
+            "Timeout of each Slack request (one retry follows a failure)",
+        ),
+    )
     dry_run: bool = Field(
         False,
         json_schema_extra=_input(
@@ -472,7 +480,12 @@ class Settings(BaseSettings):
         return parse_bool(v)
 
     @field_validator(
-        "lock_timeout", "statement_timeout", "deploy_lock_wait", "connect_timeout", mode="before"
+        "lock_timeout",
+        "statement_timeout",
+        "deploy_lock_wait",
+        "connect_timeout",
+        "slack_timeout",
+        mode="before",
     )
     @classmethod
     def _duration(cls, v: object) -> float:

@@ -89,8 +89,6 @@ connector_kind = ENUM(
     ConnectorKind,
     name="connector_kind",
     values_callable=lambda kinds: [k.value for k in kinds],
-    # The type is created and dropped by the revisions (0002_connectors), not per table.
-    create_type=False,
 )
 
 

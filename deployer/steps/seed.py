@@ -1,6 +1,9 @@
 """Seed: a `seed(connection)` Python file or a `.sql` file, in one transaction after the
 migrations. Row deltas per table come from `pg_stat_xact_user_tables`, the statistics of the
-current transaction, read just before it commits: exact, and free of any count(*)."""
+current transaction, read when it starts and just before it commits: exact, and free of any
+count(*). (The view also holds this backend's counts from earlier transactions that are not yet
+flushed to the shared statistics, and no flush happens inside a transaction: hence the
+difference.)"""
 
 from __future__ import annotations
 
@@ -25,6 +28,10 @@ _DELTAS = sa.text(
     ORDER BY 1
     """
 )
+
+
+def _stats(connection: sa.Connection) -> dict[str, tuple[int, int, int]]:
+    return {r[0]: (int(r[1]), int(r[2]), int(r[3])) for r in connection.execute(_DELTAS)}
 
 
 def check_seed_file(path: Path) -> str:
@@ -70,6 +77,7 @@ def seed(connection: sa.Connection, path: Path) -> SeedResult:
         connection.commit()
     try:
         with connection.begin():
+            before = _stats(connection)
             if module is not None:
                 module.seed(connection)
             else:
@@ -78,8 +86,12 @@ def seed(connection: sa.Connection, path: Path) -> SeedResult:
                 assert raw is not None
                 with raw.cursor() as cur:
                     cur.execute(path.read_text(encoding="utf-8"))  # type: ignore[arg-type]
-            rows = connection.execute(_DELTAS).all()
-            result.tables = [TableDelta(r[0], int(r[1]), int(r[2]), int(r[3])) for r in rows]
+            after = _stats(connection)
+            for table, counts in sorted(after.items()):
+                base = before.get(table, (0, 0, 0))
+                ins, upd, dele = (a - b for a, b in zip(counts, base, strict=True))
+                if ins or upd or dele:
+                    result.tables.append(TableDelta(table, ins, upd, dele))
     except Exception as exc:  # noqa: BLE001 - user code: report it
         result.tables = []
         result.error = (

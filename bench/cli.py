@@ -1,0 +1,151 @@
+"""`python -m bench [--quick] [--sizes 50,200,500] [--repeat N] …`: see bench/README.md."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import deploy, profile, report, smoke, startup
+from bench.server import embedded
+
+SUITES = ("startup", "deploy", "smoke", "profile")
+RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Benchmarks of db-deploy against bare Alembic and psql -f, on an embedded "
+        "PostgreSQL. Prints a table of figures; see bench/README.md.",
+    )
+    p.add_argument("--quick", action="store_true", help="smoke run: small sizes, 2 rounds")
+    p.add_argument("--sizes", help="chain sizes (default 50,200,500; quick 10,40)")
+    p.add_argument("--repeat", type=int, help="rounds per size (default 5; quick 2)")
+    p.add_argument(
+        "--smoke-rows",
+        type=int,
+        help="rows in the loaded smoke database (default 6000000; quick 200000)",
+    )
+    p.add_argument("--smoke-repeat", type=int, help="smoke rounds (default 5; quick 2)")
+    p.add_argument("--startup-repeat", type=int, help="start-up rounds (default 10; quick 3)")
+    p.add_argument("--profile-size", type=int, help="chain size profiled (default 200; quick 40)")
+    p.add_argument("--only", help=f"comma-separated suites among {','.join(SUITES)} (default all)")
+    p.add_argument("--skip", default="", help="comma-separated suites to leave out")
+    p.add_argument(
+        "--data-dir",
+        help="keep the cluster here (reuses the loaded smoke database "
+        "next time); default: a temporary folder under /tmp, deleted at exit",
+    )
+    p.add_argument(
+        "--json",
+        help="write the results here (default bench/results/latest.json for full runs, "
+        "nowhere for --quick)",
+    )
+    p.add_argument(
+        "--write-readme",
+        action="store_true",
+        help="regenerate the results and profile sections of bench/README.md",
+    )
+    p.add_argument("--from-json", help="no measuring: print (and --write-readme) from this file")
+    p.add_argument("--keep-work", action="store_true", help="keep the work folder (logs, chains)")
+    a = p.parse_args(argv)
+    q = a.quick
+    a.sizes = [int(s) for s in (a.sizes or ("10,40" if q else "50,200,500")).split(",") if s]
+    a.repeat = a.repeat or (2 if q else 5)
+    a.smoke_rows = a.smoke_rows if a.smoke_rows is not None else (200_000 if q else 6_000_000)
+    a.smoke_repeat = a.smoke_repeat or (2 if q else 5)
+    a.startup_repeat = a.startup_repeat or (3 if q else 10)
+    a.profile_size = a.profile_size or (40 if q else 200)
+    chosen = [s for s in (a.only or ",".join(SUITES)).split(",") if s]
+    skip = set(a.skip.split(",")) - {""}
+    bad = [s for s in [*chosen, *skip] if s not in SUITES]
+    if bad:
+        p.error(f"unknown suite(s) {', '.join(bad)}: choose among {', '.join(SUITES)}")
+    a.suites = [s for s in SUITES if s in chosen and s not in skip]
+    return a
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def machine() -> str:
+    cpus = os.cpu_count() or 0
+    try:
+        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError):
+        mem = 0
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return f"{platform.machine()} Linux, {cpus} cores, {mem:.0f} GiB, load {load:.1f} at start"
+
+
+def measure(a: argparse.Namespace) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="bench-work-"))
+    results: dict[str, Any] = {
+        "meta": {
+            "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "machine": machine(),
+            "python": platform.python_version(),
+            "quick": a.quick,
+            "sizes": a.sizes,
+            "repeat": a.repeat,
+            "smoke_rows": a.smoke_rows,
+            "suites": a.suites,
+        }
+    }
+    started = time.perf_counter()
+    try:
+        with embedded(a.data_dir) as server:
+            results["meta"]["server_version"] = server.server_version()
+            say(f"embedded PostgreSQL {results['meta']['server_version']} at {server.host}")
+            if "startup" in a.suites:
+                say("start-up …")
+                results["startup"] = startup.run_suite(work, a.startup_repeat, say)
+            if "deploy" in a.suites:
+                say("deploys …")
+                results["deploy"] = deploy.run_suite(server, work, a.sizes, a.repeat, say)
+            if "smoke" in a.suites:
+                say("smoke …")
+                results["smoke"] = smoke.run_suite(server, work, a.smoke_rows, a.smoke_repeat, say)
+            if "profile" in a.suites:
+                say("profile …")
+                results["profile"] = profile.run_suite(server, work, a.profile_size, say)
+    finally:
+        if a.keep_work:
+            say(f"work folder kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    results["meta"]["wall_s"] = round(time.perf_counter() - started, 1)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse(argv)
+    if a.from_json:
+        results = json.loads(Path(a.from_json).read_text())
+    else:
+        results = measure(a)
+        target = Path(a.json) if a.json else (None if a.quick else RESULTS)
+        if target:
+            report.write_json(results, target)
+            say(f"results written to {target}")
+    print(report.table(results))
+    print("\nGoals:")
+    for line in report.goals(results):
+        print(f"- {line}")
+    if results.get("profile"):
+        print()
+        print(report.profile_markdown(results["profile"]))
+    if a.write_readme:
+        report.write_readme(results)
+        say(f"updated {report.README}")
+    return 0

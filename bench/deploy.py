@@ -1,0 +1,187 @@
+"""Full deploys and no-op deploys of synthetic chains: db-deploy, bare Alembic, psql -f.
+
+For each chain size, every round creates fresh databases and runs, in an order rotated from
+round to round (each tool goes first in turn):
+
+- `db-deploy deploy --database-url URL --migrations-path DIR` (preflight, lock, migrate,
+  status, smoke, reports), as a user runs it;
+- bare `alembic -c DIR/alembic.ini upgrade head` (DATABASE_URL set);
+- `psql -X -q -v ON_ERROR_STOP=1 -f FILE` of what `alembic upgrade head --sql` emitted (once per
+  size, untimed): the floor, the same SQL with a transaction per revision;
+
+then, on the databases now at head, a no-op `db-deploy deploy` and `alembic current`.
+Ratios are taken within each round. The three databases must end with the same catalog.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from bench.chain import write_project
+from bench.proc import VENV_BIN, child_env, run
+from bench.server import Server
+from bench.stats import ratios, rotate, summary
+
+FULL = ("deploy", "alembic", "psql")
+NOOP = ("noop", "current")
+
+#: One line per column, index, constraint and version row of the public schema: equal
+#: fingerprints mean equal resulting schemas.
+FINGERPRINT = """
+SELECT count(*) FILTER (WHERE kind = 'table'), md5(string_agg(item, E'\\n' ORDER BY item))
+FROM (
+  SELECT 'table' AS kind, 'table ' || relname AS item FROM pg_class
+   WHERE relnamespace = 'public'::regnamespace AND relkind = 'r'
+  UNION ALL
+  SELECT 'column', c.relname || '.' || a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
+         || CASE WHEN a.attnotnull THEN ' not null' ELSE '' END
+         || coalesce(' default ' || pg_get_expr(d.adbin, d.adrelid), '')
+  FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+  LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+  WHERE c.relnamespace = 'public'::regnamespace AND c.relkind = 'r'
+    AND a.attnum > 0 AND NOT a.attisdropped
+  UNION ALL
+  SELECT 'index', pg_get_indexdef(x.indexrelid)
+  FROM pg_index x JOIN pg_class c ON c.oid = x.indrelid
+  WHERE c.relnamespace = 'public'::regnamespace
+  UNION ALL
+  SELECT 'constraint',
+         conrelid::regclass::text || ' ' || conname || ' ' || pg_get_constraintdef(oid)
+  FROM pg_constraint WHERE connamespace = 'public'::regnamespace
+  UNION ALL
+  SELECT 'version', 'version ' || version_num FROM public.alembic_version
+) s
+"""
+
+
+def alembic_cmd(project: Path, *args: str) -> list[str]:
+    return [str(VENV_BIN / "alembic"), "-c", str(project / "alembic.ini"), *args]
+
+
+def deploy_cmd(project: Path, url: str, *args: str) -> list[str]:
+    return [
+        str(VENV_BIN / "db-deploy"),
+        "deploy",
+        "--database-url",
+        url,
+        "--migrations-path",
+        str(project),
+        *args,
+    ]
+
+
+def prepare(work: Path, size: int, server: Server, *, shared: bool = False) -> dict[str, Path]:
+    """Write the project, compile its revision files once (untimed, so no tool pays for the
+    bytecode cache), and render the offline SQL for psql."""
+    project = write_project(work / f"chain{size}{'-shared' if shared else ''}", size, shared=shared)
+    env = child_env(DATABASE_URL=server.url("postgres"))
+    run(alembic_cmd(project, "heads"), env=env).check(f"alembic heads ({size})")
+    sql = work / f"chain{size}.sql"
+    out = subprocess.run(
+        alembic_cmd(project, "upgrade", "head", "--sql"),
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+    ).stdout
+    sql.write_text(out)
+    return {"project": project, "sql": sql}
+
+
+def fingerprint(server: Server, db: str) -> tuple[int, str]:
+    rows = server.execute(db, FINGERPRINT)
+    return int(rows[0][0]), str(rows[0][1])
+
+
+def one_round(
+    server: Server, work: Path, files: dict[str, Path], size: int, k: int, *, check: bool
+) -> dict[str, Any]:
+    project, sql = files["project"], files["sql"]
+    dbs = {tool: server.create_database(f"d{size}") for tool in FULL}
+    logs = work / "logs"
+    logs.mkdir(exist_ok=True)
+    out: dict[str, Any] = {"order": rotate(FULL, k), "rss_kb": {}}
+    try:
+        for tool in out["order"]:
+            url = server.url(dbs[tool])
+            log = logs / f"{tool}-{size}.log"
+            if tool == "deploy":
+                m = run(deploy_cmd(project, url), cwd=work, log=log)
+            elif tool == "alembic":
+                m = run(
+                    alembic_cmd(project, "upgrade", "head"),
+                    env=child_env(DATABASE_URL=url),
+                    cwd=work,
+                    log=log,
+                )
+            else:
+                m = run(
+                    [server.psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-f", str(sql)],
+                    cwd=work,
+                    log=log,
+                )
+            m.check(f"{tool} at {size} revisions")
+            out[tool], out["rss_kb"][tool] = m.seconds, m.maxrss_kb
+        if check:
+            prints = {tool: fingerprint(server, dbs[tool]) for tool in FULL}
+            tables = {p[0] for p in prints.values()}
+            out["schemas_identical"] = len({p[1] for p in prints.values()}) == 1
+            out["tables"] = sorted(tables)
+            if not out["schemas_identical"] or tables != {size + 1}:  # + alembic_version
+                raise RuntimeError(f"resulting schemas differ at {size} revisions: {prints}")
+        for tool in rotate(NOOP, k):
+            log = logs / f"{tool}-{size}.log"
+            if tool == "noop":
+                m = run(deploy_cmd(project, server.url(dbs["deploy"])), cwd=work, log=log)
+                if "noop" not in m.output and "nothing" not in m.output.lower():
+                    out["noop_unconfirmed"] = True
+            else:
+                m = run(
+                    alembic_cmd(project, "current"),
+                    env=child_env(DATABASE_URL=server.url(dbs["alembic"])),
+                    cwd=work,
+                    log=log,
+                )
+            m.check(f"{tool} at {size} revisions")
+            out[tool], out["rss_kb"][tool] = m.seconds, m.maxrss_kb
+    finally:
+        for db in dbs.values():
+            server.drop_database(db)
+    return out
+
+
+def run_suite(
+    server: Server, work: Path, sizes: list[int], repeat: int, progress: Any
+) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    for size in sizes:
+        files = prepare(work, size, server)
+        rounds = []
+        for k in range(repeat):
+            r = one_round(server, work, files, size, k, check=(k == 0))
+            rounds.append(r)
+            progress(
+                f"  {size} revisions, round {k + 1}/{repeat}: "
+                + ", ".join(f"{t} {r[t]:.2f}s" for t in (*FULL, *NOOP))
+            )
+        results[str(size)] = {"rounds": rounds, **summarise(rounds)}
+    return results
+
+
+def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    times = {tool: summary([r[tool] for r in rounds]) for tool in (*FULL, *NOOP)}
+    rss = {tool: summary([r["rss_kb"][tool] for r in rounds]) for tool in (*FULL, *NOOP)}
+    return {
+        "seconds": times,
+        "peak_rss_kb": rss,
+        "ratios": {
+            "deploy/alembic": ratios(rounds, "deploy", "alembic"),
+            "alembic/psql": ratios(rounds, "alembic", "psql"),
+            "deploy/psql": ratios(rounds, "deploy", "psql"),
+            "noop/current": ratios(rounds, "noop", "current"),
+        },
+        "schemas_identical": all(r.get("schemas_identical", True) for r in rounds),
+    }

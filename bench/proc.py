@@ -1,0 +1,75 @@
+"""Run a child process and measure it: wall time and the child's own peak RSS (wait4)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+TIMEOUT = 600.0  # no child may run longer than this
+
+
+@dataclass
+class Measured:
+    seconds: float
+    maxrss_kb: int
+    returncode: int
+    output: str
+
+    def check(self, what: str) -> Measured:
+        if self.returncode != 0:
+            tail = "\n".join(self.output.strip().splitlines()[-25:])
+            raise RuntimeError(f"{what} exited {self.returncode}:\n{tail}")
+        return self
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment of a CI-less terminal: no GitHub runner variables, no stray database."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("GITHUB_", "INPUT_", "RUNNER_", "PG", "SLACK"))
+        and k not in {"DATABASE_URL", "DIRECT_DATABASE_URL", "CI", "PYTHONPROFILEIMPORTTIME"}
+    }
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    env.update(extra)
+    return env
+
+
+def run(
+    cmd: Sequence[str],
+    *,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = TIMEOUT,
+    log: Path | None = None,
+) -> Measured:
+    """Run `cmd` to completion (bounded by `timeout`), output to `log` (or discarded)."""
+    sink = open(log, "wb") if log else open(os.devnull, "wb")  # noqa: SIM115
+    with sink:
+        started = time.perf_counter()
+        proc = subprocess.Popen(
+            list(cmd),
+            stdin=subprocess.DEVNULL,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env=env if env is not None else child_env(),
+            cwd=cwd,
+        )
+        killer = threading.Timer(timeout, proc.kill)  # bounded: a hung child is killed
+        killer.start()
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        finally:
+            killer.cancel()
+        seconds = time.perf_counter() - started
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    output = log.read_text(errors="replace") if log else ""
+    return Measured(seconds, int(usage.ru_maxrss), proc.returncode, output)

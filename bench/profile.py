@@ -1,0 +1,267 @@
+"""Where the time goes: cProfile of each command, import costs, and round trips counted by the
+server (`log_statement = all` on a scratch database of the bench's private cluster).
+
+Buckets are cProfile cumulative times (recursion counted once), so they overlap: "migrations
+loop" contains "server wait" and "SQL compile" for the revisions; "imports" is the time in
+`importlib` loading modules, wherever it happens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import pstats
+import re
+import subprocess
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from bench.deploy import alembic_cmd, deploy_cmd, prepare
+from bench.proc import VENV_BIN, child_env, run
+from bench.server import Server
+
+# (label, file suffix, function name): cumulative seconds of one function (summed over entries).
+BUCKETS: list[tuple[str, str, str]] = [
+    ("imports (importlib)", "<frozen importlib._bootstrap>", "_find_and_load"),
+    ("settings (load_settings)", "deployer/settings.py", "load_settings"),
+    ("argument parser (build_parser)", "deployer/cli.py", "build_parser"),
+    ("load the migrations folder (find_project)", "deployer/alembic_project.py", "find_project"),
+    ("revision map: load every revision file", "alembic/script/revision.py", "_revision_map"),
+    ("preflight step", "deployer/pipeline.py", "preflight"),
+    ("env.py runs (all)", "alembic/script/base.py", "run_env"),
+    ("  inspect_env (env.py, no-op work)", "deployer/steps/migrate.py", "inspect_env"),
+    ("  migrations loop (run_migrations)", "alembic/runtime/migration.py", "run_migrations"),
+    ("    revision upgrade() bodies (alembic ops)", "alembic/operations/base.py", "invoke"),
+    ("    version table updates", "alembic/runtime/migration.py", "update_to_step"),
+    ("status step", "deployer/pipeline.py", "status"),
+    ("smoke step", "deployer/pipeline.py", "smoke"),
+    ("reports (publish)", "deployer/publish.py", "publish"),
+    ("SQL/DDL compile (SQLAlchemy Compiled)", "sqlalchemy/sql/compiler.py", "__init__"),
+    ("server round trips (psycopg wait + send)", "psycopg/connection.py", "wait"),
+    ("", "psycopg/_cursor_base.py", "_execute_send"),
+    ("connect (psycopg)", "psycopg/connection.py", "connect"),
+]
+
+
+def _cum(stats: dict[Any, Any], suffix: str, name: str) -> tuple[float, int]:
+    """Cumulative seconds and calls of the function(s) matching; for `__init__` in a module
+    the largest entry (the base class every call goes through)."""
+    hits = [
+        (v[3], v[1])
+        for (f, _line, n), v in stats.items()
+        if n == name and (f.endswith(suffix) or f == suffix)
+    ]
+    if not hits:
+        return 0.0, 0
+    if name == "__init__":
+        return max(hits)
+    return sum(h[0] for h in hits), sum(h[1] for h in hits)
+
+
+def summarise_profile(path: Path, size: int, top: int = 12) -> dict[str, Any]:
+    st = pstats.Stats(str(path))
+    stats = st.stats  # type: ignore[attr-defined]
+    total = max(v[3] for v in stats.values())
+    buckets: dict[str, Any] = {}
+    last = ""
+    for label, suffix, name in BUCKETS:
+        sec, calls = _cum(stats, suffix, name)
+        if not label:  # continuation of the previous bucket
+            buckets[last]["seconds"] = round(buckets[last]["seconds"] + sec, 4)
+            continue
+        last = label
+        buckets[label] = {"seconds": round(sec, 4), "calls": calls}
+    # the upgrade() functions of the revision files themselves
+    ups = [v for (f, _l, n), v in stats.items() if n == "upgrade" and "/versions/" in f]
+    buckets["revision files' upgrade() (sum)"] = {
+        "seconds": round(sum(v[3] for v in ups), 4),
+        "calls": len(ups),
+    }
+    by_tottime = sorted(stats.items(), key=lambda kv: -kv[1][2])[:top]
+    hot = [
+        {
+            "function": f"{_short(f)}:{line}({n})",
+            "tottime": round(v[2], 4),
+            "cumtime": round(v[3], 4),
+            "calls": v[1],
+        }
+        for (f, line, n), v in by_tottime
+    ]
+    return {"total_s": round(total, 4), "per_revision_ms": None, "buckets": buckets, "hot": hot}
+
+
+def _short(f: str) -> str:
+    for mark in ("site-packages/", "/work/main/", "/bench-", "/tmp/"):
+        if mark in f:
+            return f.split(mark, 1)[1]
+    return f
+
+
+# --------------------------------------------------------------------------- round trips
+
+_LINE = re.compile(
+    r"^\S+ \S+ \S+ \[(?P<pid>\d+)\] (?P<app>[^|]*)\|(?P<db>[^|]*)\| ?LOG:  "
+    r"(?:statement|execute [^:]*): (?P<sql>.*)$"
+)
+
+
+def classify(sql: str) -> str:
+    s = sql.strip().lstrip("(").upper()
+    first = s.split(None, 1)[0] if s else ""
+    if first in {"BEGIN", "COMMIT", "ROLLBACK", "START"}:
+        return "transaction (BEGIN/COMMIT/ROLLBACK)"
+    if first in {"SAVEPOINT", "RELEASE"} or s.startswith("ROLLBACK TO"):
+        return "savepoints"
+    if first in {"SET", "SHOW", "RESET"} or "CURRENT_SETTING" in s[:60]:
+        return "session settings (SET/SHOW/current_setting)"
+    if "ALEMBIC_VERSION" in s:
+        return "version table"
+    if first in {"CREATE", "ALTER", "DROP", "COMMENT", "GRANT"}:
+        return "DDL (the migrations)"
+    if "ADVISORY" in s:
+        return "deploy lock"
+    if "PG_CATALOG" in s or "PG_CLASS" in s or "INFORMATION_SCHEMA" in s or "PG_" in s[:200]:
+        return "catalog queries"
+    if first == "SELECT":
+        return "other SELECT"
+    return "other"
+
+
+@contextlib.contextmanager
+def statement_logging(server: Server) -> Iterator[None]:
+    with server.admin() as conn:
+        conn.execute("ALTER SYSTEM SET log_line_prefix = '%m [%p] %a|%d| '")
+        conn.execute("SELECT pg_reload_conf()")
+    try:
+        yield
+    finally:
+        with server.admin() as conn:
+            conn.execute("ALTER SYSTEM RESET log_line_prefix")
+            conn.execute("SELECT pg_reload_conf()")
+
+
+def count_statements(server: Server, db: str, cmd: list[str], env: dict[str, str], cwd: Path):
+    """Run `cmd` with every statement on `db` logged; return counts by class and connection."""
+    with server.admin() as conn:
+        conn.execute(f"ALTER DATABASE \"{db}\" SET log_statement = 'all'")
+    offset = server.log.stat().st_size
+    run(cmd, env=env, cwd=cwd).check(" ".join(cmd[:3]))
+    with server.admin() as conn:
+        conn.execute(f'ALTER DATABASE "{db}" RESET log_statement')
+    with open(server.log, "rb") as fh:
+        fh.seek(offset)
+        text = fh.read().decode(errors="replace")
+    classes: Counter[str] = Counter()
+    pids: set[str] = set()
+    samples: dict[str, str] = {}
+    total = 0
+    for line in text.splitlines():
+        m = _LINE.match(line)
+        if not m or m.group("db") != db:
+            continue
+        total += 1
+        pids.add(m.group("pid"))
+        c = classify(m.group("sql"))
+        classes[c] += 1
+        samples.setdefault(c, m.group("sql")[:120])
+    return {
+        "statements": total,
+        "sessions": len(pids),
+        "by_class": dict(classes.most_common()),
+        "samples": samples,
+    }
+
+
+def run_suite(server: Server, work: Path, size: int, progress: Any) -> dict[str, Any]:
+    files = prepare(work, size, server)
+    project, sql = files["project"], files["sql"]
+    out: dict[str, Any] = {"size": size, "cprofile": {}, "round_trips": {}}
+    py = str(VENV_BIN / "python")
+    prof_dir = work / "profiles"
+    prof_dir.mkdir(exist_ok=True)
+
+    # cProfile: full deploy then no-op on one database; alembic upgrade then current on another.
+    dbs = [server.create_database("p"), server.create_database("p")]
+    try:
+        runs = {
+            "deploy": ([py, "-m", "cProfile", "-o", "{out}", "-m", "deployer"], dbs[0]),
+            "noop": ([py, "-m", "cProfile", "-o", "{out}", "-m", "deployer"], dbs[0]),
+            "alembic": ([py, "-m", "cProfile", "-o", "{out}", str(VENV_BIN / "alembic")], dbs[1]),
+            "current": ([py, "-m", "cProfile", "-o", "{out}", str(VENV_BIN / "alembic")], dbs[1]),
+        }
+        for name, (prefix, db) in runs.items():
+            target = prof_dir / f"{name}-{size}.prof"
+            head = [p.replace("{out}", str(target)) for p in prefix]
+            url = server.url(db)
+            if name in {"deploy", "noop"}:
+                cmd = head + deploy_cmd(project, url)[1:]
+                env = child_env()
+            else:
+                verb = ["upgrade", "head"] if name == "alembic" else ["current"]
+                cmd = head + alembic_cmd(project, *verb)[1:]
+                env = child_env(DATABASE_URL=url)
+            run(cmd, env=env, cwd=work, log=work / "logs" / f"prof-{name}.log").check(name)
+            out["cprofile"][name] = summarise_profile(target, size)
+            progress(f"  profiled {name}: {out['cprofile'][name]['total_s']:.2f}s under cProfile")
+    finally:
+        for db in dbs:
+            server.drop_database(db)
+
+    # import time of a no-op deploy's process, per top-level package
+    out["imports_deploy"] = _importtime(server, project)
+
+    # round trips, as the server saw them
+    with statement_logging(server):
+        dbs = [server.create_database("r") for _ in range(3)]
+        try:
+            u = [server.url(d) for d in dbs]
+            plans = {
+                "deploy": (dbs[0], deploy_cmd(project, u[0]), child_env()),
+                "noop": (dbs[0], deploy_cmd(project, u[0]), child_env()),
+                "alembic": (
+                    dbs[1],
+                    alembic_cmd(project, "upgrade", "head"),
+                    child_env(DATABASE_URL=u[1]),
+                ),
+                "current": (dbs[1], alembic_cmd(project, "current"), child_env(DATABASE_URL=u[1])),
+                "psql": (
+                    dbs[2],
+                    [server.psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", u[2], "-f", str(sql)],
+                    child_env(),
+                ),
+            }
+            for name, (db, cmd, env) in plans.items():
+                res = count_statements(server, db, cmd, env, work)
+                full = name in {"deploy", "alembic", "psql"}
+                res["per_revision"] = round(res["statements"] / size, 2) if full else None
+                out["round_trips"][name] = res
+                progress(
+                    f"  round trips {name}: {res['statements']} statements on "
+                    f"{res['sessions']} sessions"
+                )
+        finally:
+            for db in dbs:
+                server.drop_database(db)
+    return out
+
+
+def _importtime(server: Server, project: Path) -> dict[str, Any]:
+    db = server.create_database("i")
+    try:
+        cmd = [str(VENV_BIN / "python"), "-X", "importtime", "-m", "deployer"]
+        cmd += deploy_cmd(project, server.url(db))[1:]
+        subprocess.run(cmd, env=child_env(), capture_output=True, timeout=600, check=True)
+        proc = subprocess.run(cmd, env=child_env(), capture_output=True, text=True, timeout=600)
+    finally:
+        server.drop_database(db)
+    top: Counter[str] = Counter()
+    for line in proc.stderr.splitlines():
+        m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)", line)
+        if m:
+            top[m.group(4).split(".", 1)[0]] += int(m.group(1)) / 1e6
+    return {
+        "what": "no-op deploy",
+        "total_import_s": round(sum(top.values()), 4),
+        "top_packages_s": {k: round(v, 4) for k, v in top.most_common(14)},
+    }

@@ -1,0 +1,231 @@
+"""The table printed at the end, the JSON file and the results section of bench/README.md."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from bench.stats import fmt_s, fmt_x
+
+README = Path(__file__).resolve().parent / "README.md"
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+PSTART, PEND = "<!-- profile:start -->", "<!-- profile:end -->"
+
+GOALS = {
+    "deploy/alembic": 1.15,
+    "noop/current": 1.2,
+    "smoke full/empty": 1.5,
+}
+
+
+def _verdict(ratio: dict[str, Any] | None, goal: float) -> str:
+    if not ratio or ratio.get("median") is None:
+        return "–"
+    return "met" if ratio["median"] <= goal else "**not met**"
+
+
+def _mb(kb: float | None) -> str:
+    return "–" if kb is None else f"{kb / 1024:.0f} MB"
+
+
+def table(results: dict[str, Any]) -> str:
+    """Markdown tables of every figure measured (also what `make bench` prints)."""
+    out: list[str] = []
+    meta = results.get("meta", {})
+    out.append(
+        f"Measured {meta.get('date', '?')} on {meta.get('machine', '?')}; PostgreSQL "
+        f"{meta.get('server_version', '?')} (embedded, Unix socket); Python "
+        f"{meta.get('python', '?')}; medians of {meta.get('repeat', '?')} interleaved runs "
+        "(min–max); ratios taken pair by pair within each run."
+    )
+    dep = results.get("deploy")
+    if dep:
+        out += [
+            "",
+            "**Full deploy** (fresh database; seconds)",
+            "",
+            "| revisions | psql -f | alembic upgrade head | db-deploy deploy | alembic / psql "
+            "| db-deploy / alembic | goal ≤ 1.15× | same schema |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
+        ]
+        for size, r in dep.items():
+            s, x = r["seconds"], r["ratios"]
+            goal = _verdict(x["deploy/alembic"], 1.15) if int(size) >= 200 else "(n/a)"
+            out.append(
+                f"| {size} | {fmt_s(s['psql'])} | {fmt_s(s['alembic'])} | {fmt_s(s['deploy'])} "
+                f"| {fmt_x(x['alembic/psql'])} | {fmt_x(x['deploy/alembic'])} | {goal} "
+                f"| {'yes' if r.get('schemas_identical') else 'NO'} |"
+            )
+        out += [
+            "",
+            "**No-op deploy** (database already at head; seconds)",
+            "",
+            "| revisions | alembic current | db-deploy deploy (no-op) | ratio | goal ≤ 1.2× |",
+            "| ---: | ---: | ---: | ---: | --- |",
+        ]
+        for size, r in dep.items():
+            s, x = r["seconds"], r["ratios"]
+            out.append(
+                f"| {size} | {fmt_s(s['current'])} | {fmt_s(s['noop'])} "
+                f"| {fmt_x(x['noop/current'])} | {_verdict(x['noop/current'], 1.2)} |"
+            )
+        out += [
+            "",
+            "**Peak memory** (max RSS of the process, ru_maxrss)",
+            "",
+            "| revisions | psql | alembic upgrade head | db-deploy deploy | db-deploy no-op "
+            "| alembic current |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for size, r in dep.items():
+            m = r["peak_rss_kb"]
+            out.append(
+                f"| {size} | {_mb(m['psql']['max'])} | {_mb(m['alembic']['max'])} "
+                f"| {_mb(m['deploy']['max'])} | {_mb(m['noop']['max'])} "
+                f"| {_mb(m['current']['max'])} |"
+            )
+    st = results.get("startup")
+    if st:
+        s = st["seconds"]
+        imp = st.get("imports_help", {})
+        heavy = ", ".join(
+            f"{k} {v * 1000:.0f} ms" for k, v in imp.get("heavy_packages", {}).items()
+        )
+        out += [
+            "",
+            "**Start-up** (seconds)",
+            "",
+            "| python -c pass | alembic --help | db-deploy --help | db-deploy / alembic |",
+            "| ---: | ---: | ---: | ---: |",
+            f"| {fmt_s(s['python'], 3)} | {fmt_s(s['alembic_help'], 3)} "
+            f"| {fmt_s(s['deploy_help'], 3)} | {fmt_x(st['ratios']['deploy_help/alembic_help'])} |",
+            "",
+            f"`db-deploy --help` imports {imp.get('total_import_s', 0) * 1000:.0f} ms of modules; "
+            f"heavy packages among them: {heavy or 'none'}.",
+        ]
+    sm = results.get("smoke")
+    if sm:
+        s, x = sm["seconds"], sm["ratios"]
+        out += [
+            "",
+            f"**Smoke** ({sm['tables']} tables, {sm['rows']:,} rows in all; seconds)",
+            "",
+            "| | whole command | smoke step / queries |",
+            "| --- | ---: | ---: |",
+            f"| db-deploy smoke, empty schema | {fmt_s(s['smoke_empty'])} "
+            f"| {fmt_s(s['smoke_empty_step'], 3)} |",
+            f"| db-deploy smoke, {sm['rows']:,} rows | {fmt_s(s['smoke_full'])} "
+            f"| {fmt_s(s['smoke_full_step'], 3)} |",
+            f"| naive exact count(*) per table | {fmt_s(s['naive_full'])} "
+            f"| {fmt_s(s['naive_full_query'], 3)} |",
+            f"| full / empty (goal ≤ 1.5×) | {fmt_x(x['full/empty (command)'])} "
+            f"| {fmt_x(x['full/empty (step)'])} — "
+            f"{_verdict(x['full/empty (step)'], 1.5)} |",
+            f"| naive / db-deploy | {fmt_x(x['naive/smoke (command)'])} "
+            f"| {fmt_x(x['naive/smoke (queries vs step)'])} |",
+        ]
+    return "\n".join(out)
+
+
+def goals(results: dict[str, Any]) -> list[str]:
+    lines = []
+    dep = results.get("deploy", {})
+    for size, r in dep.items():
+        if int(size) >= 200:
+            x = r["ratios"]["deploy/alembic"]
+            lines.append(f"full deploy ≤ 1.15× alembic at {size}: {fmt_x(x)} → {_verdict(x, 1.15)}")
+    for size, r in dep.items():
+        x = r["ratios"]["noop/current"]
+        lines.append(f"no-op ≤ 1.2× alembic current at {size}: {fmt_x(x)} → {_verdict(x, 1.2)}")
+    sm = results.get("smoke")
+    if sm:
+        x = sm["ratios"]["full/empty (step)"]
+        lines.append(
+            f"smoke on {sm['rows']:,} rows ≤ 1.5× empty (step): {fmt_x(x)} → {_verdict(x, 1.5)}"
+        )
+    big = max((int(s) for s in dep), default=0)
+    if big:
+        kb = dep[str(big)]["peak_rss_kb"]["deploy"]["max"]
+        lines.append(f"peak memory of a {big}-revision deploy: {_mb(kb)}")
+    return lines
+
+
+def profile_markdown(prof: dict[str, Any]) -> str:
+    if not prof:
+        return ""
+    size = prof["size"]
+    cp = prof["cprofile"]
+    names = [n for n in ("deploy", "alembic", "noop", "current") if n in cp]
+    out = [
+        f"cProfile at {size} revisions (cumulative seconds under the profiler, which inflates "
+        "Python-heavy parts; buckets overlap, see bench/profile.py)",
+        "",
+        "| bucket | " + " | ".join(names) + " |",
+        "| --- |" + " ---: |" * len(names),
+        "| **total** | " + " | ".join(f"**{cp[n]['total_s']:.3f}**" for n in names) + " |",
+    ]
+    labels = list(cp[names[0]]["buckets"])
+    for label in labels:
+        cells = []
+        for n in names:
+            b = cp[n]["buckets"].get(label, {})
+            sec = b.get("seconds", 0.0)
+            cells.append(f"{sec:.3f} ({b.get('calls', 0)})" if sec else "–")
+        out.append(f"| {label.replace('  ', '&nbsp;&nbsp;')} | " + " | ".join(cells) + " |")
+    rt = prof.get("round_trips", {})
+    if rt:
+        names = list(rt)
+        classes: list[str] = []
+        for n in names:
+            classes += [c for c in rt[n]["by_class"] if c not in classes]
+        out += [
+            "",
+            f"Statements the server received (log_statement = all) at {size} revisions",
+            "",
+            "| | " + " | ".join(names) + " |",
+            "| --- |" + " ---: |" * len(names),
+            "| **statements** | " + " | ".join(f"**{rt[n]['statements']}**" for n in names) + " |",
+            "| per revision | "
+            + " | ".join(
+                f"{rt[n]['per_revision']:.2f}" if rt[n]["per_revision"] else "–" for n in names
+            )
+            + " |",
+            "| sessions | " + " | ".join(str(rt[n]["sessions"]) for n in names) + " |",
+        ]
+        for c in classes:
+            out.append(
+                f"| {c} | " + " | ".join(str(rt[n]["by_class"].get(c, 0)) for n in names) + " |"
+            )
+    imp = prof.get("imports_deploy")
+    if imp:
+        top = ", ".join(f"{k} {v * 1000:.0f}" for k, v in imp["top_packages_s"].items())
+        out += [
+            "",
+            f"Import time of a no-op `db-deploy deploy` process: {imp['total_import_s']:.3f} s "
+            f"(self time by top-level package, ms: {top}).",
+        ]
+    return "\n".join(out)
+
+
+def write_json(results: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=1, sort_keys=False) + "\n")
+
+
+def _replace(text: str, start: str, end: str, body: str) -> str:
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        _, tail = rest.split(end, 1)
+        return f"{head}{start}\n{body}\n{end}{tail}"
+    return f"{text.rstrip()}\n\n{start}\n{body}\n{end}\n"
+
+
+def write_readme(results: dict[str, Any], path: Path = README) -> None:
+    """Replace the generated sections of bench/README.md, leaving the prose alone."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    body = table(results) + "\n\nGoals:\n\n" + "\n".join(f"- {g}" for g in goals(results))
+    text = _replace(text, START, END, body)
+    if results.get("profile"):
+        text = _replace(text, PSTART, PEND, profile_markdown(results["profile"]))
+    path.write_text(text)

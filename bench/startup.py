@@ -1,0 +1,77 @@
+"""Start-up: what a command costs before it does anything.
+
+Rounds, in rotated order, of `python -c pass` (the interpreter's floor), `alembic --help` and
+`db-deploy --help`; and one `python -X importtime` of `db-deploy --help` to see which
+packages a command that needs no database still imports.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from bench.proc import VENV_BIN, child_env, run
+from bench.stats import ratios, rotate, summary
+
+TOOLS = ("python", "alembic_help", "deploy_help")
+HEAVY = ("sqlalchemy", "alembic", "pydantic", "pydantic_settings", "psycopg", "requests", "mako")
+
+
+def _cmd(tool: str) -> list[str]:
+    if tool == "python":
+        return [str(VENV_BIN / "python"), "-c", "pass"]
+    if tool == "alembic_help":
+        return [str(VENV_BIN / "alembic"), "--help"]
+    return [str(VENV_BIN / "db-deploy"), "--help"]
+
+
+def import_profile(args: list[str]) -> dict[str, Any]:
+    """`python -X importtime -m deployer ARGS`: cumulative import time per top-level package."""
+    proc = subprocess.run(
+        [str(VENV_BIN / "python"), "-X", "importtime", "-m", "deployer", *args],
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    top: dict[str, float] = {}
+    total = 0.0
+    for line in proc.stderr.splitlines():
+        m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)", line)
+        if not m:
+            continue
+        self_us, name = int(m.group(1)), m.group(4)
+        pkg = name.split(".", 1)[0]
+        top[pkg] = top.get(pkg, 0.0) + self_us / 1e6
+        total += self_us / 1e6
+    heavy = {p: round(top[p], 4) for p in HEAVY if p in top}
+    biggest = dict(sorted(top.items(), key=lambda kv: -kv[1])[:12])
+    return {
+        "args": args,
+        "total_import_s": round(total, 4),
+        "heavy_packages": heavy,
+        "top_packages_s": {k: round(v, 4) for k, v in biggest.items()},
+    }
+
+
+def run_suite(work: Path, repeat: int, progress: Any) -> dict[str, Any]:
+    rounds = []
+    for k in range(repeat):
+        r: dict[str, Any] = {"order": rotate(TOOLS, k), "rss_kb": {}}
+        for tool in r["order"]:
+            m = run(_cmd(tool), cwd=work).check(tool)
+            r[tool], r["rss_kb"][tool] = m.seconds, m.maxrss_kb
+        rounds.append(r)
+    progress(
+        "  start-up: "
+        + ", ".join(f"{t} {summary([r[t] for r in rounds])['median']:.3f}s" for t in TOOLS)
+    )
+    return {
+        "rounds": rounds,
+        "seconds": {t: summary([r[t] for r in rounds]) for t in TOOLS},
+        "peak_rss_kb": {t: summary([r["rss_kb"][t] for r in rounds]) for t in TOOLS},
+        "ratios": {"deploy_help/alembic_help": ratios(rounds, "deploy_help", "alembic_help")},
+        "imports_help": import_profile(["--help"]),
+    }

@@ -1,0 +1,243 @@
+"""The command line: exit codes of the spec, one clear line on bad input, no traceback."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import AlembicProject, Database, GitHubRunner, Run, clean_env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def error_lines(run: Run) -> list[str]:
+    return [line for line in run.stdout.splitlines() if line.startswith("::error")]
+
+
+def test_help_and_version(run_cli: Callable[..., Run]) -> None:
+    run = run_cli("--help")
+    assert run.returncode == 0
+    for flag in (
+        "--database-url",
+        "--run-seed",
+        "--no-run-seed",
+        "--embedded",
+        "--smoke-expect",
+        "--summary-file",
+        "--output-file",
+        "--report-file",
+        "deploy",
+    ):
+        assert flag in run.stdout
+    assert run_cli("--version").stdout.startswith("db-deploy ")
+
+
+def test_unknown_flag_is_exit_2(run_cli: Callable[..., Run]) -> None:
+    run = run_cli("deploy", "--no-such-flag")
+    assert run.returncode == 2
+    assert run.stderr.count("\n") == 1 and "unrecognized arguments" in run.stderr
+
+
+def test_missing_database_url(run_cli: Callable[..., Run], github: GitHubRunner) -> None:
+    run = run_cli(env=github.env, cwd=github.workspace)
+    assert run.returncode == 2
+    [line] = error_lines(run)
+    assert "no database" in line and "database-url" in line
+
+
+def test_bad_input_is_one_annotation_without_secret(
+    run_cli: Callable[..., Run], github: GitHubRunner
+) -> None:
+    env = github.with_inputs(
+        **{"database-url": "postgresql://app:Sup3rS3cret@db.internal/shop", "run-seed": "perhaps"}
+    )
+    run = run_cli(env=env, cwd=github.workspace)
+    assert run.returncode == 2
+    [line] = error_lines(run)
+    assert "invalid run-seed" in line and "perhaps" in line
+    assert "Sup3rS3cret" not in run.visible
+    assert "::add-mask::Sup3rS3cret" in run.stdout  # masked before anything else
+    assert run.stdout.startswith("::add-mask::")
+    assert "Traceback" not in run.output
+
+
+def test_malformed_url_masked_even_though_it_does_not_parse(
+    run_cli: Callable[..., Run], github: GitHubRunner
+) -> None:
+    env = github.with_inputs(**{"database-url": "postgresql://app:Sup3rS3cret@db:port/shop"})
+    run = run_cli(env=env, cwd=github.workspace)
+    assert run.returncode == 2
+    assert "malformed connection URL" in run.stdout
+    assert "Sup3rS3cret" not in run.visible
+
+
+def test_unreachable_host_retries_then_exit_3(
+    run_cli: Callable[..., Run], github: GitHubRunner, project: AlembicProject
+) -> None:
+    project.add("0001", "pass")
+    port = free_port()
+    env = github.with_inputs(
+        **{
+            "database-url": f"postgresql://app:Pw-n0t-shown@127.0.0.1:{port}/shop",
+            "connect-retries": "3",
+            "connect-timeout": "1s",
+            "migrations-path": str(project.root),
+        }
+    )
+    started = time.monotonic()
+    run = run_cli(env=env, cwd=github.workspace)
+    elapsed = time.monotonic() - started
+    assert run.returncode == 3
+    assert f"cannot connect to 127.0.0.1:{port}/shop after 3 attempts" in run.stdout
+    assert run.stdout.count("retrying in") == 2
+    assert elapsed < 15  # within the retry budget: 2 waits of at most 0.5s and 1s, plus start-up
+    assert "Pw-n0t-shown" not in run.visible
+    assert github.outputs()["failed-step"] == "preflight"
+
+
+def test_missing_database_is_exit_3_without_retry(
+    run_cli: Callable[..., Run], database: Database, project: AlembicProject
+) -> None:
+    project.add("0001", "pass")
+    url = database.url.replace(database.name, "no_such_db")
+    run = run_cli("--database-url", url, "--migrations-path", str(project.root))
+    assert run.returncode == 3
+    assert 'database "no_such_db" does not exist' in run.stderr
+    assert "retrying" not in run.stderr
+
+
+@pytest.mark.parametrize(
+    "layout,message",
+    [
+        ("missing", "migrations-path 'nowhere' does not exist"),
+        ("empty", "holds no alembic.ini and no env.py"),
+        ("broken_env", "env.py failed before migrating: ZeroDivisionError"),
+        ("syntax", "syntax error in 0002_broken.py line"),
+    ],
+)
+def test_broken_projects_are_exit_2(
+    layout: str,
+    message: str,
+    run_cli: Callable[..., Run],
+    database: Database,
+    github: GitHubRunner,
+    make_project: Callable[..., AlembicProject],
+) -> None:
+    path = "nowhere"
+    if layout == "empty":
+        (github.workspace / "empty").mkdir()
+        path = "empty"
+    elif layout in {"broken_env", "syntax"}:
+        p = make_project(str(github.workspace / "migrations"))
+        p.add("0001_ok", "op.create_table('t', sa.Column('id', sa.Integer))")
+        if layout == "broken_env":
+            env_py = p.root / "env.py"
+            env_py.write_text("x = 1 / 0\n" + env_py.read_text())
+        else:
+            (p.versions / "0002_broken.py").write_text("revision = '0002'\ndown_revision = (\n")
+        path = "migrations"
+    env = github.with_inputs(**{"database-url": database.url, "migrations-path": path})
+    run = run_cli(env=env, cwd=github.workspace)
+    assert run.returncode == 2, run.output
+    [line] = error_lines(run)
+    assert message in line
+    assert database.tables() == set()
+    assert "Traceback" not in run.output
+
+
+@pytest.fixture
+def pgdir() -> Path:
+    """A folder the embedded server's user can reach (as root it runs as 'pgserver', and
+    pytest's own tmp folders are private)."""
+    import shutil
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="dbd-t-", dir="/tmp"))
+    path.chmod(0o755)
+    yield path / "pg"
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_embedded_deploy(
+    run_cli: Callable[..., Run], project: AlembicProject, tmp_path: Path, pgdir: Path
+) -> None:
+    project.add(
+        "0001_t",
+        "op.execute('CREATE EXTENSION IF NOT EXISTS vector')\n"
+        "op.execute('CREATE TABLE t (id int, v vector(3))')",
+    )
+    env = clean_env()
+    run = run_cli(
+        "deploy",
+        "--embedded",
+        str(pgdir),
+        "--migrations-path",
+        str(project.root),
+        "--required-extensions",
+        "vector>=0.8",
+        env=env,
+        cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.output
+    assert "✅ extension vector >= 0.8: 0.8" in run.stdout
+    assert (pgdir / "PG_VERSION").exists()  # a named folder keeps its data
+
+
+def test_embedded_failure_is_one_line(
+    run_cli: Callable[..., Run], project: AlembicProject, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    run = run_cli(
+        "--embedded", str(blocker / "pg"), "--migrations-path", str(project.root), cwd=tmp_path
+    )
+    assert run.returncode == 2
+    assert "Traceback" not in run.output
+    assert "cannot create the embedded server folder" in run.stderr
+    assert "Not a directory" in run.stderr
+
+
+def test_embedded_is_never_used_when_a_url_is_set(
+    run_cli: Callable[..., Run], project: AlembicProject, database: Database, tmp_path: Path
+) -> None:
+    project.add("0001_t", "op.execute('CREATE TABLE t (id int)')")
+    run = run_cli(
+        "--embedded",
+        str(tmp_path / "pg"),
+        "--database-url",
+        database.url,
+        "--migrations-path",
+        str(project.root),
+        cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.output
+    assert database.version() == {"0001_t"}
+    assert not (tmp_path / "pg").exists()
+
+
+def test_entrypoint_shim_runs_the_same_main(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, str(repo / "entrypoint.py"), "--version"],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0 and proc.stdout.startswith("db-deploy ")
+    code = [
+        line
+        for line in (repo / "entrypoint.py").read_text().splitlines()
+        if line.strip() and not line.startswith('"""')
+    ]
+    assert len(code) == 3  # a shim: import sys, import main, sys.exit(main())

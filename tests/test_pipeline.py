@@ -1,0 +1,325 @@
+"""The deploy pipeline end to end: the CLI as a subprocess against a real PostgreSQL, with real
+GITHUB_OUTPUT / GITHUB_STEP_SUMMARY files parsed by the runner's rules."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import AlembicProject, Database, GitHubRunner, Run
+
+TABLE_A = "op.create_table('a', sa.Column('id', sa.Integer, primary_key=True))"
+TABLE_B = (
+    "op.create_table('b', sa.Column('id', sa.Integer, primary_key=True), "
+    "sa.Column('name', sa.Text))"
+)
+
+
+def linear(project: AlembicProject) -> AlembicProject:
+    project.add("0001_a", TABLE_A, "op.drop_table('a')", message="create a")
+    project.add("0002_b", TABLE_B, "op.drop_table('b')", message="create b")
+    project.add(
+        "0003_rows",
+        "op.execute(\"INSERT INTO b (id, name) VALUES (1, 'x'), (2, 'y')\")",
+        "op.execute('DELETE FROM b')",
+        message="rows in b",
+    )
+    return project
+
+
+@pytest.fixture
+def gh_deploy(github: GitHubRunner, run_cli: Callable[..., Run], database: Database):
+    """Run `db-deploy` as the container would: inputs as INPUT_*, cwd = workspace."""
+
+    def deploy(project: AlembicProject, *args: str, **inputs: str) -> Run:
+        inputs.setdefault("database-url", database.url)
+        inputs.setdefault("migrations-path", str(project.root))
+        env = github.with_inputs(**inputs)
+        return run_cli(*args, env=env, cwd=github.workspace)
+
+    return deploy
+
+
+def test_linear_chain_deploys_and_reports(
+    project: AlembicProject, database: Database, github: GitHubRunner, gh_deploy
+) -> None:
+    linear(project)
+    run = gh_deploy(project, **{"smoke-expect": "b>=2", "environment": "staging"})
+    assert run.returncode == 0, run.output
+    assert database.version() == {"0003_rows"}
+    out = github.outputs()
+    assert out["status"] == "success"
+    assert out["failed-step"] == ""
+    assert out["previous-revision"] == ""
+    assert out["current-revision"] == "0003_rows"
+    assert out["head-revision"] == "0003_rows"
+    assert out["applied-count"] == "3"
+    applied = json.loads(out["applied"])
+    assert [a["revision"] for a in applied] == ["0001_a", "0002_b", "0003_rows"]
+    assert applied[1]["description"] == "create b"
+    assert all(a["seconds"] >= 0 for a in applied)
+    assert out["pending-count"] == "0"
+    assert out["seeded"] == "false"
+    assert out["smoke-tables"] == "3"  # a, b, alembic_version
+    assert out["smoke-failed"] == "0"
+    assert out["smoke-rows"] == "3"
+    assert float(out["duration-seconds"]) > 0
+    assert out["report-path"] == "db-deploy-report.json"
+
+    summary = github.summary()
+    assert "3 revision(s) applied" in summary
+    for fact in (
+        "octocat",
+        "acme/shop",
+        "refs/heads/main",
+        "0123456789ab",
+        "staging",
+        "https://github.com/acme/shop/actions/runs/4242",
+        "`0003_rows`",
+        "create b",
+        "`b >= 2`",
+    ):
+        assert fact in summary, fact
+
+    report = json.loads((github.workspace / "db-deploy-report.json").read_text())
+    assert report["schema_version"] == 1
+    assert report["status"] == "success"
+    assert [a["revision"] for a in report["migrate"]["applied"]] == [
+        "0001_a",
+        "0002_b",
+        "0003_rows",
+    ]
+    assert report["telemetry"]["run_url"].endswith("/runs/4242")
+    assert report["smoke"]["summary"]["rows"] == 3
+
+    # Workflow commands: a group per step, on stdout where the runner reads them.
+    for step in ("preflight", "migrate", "status", "smoke"):
+        assert f"::group::{step}" in run.stdout
+    assert "Traceback" not in run.output
+
+
+def test_second_deploy_is_a_noop(project: AlembicProject, github: GitHubRunner, gh_deploy) -> None:
+    linear(project)
+    assert gh_deploy(project).returncode == 0
+    github.output_file.write_text("")
+    run = gh_deploy(project)
+    assert run.returncode == 0, run.output
+    out = github.outputs()
+    assert out["status"] == "noop"
+    assert out["applied-count"] == "0"
+    assert out["previous-revision"] == out["current-revision"] == "0003_rows"
+    assert "::notice" in run.stdout
+
+
+def test_partial_then_rest(
+    project: AlembicProject, database: Database, github: GitHubRunner, gh_deploy
+) -> None:
+    linear(project)
+    assert gh_deploy(project, target="0001_a").returncode == 0
+    assert database.version() == {"0001_a"}
+    assert github.outputs()["pending-count"] == "2"  # still pending towards the head
+    github.output_file.write_text("")
+    assert gh_deploy(project).returncode == 0
+    out = github.outputs()
+    assert out["previous-revision"] == "0001_a"
+    assert [a["revision"] for a in json.loads(out["applied"])] == ["0002_b", "0003_rows"]
+
+
+def test_branch_and_merge(project: AlembicProject, database: Database, gh_deploy) -> None:
+    project.add("0001_base", TABLE_A, "op.drop_table('a')")
+    project.add("0002_left", "op.add_column('a', sa.Column('l', sa.Integer))", down="0001_base")
+    project.add("0002_right", "op.add_column('a', sa.Column('r', sa.Integer))", down="0001_base")
+    project.add("0003_merge", "pass", down=("0002_left", "0002_right"))
+    run = gh_deploy(project)
+    assert run.returncode == 0, run.output
+    assert database.version() == {"0003_merge"}
+    cols = {
+        r[0]
+        for r in database.rows(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'a'"
+        )
+    }
+    assert cols == {"id", "l", "r"}
+
+
+def test_several_heads_are_refused(
+    project: AlembicProject, database: Database, github: GitHubRunner, gh_deploy
+) -> None:
+    project.add("0001_base", TABLE_A)
+    project.add("0002_left", "op.add_column('a', sa.Column('l', sa.Integer))", down="0001_base")
+    project.add("0002_right", "op.add_column('a', sa.Column('r', sa.Integer))", down="0001_base")
+    run = gh_deploy(project)
+    assert run.returncode == 1
+    assert "0002_left" in run.stdout and "0002_right" in run.stdout
+    assert "::error" in run.stdout
+    assert github.outputs()["failed-step"] == "status"
+    assert database.tables() == set()  # nothing changed
+
+
+def failing_chain(project: AlembicProject) -> AlembicProject:
+    project.add("0001_a", TABLE_A, "op.drop_table('a')")
+    project.add("0002_b", TABLE_B, "op.drop_table('b')")
+    project.add("0003_bad", "op.execute('ALTER TABLE missing_table ADD COLUMN x int')")
+    project.add("0004_never", "op.create_table('never', sa.Column('id', sa.Integer))")
+    return project
+
+
+def test_failing_revision_per_revision_transactions(
+    project: AlembicProject, database: Database, github: GitHubRunner, gh_deploy
+) -> None:
+    failing_chain(project)
+    run = gh_deploy(project)
+    assert run.returncode == 1, run.output
+    # The database is at the last committed revision.
+    assert database.version() == {"0002_b"}
+    assert {"a", "b"} <= database.tables() and "never" not in database.tables()
+    out = github.outputs()
+    assert out["status"] == "failed"
+    assert out["failed-step"] == "migrate"
+    assert out["current-revision"] == "0002_b"
+    assert [a["revision"] for a in json.loads(out["applied"])] == ["0001_a", "0002_b"]
+    assert "0003_bad" in out["error"] and "missing_table" in out["error"]
+    summary = github.summary()
+    assert "0003_bad" in summary and "does not exist" in summary and "❌ failed" in summary
+    report = json.loads((github.workspace / "db-deploy-report.json").read_text())
+    assert report["migrate"]["failed_revision"] == "0003_bad"
+    assert "missing_table" in report["migrate"]["error"]
+    assert any(
+        line.startswith("::error") and "0003_bad" in line for line in run.stdout.splitlines()
+    )
+    assert "Traceback" not in run.output
+
+
+def test_failing_revision_all_or_nothing(
+    make_project: Callable[..., AlembicProject], database: Database, github: GitHubRunner, gh_deploy
+) -> None:
+    project = failing_chain(make_project("single", per_migration=False))
+    run = gh_deploy(project)
+    assert run.returncode == 1, run.output
+    assert database.version() == set()  # one transaction: everything rolled back
+    assert "a" not in database.tables()
+    out = github.outputs()
+    assert out["current-revision"] == ""
+    assert out["applied-count"] == "0"
+    assert "0003_bad" in out["error"]
+
+
+def test_failure_after_partial_deploy_keeps_earlier_revision(
+    project: AlembicProject, database: Database, gh_deploy
+) -> None:
+    failing_chain(project)
+    assert gh_deploy(project, target="0001_a").returncode == 0
+    assert gh_deploy(project).returncode == 1
+    assert database.version() == {"0002_b"}
+
+
+def test_data_migration(project: AlembicProject, database: Database, gh_deploy) -> None:
+    project.add(
+        "0001_people",
+        "op.create_table('people', sa.Column('id', sa.Integer, "
+        "primary_key=True), sa.Column('full_name', sa.Text))\n"
+        "op.execute(\"INSERT INTO people VALUES (1, 'Ada Lovelace'), (2, 'Alan Turing')\")",
+    )
+    project.add(
+        "0002_split",
+        """
+        op.add_column('people', sa.Column('first', sa.Text))
+        conn = op.get_bind()
+        rows = conn.execute(sa.text('SELECT id, full_name FROM people')).all()
+        for id_, full in rows:
+            conn.execute(sa.text('UPDATE people SET first = :f WHERE id = :i'),
+                         {'f': full.split()[0], 'i': id_})
+        op.alter_column('people', 'first', nullable=False)
+    """,
+    )
+    run = gh_deploy(project)
+    assert run.returncode == 0, run.output
+    assert [r[0] for r in database.rows("SELECT first FROM people ORDER BY id")] == ["Ada", "Alan"]
+
+
+def test_create_index_concurrently_in_autocommit_block(
+    project: AlembicProject, database: Database, gh_deploy
+) -> None:
+    project.add(
+        "0001_t",
+        "op.create_table('t', sa.Column('id', sa.Integer, primary_key=True), "
+        "sa.Column('v', sa.Integer))\nop.execute('INSERT INTO t SELECT g, g FROM "
+        "generate_series(1, 1000) g')",
+    )
+    project.add(
+        "0002_idx",
+        """
+        with op.get_context().autocommit_block():
+            op.create_index('t_v_idx', 't', ['v'], postgresql_concurrently=True)
+    """,
+    )
+    run = gh_deploy(project)
+    assert run.returncode == 0, run.output
+    assert database.version() == {"0002_idx"}
+    valid = database.scalar(
+        "SELECT indisvalid FROM pg_index WHERE indexrelid = 't_v_idx'::regclass"
+    )
+    assert valid is True
+
+
+def test_target_below_current_is_refused(
+    project: AlembicProject, database: Database, gh_deploy
+) -> None:
+    linear(project)
+    assert gh_deploy(project).returncode == 0
+    run = gh_deploy(project, target="0001_a")
+    assert run.returncode == 2
+    assert "below the current revision" in run.stdout
+    assert database.version() == {"0003_rows"}
+    assert database.scalar("SELECT count(*) FROM b") == 2
+
+
+def test_unknown_target(project: AlembicProject, database: Database, gh_deploy) -> None:
+    linear(project)
+    run = gh_deploy(project, target="9999_nope")
+    assert run.returncode == 2
+    assert "unknown target revision '9999_nope'" in run.stdout
+    assert database.tables() == set()
+
+
+def test_session_settings_on_the_migration_connection(
+    project: AlembicProject, database: Database, gh_deploy
+) -> None:
+    project.add(
+        "0001_settings",
+        """
+        op.execute("CREATE TABLE seen AS SELECT current_setting('lock_timeout') AS lock_timeout, "
+                   "current_setting('statement_timeout') AS statement_timeout, "
+                   "current_setting('application_name') AS app")
+    """,
+    )
+    run = gh_deploy(project, **{"lock-timeout": "3s", "statement-timeout": "2m"})
+    assert run.returncode == 0, run.output
+    assert tuple(database.rows("SELECT * FROM seen")[0]) == ("3s", "2min", "db-deploy")
+
+
+def test_dry_run_changes_nothing_and_shows_sql(
+    project: AlembicProject, database: Database, github: GitHubRunner, gh_deploy
+) -> None:
+    linear(project)
+    run = gh_deploy(project, **{"dry-run": "true"})
+    assert run.returncode == 0, run.output
+    assert database.tables() == set()
+    out = github.outputs()
+    assert out["applied-count"] == "0"
+    assert out["pending-count"] == "3"
+    summary = github.summary()
+    assert "3 revision(s) would be applied" in summary
+    assert "CREATE TABLE a" in summary and "INSERT INTO b" in summary
+
+
+def test_plan_command_is_a_dry_run(
+    project: AlembicProject, database: Database, github: GitHubRunner, gh_deploy
+) -> None:
+    linear(project)
+    run = gh_deploy(project, command="plan")
+    assert run.returncode == 0, run.output
+    assert database.tables() == set()
+    assert "CREATE TABLE b" in github.summary()

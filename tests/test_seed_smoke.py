@@ -1,0 +1,315 @@
+"""Seed and smoke steps through the CLI, on a real server."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import AlembicProject, Database, GitHubRunner, Run
+
+SCHEMA = """
+op.create_table('kinds', sa.Column('code', sa.Text, primary_key=True), sa.Column('label', sa.Text))
+op.create_table('items', sa.Column('id', sa.Integer, primary_key=True),
+                sa.Column('kind', sa.Text, sa.ForeignKey('kinds.code')))
+"""
+
+SEED_PY = """
+import sqlalchemy as sa
+
+def seed(connection):
+    connection.execute(sa.text(
+        "INSERT INTO kinds (code, label) VALUES ('a', 'Alpha'), ('b', 'Beta') "
+        "ON CONFLICT (code) DO UPDATE SET label = excluded.label "
+        "WHERE kinds.label IS DISTINCT FROM excluded.label"))
+    connection.execute(sa.text(
+        "INSERT INTO items (id, kind) VALUES (1, 'a'), (2, 'b'), (3, 'b') ON CONFLICT DO NOTHING"))
+"""
+
+
+@pytest.fixture
+def seeded_project(project: AlembicProject) -> AlembicProject:
+    project.add("0001_schema", SCHEMA, "op.drop_table('items')\nop.drop_table('kinds')")
+    (project.root / "seed.py").write_text(SEED_PY)
+    return project
+
+
+@pytest.fixture
+def deploy(github: GitHubRunner, run_cli: Callable[..., Run], database: Database):
+    def run(project: AlembicProject, **inputs: str) -> Run:
+        inputs.setdefault("database-url", database.url)
+        inputs.setdefault("migrations-path", str(project.root))
+        return run_cli(env=github.with_inputs(**inputs), cwd=github.workspace)
+
+    return run
+
+
+def test_seed_runs_after_migrations_with_row_deltas(
+    seeded_project: AlembicProject, database: Database, github: GitHubRunner, deploy
+) -> None:
+    run = deploy(seeded_project, **{"run-seed": "true"})
+    assert run.returncode == 0, run.output
+    assert database.scalar("SELECT count(*) FROM items") == 3
+    out = github.outputs()
+    assert out["seeded"] == "true"
+    report = json.loads((github.workspace / "db-deploy-report.json").read_text())
+    deltas = {t["table"]: t for t in report["seed"]["tables"]}
+    assert deltas["public.kinds"]["inserted"] == 2
+    assert deltas["public.items"]["inserted"] == 3
+    assert report["seed"]["totals"] == {"inserted": 5, "updated": 0, "deleted": 0}
+    assert "5 inserted" in github.summary()
+
+
+def test_second_seed_changes_nothing(
+    seeded_project: AlembicProject, github: GitHubRunner, deploy
+) -> None:
+    assert deploy(seeded_project, **{"run-seed": "true"}).returncode == 0
+    run = deploy(seeded_project, **{"run-seed": "true"})
+    assert run.returncode == 0, run.output
+    report = json.loads((github.workspace / "db-deploy-report.json").read_text())
+    assert report["seed"]["totals"] == {"inserted": 0, "updated": 0, "deleted": 0}
+    assert report["status"] == "noop"  # nothing was pending
+
+
+def test_seed_not_run_unless_asked(
+    seeded_project: AlembicProject, database: Database, github: GitHubRunner, deploy
+) -> None:
+    assert deploy(seeded_project).returncode == 0
+    assert database.scalar("SELECT count(*) FROM items") == 0
+    assert github.outputs()["seeded"] == "false"
+
+
+def test_sql_seed(seeded_project: AlembicProject, database: Database, deploy) -> None:
+    sql = seeded_project.root / "seed.sql"
+    sql.write_text(
+        "INSERT INTO kinds VALUES ('z', '100% zed');\nINSERT INTO items VALUES (9, 'z');\n"
+    )
+    run = deploy(seeded_project, **{"run-seed": "true", "seed-path": str(sql)})
+    assert run.returncode == 0, run.output
+    assert database.scalar("SELECT label FROM kinds") == "100% zed"
+
+
+def test_seed_that_raises_is_rolled_back(
+    seeded_project: AlembicProject, database: Database, github: GitHubRunner, deploy
+) -> None:
+    (seeded_project.root / "seed.py").write_text(
+        SEED_PY + "\n    raise RuntimeError('catalog source unavailable')\n"
+    )
+    run = deploy(seeded_project, **{"run-seed": "true"})
+    assert run.returncode == 1
+    out = github.outputs()
+    assert out["failed-step"] == "seed"
+    assert out["seeded"] == "false"
+    assert "catalog source unavailable" in out["error"]
+    assert database.version() == {"0001_schema"}  # the migrations stay: a known revision
+    assert database.scalar("SELECT count(*) FROM kinds") == 0  # the seed's rows are gone
+    assert "Traceback" not in run.output
+
+
+def test_missing_seed_file_changes_nothing(
+    seeded_project: AlembicProject, database: Database, deploy
+) -> None:
+    run = deploy(seeded_project, **{"run-seed": "true", "seed-path": "nope/seed.py"})
+    assert run.returncode == 2
+    assert "seed file" in run.stdout and "does not exist" in run.stdout
+    assert database.tables() == set()
+
+
+def test_production_seed_refused(
+    seeded_project: AlembicProject, database: Database, deploy
+) -> None:
+    run = deploy(seeded_project, **{"run-seed": "true", "environment": "production"})
+    assert run.returncode == 2
+    assert "allow-production-seed" in run.stdout
+    assert database.tables() == set()
+    run = deploy(
+        seeded_project,
+        **{"run-seed": "true", "environment": "production", "allow-production-seed": "true"},
+    )
+    assert run.returncode == 0, run.output
+
+
+def test_smoke_expectations_and_extensions(
+    seeded_project: AlembicProject, github: GitHubRunner, deploy
+) -> None:
+    run = deploy(
+        seeded_project,
+        **{
+            "run-seed": "true",
+            "smoke-expect": "kinds>=2\npublic.items>=3",
+            "required-extensions": "plpgsql>=1.0",
+        },
+    )
+    assert run.returncode == 0, run.output
+    report = json.loads((github.workspace / "db-deploy-report.json").read_text())
+    assert [x["ok"] for x in report["smoke"]["expectations"]] == [True, True]
+    # Counting stops at N: never more rows than the expectation asks for.
+    assert [x["counted"] for x in report["smoke"]["expectations"]] == [2, 3]
+
+
+@pytest.mark.parametrize(
+    "inputs,problem",
+    [
+        ({"smoke-expect": "items>=4"}, "expected items >= 4 rows, found 3"),
+        ({"smoke-expect": "ghosts>=1"}, "expected ghosts >= 1 rows, no such table"),
+        ({"required-extensions": "vector"}, "extension vector required, not installed"),
+        ({"required-extensions": "plpgsql>=99"}, "extension plpgsql >= 99 required, version 1.0"),
+    ],
+)
+def test_smoke_failures(
+    seeded_project: AlembicProject,
+    github: GitHubRunner,
+    deploy,
+    inputs: dict[str, str],
+    problem: str,
+) -> None:
+    run = deploy(seeded_project, **{"run-seed": "true", **inputs})
+    assert run.returncode == 1
+    out = github.outputs()
+    assert out["failed-step"] == "smoke"
+    assert problem in out["error"]
+    assert out["current-revision"] == "0001_schema"
+
+
+def test_unreadable_table_fails_smoke(
+    project: AlembicProject, database: Database, github: GitHubRunner, run_cli: Callable[..., Run]
+) -> None:
+    project.add(
+        "0001_t",
+        "op.create_table('open_t', sa.Column('id', sa.Integer))\n"
+        "op.create_table('secret_t', sa.Column('id', sa.Integer))",
+    )
+    database.execute("CREATE ROLE deployer_ro LOGIN")
+    try:
+        assert (
+            run_cli(
+                "--database-url", database.url, "--migrations-path", str(project.root)
+            ).returncode
+            == 0
+        )
+        database.execute("GRANT SELECT ON open_t, alembic_version TO deployer_ro")
+        url = database.url.replace("postgres@", "deployer_ro@")
+        run = run_cli("smoke", "--database-url", url, env=github.env, cwd=github.workspace)
+        assert run.returncode == 1
+        out = github.outputs()
+        assert out["smoke-failed"] == "1"
+        assert "public.secret_t is not readable" in out["error"]
+    finally:
+        database.execute("DROP OWNED BY deployer_ro")
+        database.execute("DROP ROLE deployer_ro")
+
+
+def test_large_tables_are_estimated_not_counted(
+    project: AlembicProject, database: Database, github: GitHubRunner, deploy
+) -> None:
+    project.add(
+        "0001_big",
+        "op.create_table('big', sa.Column('id', sa.Integer))\n"
+        "op.execute('INSERT INTO big SELECT generate_series(1, 25000)')\n"
+        "op.execute('ANALYZE big')",
+    )
+    run = deploy(project)
+    assert run.returncode == 0, run.output
+    report = json.loads((github.workspace / "db-deploy-report.json").read_text())
+    big = next(t for t in report["smoke"]["tables"] if t["name"] == "big")
+    assert big["estimated"] is True
+    assert 20_000 <= big["rows"] <= 30_000
+    assert "~25,000" in github.summary() or "~2" in github.summary()
+
+
+def test_vector_index_advice(
+    project: AlembicProject, database: Database, github: GitHubRunner, deploy
+) -> None:
+    project.add(
+        "0001_vec",
+        """
+        op.execute('CREATE EXTENSION IF NOT EXISTS vector')
+        op.execute('CREATE TABLE docs (id int, embedding vector(3))')
+        op.execute("INSERT INTO docs SELECT g, ARRAY[random(), random(), random()]::vector "
+                   "FROM generate_series(1, 20000) g")
+        op.execute('ANALYZE docs')
+        op.execute('CREATE INDEX docs_embedding_idx ON docs USING ivfflat '
+                   '(embedding vector_cosine_ops) WITH (lists = 200)')
+        op.execute('CREATE INDEX docs_hnsw_idx ON docs USING hnsw (embedding vector_l2_ops)')
+    """,
+    )
+    run = deploy(project, **{"required-extensions": "vector>=0.5"})
+    assert run.returncode == 0, run.output
+    report = json.loads((github.workspace / "db-deploy-report.json").read_text())
+    idx = {v["name"]: v for v in report["smoke"]["vector_indexes"]}
+    assert idx["docs_embedding_idx"]["method"] == "ivfflat"
+    assert idx["docs_embedding_idx"]["lists"] == 200
+    assert idx["docs_embedding_idx"]["recommended_lists"] == 20
+    assert "SET (lists = 20)" in idx["docs_embedding_idx"]["advice"]
+    assert idx["docs_hnsw_idx"]["method"] == "hnsw" and idx["docs_hnsw_idx"]["size_bytes"] > 0
+    assert any(
+        line.startswith("::warning") and "docs_embedding_idx" in line
+        for line in run.stdout.splitlines()
+    )
+    assert "REINDEX INDEX CONCURRENTLY" in github.summary()
+
+
+def test_seed_command_alone(
+    seeded_project: AlembicProject,
+    database: Database,
+    github: GitHubRunner,
+    run_cli: Callable[..., Run],
+    deploy,
+) -> None:
+    assert deploy(seeded_project).returncode == 0
+    run = run_cli(
+        "seed",
+        "--database-url",
+        database.url,
+        "--migrations-path",
+        str(seeded_project.root),
+        env=github.env,
+        cwd=github.workspace,
+    )
+    assert run.returncode == 0, run.output
+    assert database.scalar("SELECT count(*) FROM items") == 3
+
+
+def test_status_command(
+    seeded_project: AlembicProject,
+    database: Database,
+    github: GitHubRunner,
+    run_cli: Callable[..., Run],
+) -> None:
+    seeded_project.add("0002_more", "op.create_table('more', sa.Column('id', sa.Integer))")
+    args = ("status", "--database-url", database.url, "--migrations-path", str(seeded_project.root))
+    run = run_cli(*args, env=github.env, cwd=github.workspace)
+    assert run.returncode == 0, run.output
+    out = github.outputs()
+    assert out["pending-count"] == "2"
+    assert out["head-revision"] == "0002_more"
+    assert database.tables() == set()  # status never creates the version table
+    assert "0001_schema" in github.summary()
+
+
+def test_report_paths_outside_github(
+    seeded_project: AlembicProject, database: Database, run_cli: Callable[..., Run], tmp_path: Path
+) -> None:
+    run = run_cli(
+        "deploy",
+        "--database-url",
+        database.url,
+        "--migrations-path",
+        str(seeded_project.root),
+        "--summary-file",
+        str(tmp_path / "s.md"),
+        "--output-file",
+        str(tmp_path / "out.txt"),
+        "--report-file",
+        str(tmp_path / "r.json"),
+        cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.output
+    assert "db-deploy deploy: success" in run.stdout  # the terminal report
+    assert "::group::" not in run.output  # no workflow commands outside GitHub
+    assert "1 revision(s) applied" in (tmp_path / "s.md").read_text()
+    from conftest import parse_env_file
+
+    assert parse_env_file((tmp_path / "out.txt").read_text())["applied-count"] == "1"
+    assert json.loads((tmp_path / "r.json").read_text())["status"] == "success"

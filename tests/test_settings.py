@@ -1,0 +1,199 @@
+"""Settings: precedence flag > INPUT_* (runner spelling) > plain env > default, and bad input."""
+
+from __future__ import annotations
+
+import pytest
+
+from deployer.errors import ConfigError
+from deployer.settings import (
+    Expectation,
+    ExtensionRequirement,
+    GitHubInputSource,
+    PlainEnvSource,
+    Settings,
+    input_names,
+    load_settings,
+    parse_duration,
+)
+
+URL = "postgresql://app:s3cr%40t-pw@db.example.com:5432/shop"
+
+
+@pytest.fixture(autouse=True)
+def clean(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for key in list(os.environ):
+        if key.startswith(("INPUT_", "DB_DEPLOY_", "GITHUB_")) or key in {
+            "DATABASE_URL",
+            "DIRECT_DATABASE_URL",
+            "SLACK_WEBHOOK_URL",
+            "RUN_SEED",
+        }:
+            monkeypatch.delenv(key)
+
+
+def test_defaults_match_the_spec() -> None:
+    s = load_settings()
+    assert s.command == "deploy"
+    assert s.run_seed is False
+    assert s.migrations_path == "migrations"
+    assert s.target == "heads"
+    assert s.lock_timeout == 10.0
+    assert s.statement_timeout == 0.0
+    assert s.deploy_lock_wait == 300.0
+    assert s.connect_timeout == 10.0
+    assert s.connect_retries == 5
+    assert s.history_schema == "db_deploy"
+    assert s.seed_file == s.migrations_dir / "seed.py"
+
+
+def test_runner_spelling_with_hyphens(monkeypatch: pytest.MonkeyPatch) -> None:
+    # actions/runner Handler.cs: "INPUT_" + name.Replace(' ', '_').ToUpperInvariant()
+    monkeypatch.setenv("INPUT_DATABASE-URL", URL)
+    monkeypatch.setenv("INPUT_RUN-SEED", "TRUE")
+    monkeypatch.setenv("INPUT_LOCK-TIMEOUT", "500ms")
+    s = load_settings()
+    assert s.url == URL
+    assert s.direct_url == URL  # direct defaults to database-url
+    assert s.run_seed is True
+    assert s.lock_timeout == 0.5
+
+
+def test_underscore_spelling_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INPUT_DATABASE_URL", URL)
+    monkeypatch.setenv("INPUT_SMOKE_EXPECT", "connectors>=16\nagents>=3")
+    s = load_settings()
+    assert s.url == URL
+    assert s.smoke_expect == (Expectation("connectors", 16), Expectation("agents", 3))
+
+
+def test_precedence_flag_over_input_over_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RUN_SEED", "false")
+    monkeypatch.setenv("DB_DEPLOY_TARGET", "from-env")
+    monkeypatch.setenv("INPUT_TARGET", "from-input")
+    monkeypatch.setenv("INPUT_MIGRATIONS-PATH", "from-input")
+    monkeypatch.setenv("DB_DEPLOY_MIGRATIONS_PATH", "from-env")
+    monkeypatch.setenv("DB_DEPLOY_SEED_PATH", "seed.sql")
+    s = load_settings({"target": "from-flag"})
+    assert s.target == "from-flag"
+    assert s.migrations_path == "from-input"
+    assert s.seed_path == "seed.sql"
+    assert s.run_seed is False
+
+
+def test_empty_input_falls_through_to_plain_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The runner sets every declared input, "" when the workflow left it out.
+    monkeypatch.setenv("INPUT_DATABASE-URL", "")
+    monkeypatch.setenv("INPUT_RUN-SEED", "")
+    monkeypatch.setenv("DATABASE_URL", URL)
+    monkeypatch.setenv("RUN_SEED", "yes")
+    s = load_settings()
+    assert s.url == URL
+    assert s.run_seed is True
+
+
+@pytest.mark.parametrize(
+    "value,expected",
+    [
+        ("true", True),
+        ("True", True),
+        ("1", True),
+        ("YES", True),
+        ("false", False),
+        ("0", False),
+        ("No", False),
+    ],
+)
+def test_booleans(monkeypatch: pytest.MonkeyPatch, value: str, expected: bool) -> None:
+    monkeypatch.setenv("INPUT_RUN-SEED", value)
+    assert load_settings().run_seed is expected
+
+
+@pytest.mark.parametrize(
+    "text,seconds",
+    [
+        ("500ms", 0.5),
+        ("10s", 10),
+        ("5m", 300),
+        ("1h", 3600),
+        ("7", 7),
+        ("2.5s", 2.5),
+        (" 3 s ", 3),
+    ],
+)
+def test_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        ({"run_seed": "maybe"}, "invalid run-seed: expected true/false/1/0/yes/no, got 'maybe'"),
+        ({"lock_timeout": "10 parsecs"}, "invalid lock-timeout: expected a duration"),
+        ({"deploy_lock_wait": "-5s"}, "invalid deploy-lock-wait"),
+        ({"smoke_expect": "connectors>16"}, "invalid smoke-expect: expected `table>=N`"),
+        ({"required_extensions": "vector>=x"}, "invalid required-extensions"),
+        ({"connect_retries": "0"}, "invalid connect-retries"),
+        ({"command": "explode"}, "invalid command: expected one of deploy"),
+        ({"url_driver": "pg8000"}, "invalid url-driver"),
+    ],
+)
+def test_bad_values_name_the_input(flags: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_settings(flags)
+    assert message in exc.value.message
+    assert exc.value.exit_code == 2
+
+
+@pytest.mark.parametrize(
+    "url,message",
+    [
+        ("mysql://root:hunter2pw@db/shop", "unsupported scheme 'mysql'"),
+        ("db.example.com:5432/shop hunter2pw", "not a connection URL"),
+        ("postgresql://app:hunter2pw@db.example.com:notaport/shop", "malformed connection URL"),
+        ("postgresql://app:hunter2pw@db.example.com:5432", "names no database"),
+    ],
+)
+def test_bad_urls_never_repeat_the_secret(url: str, message: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_settings({"database_url": url})
+    assert message in exc.value.message
+    assert "hunter2pw" not in exc.value.message
+    assert "invalid database-url" in exc.value.message
+
+
+def test_accepted_schemes() -> None:
+    for scheme in ("postgres", "postgresql", "postgresql+psycopg"):
+        assert load_settings({"database_url": f"{scheme}://u:p@h/db"}).url.startswith(scheme)
+
+
+def test_settings_are_immutable() -> None:
+    s = load_settings()
+    with pytest.raises(Exception):  # noqa: B017 - pydantic raises ValidationError
+        s.target = "x"  # type: ignore[misc]
+
+
+def test_secrets_cover_encoded_passwords() -> None:
+    s = load_settings({"database_url": URL, "slack_webhook_url": "https://hooks.example/T/B/x"})
+    assert "s3cr%40t-pw" in s.secrets and "s3cr@t-pw" in s.secrets
+    assert "https://hooks.example/T/B/x" in s.secrets
+    assert "app:s3cr" not in repr(s)  # SecretStr keeps them out of reprs
+
+
+def test_extensions_parse() -> None:
+    s = load_settings({"required_extensions": "vector>=0.7, plpgsql"})
+    assert s.required_extensions == (
+        ExtensionRequirement("vector", "0.7"),
+        ExtensionRequirement("plpgsql"),
+    )
+
+
+def test_every_input_has_sources() -> None:
+    names = input_names()
+    assert {"database-url", "run-seed", "migrations-path", "slack-webhook-url", "dry-run"} <= set(
+        names
+    )
+    env = {"INPUT_DEPLOY-LOCK-WAIT": "1m", "DB_DEPLOY_CONNECT_RETRIES": "3"}
+    assert GitHubInputSource(Settings, env)()["deploy_lock_wait"] == "1m"
+    assert PlainEnvSource(Settings, env)()["connect_retries"] == "3"
