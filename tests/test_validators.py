@@ -97,6 +97,7 @@ def test_check_jsonschema_rejects_a_broken_action(tmp_path: Path):
 def test_actionlint_rejects_an_unknown_action_input(tmp_path: Path):
     """actionlint reads ./action.yml for `uses: ./`: an input the action does not declare fails."""
     shutil.copy2(REPO / "action.yml", tmp_path / "action.yml")
+    (tmp_path / ".git").mkdir()  # actionlint resolves `./` from the repository root
     workflow = _broken_copy(
         tmp_path, ".github/workflows/db-deploy.yml", "migrations-path:", "migration-path:"
     )
