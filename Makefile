@@ -28,7 +28,9 @@ demo: $(STAMP)
 	$(BIN)/db-deploy deploy --embedded --run-seed \
 	  --migrations-path migrations \
 	  --smoke-expect "$$(cat migrations/smoke-expect.txt)" \
-	  --required-extensions vector
+	  --required-extensions vector \
+	  --summary-file .cache/demo/summary.md --report-file .cache/demo/report.json
+	@echo "Markdown summary (what GitHub shows): .cache/demo/summary.md; JSON report: .cache/demo/report.json"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)

@@ -56,6 +56,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="regenerate the results and profile sections of bench/README.md",
     )
     p.add_argument("--from-json", help="no measuring: print (and --write-readme) from this file")
+    p.add_argument(
+        "--candidate",
+        help="also measure `python -m deployer` from this folder (a patched copy of the "
+        "deployer package), interleaved with the installed one",
+    )
     p.add_argument("--keep-work", action="store_true", help="keep the work folder (logs, chains)")
     a = p.parse_args(argv)
     q = a.quick
@@ -102,6 +107,10 @@ def measure(a: argparse.Namespace) -> dict[str, Any]:
             "suites": a.suites,
         }
     }
+    candidate = Path(a.candidate).resolve() if a.candidate else None
+    if candidate and not (candidate / "deployer" / "__init__.py").is_file():
+        raise SystemExit(f"--candidate {candidate}: no deployer package there")
+    results["meta"]["candidate"] = str(candidate) if candidate else None
     started = time.perf_counter()
     try:
         with embedded(a.data_dir) as server:
@@ -112,7 +121,9 @@ def measure(a: argparse.Namespace) -> dict[str, Any]:
                 results["startup"] = startup.run_suite(work, a.startup_repeat, say)
             if "deploy" in a.suites:
                 say("deploys …")
-                results["deploy"] = deploy.run_suite(server, work, a.sizes, a.repeat, say)
+                results["deploy"] = deploy.run_suite(
+                    server, work, a.sizes, a.repeat, say, candidate
+                )
             if "smoke" in a.suites:
                 say("smoke …")
                 results["smoke"] = smoke.run_suite(server, work, a.smoke_rows, a.smoke_repeat, say)

@@ -60,16 +60,19 @@ def alembic_cmd(project: Path, *args: str) -> list[str]:
     return [str(VENV_BIN / "alembic"), "-c", str(project / "alembic.ini"), *args]
 
 
-def deploy_cmd(project: Path, url: str, *args: str) -> list[str]:
-    return [
-        str(VENV_BIN / "db-deploy"),
-        "deploy",
-        "--database-url",
-        url,
-        "--migrations-path",
-        str(project),
-        *args,
-    ]
+def deploy_cmd(project: Path, url: str, *args: str, candidate: Path | None = None) -> list[str]:
+    """`db-deploy deploy …`; with `candidate`, `python -m deployer deploy …` run on the
+    `deployer` package found in that folder (a patched copy being measured)."""
+    head = (
+        [str(VENV_BIN / "python"), "-m", "deployer"] if candidate else [str(VENV_BIN / "db-deploy")]
+    )
+    return [*head, "deploy", "--database-url", url, "--migrations-path", str(project), *args]
+
+
+def candidate_env(candidate: Path | None, **extra: str) -> dict[str, str]:
+    if candidate:
+        extra["PYTHONPATH"] = str(candidate)
+    return child_env(**extra)
 
 
 def prepare(work: Path, size: int, server: Server, *, shared: bool = False) -> dict[str, Path]:
@@ -97,54 +100,53 @@ def fingerprint(server: Server, db: str) -> tuple[int, str]:
 
 
 def one_round(
-    server: Server, work: Path, files: dict[str, Path], size: int, k: int, *, check: bool
+    server: Server,
+    work: Path,
+    files: dict[str, Path],
+    size: int,
+    k: int,
+    *,
+    check: bool,
+    candidate: Path | None = None,
 ) -> dict[str, Any]:
     project, sql = files["project"], files["sql"]
-    dbs = {tool: server.create_database(f"d{size}") for tool in FULL}
+    full = [*FULL, "candidate"] if candidate else list(FULL)
+    noop = [*NOOP, "candidate_noop"] if candidate else list(NOOP)
+    dbs = {tool: server.create_database(f"d{size}") for tool in full}
     logs = work / "logs"
     logs.mkdir(exist_ok=True)
-    out: dict[str, Any] = {"order": rotate(FULL, k), "rss_kb": {}}
+    out: dict[str, Any] = {"order": rotate(full, k), "rss_kb": {}}
+
+    def command(tool: str, db: str) -> tuple[list[str], dict[str, str]]:
+        url = server.url(db)
+        if tool in {"deploy", "noop"}:
+            return deploy_cmd(project, url), child_env()
+        if tool in {"candidate", "candidate_noop"}:
+            return deploy_cmd(project, url, candidate=candidate), candidate_env(candidate)
+        if tool == "alembic":
+            return alembic_cmd(project, "upgrade", "head"), child_env(DATABASE_URL=url)
+        if tool == "current":
+            return alembic_cmd(project, "current"), child_env(DATABASE_URL=url)
+        psql = [server.psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-f", str(sql)]
+        return psql, child_env()
+
+    home = {"noop": "deploy", "current": "alembic", "candidate_noop": "candidate"}
     try:
         for tool in out["order"]:
-            url = server.url(dbs[tool])
-            log = logs / f"{tool}-{size}.log"
-            if tool == "deploy":
-                m = run(deploy_cmd(project, url), cwd=work, log=log)
-            elif tool == "alembic":
-                m = run(
-                    alembic_cmd(project, "upgrade", "head"),
-                    env=child_env(DATABASE_URL=url),
-                    cwd=work,
-                    log=log,
-                )
-            else:
-                m = run(
-                    [server.psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-f", str(sql)],
-                    cwd=work,
-                    log=log,
-                )
+            cmd, env = command(tool, dbs[tool])
+            m = run(cmd, env=env, cwd=work, log=logs / f"{tool}-{size}.log")
             m.check(f"{tool} at {size} revisions")
             out[tool], out["rss_kb"][tool] = m.seconds, m.maxrss_kb
         if check:
-            prints = {tool: fingerprint(server, dbs[tool]) for tool in FULL}
+            prints = {tool: fingerprint(server, dbs[tool]) for tool in full}
             tables = {p[0] for p in prints.values()}
             out["schemas_identical"] = len({p[1] for p in prints.values()}) == 1
             out["tables"] = sorted(tables)
             if not out["schemas_identical"] or tables != {size + 1}:  # + alembic_version
                 raise RuntimeError(f"resulting schemas differ at {size} revisions: {prints}")
-        for tool in rotate(NOOP, k):
-            log = logs / f"{tool}-{size}.log"
-            if tool == "noop":
-                m = run(deploy_cmd(project, server.url(dbs["deploy"])), cwd=work, log=log)
-                if "noop" not in m.output and "nothing" not in m.output.lower():
-                    out["noop_unconfirmed"] = True
-            else:
-                m = run(
-                    alembic_cmd(project, "current"),
-                    env=child_env(DATABASE_URL=server.url(dbs["alembic"])),
-                    cwd=work,
-                    log=log,
-                )
+        for tool in rotate(noop, k):  # the databases are at head now: nothing pending
+            cmd, env = command(tool, dbs[home[tool]])
+            m = run(cmd, env=env, cwd=work, log=logs / f"{tool}-{size}.log")
             m.check(f"{tool} at {size} revisions")
             out[tool], out["rss_kb"][tool] = m.seconds, m.maxrss_kb
     finally:
@@ -154,34 +156,45 @@ def one_round(
 
 
 def run_suite(
-    server: Server, work: Path, sizes: list[int], repeat: int, progress: Any
+    server: Server,
+    work: Path,
+    sizes: list[int],
+    repeat: int,
+    progress: Any,
+    candidate: Path | None = None,
 ) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for size in sizes:
         files = prepare(work, size, server)
         rounds = []
         for k in range(repeat):
-            r = one_round(server, work, files, size, k, check=(k == 0))
+            r = one_round(server, work, files, size, k, check=(k == 0), candidate=candidate)
             rounds.append(r)
             progress(
                 f"  {size} revisions, round {k + 1}/{repeat}: "
-                + ", ".join(f"{t} {r[t]:.2f}s" for t in (*FULL, *NOOP))
+                + ", ".join(f"{t} {r[t]:.2f}s" for t in r["rss_kb"])
             )
         results[str(size)] = {"rounds": rounds, **summarise(rounds)}
     return results
 
 
 def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
-    times = {tool: summary([r[tool] for r in rounds]) for tool in (*FULL, *NOOP)}
-    rss = {tool: summary([r["rss_kb"][tool] for r in rounds]) for tool in (*FULL, *NOOP)}
+    tools = list(rounds[0]["rss_kb"])
+    times = {tool: summary([r[tool] for r in rounds]) for tool in tools}
+    rss = {tool: summary([r["rss_kb"][tool] for r in rounds]) for tool in tools}
+    pairs = [
+        ("deploy", "alembic"),
+        ("alembic", "psql"),
+        ("deploy", "psql"),
+        ("noop", "current"),
+        ("candidate", "alembic"),
+        ("candidate", "deploy"),
+        ("candidate_noop", "current"),
+        ("candidate_noop", "noop"),
+    ]
     return {
         "seconds": times,
         "peak_rss_kb": rss,
-        "ratios": {
-            "deploy/alembic": ratios(rounds, "deploy", "alembic"),
-            "alembic/psql": ratios(rounds, "alembic", "psql"),
-            "deploy/psql": ratios(rounds, "deploy", "psql"),
-            "noop/current": ratios(rounds, "noop", "current"),
-        },
+        "ratios": {f"{a}/{b}": ratios(rounds, a, b) for a, b in pairs if a in tools},
         "schemas_identical": all(r.get("schemas_identical", True) for r in rounds),
     }

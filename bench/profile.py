@@ -100,20 +100,37 @@ def _short(f: str) -> str:
 
 # --------------------------------------------------------------------------- round trips
 
-_LINE = re.compile(
-    r"^\S+ \S+ \S+ \[(?P<pid>\d+)\] (?P<app>[^|]*)\|(?P<db>[^|]*)\| ?LOG:  "
-    r"(?:statement|execute [^:]*): (?P<sql>.*)$"
-)
+_HEAD = re.compile(r"^\d{4}-\d\d-\d\d \S+ \S+ \[(?P<pid>\d+)\] (?P<app>[^|]*)\|(?P<db>[^|]*)\| ?")
+_STMT = re.compile(r"^LOG:  (?:statement|execute [^:]*): ?(?P<sql>.*)$", re.DOTALL)
+_COMMENT = re.compile(r"--[^\n]*")
+
+
+def log_statements(text: str, db: str) -> list[tuple[str, str]]:
+    """(pid, statement) of every statement logged for `db`; an entry's continuation lines (a
+    multi-line statement) are joined to it."""
+    entries: list[list[str]] = []
+    for line in text.splitlines():
+        m = _HEAD.match(line)
+        if m:
+            entries.append([m.group("pid"), m.group("db"), line[m.end() :]])
+        elif entries:
+            entries[-1][2] += "\n" + line
+    out = []
+    for pid, dbname, body in entries:
+        m = _STMT.match(body)
+        if m and dbname == db:
+            out.append((pid, " ".join(_COMMENT.sub(" ", m.group("sql")).split())))
+    return out
 
 
 def classify(sql: str) -> str:
-    s = sql.strip().lstrip("(").upper()
-    first = s.split(None, 1)[0] if s else ""
-    if first in {"BEGIN", "COMMIT", "ROLLBACK", "START"}:
-        return "transaction (BEGIN/COMMIT/ROLLBACK)"
-    if first in {"SAVEPOINT", "RELEASE"} or s.startswith("ROLLBACK TO"):
+    s = sql.strip().lstrip("(").rstrip(";").upper()
+    first = s.split(None, 1)[0].rstrip(";") if s else ""
+    if s.startswith("ROLLBACK TO") or first in {"SAVEPOINT", "RELEASE"}:
         return "savepoints"
-    if first in {"SET", "SHOW", "RESET"} or "CURRENT_SETTING" in s[:60]:
+    if first in {"BEGIN", "COMMIT", "ROLLBACK", "START", "END"}:
+        return "transaction (BEGIN/COMMIT/ROLLBACK)"
+    if first in {"SET", "SHOW", "RESET"} or "CURRENT_SETTING" in s[:80]:
         return "session settings (SET/SHOW/current_setting)"
     if "ALEMBIC_VERSION" in s:
         return "version table"
@@ -121,7 +138,7 @@ def classify(sql: str) -> str:
         return "DDL (the migrations)"
     if "ADVISORY" in s:
         return "deploy lock"
-    if "PG_CATALOG" in s or "PG_CLASS" in s or "INFORMATION_SCHEMA" in s or "PG_" in s[:200]:
+    if any(k in s for k in ("PG_CATALOG", "PG_CLASS", "INFORMATION_SCHEMA", "PG_NAMESPACE")):
         return "catalog queries"
     if first == "SELECT":
         return "other SELECT"
@@ -141,7 +158,15 @@ def statement_logging(server: Server) -> Iterator[None]:
             conn.execute("SELECT pg_reload_conf()")
 
 
-def count_statements(server: Server, db: str, cmd: list[str], env: dict[str, str], cwd: Path):
+def _excerpt(lines: list[str], head: int = 70, tail: int = 50) -> list[str]:
+    if len(lines) <= head + tail:
+        return lines
+    return [*lines[:head], f"… {len(lines) - head - tail} more …", *lines[-tail:]]
+
+
+def count_statements(
+    server: Server, db: str, cmd: list[str], env: dict[str, str], cwd: Path
+) -> dict[str, Any]:
     """Run `cmd` with every statement on `db` logged; return counts by class and connection."""
     with server.admin() as conn:
         conn.execute(f"ALTER DATABASE \"{db}\" SET log_statement = 'all'")
@@ -155,21 +180,19 @@ def count_statements(server: Server, db: str, cmd: list[str], env: dict[str, str
     classes: Counter[str] = Counter()
     pids: set[str] = set()
     samples: dict[str, str] = {}
-    total = 0
-    for line in text.splitlines():
-        m = _LINE.match(line)
-        if not m or m.group("db") != db:
-            continue
-        total += 1
-        pids.add(m.group("pid"))
-        c = classify(m.group("sql"))
+    statements = log_statements(text, db)
+    total = len(statements)
+    for pid, sql in statements:
+        pids.add(pid)
+        c = classify(sql)
         classes[c] += 1
-        samples.setdefault(c, m.group("sql")[:120])
+        samples.setdefault(c, sql[:160])
     return {
         "statements": total,
         "sessions": len(pids),
         "by_class": dict(classes.most_common()),
         "samples": samples,
+        "sequence": _excerpt([f"[{pid}] {sql[:140]}" for pid, sql in statements]),
     }
 
 
@@ -246,22 +269,44 @@ def run_suite(server: Server, work: Path, size: int, progress: Any) -> dict[str,
     return out
 
 
-def _importtime(server: Server, project: Path) -> dict[str, Any]:
-    db = server.create_database("i")
-    try:
-        cmd = [str(VENV_BIN / "python"), "-X", "importtime", "-m", "deployer"]
-        cmd += deploy_cmd(project, server.url(db))[1:]
-        subprocess.run(cmd, env=child_env(), capture_output=True, timeout=600, check=True)
-        proc = subprocess.run(cmd, env=child_env(), capture_output=True, text=True, timeout=600)
-    finally:
-        server.drop_database(db)
-    top: Counter[str] = Counter()
+def _imports(cmd: list[str], env: dict[str, str]) -> dict[str, float]:
+    """Module → self import seconds, from `python -X importtime` (second run: warm caches)."""
+    for _ in range(2):
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    mods: dict[str, float] = {}
     for line in proc.stderr.splitlines():
         m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)", line)
         if m:
-            top[m.group(4).split(".", 1)[0]] += int(m.group(1)) / 1e6
+            mods[m.group(4)] = int(m.group(1)) / 1e6
+    return mods
+
+
+def _by_package(mods: dict[str, float], top: int = 14) -> dict[str, float]:
+    c: Counter[str] = Counter()
+    for name, sec in mods.items():
+        c[name.split(".", 1)[0]] += sec
+    return {k: round(v, 4) for k, v in c.most_common(top)}
+
+
+def _importtime(server: Server, project: Path) -> dict[str, Any]:
+    """What a no-op deploy imports, and what it imports beyond `alembic current`."""
+    db = server.create_database("i")
+    try:
+        url = server.url(db)
+        run(alembic_cmd(project, "upgrade", "head"), env=child_env(DATABASE_URL=url)).check("up")
+        py = [str(VENV_BIN / "python"), "-X", "importtime"]
+        deploy = _imports([*py, "-m", "deployer", *deploy_cmd(project, url)[1:]], child_env())
+        current = _imports([*py, *alembic_cmd(project, "current")], child_env(DATABASE_URL=url))
+    finally:
+        server.drop_database(db)
+    extra = {k: v for k, v in deploy.items() if k not in current}
+    own = {k: round(v, 4) for k, v in deploy.items() if k.split(".")[0] == "deployer"}
     return {
-        "what": "no-op deploy",
-        "total_import_s": round(sum(top.values()), 4),
-        "top_packages_s": {k: round(v, 4) for k, v in top.most_common(14)},
+        "what": "no-op deploy against alembic current",
+        "total_import_s": round(sum(deploy.values()), 4),
+        "alembic_current_import_s": round(sum(current.values()), 4),
+        "extra_import_s": round(sum(extra.values()), 4),
+        "top_packages_s": _by_package(deploy),
+        "extra_by_package_s": _by_package(extra),
+        "deployer_modules_s": dict(sorted(own.items(), key=lambda kv: -kv[1])[:10]),
     }

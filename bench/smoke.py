@@ -84,18 +84,24 @@ def ensure_databases(server: Server, total_rows: int, progress: Any) -> dict[str
     return names
 
 
-def _smoke(server: Server, work: Path, db: str, tag: str) -> tuple[float, float | None, int]:
+def _smoke(
+    server: Server, work: Path, db: str, tag: str, candidate: Path | None = None
+) -> tuple[float, float | None, int]:
     report = work / f"smoke-{tag}.json"
     report.unlink(missing_ok=True)
+    head = (
+        [str(VENV_BIN / "python"), "-m", "deployer"] if candidate else [str(VENV_BIN / "db-deploy")]
+    )
     m = run(
         [
-            str(VENV_BIN / "db-deploy"),
+            *head,
             "smoke",
             "--database-url",
             server.url(db),
             "--report-file",
             str(report),
         ],
+        env=child_env(PYTHONPATH=str(candidate)) if candidate else child_env(),
         cwd=work,
         log=work / f"smoke-{tag}.log",
     ).check(f"db-deploy smoke ({tag})")
@@ -120,45 +126,57 @@ def _naive(server: Server, work: Path, db: str) -> tuple[float, float, int, int]
 
 
 def run_suite(
-    server: Server, work: Path, total_rows: int, repeat: int, progress: Any
+    server: Server,
+    work: Path,
+    total_rows: int,
+    repeat: int,
+    progress: Any,
+    candidate: Path | None = None,
 ) -> dict[str, Any]:
     dbs = ensure_databases(server, total_rows, progress)
+    tools = [*TOOLS, "candidate_full", "candidate_empty"] if candidate else list(TOOLS)
     rounds = []
     for k in range(repeat):
-        r: dict[str, Any] = {"order": rotate(TOOLS, k), "rss_kb": {}}
+        r: dict[str, Any] = {"order": rotate(tools, k), "rss_kb": {}}
         for tool in r["order"]:
-            if tool == "smoke_full":
-                r[tool], r["smoke_full_step"], r["rss_kb"][tool] = _smoke(
-                    server, work, dbs["full"], "full"
-                )
-            elif tool == "smoke_empty":
-                r[tool], r["smoke_empty_step"], r["rss_kb"][tool] = _smoke(
-                    server, work, dbs["empty"], "empty"
-                )
-            else:
+            if tool == "naive_full":
                 r[tool], r["naive_full_query"], r["rows"], r["rss_kb"][tool] = _naive(
                     server, work, dbs["full"]
                 )
+                continue
+            kind = "full" if tool.endswith("full") else "empty"
+            cand = candidate if tool.startswith("candidate") else None
+            r[tool], r[f"{tool}_step"], r["rss_kb"][tool] = _smoke(
+                server, work, dbs[kind], tool, cand
+            )
         rounds.append(r)
         progress(
             f"  smoke round {k + 1}/{repeat}: "
-            + ", ".join(f"{t} {r[t]:.2f}s" for t in TOOLS)
-            + f" (steps {r['smoke_full_step']}/{r['smoke_empty_step']}s, "
-            f"naive queries {r['naive_full_query']:.2f}s)"
+            + ", ".join(f"{t} {r[t]:.2f}s" for t in tools)
+            + " (steps "
+            + ", ".join(f"{t} {r[t + '_step']}" for t in tools if t != "naive_full")
+            + f"; naive queries {r['naive_full_query']:.3f}s)"
         )
-    keys = (*TOOLS, "smoke_full_step", "smoke_empty_step", "naive_full_query")
+    keys = [*tools, *(f"{t}_step" for t in tools if t != "naive_full"), "naive_full_query"]
+    pairs = {
+        "full/empty (command)": ("smoke_full", "smoke_empty"),
+        "full/empty (step)": ("smoke_full_step", "smoke_empty_step"),
+        "naive/smoke (command)": ("naive_full", "smoke_full"),
+        "naive/smoke (queries vs step)": ("naive_full_query", "smoke_full_step"),
+    }
+    if candidate:
+        pairs |= {
+            "candidate full/empty (command)": ("candidate_full", "candidate_empty"),
+            "candidate full/empty (step)": ("candidate_full_step", "candidate_empty_step"),
+            "candidate/current full (step)": ("candidate_full_step", "smoke_full_step"),
+        }
     return {
         "tables": TABLES,
         "rows": total_rows,
         "layout": layout(total_rows),
         "rounds": rounds,
         "seconds": {key: summary([r[key] for r in rounds]) for key in keys},
-        "ratios": {
-            "full/empty (command)": ratios(rounds, "smoke_full", "smoke_empty"),
-            "full/empty (step)": ratios(rounds, "smoke_full_step", "smoke_empty_step"),
-            "naive/smoke (command)": ratios(rounds, "naive_full", "smoke_full"),
-            "naive/smoke (queries vs step)": ratios(rounds, "naive_full_query", "smoke_full_step"),
-        },
+        "ratios": {name: ratios(rounds, a, b) for name, (a, b) in pairs.items()},
     }
 
 

@@ -131,15 +131,20 @@ class Run:
             check_seed_file(s.seed_file)
         app = self.preflight()
 
-        with self.step("migrate"):
-            mig = self.connect(self.spec(s.direct_url, migration=True))
-            facts = inspect_env(project, mig, url=s.direct_url, workspace=s.workspace_dir)
-            lock = self.connect(self.spec(s.direct_url), autocommit=True)
-            key = db.lock_key(
-                self.result.preflight.database if self.result.preflight else "",
-                f"{facts.version_table_schema or ''}.{facts.version_table}",
-            )
-            with db.deploy_lock(lock, key, s.deploy_lock_wait, on_wait=self._lock_wait):
+        # The deploy lock is held from before the first migration to after the seed, on an
+        # idle session of its own; the steps stay separate groups in the log.
+        with ExitStack() as locked:
+            with self.step("migrate"):
+                mig = self.connect(self.spec(s.direct_url, migration=True))
+                facts = inspect_env(project, mig, url=s.direct_url, workspace=s.workspace_dir)
+                lock = self.connect(self.spec(s.direct_url), autocommit=True)
+                key = db.lock_key(
+                    self.result.preflight.database if self.result.preflight else "",
+                    f"{facts.version_table_schema or ''}.{facts.version_table}",
+                )
+                locked.enter_context(
+                    db.deploy_lock(lock, key, s.deploy_lock_wait, on_wait=self._lock_wait)
+                )
                 self.result.migrate = m = migrate(
                     project,
                     mig,
@@ -158,18 +163,16 @@ class Run:
                         f"{', '.join(m.current) or 'base'})",
                         step="migrate",
                     )
-                if s.run_seed and not self.result.dry_run:
-                    self.current_step = "seed"
-                    with self.step("seed"):
-                        self.result.seed = sd = seed(mig, s.seed_file)
-                        if sd.error:
-                            raise StepFailed(
-                                f"seed failed and was rolled back: {sd.error}", step="seed"
-                            )
-                        self.observer.info(
-                            f"seed: {sd.inserted} inserted, {sd.updated} updated, "
-                            f"{sd.deleted} deleted"
+            if s.run_seed and not self.result.dry_run:
+                with self.step("seed"):
+                    self.result.seed = sd = seed(mig, s.seed_file)
+                    if sd.error:
+                        raise StepFailed(
+                            f"seed failed and was rolled back: {sd.error}", step="seed"
                         )
+                    self.observer.info(
+                        f"seed: {sd.inserted} inserted, {sd.updated} updated, {sd.deleted} deleted"
+                    )
         self.status(project, mig, facts.version_table, facts.version_table_schema)
         self.smoke(app)
         if not self.result.dry_run and not (self.result.migrate and self.result.migrate.pending):

@@ -15,9 +15,11 @@ carry an explicit driver; the first two get psycopg 3 (`postgresql+psycopg://`).
 So a developer runs `DATABASE_URL=postgresql://… alembic -c migrations/alembic.ini upgrade
 head` from any directory, and db-deploy runs the same env.py with its own connection.
 
-Each revision runs in its own transaction (`transaction_per_migration`), types and server
-defaults are compared, and `target_metadata` is `models.Base.metadata`: after `upgrade head`,
-`alembic check` reports any difference between `models.py` and the database.
+Each revision runs in its own transaction (`transaction_per_migration`; all of them in the
+caller's transaction when its connection is already in one). Types and server defaults are
+compared (`Vector(1536)` too: importing pgvector registers the type for reflection) against
+`target_metadata`, `models.Base.metadata`: after `upgrade head`, `alembic check` reports any
+difference between `models.py` and the database.
 """
 
 from __future__ import annotations

@@ -97,7 +97,9 @@ def ivfflat_cosine_index(table: str, lists: int) -> Index:
 
     `lists` is sized for the table's expected rows (pgvector: rows / 1000 up to 1M rows,
     sqrt(rows) above). IVFFLAT builds its lists from the rows present at build time: after a
-    bulk load, `REINDEX INDEX CONCURRENTLY <table>_embedding_idx`.
+    bulk load, `REINDEX INDEX CONCURRENTLY <table>_embedding_idx`. Queries read
+    `ivfflat.probes` lists (default 1, which can return fewer rows than the LIMIT): set it to
+    about sqrt(lists), or `ivfflat.iterative_scan = relaxed_order` (pgvector 0.8+).
     """
     return Index(
         f"{table}_embedding_idx",

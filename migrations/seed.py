@@ -34,6 +34,7 @@ from models import (  # noqa: E402
     Agent,
     AgentCapability,
     AgentConfig,
+    Base,
     Connector,
     ConnectorAuth,
     ConnectorKind,
@@ -180,26 +181,22 @@ CONNECTORS: Sequence[tuple[str, ConnectorKind, str, str, str, str | None]] = (
     ),
 )
 
-# Clearly fake: `demo://` references resolve to nothing; no secret anywhere.
-CONNECTOR_AUTHS = (
-    {
-        "connector": "gmail",
-        "label": "Demo Gmail mailbox",
-        "credential_ref": "demo://connectors/gmail/demo-mailbox",
-        "scopes": ["https://www.googleapis.com/auth/gmail.send"],
-    },
-    {
-        "connector": "twilio-sms",
-        "label": "Demo Twilio number",
-        "credential_ref": "demo://connectors/twilio-sms/demo-number",
-        "scopes": [],
-    },
-    {
-        "connector": "instagram",
-        "label": "Demo Instagram account",
-        "credential_ref": "demo://connectors/instagram/demo-account",
-        "scopes": ["instagram_business_basic", "instagram_business_content_publish"],
-    },
+# (connector slug, label, credential_ref, scopes). Clearly fake: `demo://` references
+# resolve to nothing; no secret anywhere.
+CONNECTOR_AUTHS: Sequence[tuple[str, str, str, list[str]]] = (
+    (
+        "gmail",
+        "Demo Gmail mailbox",
+        "demo://connectors/gmail/demo-mailbox",
+        ["https://www.googleapis.com/auth/gmail.send"],
+    ),
+    ("twilio-sms", "Demo Twilio number", "demo://connectors/twilio-sms/demo-number", []),
+    (
+        "instagram",
+        "Demo Instagram account",
+        "demo://connectors/instagram/demo-account",
+        ["instagram_business_basic", "instagram_business_content_publish"],
+    ),
 )
 
 AGENTS = (
@@ -332,6 +329,10 @@ def upsert(
     return len(connection.execute(stmt.returning(table.c.id)).all())
 
 
+def _table(model: type[Base]) -> sa.Table:
+    return Base.metadata.tables[model.__tablename__]
+
+
 def _ids(connection: sa.Connection, table: sa.Table, key: str, **where: Any) -> dict[str, Any]:
     query = sa.select(table.c[key], table.c.id).filter_by(**where)
     return {key_value: id_ for key_value, id_ in connection.execute(query)}
@@ -343,17 +344,17 @@ def seed(connection: sa.Connection) -> dict[str, int]:
     Returns {table: rows inserted or updated}; all zero when the data was already there.
     """
     changed: dict[str, int] = {}
-    organizations = Organization.__table__
+    organizations = _table(Organization)
     changed["organizations"] = upsert(connection, organizations, [ORGANIZATION], ["slug"])
     org_id = _ids(connection, organizations, "slug", slug=ORGANIZATION["slug"])[
         ORGANIZATION["slug"]
     ]
 
     changed["users"] = upsert(
-        connection, User.__table__, [{**USER, "organization_id": org_id}], ["email"]
+        connection, _table(User), [{**USER, "organization_id": org_id}], ["email"]
     )
 
-    connectors = Connector.__table__
+    connectors = _table(Connector)
     changed["connectors"] = upsert(
         connection,
         connectors,
@@ -374,21 +375,21 @@ def seed(connection: sa.Connection) -> dict[str, int]:
 
     changed["connector_auths"] = upsert(
         connection,
-        ConnectorAuth.__table__,
+        _table(ConnectorAuth),
         [
             {
                 "organization_id": org_id,
-                "connector_id": connector_ids[auth["connector"]],
-                "label": auth["label"],
-                "credential_ref": auth["credential_ref"],
-                "scopes": auth["scopes"],
+                "connector_id": connector_ids[connector],
+                "label": label,
+                "credential_ref": credential_ref,
+                "scopes": scopes,
             }
-            for auth in CONNECTOR_AUTHS
+            for connector, label, credential_ref, scopes in CONNECTOR_AUTHS
         ],
         ["organization_id", "connector_id", "label"],
     )
 
-    agents = Agent.__table__
+    agents = _table(Agent)
     changed["agents"] = upsert(
         connection,
         agents,
@@ -399,7 +400,7 @@ def seed(connection: sa.Connection) -> dict[str, int]:
 
     changed["agent_capabilities"] = upsert(
         connection,
-        AgentCapability.__table__,
+        _table(AgentCapability),
         [
             {"agent_id": agent_ids[agent], "name": name, "description": description}
             for agent, name, description in CAPABILITIES
@@ -408,7 +409,7 @@ def seed(connection: sa.Connection) -> dict[str, int]:
     )
     changed["agent_configs"] = upsert(
         connection,
-        AgentConfig.__table__,
+        _table(AgentConfig),
         [
             {"agent_id": agent_ids[agent], "key": key, "value": value, "description": description}
             for agent, key, value, description in CONFIGS
@@ -417,7 +418,7 @@ def seed(connection: sa.Connection) -> dict[str, int]:
     )
     changed["tools"] = upsert(
         connection,
-        Tool.__table__,
+        _table(Tool),
         [
             {
                 "agent_id": agent_ids[agent],

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -149,12 +150,12 @@ def rows(conn: sa.Connection, sql: str, **params: object) -> list[sa.Row]:
     return list(conn.execute(sa.text(sql), params))
 
 
-def scalar(conn: sa.Connection, sql: str, **params: object) -> object:
+def scalar(conn: sa.Connection, sql: str, **params: object) -> Any:
     return conn.execute(sa.text(sql), params).scalar()
 
 
 def counts(conn: sa.Connection) -> dict[str, int]:
-    return {t: int(scalar(conn, f"SELECT count(*) FROM {t}")) for t in SEED_COUNTS}  # type: ignore[call-overload]
+    return {t: scalar(conn, f"SELECT count(*) FROM {t}") for t in SEED_COUNTS}
 
 
 def random_vectors(n: int) -> str:
@@ -185,12 +186,12 @@ def tuple_counts(conn: sa.Connection) -> dict[str, tuple[int, int, int]]:
 def changed_rows(
     before: dict[str, tuple[int, int, int]], after: dict[str, tuple[int, int, int]]
 ) -> dict[str, tuple[int, int, int]]:
-    zero = (0, 0, 0)
-    delta = {
-        table: tuple(a - b for a, b in zip(counts, before.get(table, zero), strict=True))
-        for table, counts in after.items()
-    }
-    return {table: d for table, d in delta.items() if d != zero}  # type: ignore[misc]
+    delta = {}
+    for table, (ins, upd, dele) in after.items():
+        ins0, upd0, del0 = before.get(table, (0, 0, 0))
+        if (ins - ins0, upd - upd0, dele - del0) != (0, 0, 0):
+            delta[table] = (ins - ins0, upd - upd0, dele - del0)
+    return delta
 
 
 # --------------------------------------------------------------------------- fixtures

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from deployer.results import RunResult
+from deployer.results import RunResult, VectorIndex
 
 ICON = {"success": "✅", "noop": "✅", "failed": "❌"}
 
@@ -237,7 +237,7 @@ def render(r: RunResult) -> str:
                         fmt_bytes(v.size_bytes),
                         "" if v.rows is None else f"{v.rows:,}",
                         "" if v.lists is None else v.lists,
-                        f"`{v.advice}`" if v.advice else "ok",
+                        _advice(v),
                     ]
                     for v in sm.vector_indexes
                 ],
@@ -251,3 +251,13 @@ def render(r: RunResult) -> str:
     if r.report_path:
         lines += [f"<sub>JSON report: `{r.report_path}`</sub>", ""]
     return "\n".join(lines)
+
+
+def _advice(v: VectorIndex) -> str:
+    if v.advice:
+        return f"`{v.advice}`"
+    if v.method != "ivfflat":
+        return "—"
+    if v.recommended_lists is None:
+        return "too few rows to judge (build ivfflat after loading data)"
+    return f"ok (pgvector suggests ~{v.recommended_lists})"

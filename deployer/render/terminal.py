@@ -54,9 +54,7 @@ def render(r: RunResult) -> str:
         out.append(f"error: {r.error}")
     if r.preflight:
         p = r.preflight
-        out.append(
-            f"database   {p.database} on {p.target} (PostgreSQL {p.server_version}, user {p.user})"
-        )
+        out.append(f"database   {p.target} (PostgreSQL {p.server_version}, user {p.user})")
     if r.migrate or r.status_check:
         out.append(
             f"revision   {r.previous_revision or 'base'} → {r.current_revision or 'base'}"

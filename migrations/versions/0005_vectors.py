@@ -128,9 +128,7 @@ def upgrade() -> None:
             "external_id",
             name="messages_connector_auth_id_external_id_key",
         ),
-        sa.CheckConstraint(
-            "direction IN ('inbound', 'outbound')", name="messages_direction_check"
-        ),
+        sa.CheckConstraint("direction IN ('inbound', 'outbound')", name="messages_direction_check"),
     )
     op.create_index(
         "messages_organization_id_created_at_idx", "messages", ["organization_id", "created_at"]
