@@ -10,21 +10,26 @@ FROM python:3.11.16-slim-trixie
 # PostgreSQL client tools (pg_dump, pg_restore, psql) for the backup and restore modes. pg_dump
 # refuses to dump a server newer than itself, so the image carries the newest stable major from
 # the PostgreSQL project's own repository (apt.postgresql.org, PGDG); Debian trixie only has 17.
-# The PGDG signing key is taken from Debian's postgresql-common package (downloaded and verified
-# by apt against Debian's archive keys, extracted, never installed), so no key is fetched from a
-# key server or over an unauthenticated channel. The package version is pinned to the major; the
-# patch release follows PGDG (security fixes). See docs/github-actions.md.
+# The PGDG signing key (fingerprint B97B0AFCAA1A47F044F244A07FCC7D46ACCC4CF8) comes from Debian's
+# own postgresql-client-common package, which ships it: apt downloads the package verified
+# against Debian's archive keys, only the key file is extracted (nothing is installed), and its
+# SHA-256 must match the one pinned here. No key server, curl or gnupg is involved. The client
+# is pinned to its major; patch releases (security fixes) arrive with a rebuild.
 # (`cd /tmp` only scopes `apt-get download` in this one RUN: no WORKDIR, see the end of the file.)
 ARG PG_MAJOR=18
+ARG PGDG_KEY_SHA256=0144068502a1eddd2a0280ede10ef607d1ec592ce819940991203941564e8e76
 # hadolint ignore=DL3003
 RUN set -eux; \
     apt-get update; \
     cd /tmp; \
-    apt-get download postgresql-common; \
-    dpkg-deb --extract postgresql-common_*.deb /tmp/pgcommon; \
+    apt-get download postgresql-client-common; \
+    dpkg-deb --extract postgresql-client-common_*.deb /tmp/pgcommon; \
     install -D -m 0644 /tmp/pgcommon/usr/share/postgresql-common/pgdg/apt.postgresql.org.asc \
         /usr/share/keyrings/apt.postgresql.org.asc; \
-    rm -rf /tmp/pgcommon /tmp/postgresql-common_*.deb; \
+    printf '%s  %s\n' "${PGDG_KEY_SHA256}" /usr/share/keyrings/apt.postgresql.org.asc \
+        > /tmp/pgdg-key.sha256; \
+    sha256sum --check --strict /tmp/pgdg-key.sha256; \
+    rm -rf /tmp/pgcommon /tmp/postgresql-client-common_*.deb /tmp/pgdg-key.sha256; \
     . /etc/os-release; \
     printf '%s\n' \
         'Types: deb' \

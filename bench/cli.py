@@ -14,11 +14,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import deploy, profile, report, smoke, startup
+from bench import deploy, profile, proposals, report, smoke, startup
 from bench.server import embedded
 
 SUITES = ("startup", "deploy", "smoke", "profile")
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
+DIFF = RESULTS.with_name("proposals.diff")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -58,8 +59,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--from-json", help="no measuring: print (and --write-readme) from this file")
     p.add_argument(
         "--candidate",
-        help="also measure `python -m deployer` from this folder (a patched copy of the "
-        "deployer package), interleaved with the installed one",
+        help="also measure `python -m deployer` from this folder (holding a patched copy of "
+        "the deployer package), interleaved with the installed one; `proposals` builds it from "
+        "bench/proposals.py",
     )
     p.add_argument("--keep-work", action="store_true", help="keep the work folder (logs, chains)")
     a = p.parse_args(argv)
@@ -108,6 +110,14 @@ def measure(a: argparse.Namespace) -> dict[str, Any]:
         }
     }
     candidate = Path(a.candidate).resolve() if a.candidate else None
+    if a.candidate == "proposals":
+        candidate, problems, diff = proposals.build(work / "candidate")
+        for problem in problems:
+            say(f"proposal not applied: {problem}")
+        results["meta"]["proposals_not_applied"] = problems
+        DIFF.parent.mkdir(parents=True, exist_ok=True)
+        DIFF.write_text(diff)
+        say(f"candidate: deployer with the proposals applied (diff in {DIFF})")
     if candidate and not (candidate / "deployer" / "__init__.py").is_file():
         raise SystemExit(f"--candidate {candidate}: no deployer package there")
     results["meta"]["candidate"] = str(candidate) if candidate else None
@@ -126,7 +136,9 @@ def measure(a: argparse.Namespace) -> dict[str, Any]:
                 )
             if "smoke" in a.suites:
                 say("smoke …")
-                results["smoke"] = smoke.run_suite(server, work, a.smoke_rows, a.smoke_repeat, say)
+                results["smoke"] = smoke.run_suite(
+                    server, work, a.smoke_rows, a.smoke_repeat, say, candidate
+                )
             if "profile" in a.suites:
                 say("profile …")
                 results["profile"] = profile.run_suite(server, work, a.profile_size, say)

@@ -52,6 +52,8 @@ def run(
     log: Path | None = None,
 ) -> Measured:
     """Run `cmd` to completion (bounded by `timeout`), output to `log` (or discarded)."""
+    if log:
+        log.parent.mkdir(parents=True, exist_ok=True)
     sink = open(log, "wb") if log else open(os.devnull, "wb")  # noqa: SIM115
     with sink:
         started = time.perf_counter()

@@ -51,12 +51,32 @@ def table(results: dict[str, Any]) -> str:
         ]
         for size, r in dep.items():
             s, x = r["seconds"], r["ratios"]
-            goal = _verdict(x["deploy/alembic"], 1.15) if int(size) >= 200 else "(n/a)"
+            goal = (
+                _verdict(x["deploy/alembic"], 1.15) if int(size) >= 200 else "(n/a, goal at ≥ 200)"
+            )
             out.append(
                 f"| {size} | {fmt_s(s['psql'])} | {fmt_s(s['alembic'])} | {fmt_s(s['deploy'])} "
                 f"| {fmt_x(x['alembic/psql'])} | {fmt_x(x['deploy/alembic'])} | {goal} "
                 f"| {'yes' if r.get('schemas_identical') else 'NO'} |"
             )
+        cand = [(size, r) for size, r in dep.items() if "candidate" in r["seconds"]]
+        if cand:
+            out += [
+                "",
+                "**Candidate** (`--candidate`: the proposed changes, interleaved in the same "
+                "rounds; seconds)",
+                "",
+                "| revisions | candidate deploy | candidate / alembic | candidate / db-deploy "
+                "| candidate no-op | candidate no-op / alembic current | candidate no-op / no-op |",
+                "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+            ]
+            for size, r in cand:
+                s, x = r["seconds"], r["ratios"]
+                out.append(
+                    f"| {size} | {fmt_s(s['candidate'])} | {fmt_x(x['candidate/alembic'])} "
+                    f"| {fmt_x(x['candidate/deploy'])} | {fmt_s(s['candidate_noop'])} "
+                    f"| {fmt_x(x['candidate_noop/current'])} | {fmt_x(x['candidate_noop/noop'])} |"
+                )
         out += [
             "",
             "**No-op deploy** (database already at head; seconds)",
@@ -125,6 +145,18 @@ def table(results: dict[str, Any]) -> str:
             f"| naive / db-deploy | {fmt_x(x['naive/smoke (command)'])} "
             f"| {fmt_x(x['naive/smoke (queries vs step)'])} |",
         ]
+        if "candidate_full" in s:
+            out += [
+                f"| candidate smoke, empty schema | {fmt_s(s['candidate_empty'])} "
+                f"| {fmt_s(s['candidate_empty_step'], 3)} |",
+                f"| candidate smoke, {sm['rows']:,} rows | {fmt_s(s['candidate_full'])} "
+                f"| {fmt_s(s['candidate_full_step'], 3)} |",
+                f"| candidate full / empty | {fmt_x(x['candidate full/empty (command)'])} "
+                f"| {fmt_x(x['candidate full/empty (step)'])} — "
+                f"{_verdict(x['candidate full/empty (step)'], 1.5)} |",
+                f"| candidate / db-deploy, {sm['rows']:,} rows (step) | "
+                f"| {fmt_x(x['candidate/current full (step)'])} |",
+            ]
     return "\n".join(out)
 
 

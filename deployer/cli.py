@@ -117,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args["command"] = positional
 
     from deployer.github import GitHubConsole, GitHubContext
-    from deployer.redact import Redactor, RedactingStream, url_secrets
+    from deployer.redact import RedactingStream, Redactor, url_secrets
     from deployer.render.terminal import TerminalConsole
 
     redactor = Redactor(raw_secret_values(os.environ))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import random
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -64,14 +65,23 @@ def is_local_host(url: str) -> bool:
 
 
 def pg_milliseconds(seconds: float) -> int:
-    return int(round(seconds * 1000))
+    return round(seconds * 1000)
+
+
+CLIENT_CHECK_MS = 2000
 
 
 def session_options(
-    lock_timeout: float | None = None, statement_timeout: float | None = None
+    lock_timeout: float | None = None,
+    statement_timeout: float | None = None,
+    client_check: bool = False,
 ) -> str:
-    """libpq `options` (also valid as PGOPTIONS) setting the session's timeouts."""
-    opts = []
+    """libpq `options` (also valid as PGOPTIONS) setting the session's timeouts.
+
+    `client_connection_check_interval` (PostgreSQL 14+) makes the server notice within seconds
+    that a deploy was killed, even in the middle of a long statement, and roll back and release
+    its locks instead of finishing work nobody will commit."""
+    opts = [f"-c client_connection_check_interval={CLIENT_CHECK_MS}"] if client_check else []
     if lock_timeout is not None:
         opts.append(f"-c lock_timeout={pg_milliseconds(lock_timeout)}")
     if statement_timeout is not None:
@@ -89,13 +99,14 @@ class ConnectionSpec:
     lock_timeout: float | None = None
     statement_timeout: float | None = None
     application_name: str = APPLICATION_NAME
+    client_check: bool = False  # server is 14+: set client_connection_check_interval
 
     def engine(self, **kw: Any) -> sa.Engine:
         connect_args: dict[str, Any] = {
-            "connect_timeout": max(1, int(round(self.connect_timeout))),
+            "connect_timeout": max(1, round(self.connect_timeout)),
             "application_name": self.application_name,
         }
-        options = session_options(self.lock_timeout, self.statement_timeout)
+        options = session_options(self.lock_timeout, self.statement_timeout, self.client_check)
         if options:
             connect_args["options"] = options
         return sa.create_engine(
@@ -230,3 +241,82 @@ def deploy_lock(
             conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
         except sa.exc.DBAPIError:
             pass  # the session is gone, and the lock with it
+
+
+# --------------------------------------------------------------------------- who blocks us
+
+
+@dataclass(frozen=True)
+class Blocker:
+    pid: int
+    application_name: str
+    user: str
+    query_start: str
+    state: str
+    query: str
+
+    def __str__(self) -> str:
+        query = f": {self.query}" if self.query else ""
+        return (
+            f"pid {self.pid} ({self.application_name or '?'}, user {self.user}, query started "
+            f"{self.query_start}, {self.state}{query})"
+        )
+
+
+_BLOCKERS = sa.text(
+    """
+    SELECT a.pid, coalesce(a.application_name, ''), coalesce(a.usename, ''),
+           coalesce(to_char(a.query_start, 'YYYY-MM-DD"T"HH24:MI:SSOF'), '?'),
+           coalesce(a.state, '?'), left(regexp_replace(coalesce(a.query, ''), '\\s+', ' ', 'g'), 80)
+    FROM pg_stat_activity a
+    WHERE a.pid = ANY (pg_blocking_pids(:pid))
+    ORDER BY a.query_start
+    LIMIT 1
+    """
+)
+
+
+class BlockerWatch:
+    """While a migration runs, note (on a connection of its own) which session blocks it, so a
+    lock timeout can name the culprit instead of just failing."""
+
+    def __init__(self, spec: ConnectionSpec, pid: int, interval: float = 0.2) -> None:
+        self.spec = spec
+        self.pid = pid
+        self.interval = interval
+        self.blocker: Blocker | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name="db-deploy-blocker-watch", daemon=True
+        )
+
+    def __enter__(self) -> BlockerWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        engine = self.spec.engine().execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            with engine.connect() as conn:
+                while not self._stop.wait(self.interval):
+                    row = conn.execute(_BLOCKERS, {"pid": self.pid}).first()
+                    if row is not None:
+                        self.blocker = Blocker(*row)
+        except sa.exc.DBAPIError:
+            pass  # best effort: the migration's own error still tells what happened
+        finally:
+            engine.dispose()
+
+
+def is_lock_timeout(exc: BaseException) -> bool:
+    orig = getattr(exc, "orig", None)
+    return getattr(orig, "sqlstate", None) == "55P03"  # lock_not_available
+
+
+def backend_pid(conn: sa.Connection) -> int:
+    raw = conn.connection.driver_connection
+    return int(raw.info.backend_pid)  # type: ignore[union-attr]

@@ -183,7 +183,7 @@ def child_env(
     else:
         env.pop("PGOPTIONS", None)
     if connect_timeout is not None:
-        env["PGCONNECT_TIMEOUT"] = str(max(2, int(round(connect_timeout))))
+        env["PGCONNECT_TIMEOUT"] = str(max(2, round(connect_timeout)))
     return uri, env
 
 

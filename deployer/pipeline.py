@@ -6,19 +6,28 @@ goes to an `Observer` (the GitHub or terminal console), results to the renderers
 
 from __future__ import annotations
 
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from typing import Protocol
 
 import sqlalchemy as sa
+from alembic.runtime.migration import RevisionStep
 
-from deployer import db
-from deployer.alembic_project import AlembicProject, find_project
+from deployer import db, history
+from deployer.alembic_project import AlembicProject, find_project, read_heads
 from deployer.errors import ConfigError, DeployError, StepFailed
-from deployer.results import RunResult, Telemetry, utcnow
+from deployer.results import (
+    AppliedRevision,
+    MigrateResult,
+    PreflightResult,
+    RunResult,
+    Telemetry,
+    utcnow,
+)
 from deployer.settings import Settings
-from deployer.steps.migrate import inspect_env, migrate, resolve_target
+from deployer.steps.migrate import EnvFacts, inspect_env, migrate, resolve_target
 from deployer.steps.preflight import preflight
 from deployer.steps.seed import check_seed_file, seed
 from deployer.steps.smoke import smoke
@@ -72,6 +81,9 @@ class Run:
             retries=s.connect_retries,
             lock_timeout=s.lock_timeout if migration else None,
             statement_timeout=s.statement_timeout if migration else None,
+            client_check=bool(
+                self.result.preflight and self.result.preflight.server_version_num >= 140000
+            ),
         )
 
     def connect(self, spec: db.ConnectionSpec, *, autocommit: bool = False) -> sa.Connection:
@@ -107,11 +119,25 @@ class Run:
             result, conn = preflight(spec, engine, on_retry=self._retrying)
             self.stack.callback(_close, conn)
             self.result.preflight = result
+            self.check_tls(result)
             self.observer.info(
                 f"connected to {result.target} as {result.user} (PostgreSQL "
                 f"{result.server_version})"
             )
             return conn
+
+    def check_tls(self, result: PreflightResult) -> None:
+        """A non-local database reached without TLS: a warning, an error with require-tls."""
+        s = self.settings
+        if result.tls or db.is_local_host(s.url):
+            return
+        message = (
+            f"the connection to {result.target} is not encrypted (no TLS): add sslmode=require "
+            "(or verify-full) to the database URL"
+        )
+        if s.require_tls:
+            raise ConfigError(message + " (require-tls is on)", step="preflight")
+        self.warn(message)
 
     # -- commands
 
@@ -130,6 +156,10 @@ class Run:
                 )
             check_seed_file(s.seed_file)
         app = self.preflight()
+        # Operations hook (issue 7): security checks (security-preflight), then backup-before.
+        from deployer.operations import before_deploy
+
+        before_deploy(self, app)
 
         # The deploy lock is held from before the first migration to after the seed, on an
         # idle session of its own; the steps stay separate groups in the log.
@@ -145,17 +175,8 @@ class Run:
                 locked.enter_context(
                     db.deploy_lock(lock, key, s.deploy_lock_wait, on_wait=self._lock_wait)
                 )
-                self.result.migrate = m = migrate(
-                    project,
-                    mig,
-                    url=s.direct_url,
-                    target=s.target,
-                    dry_run=self.result.dry_run,
-                    lock_timeout=s.lock_timeout,
-                    statement_timeout=s.statement_timeout,
-                    workspace=s.workspace_dir,
-                    on_applied=self._applied,
-                )
+                recorder = None if self.result.dry_run else self.check_history(project, mig, facts)
+                self.result.migrate = m = self.run_migrate(project, mig, recorder=recorder)
                 if m.error:
                     where = f"revision {m.failed_revision}" if m.failed_revision else "migration"
                     raise StepFailed(
@@ -178,6 +199,96 @@ class Run:
         if not self.result.dry_run and not (self.result.migrate and self.result.migrate.pending):
             self.result.status = "noop"
 
+    def run_migrate(
+        self,
+        project: AlembicProject,
+        mig: sa.Connection,
+        *,
+        recorder: Callable[..., None] | None,
+        downgrade: bool = False,
+    ) -> MigrateResult:
+        """The migrate step, retried (lock-retries) while a revision fails on lock_timeout."""
+        s = self.settings
+        applied: list[AppliedRevision] = []
+        previous: list[str] | None = None
+        for attempt in range(s.lock_retries + 1):
+            m = migrate(
+                project,
+                mig,
+                url=s.direct_url,
+                target=s.target,
+                dry_run=self.result.dry_run,
+                lock_timeout=s.lock_timeout,
+                statement_timeout=s.statement_timeout,
+                workspace=s.workspace_dir,
+                on_applied=self._applied,
+                downgrade=downgrade,
+                recorder=recorder,
+                watch_spec=self.spec(s.direct_url),
+            )
+            previous = m.previous if previous is None else previous
+            applied += m.applied
+            if not (m.lock_timed_out and attempt < s.lock_retries):
+                break
+            delay = min(30.0, 2.0 * 2**attempt)
+            self.warn(
+                f"revision {m.failed_revision} hit lock_timeout ({m.error}); retry "
+                f"{attempt + 1} of {s.lock_retries} in {delay:g}s"
+            )
+            time.sleep(delay)
+        m.previous, m.applied = previous or [], applied
+        return m
+
+    def check_history(
+        self, project: AlembicProject, mig: sa.Connection, facts: EnvFacts
+    ) -> Callable[..., None] | None:
+        """Create the history on first use and verify applied scripts against it (before
+        anything is applied). Returns the per-revision recorder, or None without a history."""
+        s = self.settings
+        try:
+            history.ensure(mig, s.history_schema)
+        except sa.exc.DBAPIError as exc:
+            mig.rollback()
+            self.warn(
+                f"no deploy history: cannot create {s.history_schema}.{history.TABLE} "
+                f"({db.server_message(exc)}); edited migrations will not be detected"
+            )
+            return None
+        heads = read_heads(mig, facts.version_table, facts.version_table_schema)
+        self.result.integrity = report = history.verify(
+            mig,
+            s.history_schema,
+            project,
+            heads,
+            allow_edited=s.allow_edited_migrations,
+            telemetry=self.result.telemetry,
+        )
+        if report.baselined:
+            self.result.notices.append(
+                f"deploy history baselined with {len(report.baselined)} revision(s) applied "
+                "before it existed"
+            )
+        for rev in report.accepted or []:
+            self.warn(
+                f"applied migration {rev} was edited since it ran; accepted and "
+                "re-recorded (allow-edited-migrations)"
+            )
+        telemetry = self.result.telemetry
+
+        def record(conn: sa.Connection, step: RevisionStep, seconds: float) -> None:
+            script = step.revision
+            history.record(
+                conn,
+                s.history_schema,
+                revision=script.revision,
+                kind="upgrade" if step.is_upgrade else "downgrade",
+                checksum=history.checksum(script.path),
+                seconds=round(seconds, 4),
+                telemetry=telemetry,
+            )
+
+        return record
+
     def status(
         self, project: AlembicProject, conn: sa.Connection, table: str, schema: str | None
     ) -> None:
@@ -185,6 +296,7 @@ class Run:
             self.result.status_check = st = status(
                 project, conn, version_table=table, version_table_schema=schema
             )
+            self.result.history = history.read(conn, self.settings.history_schema)
             if st.error:
                 raise StepFailed(st.error, step="status")
             deployed = self.settings.command == "deploy" and not self.result.dry_run
@@ -199,7 +311,10 @@ class Run:
         with self.step("smoke"):
             s = self.settings
             self.result.smoke = sm = smoke(
-                conn, expectations=s.smoke_expect, extensions=s.required_extensions
+                conn,
+                expectations=s.smoke_expect,
+                extensions=s.required_extensions,
+                exclude_schemas=[s.history_schema],
             )
             for idx in sm.vector_indexes:
                 if idx.advice:

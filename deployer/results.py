@@ -94,6 +94,8 @@ class MigrateResult:
     applied: list[AppliedRevision] = field(default_factory=list)
     failed_revision: str = ""
     error: str = ""
+    lock_timed_out: bool = False
+    blocked_by: str = ""  # the session that held the lock a failed revision waited for
     dry_run: bool = False
     sql: dict[str, str] = field(default_factory=dict)  # revision → offline SQL (dry run)
     transaction_per_migration: bool = False
@@ -241,6 +243,8 @@ class RunResult:
     seed: SeedResult | None = None
     status_check: StatusResult | None = None
     smoke: SmokeResult | None = None
+    history: list[Any] = field(default_factory=list)  # deployer.history.HistoryEntry, newest first
+    integrity: Any = None  # deployer.history.IntegrityReport
     # Operations modes (deployer/operations.py): their own records, rendered by
     # deployer/render/operations.py.
     backup: Any = None

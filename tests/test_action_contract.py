@@ -938,7 +938,8 @@ def test_deploy_workflow_is_the_seed_workflow_on_this_action():
     shown = next(s for s in job["steps"] if s.get("name") == "Show the outputs")
     assert shown["if"] == "always()"
     referenced = set(re.findall(r"steps\.deploy\.outputs\.([\w-]+)", json.dumps(shown["env"])))
-    assert referenced == set(load_action()["outputs"]), "every output is shown"
+    assert referenced >= SPEC_OUTPUTS | {"error"}, "every output of a deploy is shown"
+    assert referenced <= set(load_action()["outputs"])
 
 
 def test_ci_runs_the_action_against_a_pgvector_service_and_the_image_tests():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from deployer.render import operations
 from deployer.results import RunResult, VectorIndex
 
 ICON = {"success": "✅", "noop": "✅", "failed": "❌"}
@@ -147,6 +148,35 @@ def render(r: RunResult) -> str:
                 [[f"`{p.revision}`", p.description] for p in st.pending],
             ) + [""]
 
+    if r.integrity is not None:
+        ig = r.integrity
+        line = (
+            f"Integrity: {ig.checked} applied revision(s) checked against their recorded checksums"
+        )
+        if ig.baselined:
+            line += f"; {len(ig.baselined)} baselined (applied before the history existed)"
+        if ig.accepted:
+            line += f"; edited and accepted: {', '.join(ig.accepted)}"
+        lines += [line + ".", ""]
+    if r.history:
+        lines += ["<details><summary>Deploy history (latest first)</summary>", ""]
+        lines += table(
+            ["Revision", "Kind", "Applied at", "Time", "Actor", "Commit", "Checksum"],
+            [
+                [
+                    f"`{h.revision}`",
+                    h.kind,
+                    h.applied_at,
+                    "" if h.seconds is None else f"{h.seconds:.3f} s",
+                    h.actor or "—",
+                    f"`{h.sha[:12]}`" if h.sha else "—",
+                    f"`{h.checksum[:12]}`",
+                ]
+                for h in r.history
+            ],
+        )
+        lines += ["", "</details>", ""]
+
     sd = r.seed
     if sd is not None:
         lines += ["### Seed", ""]
@@ -244,6 +274,7 @@ def render(r: RunResult) -> str:
             )
             lines += [""]
 
+    lines += operations.sections(r)
     if r.warnings:
         lines += ["### Warnings", "", *[f"- ⚠️ {cell(w)}" for w in r.warnings], ""]
     if r.notices:

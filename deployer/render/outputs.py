@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from deployer.render import operations
 from deployer.results import RunResult
 
 # name → description; action.yml declares exactly these.
@@ -23,6 +24,7 @@ OUTPUTS: dict[str, str] = {
     "smoke-rows": "Rows counted over all tables (estimates included for large tables)",
     "duration-seconds": "Wall time of the run",
     "report-path": "Path of the JSON report",
+    **operations.OUTPUTS,
 }
 
 
@@ -49,6 +51,7 @@ def outputs(result: RunResult) -> dict[str, str]:
         "smoke-rows": str(smoke.total_rows) if smoke else "0",
         "duration-seconds": f"{result.duration:.2f}",
         "report-path": result.report_path,
+        **operations.outputs(result),
     }
     assert set(values) == set(OUTPUTS)
     return values

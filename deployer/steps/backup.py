@@ -86,19 +86,20 @@ def dump(
     url: str,
     target: Path,
     *,
-    server_major: int,
+    tool: pgtools.Tool,
     lock_timeout: float,
     connect_timeout: float,
 ) -> tuple[str, int, str, float]:
     """pg_dump -Fc of `url` into `target` (which must not exist). Returns (tool, size, sha256,
-    seconds). Raises ConfigError (no usable pg_dump, bad path) or StepFailed (pg_dump failed)."""
-    tool = pgtools.find_tool("pg_dump", server_major)
+    seconds). Raises ConfigError (bad path) or StepFailed (pg_dump failed)."""
     if target.exists():
         raise ConfigError(f"backup file {target} exists already: backups are never overwritten")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ConfigError(f"cannot create the backup folder {target.parent}: {exc.strerror}") from None
+        raise ConfigError(
+            f"cannot create the backup folder {target.parent}: {exc.strerror}"
+        ) from None
     partial = target.with_name(f".{target.name}.partial")
     try:
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -22,7 +22,12 @@ import sqlalchemy as sa
 from alembic.runtime.migration import MigrationContext, RevisionStep
 
 from deployer.alembic_project import AlembicProject, describe_exception, read_heads, run_env
-from deployer.db import APPLICATION_NAME, server_message, session_options
+from deployer.db import (
+    APPLICATION_NAME,
+    ConnectionSpec,
+    server_message,
+    session_options,
+)
 from deployer.errors import ConfigError, DeployError, StepFailed
 from deployer.results import AppliedRevision, MigrateResult
 
@@ -68,8 +73,12 @@ def migrate(
     workspace: Path | None = None,
     on_applied: Callable[[AppliedRevision], None] | None = None,
     downgrade: bool = False,
+    recorder: Callable[[sa.Connection, RevisionStep, float], None] | None = None,
+    watch_spec: ConnectionSpec | None = None,
 ) -> MigrateResult:
-    """Upgrade (or, with `downgrade`, downgrade: the rollback command) to `target`. Returns the record, with `error` and `failed_revision` set when a
+    """Upgrade (or, with `downgrade`, downgrade: the rollback command) to `target`.
+    `recorder(connection, step, seconds)` is called inside each revision's transaction, on the
+    migration's own connection, when that is the deployer's (the deploy history). Returns the record, with `error` and `failed_revision` set when a
     revision failed (the database is then at its last committed revision, read back from it).
     Raises ConfigError for bad targets and a broken env.py (nothing changed)."""
     started = time.perf_counter()
@@ -98,6 +107,13 @@ def migrate(
         tracker.called = True
         tracker.previous = tuple(heads)
         tracker.context = context
+        if recorder is not None and context.connection is connection:
+
+            def on_apply(**_: Any) -> None:
+                if tracker.running is not None:
+                    recorder(connection, tracker.running, time.perf_counter() - tracker.started)
+
+            context.on_version_apply_callbacks = (*context.on_version_apply_callbacks, on_apply)
         if downgrade:
             _refuse_upgrade(project, heads, target, destination)
         else:
@@ -118,7 +134,9 @@ def migrate(
         return [] if dry_run else tracked(steps)
 
     environ = {
-        "PGOPTIONS": session_options(lock_timeout, statement_timeout),
+        "PGOPTIONS": session_options(
+            lock_timeout, statement_timeout, watch_spec.client_check if watch_spec else False
+        ),
         "PGAPPNAME": APPLICATION_NAME,
     }
     error: BaseException | None = None

@@ -235,6 +235,15 @@ def parse_toc(listing: str) -> list[TocEntry]:
     return out
 
 
+def _extension_of(e: TocEntry) -> str:
+    """The extension an entry creates or comments on, else ""."""
+    if e.desc == "EXTENSION":
+        return e.tag
+    if e.desc == "COMMENT" and e.schema == "-" and e.tag.startswith("EXTENSION "):
+        return e.tag.removeprefix("EXTENSION ")
+    return ""
+
+
 def filter_toc(
     entries: Iterable[TocEntry], *, history_schema: str, installed_extensions: set[str]
 ) -> tuple[str, list[str]]:
@@ -243,17 +252,18 @@ def filter_toc(
     skipped: list[str] = []
     for e in entries:
         why = ""
-        if e.desc and history_schema and (
-            e.schema == history_schema
-            or (e.desc == "SCHEMA" and e.tag == history_schema)
-            or (e.schema == "-" and e.tag == f"SCHEMA {history_schema}")
+        if (
+            e.desc
+            and history_schema
+            and (
+                e.schema == history_schema
+                or (e.desc == "SCHEMA" and e.tag == history_schema)
+                or (e.schema == "-" and e.tag == f"SCHEMA {history_schema}")
+            )
         ):
             why = "the deploy history is kept"
-        elif e.desc == "EXTENSION" and e.tag in installed_extensions:
+        elif _extension_of(e) in installed_extensions:
             why = "extension already installed"
-        elif e.desc == "COMMENT" and e.tag.startswith("EXTENSION "):
-            if e.tag.removeprefix("EXTENSION ") in installed_extensions:
-                why = "extension already installed"
         if why:
             lines.append(";" + e.line)
             if e.desc in ("SCHEMA", "EXTENSION"):
@@ -297,9 +307,7 @@ def list_archive(tool: pgtools.Tool, path: Path) -> str:
     """`pg_restore --list`: proves the archive readable from end to end of its table of
     contents, and gives the entries. An unreadable archive is a ConfigError."""
     quiet = pgtools.Redactor()
-    run = pgtools.run_tool(
-        tool, ["--list", str(path)], {**os.environ, "LC_ALL": "C"}, redact=quiet
-    )
+    run = pgtools.run_tool(tool, ["--list", str(path)], {**os.environ, "LC_ALL": "C"}, redact=quiet)
     if run.returncode != 0:
         raise ConfigError(
             f"{tool.name} {tool.version} cannot read {path.name}: "

@@ -69,9 +69,7 @@ _ROLE = sa.text(
     """
 )
 
-_SSL = sa.text(
-    "SELECT coalesce((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), false)"
-)
+_SSL = sa.text("SELECT coalesce((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), false)")
 
 # Schemas the role owns (directly or through membership), excluding the system's.
 _OWNED_SCHEMAS = sa.text(
@@ -195,9 +193,7 @@ def _sslmode(url: str) -> str:
 
 def _tls(url: str, tls: bool, require_tls: bool) -> Finding:
     if is_local_host(url):
-        return Finding(
-            "tls", "ok", "local connection (Unix socket or loopback): TLS not needed"
-        )
+        return Finding("tls", "ok", "local connection (Unix socket or loopback): TLS not needed")
     if not tls:
         return Finding(
             "tls",
@@ -231,8 +227,7 @@ def _superuser(user: str, is_super: bool, url: str) -> Finding:
     return Finding(
         "superuser",
         "warning",
-        f"role {user} is a superuser: a mistaken migration can do anything, anywhere on the "
-        "server",
+        f"role {user} is a superuser: a mistaken migration can do anything, anywhere on the server",
         "deploy with a role that owns the application's schema and nothing more",
     )
 
@@ -246,9 +241,7 @@ def _target_schemas(
     return sorted(wanted)
 
 
-def _schemas(
-    conn: sa.Connection, schemas: list[str], user: str, is_super: bool
-) -> list[Finding]:
+def _schemas(conn: sa.Connection, schemas: list[str], user: str, is_super: bool) -> list[Finding]:
     out: list[Finding] = []
     facts = conn.execute(_SCHEMA_FACTS, {"schemas": schemas}).all()
     if not facts:
@@ -326,7 +319,7 @@ def _extensions(
 ) -> list[Finding]:
     if not required:
         return []
-    installed = dict(conn.execute(_INSTALLED).tuples().all())
+    installed: dict[str, str] = {str(n): str(v) for n, v in conn.execute(_INSTALLED)}
     versions: dict[str, list[tuple[str, bool, bool]]] = {}
     for name, version, _installed, trusted, superuser in conn.execute(_EXTENSIONS):
         versions.setdefault(name, []).append((str(version), bool(trusted), bool(superuser)))
@@ -336,7 +329,8 @@ def _extensions(
         have = installed.get(req.name)
         available = versions.get(req.name, [])
         good = [
-            v for v in available
+            v
+            for v in available
             if not req.min_version or version_tuple(v[0]) >= version_tuple(req.min_version)
         ]
         if have is not None:
@@ -353,9 +347,7 @@ def _extensions(
                     )
                 )
             else:
-                out.append(
-                    Finding("extension", "ok", f"extension {req.name} {have} is installed")
-                )
+                out.append(Finding("extension", "ok", f"extension {req.name} {have} is installed"))
             continue
         if not available:
             out.append(

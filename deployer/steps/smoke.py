@@ -38,6 +38,7 @@ _TABLES = sa.text(
       AND n.nspname NOT IN ('pg_catalog', 'information_schema')
       AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%'
       AND NOT c.relispartition
+      AND n.nspname <> ALL (CAST(:exclude AS text[]))
     ORDER BY n.nspname, c.relname
     """
 )
@@ -87,11 +88,13 @@ def smoke(
     *,
     expectations: Sequence[Expectation] = (),
     extensions: Sequence[ExtensionRequirement] = (),
+    exclude_schemas: Sequence[str] = (),
 ) -> SmokeResult:
+    """`exclude_schemas`: the tool's own (the deploy history), which is not the application's."""
     started = time.perf_counter()
     result = SmokeResult()
     try:
-        catalog = connection.execute(_TABLES).all()
+        catalog = connection.execute(_TABLES, {"exclude": list(exclude_schemas)}).all()
         result.tables = _check_tables(connection, catalog)
         installed = dict(connection.execute(_EXTENSIONS).all())
         result.extensions = [_check_extension(req, installed) for req in extensions]

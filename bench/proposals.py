@@ -1,0 +1,162 @@
+"""The proposed performance changes to deployer/, as exact edits applied to a copy.
+
+`python -m bench --candidate proposals` copies the installed deployer package into the work
+folder, applies every edit below (each anchored on the current text: a missing anchor is
+reported, not guessed) and measures that copy interleaved with the installed one. The diff
+is written next to the results (bench/results/proposals.diff) for review; nothing under
+deployer/ is touched here.
+"""
+
+from __future__ import annotations
+
+import difflib
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.proc import REPO
+
+
+@dataclass(frozen=True)
+class Edit:
+    proposal: str
+    path: str  # inside deployer/
+    old: str
+    new: str
+
+
+EDITS: list[Edit] = [
+    # P1: smoke reads one row of a table the catalog already knows to be large, and no
+    # savepoint on the happy path.
+    Edit(
+        "P1 smoke: probe large tables, no savepoint unless a batch fails",
+        "steps/smoke.py",
+        """            f"LIMIT {EXACT_LIMIT + 1}) s{i}"
+            for i, (c, _) in enumerate(batch, start=first)
+        )
+        connection.execute(sa.text("SAVEPOINT smoke_batch"))
+        try:
+            counts.update(connection.execute(sa.text(sql)).tuples().all())
+            connection.execute(sa.text("RELEASE SAVEPOINT smoke_batch"))
+        except sa.exc.DBAPIError:
+            connection.execute(sa.text("ROLLBACK TO SAVEPOINT smoke_batch"))
+""",
+        """            f"LIMIT {1 if int(r[3]) > EXACT_LIMIT else EXACT_LIMIT + 1}) s{i}"
+            for i, (c, r) in enumerate(batch, start=first)
+        )
+        try:
+            counts.update(connection.execute(sa.text(sql)).tuples().all())
+        except sa.exc.DBAPIError:
+            connection.rollback()  # the catalog rows are already read
+""",
+    ),
+    Edit(
+        "P1 smoke: probe large tables, no savepoint unless a batch fails",
+        "steps/smoke.py",
+        """        count = counts[i]
+        if count > EXACT_LIMIT:""",
+        """        count = counts[i]
+        if int(row[3]) > EXACT_LIMIT or count > EXACT_LIMIT:""",
+    ),
+    # P2: no hstore lookup on each new engine's first connection.
+    Edit(
+        "P2 engines: use_native_hstore=False",
+        "db.py",
+        """        return sa.create_engine(
+            sqlalchemy_url(self.url),
+            poolclass=sa.pool.NullPool,""",
+        """        kw.setdefault("use_native_hstore", False)  # no hstore lookup per new engine
+        return sa.create_engine(
+            sqlalchemy_url(self.url),
+            poolclass=sa.pool.NullPool,""",
+    ),
+    # P3: one engine per URL for the run (dialect initialised once), timeouts per connection.
+    Edit(
+        "P3 engines: one per URL, session timeouts set per connection",
+        "pipeline.py",
+        """        engine = spec.engine()
+        if autocommit:
+            engine = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self.stack.callback(engine.dispose)
+        conn = db.connect(engine, spec, on_retry=self._retrying)
+        self.stack.callback(_close, conn)
+        return conn
+""",
+        """        engine = self.engine(spec)
+        if autocommit:
+            engine = engine.execution_options(isolation_level="AUTOCOMMIT")
+        conn = db.connect(engine, spec, on_retry=self._retrying)
+        self.stack.callback(_close, conn)
+        timeouts = {
+            name: str(db.pg_milliseconds(value))
+            for name, value in (
+                ("lock_timeout", spec.lock_timeout),
+                ("statement_timeout", spec.statement_timeout),
+            )
+            if value is not None
+        }
+        if timeouts:  # session-level and committed, before anything else runs on it
+            sql = ", ".join(f"set_config('{name}', :{name}, false)" for name in timeouts)
+            conn.execute(sa.text(f"SELECT {sql}"), timeouts)
+            conn.commit()
+        return conn
+
+    def engine(self, spec: db.ConnectionSpec) -> sa.Engine:
+        \"\"\"One engine per URL for the run: SQLAlchemy initialises its dialect on an engine's
+        first connection (6 round trips); the session timeouts are set per connection.\"\"\"
+        base = dataclasses.replace(spec, lock_timeout=None, statement_timeout=None)
+        engines = self.__dict__.setdefault("_engines", {})
+        if base not in engines:
+            engines[base] = base.engine()
+            self.stack.callback(engines[base].dispose)
+        return engines[base]
+""",
+    ),
+    Edit(
+        "P3 engines: one per URL, session timeouts set per connection",
+        "pipeline.py",
+        """            spec = self.spec(self.settings.url)
+            engine = spec.engine()
+            self.stack.callback(engine.dispose)
+""",
+        """            spec = self.spec(self.settings.url)
+            engine = self.engine(spec)
+""",
+    ),
+    Edit(
+        "P3 engines: one per URL, session timeouts set per connection",
+        "pipeline.py",
+        "from __future__ import annotations\n\n",
+        "from __future__ import annotations\n\nimport dataclasses\n",
+    ),
+]
+
+
+def build(dest: Path, source: Path = REPO / "deployer") -> tuple[Path, list[str], str]:
+    """Copy `source` to dest/deployer and apply EDITS. Returns (folder for PYTHONPATH,
+    problems, unified diff)."""
+    target = dest / "deployer"
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+    problems: list[str] = []
+    touched: dict[str, str] = {}
+    for edit in EDITS:
+        path = target / edit.path
+        text = path.read_text()
+        touched.setdefault(edit.path, text)
+        if text.count(edit.old) != 1:
+            problems.append(f"{edit.proposal}: anchor not found once in deployer/{edit.path}")
+            continue
+        path.write_text(text.replace(edit.old, edit.new))
+    diff = "".join(
+        "".join(
+            difflib.unified_diff(
+                before.splitlines(keepends=True),
+                (target / rel).read_text().splitlines(keepends=True),
+                fromfile=f"a/deployer/{rel}",
+                tofile=f"b/deployer/{rel}",
+            )
+        )
+        for rel, before in touched.items()
+    )
+    return dest, problems, diff
