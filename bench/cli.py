@@ -34,7 +34,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--smoke-rows",
         type=int,
-        help="rows in the loaded smoke database (default 6000000; quick 200000)",
+        help="rows in the loaded smoke database (default 6000000; quick 1000000)",
     )
     p.add_argument("--smoke-repeat", type=int, help="smoke rounds (default 5; quick 2)")
     p.add_argument("--startup-repeat", type=int, help="start-up rounds (default 10; quick 3)")
@@ -68,7 +68,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     q = a.quick
     a.sizes = [int(s) for s in (a.sizes or ("10,40" if q else "50,200,500")).split(",") if s]
     a.repeat = a.repeat or (2 if q else 5)
-    a.smoke_rows = a.smoke_rows if a.smoke_rows is not None else (200_000 if q else 6_000_000)
+    a.smoke_rows = a.smoke_rows if a.smoke_rows is not None else (1_000_000 if q else 6_000_000)
     a.smoke_repeat = a.smoke_repeat or (2 if q else 5)
     a.startup_repeat = a.startup_repeat or (3 if q else 10)
     a.profile_size = a.profile_size or (40 if q else 200)

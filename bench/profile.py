@@ -220,6 +220,8 @@ def run_suite(server: Server, work: Path, size: int, progress: Any) -> dict[str,
             if name in {"deploy", "noop"}:
                 cmd = head + deploy_cmd(project, url)[1:]
                 env = child_env()
+                if name == "noop":  # steady state: the first no-op writes the history baseline
+                    run(deploy_cmd(project, url), cwd=work).check("first no-op")
             else:
                 verb = ["upgrade", "head"] if name == "alembic" else ["current"]
                 cmd = head + alembic_cmd(project, *verb)[1:]
@@ -241,6 +243,7 @@ def run_suite(server: Server, work: Path, size: int, progress: Any) -> dict[str,
             u = [server.url(d) for d in dbs]
             plans = {
                 "deploy": (dbs[0], deploy_cmd(project, u[0]), child_env()),
+                "noop (first)": (dbs[0], deploy_cmd(project, u[0]), child_env()),
                 "noop": (dbs[0], deploy_cmd(project, u[0]), child_env()),
                 "alembic": (
                     dbs[1],

@@ -129,6 +129,72 @@ EDITS: list[Edit] = [
         "from __future__ import annotations\n\n",
         "from __future__ import annotations\n\nimport dataclasses\n",
     ),
+    # P4: the deploy history costs round trips per revision on a baseline, and 4 on every
+    # deploy to re-create what exists.
+    Edit(
+        "P4 history: create only when missing",
+        "history.py",
+        """    \"\"\"Create the schema and table on first use (idempotent, committed at once).\"\"\"
+    conn.execute(sa.text(f"CREATE SCHEMA IF NOT EXISTS {_q(schema)}"))""",
+        """    \"\"\"Create the schema and table on first use (idempotent, committed at once).\"\"\"
+    if exists(conn, schema):  # one round trip; the caller's transaction goes on
+        return
+    conn.execute(sa.text(f"CREATE SCHEMA IF NOT EXISTS {_q(schema)}"))""",
+    ),
+    Edit(
+        "P4 history: baseline in one batch",
+        "history.py",
+        """        if before is None:
+            record(
+                conn,
+                schema,
+                revision=rev,
+                kind="baseline",
+                checksum=now,
+                seconds=None,
+                telemetry=telemetry,
+            )
+            report.baselined.append(rev)  # type: ignore[union-attr]""",
+        """        if before is None:
+            report.baselined.append(rev)  # type: ignore[union-attr]
+            baseline.append(
+                {
+                    "r": rev,
+                    "k": "baseline",
+                    "c": now,
+                    "s": None,
+                    "v": telemetry.tool_version,
+                    "a": telemetry.actor,
+                    "sha": telemetry.sha,
+                    "u": telemetry.run_url,
+                }
+            )""",
+    ),
+    Edit(
+        "P4 history: baseline in one batch",
+        "history.py",
+        """    edited: list[tuple[str, str, str]] = []
+    for rev in applied:""",
+        """    edited: list[tuple[str, str, str]] = []
+    baseline: list[dict[str, object]] = []
+    for rev in applied:""",
+    ),
+    Edit(
+        "P4 history: baseline in one batch",
+        "history.py",
+        """    if edited and not allow_edited:
+        conn.rollback()""",
+        """    if baseline:  # executemany: psycopg sends the batch in a pipeline, not row by row
+        conn.execute(
+            sa.text(
+                f"INSERT INTO {_q(schema)}.{TABLE} (revision, kind, checksum, seconds, "
+                "tool_version, actor, sha, run_url) VALUES (:r, :k, :c, :s, :v, :a, :sha, :u)"
+            ),
+            baseline,
+        )
+    if edited and not allow_edited:
+        conn.rollback()""",
+    ),
 ]
 
 

@@ -75,8 +75,14 @@ class VersionTable:
             _rollback_txn(conn)
 
     def heads(self, conn: sa.Connection) -> list[str]:
+        """The revision(s) in the version table; unreadable → StepFailed (exit 1)."""
         try:
             return read_heads(conn, self.table, self.schema)
+        except sa.exc.DBAPIError as exc:
+            name = f"{self.schema}.{self.table}" if self.schema else self.table
+            raise StepFailed(
+                f"cannot read the revision from {name}: {db.server_message(exc)}"
+            ) from None
         finally:
             _rollback_txn(conn)
 

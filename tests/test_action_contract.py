@@ -792,6 +792,13 @@ def test_release_builds_both_architectures_and_pushes_the_version_tag():
     assert '--tag "${IMAGE}:${VERSION%%.*}"' in promote, "moving major image tag"
     assert 'git tag --force "v${VERSION%%.*}"' in promote, "moving major git tag"
     assert release["jobs"]["promote"]["needs"] == ["image", "verify"], "moves only once verified"
+    # The version check reads deployer.__version__ with sed: keep that line's shape.
+    import deployer
+
+    check = next(s["run"] for s in image["steps"] if s.get("id") == "meta")
+    assert "sed -n 's/^__version__ = \"\\(.*\\)\"$/\\1/p' deployer/__init__.py" in check
+    init = (REPO / "deployer" / "__init__.py").read_text(encoding="utf-8")
+    assert re.findall(r'^__version__ = "(.*)"$', init, re.M) == [deployer.__version__]
 
 
 def test_release_rewrite_pins_the_published_image_and_changes_nothing_else(tmp_path: Path):

@@ -155,8 +155,10 @@ def test_smoke_expectations_and_extensions(
         ({"smoke-expect": "ghosts>=1"}, "expected ghosts >= 1 rows, no such table"),
         ({"required-extensions": "vector"}, "extension vector required, not installed"),
         # The security preflight would refuse an unavailable version first: test the smoke step's own check.
-    ({"required-extensions": "plpgsql>=99", "security-preflight": "false"},
-     "extension plpgsql >= 99 required, version 1.0"),
+        (
+            {"required-extensions": "plpgsql>=99", "security-preflight": "false"},
+            "extension plpgsql >= 99 required, version 1.0",
+        ),
     ],
 )
 def test_smoke_failures(

@@ -222,3 +222,21 @@ def test_make_act_runs_db_deploy_with_the_documented_flags(tmp_path: Path):
     docs = (REPO / "docs" / "github-actions.md").read_text(encoding="utf-8")
     for flag in ("--container-architecture linux/amd64", "--eventpath", "--secret-file"):
         assert flag in docs
+
+
+def test_act_event_and_secrets_examples_fit_the_deploy_workflow():
+    """The dispatch inputs of the event file exist in db-deploy.yml, and the secrets example names
+    exactly the secrets the workflow reads."""
+    import json
+
+    import yaml
+
+    workflow_text = (REPO / ".github" / "workflows" / "db-deploy.yml").read_text(encoding="utf-8")
+    workflow = yaml.safe_load(workflow_text)
+    dispatch = (workflow.get("on") or workflow[True])["workflow_dispatch"]["inputs"]
+    event = json.loads((REPO / ".github" / "act" / "workflow_dispatch.json").read_text())
+    assert set(event["inputs"]) <= set(dispatch)
+    lines = (REPO / ".github" / "act" / "secrets.example").read_text().splitlines()
+    names = {ln.split("=", 1)[0] for ln in lines if ln and not ln.startswith("#")}
+    assert names == set(re.findall(r"secrets\.(\w+)", workflow_text))
+    assert ".github/act/secrets" in (REPO / ".actrc.example").read_text()

@@ -14,6 +14,7 @@ import io
 import re
 import time
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,10 @@ from alembic.runtime.migration import MigrationContext, RevisionStep
 from deployer.alembic_project import AlembicProject, describe_exception, read_heads, run_env
 from deployer.db import (
     APPLICATION_NAME,
+    BlockerWatch,
     ConnectionSpec,
+    backend_pid,
+    is_lock_timeout,
     server_message,
     session_options,
 )
@@ -140,16 +144,22 @@ def migrate(
         "PGAPPNAME": APPLICATION_NAME,
     }
     error: BaseException | None = None
+    watch = (
+        BlockerWatch(watch_spec, backend_pid(connection))
+        if watch_spec is not None and not dry_run
+        else None
+    )
     try:
-        run_env(
-            project,
-            work,
-            connection=connection,
-            url=url,
-            environ=environ,
-            workspace=workspace,
-            dont_mutate=dry_run,
-        )
+        with watch or nullcontext():
+            run_env(
+                project,
+                work,
+                connection=connection,
+                url=url,
+                environ=environ,
+                workspace=workspace,
+                dont_mutate=dry_run,
+            )
         if connection.in_transaction():
             connection.commit()
     except DeployError:
@@ -178,8 +188,12 @@ def migrate(
         result.error = (
             server_message(error)
             if isinstance(error, sa.exc.DBAPIError)
-            else (describe_exception(error))
+            else describe_exception(error)
         )
+        result.lock_timed_out = is_lock_timeout(error)
+        if watch is not None and watch.blocker is not None:
+            result.blocked_by = str(watch.blocker)
+            result.error += f" (blocked by {watch.blocker})"
         # Only what the database kept counts as applied (all-or-nothing rolls back everything).
         kept = project.ancestors(result.current) if result.current else set()
         result.applied = [a for a in tracker.applied if (a.revision in kept) != downgrade]
@@ -187,7 +201,7 @@ def migrate(
         result.applied = list(tracker.applied)
         if dry_run and not downgrade:
             result.sql = offline_sql(project, url, result.previous, target, workspace)
-        else:
+        elif not dry_run:
             _check_version_table(result, destination)
     result.seconds = round(time.perf_counter() - started, 4)
     return result

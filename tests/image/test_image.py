@@ -55,8 +55,9 @@ def _ping_engine() -> Any:
     except ImportError:
         _skip_or_fail("the Docker SDK for Python (`docker`) is not installed")
     try:
-        client = docker.from_env(timeout=600)
+        client = docker.from_env(timeout=15)
         client.ping()
+        client.api.timeout = 900  # builds and deploys take longer than a ping
     except Exception as exc:  # noqa: BLE001 - any failure means: no engine to test with
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         _skip_or_fail(f"no Docker engine answers: {first_line}")
