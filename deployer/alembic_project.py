@@ -35,6 +35,7 @@ class AlembicProject:
     script: ScriptDirectory
     ini: Path | None
     script_location: Path
+    url_driver: str = "psycopg"  # the driver written into sqlalchemy.url for env.py
 
     def heads(self) -> list[str]:
         return sorted(self.script.get_heads())
@@ -67,27 +68,48 @@ class AlembicProject:
         return [self.describe(step.revision.revision) for step in steps]
 
 
-def find_project(migrations: Path, workspace: Path) -> AlembicProject:
-    """Load the project at `migrations`: an alembic.ini, a folder holding one, or the script folder.
-    Anything missing or broken is a ConfigError (exit 2) naming the path relative to the
-    workspace."""
-    shown = _shown(migrations, workspace)
-    if not migrations.exists():
-        raise ConfigError(f"migrations-path {shown} does not exist")
-    ini: Path | None = None
-    if migrations.is_file():
-        if migrations.suffix != ".ini":
-            raise ConfigError(f"migrations-path {shown} is a file but not an alembic.ini")
-        ini = migrations
-    elif (migrations / "alembic.ini").is_file():
-        ini = migrations / "alembic.ini"
-    elif not (migrations / "env.py").is_file():
-        raise ConfigError(
-            f"migrations-path {shown} holds no alembic.ini and no env.py: "
-            "point it at your Alembic project"
-        )
+def find_project(
+    migrations: Path,
+    workspace: Path,
+    *,
+    alembic_ini: Path | None = None,
+    script_location: Path | None = None,
+) -> AlembicProject:
+    """Load the project at `migrations`: an alembic.ini, a folder holding one, or the script folder
+    (whose ini may sit one level up, as in projects that ship their migrations inside a package).
+    `alembic_ini` / `script_location` (inputs of the same names) override what is found. Anything
+    missing or broken is a ConfigError (exit 2) naming the path relative to the workspace."""
+    ini = alembic_ini
+    if ini is not None and not ini.is_file():
+        raise ConfigError(f"alembic-ini {_shown(ini, workspace)} does not exist")
+    if ini is None and script_location is None:
+        shown = _shown(migrations, workspace)
+        if not migrations.exists():
+            raise ConfigError(f"migrations-path {shown} does not exist")
+        if migrations.is_file():
+            if migrations.suffix != ".ini":
+                raise ConfigError(f"migrations-path {shown} is a file but not an alembic.ini")
+            ini = migrations
+        elif (migrations / "alembic.ini").is_file():
+            ini = migrations / "alembic.ini"
+        elif (migrations / "env.py").is_file():
+            ini = _ini_above(migrations)
+        else:
+            raise ConfigError(
+                f"migrations-path {shown} holds no alembic.ini and no env.py: "
+                "point it at your Alembic project"
+            )
     config = Config(str(ini)) if ini else Config()
-    location = _script_location(config, ini, migrations, workspace)
+    if script_location is not None:
+        if not (script_location / "env.py").is_file():
+            raise ConfigError(
+                f"script-location {_shown(script_location, workspace)} holds no env.py"
+            )
+        location = script_location.resolve()
+    elif migrations.is_dir() and (migrations / "env.py").is_file():
+        location = migrations.resolve()  # the script folder itself, named by the user
+    else:
+        location = _script_location(config, ini, migrations, workspace)
     config.set_main_option("script_location", str(location))
     try:
         script = ScriptDirectory.from_config(config)
@@ -98,6 +120,19 @@ def find_project(migrations: Path, workspace: Path) -> AlembicProject:
             f"{_describe_exception(exc)}"
         ) from None
     return AlembicProject(config=config, script=script, ini=ini, script_location=location)
+
+
+def _ini_above(script_folder: Path) -> Path | None:
+    """An alembic.ini one level above the script folder whose script_location names it."""
+    candidate = script_folder.parent / "alembic.ini"
+    if not candidate.is_file():
+        return None
+    try:
+        raw = Config(str(candidate)).get_main_option("script_location") or ""
+    except Exception:  # noqa: BLE001 - an unreadable ini is simply not ours
+        return None
+    named = (candidate.parent / raw).resolve() if raw and not raw.count(":") else None
+    return candidate if named == script_folder.resolve() else None
 
 
 def _script_location(config: Config, ini: Path | None, folder: Path, workspace: Path) -> Path:
@@ -120,6 +155,8 @@ def _script_location(config: Config, ini: Path | None, folder: Path, workspace: 
                 candidates.append(ini.parent / p)
     base = ini.parent if ini else folder
     candidates.append(base)
+    if not ini:
+        candidates.insert(0, folder)
     for c in candidates:
         if (c / "env.py").is_file():
             return c.resolve()
@@ -188,9 +225,13 @@ def run_env(
 ) -> None:
     """Run the project's env.py with work function `fn` (called with the current heads and the
     MigrationContext before any step runs). `url` (with its password) goes into
-    `sqlalchemy.url` and `DATABASE_URL` for env.py files that build their own engine."""
+    `sqlalchemy.url` (with the project's `url_driver`, `%` escaped for the ini parser) and, as the
+    user gave it, into `DATABASE_URL`, for env.py files that build their own engine."""
     config = project.config
-    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    from deployer.db import sqlalchemy_url
+
+    engine_url = sqlalchemy_url(url, project.url_driver).render_as_string(hide_password=False)
+    config.set_main_option("sqlalchemy.url", engine_url.replace("%", "%%"))
     if connection is not None:
         config.attributes["connection"] = connection
     else:

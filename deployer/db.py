@@ -41,7 +41,36 @@ def sqlalchemy_url(url: str, driver: str = "psycopg") -> URL:
     """A user's `postgres://` / `postgresql://` / `postgresql+X://` URL → SQLAlchemy URL with
     the given driver (psycopg 3 for the deployer's own connections)."""
     parsed = make_url(url)
-    return parsed.set(drivername=f"postgresql+{driver}")
+    query = {k: v for k, v in parsed.query.items() if k not in NOT_LIBPQ}
+    return parsed.set(drivername=f"postgresql+{driver}", query=query)
+
+
+def looks_pooled(url: str) -> str:
+    """Why `url` looks like a connection pooler (PgBouncer, Supabase, Neon), or ""."""
+    u = make_url(url)
+    host = str(u.host or "")
+    if str(u.query.get("pgbouncer", "")).lower() == "true":
+        return "pgbouncer=true"
+    if u.port == 6543:
+        return "port 6543"
+    if "-pooler" in host or ".pooler." in host:
+        return f"host {host}"
+    return ""
+
+
+# Query parameters that Prisma-style URLs carry and libpq rejects ("invalid URI query parameter").
+NOT_LIBPQ = frozenset(
+    {
+        "pgbouncer",
+        "connection_limit",
+        "pool_timeout",
+        "schema",
+        "sslaccept",
+        "socket_timeout",
+        "statement_cache_size",
+        "connect_timeout_ms",
+    }
+)
 
 
 def describe_target(url: str) -> str:

@@ -6,11 +6,12 @@ goes to an `Observer` (the GitHub or terminal console), results to the renderers
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
-from typing import Protocol
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from alembic.runtime.migration import RevisionStep
@@ -101,7 +102,26 @@ class Run:
         )
 
     def project(self) -> AlembicProject:
-        return find_project(self.settings.migrations_dir, self.settings.workspace_dir)
+        s = self.settings
+        if s.requirements and self.result.install is None:
+            from deployer.steps.install import install_requirements
+
+            with self.step("install"):
+                self.result.install = inst = install_requirements(s.requirements, s.workspace_dir)
+                self.observer.info(
+                    f"installed {s.requirements} in {inst.seconds:.1f}s: "
+                    + (" ".join(inst.installed) or "nothing new")
+                )
+        project = find_project(
+            s.migrations_dir,
+            s.workspace_dir,
+            alembic_ini=s.resolve(s.alembic_ini) if s.alembic_ini else None,
+            script_location=s.resolve(s.script_location) if s.script_location else None,
+        )
+        project = dataclasses.replace(project, url_driver=s.url_driver)
+        where = f"ini {project.ini}" if project.ini else "no alembic.ini"
+        self.observer.info(f"Alembic project: script folder {project.script_location} ({where})")
+        return project
 
     def require_url(self) -> None:
         if not self.settings.url:
@@ -155,6 +175,14 @@ class Run:
                     step="seed",
                 )
             check_seed_file(s.seed_file)
+        pooled = db.looks_pooled(s.url)
+        if pooled and not s.direct_database_url.get_secret_value():
+            self.warn(
+                f"database-url looks like a connection pooler ({pooled}) and no "
+                "direct-database-url is set: migrations, the deploy lock (a session advisory "
+                "lock) and prepared statements then go through the pooler, which transaction "
+                "pooling breaks. Set direct-database-url to the direct connection"
+            )
         app = self.preflight()
         # Operations hook (issue 7): security checks (security-preflight), then backup-before.
         from deployer.operations import before_deploy
@@ -237,6 +265,11 @@ class Run:
             )
             time.sleep(delay)
         m.previous, m.applied = previous or [], applied
+        if recorder is not None and not m.history_inline and m.applied:
+            # env.py migrated on a connection of its own: record afterwards, on ours.
+            for a in m.applied:
+                recorder(mig, _StepInfo(project.revision(a.revision), not downgrade), a.seconds)
+            mig.commit()
         return m
 
     def check_history(
@@ -419,6 +452,14 @@ def execute(settings: Settings, observer: Observer, *, debug: bool = False) -> R
     finally:
         result.finished_at = utcnow()
     return result
+
+
+@dataclasses.dataclass
+class _StepInfo:
+    """What the history recorder reads of an Alembic RevisionStep."""
+
+    revision: Any
+    is_upgrade: bool
 
 
 def _close(conn: sa.Connection) -> None:

@@ -95,6 +95,7 @@ class MigrateResult:
     failed_revision: str = ""
     error: str = ""
     lock_timed_out: bool = False
+    history_inline: bool = False  # history rows written inside each revision's transaction
     blocked_by: str = ""  # the session that held the lock a failed revision waited for
     dry_run: bool = False
     sql: dict[str, str] = field(default_factory=dict)  # revision → offline SQL (dry run)
@@ -243,6 +244,7 @@ class RunResult:
     seed: SeedResult | None = None
     status_check: StatusResult | None = None
     smoke: SmokeResult | None = None
+    install: Any = None  # deployer.steps.install.InstallResult
     history: list[Any] = field(default_factory=list)  # deployer.history.HistoryEntry, newest first
     integrity: Any = None  # deployer.history.IntegrityReport
     # Operations modes (deployer/operations.py): their own records, rendered by

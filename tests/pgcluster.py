@@ -23,7 +23,6 @@ import os
 import shutil
 import socket
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -338,13 +337,92 @@ def cluster_db(pg_cluster: PgCluster) -> Iterator[ClusterDatabase]:
         pg_cluster.drop_database(name)
 
 
-def wait_closed(port: int, host: str = "127.0.0.1", timeout: float = 1.0) -> bool:
-    """True when nothing accepts connections on host:port."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection((host, port), timeout=0.2):
-                return False
-        except OSError:
-            return True
-    return True
+# --------------------------------------------------------------------------- finding secrets
+
+
+def secret_spellings(secret: str) -> set[str]:
+    """A secret as it can show up in text: as given, percent-decoded, percent-encoded (both
+    ways), and as SQLAlchemy renders a URL's password (spaces and `+` kept)."""
+    from urllib.parse import quote_plus, unquote
+
+    decoded = unquote(secret)
+    return {
+        s
+        for s in (
+            secret,
+            decoded,
+            quote(decoded, safe=""),
+            quote_plus(decoded),
+            quote(decoded, safe=" +"),
+        )
+        if s
+    }
+
+
+def fragments(secret: str, width: int = 8) -> set[str]:
+    """Every `width`-character window of every spelling: a cut or partly masked secret still
+    shows one of them."""
+    out: set[str] = set()
+    for s in secret_spellings(secret):
+        if len(s) <= width:
+            out.add(s)
+        else:
+            out.update(s[i : i + width] for i in range(len(s) - width + 1))
+    return out
+
+
+def url_password(url: str) -> str:
+    """The password in a URL's userinfo (everything between the first `:` and the last `@`
+    of it, as a user typed it) or in its `password=` query parameter."""
+    import re
+
+    m = re.match(r"^[^:/]+://(.*)@[^@]*$", url)
+    if m and ":" in m.group(1) and "password=" not in m.group(1):
+        return m.group(1).split(":", 1)[1]
+    m = re.search(r"[?&]password=([^&]*)", url)
+    return m.group(1) if m else ""
+
+
+def find_leaks(artefacts: dict[str, str], secrets: list[str], width: int = 8) -> list[str]:
+    """`artefact: piece` for every secret found in an artefact's text. A URL counts whole (in
+    every spelling); its password, and any other secret, by every `width`-character window."""
+    whole: set[str] = set()
+    pieces: set[str] = set()
+    for secret in secrets:
+        if "://" in secret:
+            whole.update(secret_spellings(secret))
+            password = url_password(secret)
+            if password:
+                pieces |= fragments(password, width)
+        else:
+            pieces |= fragments(secret, width)
+    found = []
+    for name, text in artefacts.items():
+        for piece in sorted(whole | pieces):
+            if piece in text:
+                at = text.index(piece)
+                found.append(f"{name}: {piece!r} in …{text[max(0, at - 40) : at + 40]!r}…")
+    return found
+
+
+def unmasked_lines(output: str) -> list[str]:
+    """Output minus the `::add-mask::` lines (which the runner consumes, never shows)."""
+    return [line for line in output.splitlines() if not line.startswith("::add-mask::")]
+
+
+def mask_values(stdout: str) -> set[str]:
+    """The values registered with `::add-mask::`, unescaped as the runner does."""
+    out = set()
+    for line in stdout.splitlines():
+        if line.startswith("::add-mask::"):
+            value = line[len("::add-mask::") :]
+            out.add(value.replace("%0D", "\r").replace("%0A", "\n").replace("%25", "%"))
+    return out
+
+
+def masks_come_first(stdout: str) -> bool:
+    """Every `::add-mask::` line comes before any other line on stdout."""
+    lines = stdout.splitlines()
+    masks = [i for i, line in enumerate(lines) if line.startswith("::add-mask::")]
+    others = [i for i, line in enumerate(lines) if not line.startswith("::add-mask::")]
+    return not masks or not others or max(masks) < min(others)

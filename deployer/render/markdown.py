@@ -86,6 +86,18 @@ def render(r: RunResult) -> str:
         telemetry.append(["Steps", ", ".join(f"{k} {v:.2f}s" for k, v in r.steps.items())])
     lines += ["### Run", "", *table(["", ""], telemetry), ""]
 
+    if r.install is not None:
+        inst = r.install
+        lines += [
+            "### Dependencies",
+            "",
+            f"`{inst.requirements}` installed in {inst.seconds:.1f} s"
+            + (" (hash-checked)" if inst.hashes else "")
+            + (f": {', '.join(inst.installed)}" if inst.installed else ": nothing new")
+            + ".",
+            "",
+        ]
+
     m = r.migrate
     if m is not None:
         lines += ["### Migrations", ""]

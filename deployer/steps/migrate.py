@@ -118,6 +118,7 @@ def migrate(
                     recorder(connection, tracker.running, time.perf_counter() - tracker.started)
 
             context.on_version_apply_callbacks = (*context.on_version_apply_callbacks, on_apply)
+            result.history_inline = True
         if downgrade:
             _refuse_upgrade(project, heads, target, destination)
         else:

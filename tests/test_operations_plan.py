@@ -1,0 +1,129 @@
+"""`plan` (deploy in dry-run mode) as a pull request runs it: what deploy would apply, with the
+SQL of each revision from Alembic's offline mode, in the summary and as outputs; nothing changes;
+the exit codes of a plan that cannot be made."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Callable
+
+import pytest
+from conftest import AlembicProject, Database, GitHubRunner, Run
+
+A = ("op.create_table('a', sa.Column('id', sa.Integer, primary_key=True))", "op.drop_table('a')")
+B = (
+    "op.create_table('b', sa.Column('id', sa.Integer, primary_key=True), sa.Column('note', sa.Text))",
+    "op.drop_table('b')",
+)
+IDX = ("op.create_index('b_note_idx', 'b', ['note'])", "op.drop_index('b_note_idx', 'b')")
+
+
+def upgrade(project: AlembicProject, database: Database, target: str = "heads") -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config(str(project.root / "alembic.ini"))
+    url = database.engine.url.render_as_string(hide_password=False)
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    command.upgrade(cfg, target)
+
+
+@pytest.fixture
+def gh(github: GitHubRunner, run_cli: Callable[..., Run], database: Database):
+    """A pull_request run, as the db-plan workflow makes it."""
+
+    def run(project: AlembicProject, *args: str, **inputs: str) -> Run:
+        inputs.setdefault("database-url", database.url)
+        inputs.setdefault("migrations-path", str(project.root))
+        inputs.setdefault("command", "plan")
+        env = github.with_inputs(**inputs)
+        env.update(GITHUB_EVENT_NAME="pull_request", GITHUB_REF="refs/pull/7/merge")
+        github.output_file.write_text("")
+        github.summary_file.write_text("")
+        return run_cli(*args, env=env, cwd=github.workspace)
+
+    return run
+
+
+def test_plan_lists_pending_revisions_with_their_sql(
+    project: AlembicProject, database: Database, github: GitHubRunner, gh
+) -> None:
+    project.add("0001_a", *A, message="create a")
+    upgrade(project, database)
+    project.add("0002_b", *B, message="create b")
+    project.add("0003_idx", *IDX, message="index b.note")
+    before = database.rows(
+        "SELECT nspname FROM pg_namespace WHERE nspname NOT LIKE 'pg\\_%' ORDER BY 1"
+    )
+    run = gh(project)
+    assert run.returncode == 0, run.output
+    # Nothing changed: not the schema, not the version, not even the tool's own schema.
+    assert database.version() == {"0001_a"}
+    assert database.tables() == {"a", "alembic_version"}
+    assert (
+        database.rows("SELECT nspname FROM pg_namespace WHERE nspname NOT LIKE 'pg\\_%' ORDER BY 1")
+        == before
+    )
+
+    out = github.outputs()
+    assert out["status"] == "success"
+    assert out["applied-count"] == "0"
+    assert out["pending-count"] == "2"
+    assert out["previous-revision"] == "0001_a" and out["head-revision"] == "0003_idx"
+    assert json.loads(out["pending-revisions"]) == [
+        {"revision": "0002_b", "description": "create b"},
+        {"revision": "0003_idx", "description": "index b.note"},
+    ]
+    sql = out["plan-sql"]
+    assert sql.index("-- 0002_b") < sql.index("CREATE TABLE b") < sql.index("-- 0003_idx")
+    assert "CREATE INDEX b_note_idx ON b (note)" in sql
+    assert "UPDATE alembic_version SET version_num='0003_idx'" in sql
+
+    summary = github.summary()
+    assert "2 revision(s) would be applied" in summary and "(dry run)" in summary
+    assert "<code>0002_b</code> SQL" in summary and "```sql" in summary
+    assert "CREATE INDEX b_note_idx ON b (note)" in summary
+    assert "### Security preflight" in summary  # the cheap checks ran first, read-only
+    assert "refs/pull/7/merge" in summary
+
+
+def test_plan_with_nothing_pending(
+    project: AlembicProject, database: Database, github: GitHubRunner, gh
+) -> None:
+    project.add("0001_a", *A)
+    upgrade(project, database)
+    run = gh(project)
+    assert run.returncode == 0, run.output
+    out = github.outputs()
+    assert out["pending-count"] == "0"
+    assert json.loads(out["pending-revisions"]) == []
+    assert out["plan-sql"] == ""
+    assert "0 revision(s) would be applied" in github.summary()
+
+
+def test_plan_exit_codes(
+    project: AlembicProject, database: Database, github: GitHubRunner, gh
+) -> None:
+    project.add("0001_a", *A)
+    # 2: a target the migrations do not have.
+    run = gh(project, target="0099_nope")
+    assert run.returncode == 2, run.output
+    assert "unknown target revision" in github.outputs()["error"]
+    # 3: nobody listens there.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run = gh(
+        project,
+        **{"database-url": f"postgresql://u:pw@127.0.0.1:{port}/db", "connect-retries": "1"},
+    )
+    assert run.returncode == 3, run.output
+    assert github.outputs()["failed-step"] == "preflight"
+    # 1: two heads, a merge is missing.
+    project.add("0002_l", A[0].replace("'a'", "'l'"), down="0001_a")
+    project.add("0002_r", A[0].replace("'a'", "'r'"), down="0001_a")
+    run = gh(project)
+    assert run.returncode == 1, run.output
+    assert "2 heads" in github.outputs()["error"]
+    assert database.tables() == set()
