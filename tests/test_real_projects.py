@@ -315,16 +315,23 @@ def test_relative_script_location_and_inputs(
         "[alembic]\nscript_location = alembic\nsqlalchemy.url = sqlite:///alembic.db\n"
     )
     project.add("0001_a", "op.create_table('a', sa.Column('id', sa.Integer))")
+    # The folder holding the ini: script_location resolves relative to the ini's folder.
     env = github.with_inputs(**{"database-url": database.url, "migrations-path": "db"})
-    run = run_cli(env=env, cwd=github.workspace)
-    assert run.returncode == 2 and "holds no alembic.ini and no env.py" not in run.stdout or True
-    env = github.with_inputs(**{"database-url": database.url, "alembic-ini": "db/alembic.ini"})
     run = run_cli(env=env, cwd=github.workspace)
     assert run.returncode == 0, run.output
     assert database.version() == {"0001_a"}
+    assert f"script folder {github.workspace / 'db' / 'alembic'}" in run.stdout
     assert not (github.workspace / "alembic.db").exists()
-    env = github.with_inputs(**{"database-url": database.url, "script-location": "db/alembic"})
-    assert run_cli(env=env, cwd=github.workspace).returncode == 0
+    # The inputs for layouts that need them.
+    for inputs in ({"alembic-ini": "db/alembic.ini"}, {"script-location": "db/alembic"}):
+        github.output_file.write_text("")
+        env = github.with_inputs(**{"database-url": database.url, **inputs})
+        run = run_cli(env=env, cwd=github.workspace)
+        assert run.returncode == 0, run.output
+        assert github.outputs()["current-revision"] == "0001_a"
+    env = github.with_inputs(**{"database-url": database.url, "alembic-ini": "nope.ini"})
+    run = run_cli(env=env, cwd=github.workspace)
+    assert run.returncode == 2 and "alembic-ini 'nope.ini' does not exist" in run.stdout
 
 
 # --------------------------------------------------------------------------- poolers
