@@ -41,7 +41,9 @@ class AlembicProject:
         return sorted(self.script.get_heads())
 
     def revision(self, rev: str) -> Script:
-        return self.script.get_revision(rev)  # type: ignore[return-value]
+        script = self.script.get_revision(rev)
+        assert script is not None
+        return script
 
     def describe(self, rev: str) -> Revision:
         sc = self.revision(rev)
@@ -64,7 +66,8 @@ class AlembicProject:
 
     def upgrade_path(self, current: Iterable[str], target: str) -> list[Revision]:
         """Revisions an upgrade from `current` to `target` would apply, oldest first."""
-        steps = self.script._upgrade_revs(target, tuple(current))
+        # Alembic's own commands pass the heads tuple here too (command.upgrade).
+        steps = self.script._upgrade_revs(target, tuple(current))  # type: ignore[arg-type]
         return [self.describe(step.revision.revision) for step in steps]
 
 

@@ -130,8 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = GitHubConsole(real_stdout) if gh else TerminalConsole(sys.stderr)
     if isinstance(console, GitHubConsole):
         console.mask(*redactor.secrets)  # before anything else is printed
-    sys.stdout = RedactingStream(real_stdout, redactor)  # type: ignore[assignment]
-    sys.stderr = RedactingStream(sys.__stderr__ or sys.stderr, redactor)  # type: ignore[assignment]
+    sys.stdout = RedactingStream(real_stdout, redactor)
+    sys.stderr = RedactingStream(sys.__stderr__ or sys.stderr, redactor)
     if isinstance(console, GitHubConsole):
         console.stream = sys.stdout
     else:

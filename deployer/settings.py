@@ -154,7 +154,7 @@ def check_url(value: str) -> str:
     try:
         url = make_url(value)
         _ = url.port
-    except Exception:
+    except Exception:  # noqa: BLE001 - make_url raises several kinds; none may echo the URL
         raise ValueError(
             "malformed connection URL (check the port, and percent-encode special characters "
             "in the user name and password)"

@@ -9,7 +9,7 @@ uses, in a folder under /tmp that user owns.
 
 Usage in a test module:
 
-    from pgcluster import PgCluster, pg_cluster  # noqa: F401  (pg_cluster is a fixture)
+    from pgcluster import cluster_db_fixture, pg_cluster_fixture  # noqa: F401  (fixtures)
 
 One cluster per test process (each xdist worker has its own): `get_cluster()` starts it on first
 use on a free port and in a folder of its own, and pytest's config cleanup stops it (`pg_ctl
@@ -297,8 +297,8 @@ def stop_cluster() -> None:
         cluster.stop()
 
 
-@pytest.fixture(scope="session")
-def pg_cluster(request: pytest.FixtureRequest) -> PgCluster:
+@pytest.fixture(scope="session", name="pg_cluster")
+def pg_cluster_fixture(request: pytest.FixtureRequest) -> PgCluster:
     """The TCP cluster with scram-sha-256 authentication (one per test process)."""
     return get_cluster(request.config)
 
@@ -327,8 +327,8 @@ class ClusterDatabase:
         self.cluster.execute(sql, self.name)
 
 
-@pytest.fixture
-def cluster_db(pg_cluster: PgCluster) -> Iterator[ClusterDatabase]:
+@pytest.fixture(name="cluster_db")
+def cluster_db_fixture(pg_cluster: PgCluster) -> Iterator[ClusterDatabase]:
     """A fresh database on the TCP cluster owned by the special-password role."""
     name = pg_cluster.create_database(SPECIAL_ROLE)
     try:

@@ -15,19 +15,19 @@ from pathlib import Path
 
 import pytest
 from conftest import AlembicProject, GitHubRunner, Run
-from pgcluster import (  # noqa: F401  (pg_cluster, cluster_db: fixtures)
+from pgcluster import (  # noqa: F401  (the fixtures pg_cluster and cluster_db)
     PLAIN_PASSWORD,
     PLAIN_ROLE,
     SPECIAL_PASSWORD,
     SPECIAL_ROLE,
     ClusterDatabase,
     PgCluster,
-    cluster_db,
+    cluster_db_fixture,
     encode,
     find_leaks,
     mask_values,
     masks_come_first,
-    pg_cluster,
+    pg_cluster_fixture,
 )
 
 WRONG_PASSWORD = "Wr0ng:p@ss/w%rd"

@@ -24,18 +24,18 @@ from pathlib import Path
 
 import pytest
 from conftest import AlembicProject, GitHubRunner, Run, clean_env, write_alembic_project
-from pgcluster import (  # noqa: F401  (pg_cluster, cluster_db: fixtures)
+from pgcluster import (  # noqa: F401  (the fixtures pg_cluster and cluster_db)
     PLAIN_ROLE,
     SPECIAL_ROLE,
     ClusterDatabase,
     PgCluster,
     closed_port,
-    cluster_db,
+    cluster_db_fixture,
     encode,
     find_leaks,
     mask_values,
     masks_come_first,
-    pg_cluster,
+    pg_cluster_fixture,
     url_password,
 )
 from pytest_httpserver import HTTPServer
@@ -295,10 +295,11 @@ def run_scenario(
     else:
         out = tmp_path / "artefacts"
         env = clean_env()
-        plain = {
+        plain = {  # secrets (and the boolean, which has no valued flag) from the environment
             "database-url": "DATABASE_URL",
             "direct-database-url": "DIRECT_DATABASE_URL",
             "slack-webhook-url": "SLACK_WEBHOOK_URL",
+            "run-seed": "RUN_SEED",
         }
         flags = list(ctx.flags)
         for name, value in ctx.inputs.items():

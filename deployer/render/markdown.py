@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from deployer.render import operations
 from deployer.results import RunResult, VectorIndex
 
@@ -13,7 +15,7 @@ def cell(value: object) -> str:
     return text.replace("|", "\\|").replace("\n", " ").replace("\r", " ")
 
 
-def table(headers: list[str], rows: list[list[object]], align: str = "") -> list[str]:
+def table(headers: list[str], rows: Sequence[Sequence[object]], align: str = "") -> list[str]:
     aligns = align or "l" * len(headers)
     sep = ["---:" if a == "r" else "---" for a in aligns]
     out = ["| " + " | ".join(headers) + " |", "| " + " | ".join(sep) + " |"]

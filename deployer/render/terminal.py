@@ -64,8 +64,8 @@ def render(r: RunResult) -> str:
     if m:
         if m.dry_run:
             out.append(f"pending    {len(m.pending)} revision(s) (dry run, nothing applied)")
-            for p in m.pending:
-                out.append(f"  · {p.revision:<28} {p.description}")
+            for rev_ in m.pending:
+                out.append(f"  · {rev_.revision:<28} {rev_.description}")
             for rev, sql in m.sql.items():
                 out += [f"  -- {rev}", *("     " + line for line in sql.splitlines())]
         else:
@@ -91,11 +91,11 @@ def render(r: RunResult) -> str:
             f"smoke      {len(sm.tables)} tables, {len(sm.failed_tables)} failed, "
             f"{sm.total_rows:,} rows ({sm.seconds:.2f}s)"
         )
-        for t in sm.tables:
-            rows = "" if t.rows is None else (f"~{t.rows:,}" if t.estimated else f"{t.rows:,}")
-            mark = "✅" if t.ok else "❌"
+        for tc in sm.tables:
+            rows = "" if tc.rows is None else (f"~{tc.rows:,}" if tc.estimated else f"{tc.rows:,}")
+            mark = "✅" if tc.ok else "❌"
             out.append(
-                f"  {mark} {t.qualified:<44} {rows:>12}" + (f"  {t.error}" if t.error else "")
+                f"  {mark} {tc.qualified:<44} {rows:>12}" + (f"  {tc.error}" if tc.error else "")
             )
         for x in sm.expectations:
             got = x.counted if x.counted is not None else x.error

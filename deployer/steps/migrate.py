@@ -125,9 +125,9 @@ def migrate(
             _refuse_downgrade(project, heads, target, destination)
         try:
             steps = (
-                project.script._downgrade_revs(target, heads)
+                project.script._downgrade_revs(target, heads)  # type: ignore[arg-type]
                 if downgrade
-                else project.script._upgrade_revs(target, heads)
+                else project.script._upgrade_revs(target, heads)  # type: ignore[arg-type]
             )
         except Exception as exc:  # noqa: BLE001
             raise ConfigError(

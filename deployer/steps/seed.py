@@ -85,7 +85,7 @@ def seed(connection: sa.Connection, path: Path) -> SeedResult:
                 raw = connection.connection.driver_connection
                 assert raw is not None
                 with raw.cursor() as cur:
-                    cur.execute(path.read_text(encoding="utf-8"))  # type: ignore[arg-type]
+                    cur.execute(path.read_text(encoding="utf-8"))
             after = _stats(connection)
             for table, counts in sorted(after.items()):
                 base = before.get(table, (0, 0, 0))

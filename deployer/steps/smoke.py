@@ -96,7 +96,7 @@ def smoke(
     try:
         catalog = connection.execute(_TABLES, {"exclude": list(exclude_schemas)}).all()
         result.tables = _check_tables(connection, catalog)
-        installed = dict(connection.execute(_EXTENSIONS).all())
+        installed: dict[str, str] = dict(connection.execute(_EXTENSIONS).tuples().all())
         result.extensions = [_check_extension(req, installed) for req in extensions]
         estimates = {f"{r[0]}.{r[1]}": r for r in catalog}
         result.expectations = [_check_expectation(connection, x, estimates) for x in expectations]
