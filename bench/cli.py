@@ -95,6 +95,21 @@ def machine() -> str:
     return f"{platform.machine()} Linux, {cpus} cores, {mem:.0f} GiB, load {load:.1f} at start"
 
 
+def deployer_state() -> str:
+    """The commit, and a digest of deployer/ as measured (others edit it concurrently)."""
+    import hashlib
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    head = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
+    ).stdout.strip()
+    digest = hashlib.sha256()
+    for f in sorted((root / "deployer").rglob("*.py")):
+        digest.update(f.read_bytes())
+    return f"commit {head or '?'}, deployer/ sha256 {digest.hexdigest()[:12]}"
+
+
 def measure(a: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="bench-work-"))
     results: dict[str, Any] = {
@@ -107,6 +122,7 @@ def measure(a: argparse.Namespace) -> dict[str, Any]:
             "repeat": a.repeat,
             "smoke_rows": a.smoke_rows,
             "suites": a.suites,
+            "deployer": deployer_state(),
         }
     }
     candidate = Path(a.candidate).resolve() if a.candidate else None
@@ -141,7 +157,7 @@ def measure(a: argparse.Namespace) -> dict[str, Any]:
                 )
             if "profile" in a.suites:
                 say("profile …")
-                results["profile"] = profile.run_suite(server, work, a.profile_size, say)
+                results["profile"] = profile.run_suite(server, work, a.profile_size, say, candidate)
     finally:
         if a.keep_work:
             say(f"work folder kept: {work}")

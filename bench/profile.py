@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench.deploy import alembic_cmd, deploy_cmd, prepare
+from bench.deploy import alembic_cmd, candidate_env, deploy_cmd, prepare
 from bench.proc import VENV_BIN, child_env, run
 from bench.server import Server
 
@@ -196,7 +196,9 @@ def count_statements(
     }
 
 
-def run_suite(server: Server, work: Path, size: int, progress: Any) -> dict[str, Any]:
+def run_suite(
+    server: Server, work: Path, size: int, progress: Any, candidate: Path | None = None
+) -> dict[str, Any]:
     files = prepare(work, size, server)
     project, sql = files["project"], files["sql"]
     out: dict[str, Any] = {"size": size, "cprofile": {}, "round_trips": {}}
@@ -238,7 +240,7 @@ def run_suite(server: Server, work: Path, size: int, progress: Any) -> dict[str,
 
     # round trips, as the server saw them
     with statement_logging(server):
-        dbs = [server.create_database("r") for _ in range(3)]
+        dbs = [server.create_database("r") for _ in range(4 if candidate else 3)]
         try:
             u = [server.url(d) for d in dbs]
             plans = {
@@ -257,9 +259,13 @@ def run_suite(server: Server, work: Path, size: int, progress: Any) -> dict[str,
                     child_env(),
                 ),
             }
+            if candidate:
+                cand = (deploy_cmd(project, u[3], candidate=candidate), candidate_env(candidate))
+                plans["candidate"] = (dbs[3], *cand)
+                plans["candidate noop"] = (dbs[3], *cand)
             for name, (db, cmd, env) in plans.items():
                 res = count_statements(server, db, cmd, env, work)
-                full = name in {"deploy", "alembic", "psql"}
+                full = name in {"deploy", "alembic", "psql", "candidate"}
                 res["per_revision"] = round(res["statements"] / size, 2) if full else None
                 out["round_trips"][name] = res
                 progress(
@@ -311,5 +317,5 @@ def _importtime(server: Server, project: Path) -> dict[str, Any]:
         "extra_import_s": round(sum(extra.values()), 4),
         "top_packages_s": _by_package(deploy),
         "extra_by_package_s": _by_package(extra),
-        "deployer_modules_s": dict(sorted(own.items(), key=lambda kv: -kv[1])[:10]),
+        "deployer_modules_s": dict(sorted(own.items(), key=lambda kv: -kv[1])),
     }

@@ -23,6 +23,7 @@ class Edit:
     path: str  # inside deployer/
     old: str
     new: str
+    unless: str = ""  # skip when the file already contains this (e.g. an import)
 
 
 EDITS: list[Edit] = [
@@ -87,24 +88,28 @@ EDITS: list[Edit] = [
             engine = engine.execution_options(isolation_level="AUTOCOMMIT")
         conn = db.connect(engine, spec, on_retry=self._retrying)
         self.stack.callback(_close, conn)
-        timeouts = {
-            name: str(db.pg_milliseconds(value))
+        settings = {
+            name: str(value)
             for name, value in (
-                ("lock_timeout", spec.lock_timeout),
-                ("statement_timeout", spec.statement_timeout),
+                ("client_connection_check_interval", _client_check_ms(spec)),
+                ("lock_timeout", _ms(spec.lock_timeout)),
+                ("statement_timeout", _ms(spec.statement_timeout)),
             )
             if value is not None
         }
-        if timeouts:  # session-level and committed, before anything else runs on it
-            sql = ", ".join(f"set_config('{name}', :{name}, false)" for name in timeouts)
-            conn.execute(sa.text(f"SELECT {sql}"), timeouts)
+        if settings:  # session-level and committed, before anything else runs on it
+            sql = ", ".join(f"set_config('{name}', :{name}, false)" for name in settings)
+            conn.execute(sa.text(f"SELECT {sql}"), settings)
             conn.commit()
         return conn
 
     def engine(self, spec: db.ConnectionSpec) -> sa.Engine:
         \"\"\"One engine per URL for the run: SQLAlchemy initialises its dialect on an engine's
         first connection (6 round trips); the session timeouts are set per connection.\"\"\"
-        base = dataclasses.replace(spec, lock_timeout=None, statement_timeout=None)
+        per_session = {"lock_timeout": None, "statement_timeout": None, "client_check": False}
+        base = dataclasses.replace(
+            spec, **{k: v for k, v in per_session.items() if hasattr(spec, k)}
+        )
         engines = self.__dict__.setdefault("_engines", {})
         if base not in engines:
             engines[base] = base.engine()
@@ -128,6 +133,7 @@ EDITS: list[Edit] = [
         "pipeline.py",
         "from __future__ import annotations\n\n",
         "from __future__ import annotations\n\nimport dataclasses\n",
+        unless="\nimport dataclasses\n",
     ),
     # P4: the deploy history costs round trips per revision on a baseline, and 4 on every
     # deploy to re-create what exists.
@@ -195,6 +201,21 @@ EDITS: list[Edit] = [
     if edited and not allow_edited:
         conn.rollback()""",
     ),
+    Edit(
+        "P3 engines: one per URL, session timeouts set per connection",
+        "pipeline.py",
+        """def _close(conn: sa.Connection) -> None:""",
+        """def _ms(seconds: float | None) -> int | None:
+    return None if seconds is None else db.pg_milliseconds(seconds)
+
+
+def _client_check_ms(spec: db.ConnectionSpec) -> int | None:
+    on = getattr(spec, "client_check", False)
+    return getattr(db, "CLIENT_CHECK_MS", None) if on else None
+
+
+def _close(conn: sa.Connection) -> None:""",
+    ),
 ]
 
 
@@ -210,6 +231,8 @@ def build(dest: Path, source: Path = REPO / "deployer") -> tuple[Path, list[str]
         path = target / edit.path
         text = path.read_text()
         touched.setdefault(edit.path, text)
+        if edit.unless and edit.unless in text:
+            continue
         if text.count(edit.old) != 1:
             problems.append(f"{edit.proposal}: anchor not found once in deployer/{edit.path}")
             continue

@@ -37,7 +37,8 @@ def table(results: dict[str, Any]) -> str:
         f"Measured {meta.get('date', '?')} on {meta.get('machine', '?')}; PostgreSQL "
         f"{meta.get('server_version', '?')} (embedded, Unix socket); Python "
         f"{meta.get('python', '?')}; medians of {meta.get('repeat', '?')} interleaved runs "
-        "(min–max); ratios taken pair by pair within each run."
+        f"(min–max); ratios taken pair by pair within each run. Measured: "
+        f"{meta.get('deployer', '?')}."
     )
     dep = results.get("deploy")
     if dep:
@@ -92,6 +93,15 @@ def table(results: dict[str, Any]) -> str:
                 f"| {fmt_x(x['noop/current'])} | {_verdict(x['noop/current'], 1.2)} "
                 f"| {fmt_s(s.get('noop_first'))} | {fmt_x(x.get('noop_first/current'))} |"
             )
+        for size, r in dep.items():
+            st = r.get("noop_steps") or {}
+            if st:
+                parts = ", ".join(
+                    f"{name} {v['median'] * 1000:.0f} ms" for name, v in st.items() if v["median"]
+                )
+                out.append(
+                    f"\nNo-op at {size} revisions, the report's step times (medians): {parts}."
+                )
         out += [
             "",
             "**Peak memory** (max RSS of the process, ru_maxrss)",

@@ -12,7 +12,7 @@ import argparse
 import contextlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
 
 from deployer import __version__
@@ -87,25 +87,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def raw_secret_values(environ: dict[str, str] | os._Environ[str]) -> list[str]:
-    """Secret values as given, before validation: masked even when they fail to parse."""
+def raw_secret_values(environ: Mapping[str, str]) -> list[str]:
+    """Every secret input's value as given (both INPUT_ spellings and the plain variable),
+    before validation: masked even when it fails to parse."""
     from deployer.redact import url_secrets
+    from deployer.settings import Settings, _meta
 
-    keys = (
-        "DATABASE-URL",
-        "DATABASE_URL",
-        "DIRECT-DATABASE-URL",
-        "DIRECT_DATABASE_URL",
-        "SLACK-WEBHOOK-URL",
-        "SLACK_WEBHOOK_URL",
-    )
-    values = [environ.get(f"INPUT_{k}", "") for k in keys] + [
-        environ.get(k, "") for k in ("DATABASE_URL", "DIRECT_DATABASE_URL", "SLACK_WEBHOOK_URL")
-    ]
     out: list[str] = []
-    for v in values:
-        if v.strip():
-            out += url_secrets(v.strip())
+    for field in Settings.model_fields.values():
+        meta = _meta(field)
+        if not meta.get("secret"):
+            continue
+        name = meta["input"].upper()
+        for key in (f"INPUT_{name}", f"INPUT_{name.replace('-', '_')}", meta.get("env") or ""):
+            value = environ.get(key, "").strip() if key else ""
+            if value:
+                out += url_secrets(value)
     return out
 
 

@@ -13,7 +13,7 @@ connecting: the security checks (security-preflight, on by default) and backup-b
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,6 +29,7 @@ from deployer.steps import drift as drift_step
 from deployer.steps import restore as restore_step
 from deployer.steps import rollback as rollback_step
 from deployer.steps import security as security_step
+from deployer.steps import status as status_step
 from deployer.steps.migrate import EnvFacts, inspect_env, migrate, resolve_target
 
 if TYPE_CHECKING:
@@ -86,6 +87,18 @@ class VersionTable:
         finally:
             _rollback_txn(conn)
 
+    def record_status(self, run: Run, conn: sa.Connection) -> None:
+        """The database's revision against the migrations' heads, for the report and the
+        current-/head-revision and pending-count outputs (never fails the run)."""
+        if self.project is None:
+            return
+        try:
+            run.result.status_check = status_step.status(
+                self.project, conn, version_table=self.table, version_table_schema=self.schema
+            )
+        except sa.exc.DBAPIError:
+            _rollback_txn(conn)
+
     def lock_key(self, run: Run) -> int:
         database = run.result.preflight.database if run.result.preflight else ""
         return db.lock_key(database, f"{self.schema or ''}.{self.table}")
@@ -118,12 +131,12 @@ def take_backup(run: Run, *, reason: str = "backup", locked: bool = False) -> No
         conn = run.connect(run.spec(s.direct_url))
         where = VersionTable(run, conn, required=False)
         tool = pgtools.find_tool("pg_dump", server_major(run))  # exit 2 before any lock
-        with deploy_lock(run, where) if not locked else _nothing():
+        with deploy_lock(run, where) if not locked else nullcontext():
             revision = ",".join(where.heads(conn))
             pf = run.result.preflight
             database = pf.database if pf else (make_url(s.direct_url).database or "db")
             name = backup_step.default_name(database, revision, utcnow())
-            requested = s.backup_path if reason == "backup" else ""
+            requested = s.backup_path
             target = backup_step.destination(
                 requested,
                 s.resolve(requested) if requested else s.resolve("backups"),
@@ -136,6 +149,7 @@ def take_backup(run: Run, *, reason: str = "backup", locked: bool = False) -> No
                 lock_timeout=s.lock_timeout,
                 connect_timeout=s.connect_timeout,
             )
+        where.record_status(run, conn)
         run.result.backup = rec = backup_step.BackupResult(
             path=shown_path(run, target),
             file=str(target),
@@ -152,11 +166,6 @@ def take_backup(run: Run, *, reason: str = "backup", locked: bool = False) -> No
             f"backup {rec.path}: {size:,} bytes in {seconds:.2f}s at revision "
             f"{revision or 'base'}, sha256 {digest[:16]}…"
         )
-
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield
 
 
 def backup(run: Run) -> None:
@@ -243,6 +252,7 @@ def restore(run: Run) -> None:
             connect_timeout=s.connect_timeout,
         )
         rec.restored_revision = ",".join(where.heads(conn))
+        where.record_status(run, conn)
     run.observer.info(
         f"restored {file.name} in {rec.seconds:.2f}s: revision "
         f"{rec.previous_revision or 'base'} → {rec.restored_revision or 'base'}"
@@ -275,6 +285,12 @@ def drift(run: Run) -> None:
     _rollback_txn(live)
     heads = list(facts.heads)
     rec.revision = heads
+    run.result.status_check = status_step.status(
+        project,
+        live,
+        version_table=facts.version_table,
+        version_table_schema=facts.version_table_schema,
+    )
     known = project.ancestors(project.heads())
     unknown = [h for h in heads if h not in known]
     if unknown:

@@ -218,3 +218,33 @@ def test_finding_rules() -> None:
     )
     assert _tls("postgresql://u@db.example.com/x?sslmode=verify-full", True, True).severity == "ok"
     assert _tls("postgresql://u@localhost/x", False, True).severity == "ok"
+
+
+def test_role_checks_judge_the_role_that_migrates(
+    project: AlembicProject, database: Database, github: GitHubRunner, gh, role: str, pg_server
+) -> None:
+    """database-url is the application's role (it cannot create anything); the migrations run
+    over direct-database-url, whose role is the one the ownership checks are about."""
+    project.add("0001_a", TABLE_A)
+    database.execute(f'ALTER DATABASE "{database.name}" OWNER TO postgres')  # no CREATE
+    run = gh(
+        project,
+        **{
+            "database-url": role_url(role, database, pg_server),
+            "direct-database-url": database.url,
+        },
+    )
+    assert run.returncode == 0, run.output
+    f = findings(github)
+    assert f["superuser"][0] == "info" and "role postgres" in f["superuser"][1]
+    assert "schema-create" not in f
+    # And the other way round: the migration role is the one that cannot create.
+    run = gh(
+        project,
+        **{
+            "database-url": database.url,
+            "direct-database-url": role_url(role, database, pg_server),
+        },
+    )
+    assert run.returncode == 1, run.output
+    assert findings(github)["schema-create"][0] == "error"

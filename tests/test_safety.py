@@ -159,7 +159,26 @@ def test_lock_retries_wait_for_the_blocker_to_go(
     project.add("0002_alter", "op.add_column('a', sa.Column('x', sa.Integer))")
     session.execute(sa.text("BEGIN"))
     session.execute(sa.text("LOCK TABLE a IN ACCESS SHARE MODE"))
-    release = threading.Timer(2.0, lambda: session.execute(sa.text("ROLLBACK")))
+    watcher = database.engine.execution_options(isolation_level="AUTOCOMMIT")
+
+    def release_once_blocked() -> None:
+        # Release only after the deploy has waited on our lock (and so hit lock_timeout once).
+        with watcher.connect() as conn:
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline:
+                waiting = conn.execute(
+                    sa.text(
+                        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'db-deploy' "
+                        "AND wait_event_type = 'Lock'"
+                    )
+                ).scalar()
+                if waiting:
+                    break
+                time.sleep(0.05)
+        time.sleep(1.0)
+        session.execute(sa.text("ROLLBACK"))
+
+    release = threading.Thread(target=release_once_blocked)
     release.start()
     try:
         run = deploy(project, **{"lock-timeout": "500ms", "lock-retries": "3"})

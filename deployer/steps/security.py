@@ -133,13 +133,16 @@ def check(
     heads: Sequence[str] | None = None,
     fail_on: str = "error",
 ) -> SecurityResult:
-    """Run every check on `conn` (the application's connection; `direct`, when the migrations
-    use another URL, is checked for TLS too). `heads` (the migrations' heads) adds the
-    single-head check. Read-only: the connection's transaction is rolled back."""
+    """Run every check. `conn` is the application's connection (database-url); `direct`, when
+    the migrations use another URL, is the migrations' (direct-database-url). TLS is checked on
+    both; the role, its schemas and the extensions on the one that migrates. `heads` (the
+    migrations' heads) adds the single-head check. Read-only: transactions are rolled back."""
     started = time.perf_counter()
     result = SecurityResult(fail_on=fail_on)
+    # The role that migrates is the one to judge: the direct connection's when there is one.
+    mig = direct if direct is not None else conn
     try:
-        user, is_super, createrole, bypassrls, version_num, version, current_schema = conn.execute(
+        user, is_super, createrole, bypassrls, version_num, version, current_schema = mig.execute(
             _ROLE
         ).one()
         result.findings.append(_server_version(int(version_num), str(version)))
@@ -149,7 +152,7 @@ def check(
             finding = _tls(direct_url, tls, require_tls)
             finding.message = "migrations connection: " + finding.message
             result.findings.append(finding)
-        result.findings.append(_superuser(str(user), bool(is_super), url))
+        result.findings.append(_superuser(str(user), bool(is_super), direct_url or url))
         if createrole or bypassrls:
             powers = [p for p, on in (("CREATEROLE", createrole), ("BYPASSRLS", bypassrls)) if on]
             if not is_super:
@@ -160,10 +163,10 @@ def check(
                         f"role {user} has {' and '.join(powers)}: more than schema changes need",
                     )
                 )
-        schemas = _target_schemas(conn, current_schema, version_table_schema, history_schema)
+        schemas = _target_schemas(mig, current_schema, version_table_schema, history_schema)
         result.target_schemas = schemas
-        result.findings += _schemas(conn, schemas, str(user), bool(is_super))
-        result.findings += _extensions(conn, required_extensions, bool(is_super))
+        result.findings += _schemas(mig, schemas, str(user), bool(is_super))
+        result.findings += _extensions(mig, required_extensions, bool(is_super))
         if heads is not None:
             result.findings.append(_single_head(list(heads)))
     finally:
