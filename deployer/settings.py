@@ -361,7 +361,7 @@ class Settings(BaseSettings):
         json_schema_extra=_input(
             "scratch-database-url",
             "DB_DEPLOY_SCRATCH_DATABASE_URL",
-            "drift: an empty database to migrate for comparison (default: an embedded server)",
+            "drift: a server where a scratch database is created, migrated and dropped (the role needs CREATEDB; the database it names is only the maintenance connection). Default: an embedded server",
             secret=True,
         ),
     )

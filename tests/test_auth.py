@@ -15,20 +15,20 @@ from pathlib import Path
 
 import pytest
 from conftest import AlembicProject, GitHubRunner, Run
-from pgcluster import (  # noqa: F401  (the fixtures pg_cluster and cluster_db)
+from pgcluster import (
     PLAIN_PASSWORD,
     PLAIN_ROLE,
     SPECIAL_PASSWORD,
     SPECIAL_ROLE,
     ClusterDatabase,
     PgCluster,
-    cluster_db_fixture,
+    assert_no_leaks,
     encode,
-    find_leaks,
     mask_values,
     masks_come_first,
-    pg_cluster_fixture,
 )
+from pgcluster import cluster_db_fixture as cluster_db_fixture  # the fixture cluster_db
+from pgcluster import pg_cluster_fixture as pg_cluster_fixture  # the fixture pg_cluster
 
 WRONG_PASSWORD = "Wr0ng:p@ss/w%rd"
 
@@ -116,7 +116,7 @@ def test_right_password_deploys(
         "summary": github.summary(),
         "report": (github.workspace / "db-deploy-report.json").read_text(),
     }
-    assert find_leaks(artefacts, [special, inputs["database-url"], PLAIN_PASSWORD]) == []
+    assert_no_leaks(artefacts, [special, inputs["database-url"], PLAIN_PASSWORD])
 
 
 @pytest.mark.parametrize("where", ["userinfo", "query-parameter"])
@@ -154,7 +154,7 @@ def test_wrong_password_is_exit_3_at_once(
         "summary": github.summary(),
         "report": (github.workspace / "db-deploy-report.json").read_text(),
     }
-    assert find_leaks(artefacts, [url, WRONG_PASSWORD]) == []
+    assert_no_leaks(artefacts, [url, WRONG_PASSWORD])
     assert WRONG_PASSWORD in mask_values(run.stdout)
     assert cluster_db.tables() == set() and "db_deploy" not in cluster_db.schemas()
 
@@ -176,7 +176,7 @@ def test_wrong_password_in_direct_url_changes_nothing(
     assert cluster_db.tables() == set() and "db_deploy" not in cluster_db.schemas()
     report = json.loads((github.workspace / "db-deploy-report.json").read_text())
     assert report["status"] == "failed"
-    assert find_leaks({"log": run.visible, "report": json.dumps(report)}, [direct]) == []
+    assert_no_leaks({"log": run.visible, "report": json.dumps(report)}, [direct])
 
 
 def test_terminal_wrong_password_is_one_line(
@@ -193,4 +193,4 @@ def test_terminal_wrong_password_is_one_line(
     assert run.returncode == 3
     [line] = [x for x in run.stderr.splitlines() if x.startswith("error:")]
     assert pg_cluster.hostport in line and "password authentication failed" in line
-    assert find_leaks({"stdout": run.stdout, "stderr": run.stderr}, [url]) == []
+    assert_no_leaks({"stdout": run.stdout, "stderr": run.stderr}, [url])

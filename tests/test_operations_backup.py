@@ -86,6 +86,7 @@ def test_backup_writes_dump_checksum_and_outputs(
     assert out["backup-size"] == str(len(data))
     assert out["backup-sha256"] == hashlib.sha256(data).hexdigest()
     assert out["backup-revision"] == "0002_rows"
+    assert out["current-revision"] == "0002_rows" and out["pending-count"] == "0"
     assert float(out["backup-seconds"]) >= 0
     # sha256sum format, so `sha256sum -c` checks it too.
     side = path.with_name(path.name + ".sha256").read_text()

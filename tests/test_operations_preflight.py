@@ -65,9 +65,12 @@ def role_url(role: str, database: Database, server: EmbeddedServer) -> str:
 
 
 def test_superuser_on_a_local_socket_passes(
-    project: AlembicProject, github: GitHubRunner, gh
+    project: AlembicProject, database: Database, github: GitHubRunner, gh
 ) -> None:
     project.add("0001_a", TABLE_A)
+    # Another application's schema (not the deploy role's own): not judged.
+    database.execute("CREATE SCHEMA platform AUTHORIZATION pg_database_owner")
+    database.execute("GRANT CREATE ON SCHEMA platform TO PUBLIC")
     run = gh(project, **{"required-extensions": "vector"})
     assert run.returncode == 0, run.output
     out = github.outputs()
@@ -77,6 +80,7 @@ def test_superuser_on_a_local_socket_passes(
     assert f["tls"][0] == "ok" and f["server-version"][0] == "ok"
     assert f["extension"] == ("ok", "extension vector is available (not installed yet)")
     assert f["single-head"] == ("ok", "the migrations have a single head (0001_a)")
+    assert f["public-create"] == ("ok", "PUBLIC cannot CREATE in public")
     summary = github.summary()
     assert "### Security preflight" in summary and "| superuser | ℹ️ info |" in summary
     assert "::group::security" in run.stdout

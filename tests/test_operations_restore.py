@@ -116,6 +116,7 @@ def test_round_trip_restores_rows_and_schema(
     out = github.outputs()
     assert out["status"] == "success"
     assert out["restored-revision"] == "0002_data"
+    assert out["current-revision"] == "0002_data" and out["head-revision"] == "0003_tags"
     assert counts(database) == rows
     assert database.scalar("SELECT count(*) FROM orgs WHERE name = 'damaged'") == 0
     after = schema_of(database)

@@ -1,8 +1,9 @@
 """Secrets never leave the process: every artefact of every outcome is scanned for them.
 
-Each scenario runs the CLI twice, on a fresh database each time: as a GitHub step (secrets in
-`INPUT_*`) and on a terminal (secrets in `DATABASE_URL`, `DIRECT_DATABASE_URL`,
-`SLACK_WEBHOOK_URL`, artefacts through `--summary-file`, `--output-file`, `--report-file`).
+Each scenario runs the CLI as a GitHub step (secrets in `INPUT_*`), and one of each kind of
+outcome also on a terminal (secrets in `DATABASE_URL`, `DIRECT_DATABASE_URL`,
+`SLACK_WEBHOOK_URL`; artefacts through `--summary-file`, `--output-file`, `--report-file`), on a
+fresh database each time.
 Then stdout and stderr (minus the `::add-mask::` lines, the one place a secret may be printed:
 the runner consumes them), GITHUB_OUTPUT, GITHUB_STEP_SUMMARY, the JSON report, the files and
 every Slack request body are searched for the URLs and for any 8-character piece of the
@@ -16,7 +17,6 @@ is full of URL-special characters.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -24,20 +24,20 @@ from pathlib import Path
 
 import pytest
 from conftest import AlembicProject, GitHubRunner, Run, clean_env, write_alembic_project
-from pgcluster import (  # noqa: F401  (the fixtures pg_cluster and cluster_db)
+from pgcluster import (
     PLAIN_ROLE,
     SPECIAL_ROLE,
     ClusterDatabase,
     PgCluster,
+    assert_no_leaks,
     closed_port,
-    cluster_db_fixture,
-    encode,
     find_leaks,
     mask_values,
     masks_come_first,
-    pg_cluster_fixture,
     url_password,
 )
+from pgcluster import cluster_db_fixture as cluster_db_fixture  # the fixture cluster_db
+from pgcluster import pg_cluster_fixture as pg_cluster_fixture  # the fixture pg_cluster
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
@@ -380,7 +380,7 @@ def test_no_secret_in_any_artefact(
         tmp_path=tmp_path,
     )
     run = outcome.run
-    assert find_leaks(outcome.artefacts, ctx.secrets) == []
+    assert_no_leaks(outcome.artefacts, ctx.secrets)
     assert run.returncode == scenario.exit_code, run.output
     assert "Traceback" not in run.stdout
     if "--debug" in ctx.flags:  # the traceback is shown, and redacted like everything else
@@ -443,4 +443,3 @@ def test_every_scenario_of_the_brief_is_here() -> None:
         "debug-internal-error",
     ):
         assert needed in ids
-    assert json.dumps(sorted(ids))  # ids are plain strings (they name the tests)

@@ -32,7 +32,8 @@ def headline(r: RunResult) -> str:
         return f"{ICON['failed']} db-deploy {r.command} **failed**{step}{where}"
     if r.dry_run and r.migrate:
         n = len(r.migrate.pending)
-        return f"📝 db-deploy {r.command}: {n} revision(s) would be applied{where} (dry run)"
+        verb = "reverted" if r.command == "rollback" else "applied"
+        return f"📝 db-deploy {r.command}: {n} revision(s) would be {verb}{where} (dry run)"
     if r.command == "deploy":
         if r.status == "noop":
             return f"{ICON['noop']} db-deploy: nothing to migrate{where}, already at head"
@@ -60,7 +61,11 @@ def render(r: RunResult) -> str:
         ["Status", f"`{r.status}`"],
         [
             "Revision",
-            f"`{r.previous_revision or 'base'}` → `{r.current_revision or 'base'}`"
+            (
+                f"`{r.previous_revision or 'base'}` → `{r.current_revision or 'base'}`"
+                if r.migrate is not None
+                else f"`{r.current_revision or 'base'}`"
+            )
             + (f" (head `{r.head_revision}`)" if r.head_revision else ""),
         ],
         ["Environment", t.environment or "—"],
@@ -123,7 +128,12 @@ def render(r: RunResult) -> str:
                 ]
         elif m.applied or m.failed_revision:
             rows: list[list[object]] = [
-                [f"`{a.revision}`", a.description, f"{a.seconds:.3f} s", "✅ applied"]
+                [
+                    f"`{a.revision}`",
+                    a.description,
+                    f"{a.seconds:.3f} s",
+                    "↩️ reverted" if r.command == "rollback" else "✅ applied",
+                ]
                 for a in m.applied
             ]
             if m.failed_revision:

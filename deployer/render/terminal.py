@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TextIO
 
+from deployer.render import operations
 from deployer.render.markdown import fmt_bytes
 from deployer.results import RunResult
 
@@ -111,6 +112,7 @@ def render(r: RunResult) -> str:
                 f"  ◆ {v.method} {v.name} on {v.table}: {fmt_bytes(v.size_bytes)}"
                 + (f", lists={v.lists}" if v.lists is not None else "")
             )
+    out += operations.terminal(r)
     for w in r.warnings:
         out.append(f"warning: {w}")
     out.append(

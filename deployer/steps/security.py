@@ -71,11 +71,14 @@ _ROLE = sa.text(
 
 _SSL = sa.text("SELECT coalesce((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), false)")
 
-# Schemas the role owns (directly or through membership), excluding the system's.
+# Schemas the role owns (directly or through membership), excluding the system's. A superuser
+# "has" every role: for one, only the schemas it owns itself count.
 _OWNED_SCHEMAS = sa.text(
     """
     SELECT n.nspname FROM pg_namespace n
-    WHERE pg_has_role(current_user, n.nspowner, 'USAGE')
+    WHERE CASE WHEN (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)
+               THEN n.nspowner = (SELECT oid FROM pg_roles WHERE rolname = current_user)
+               ELSE pg_has_role(current_user, n.nspowner, 'USAGE') END
       AND n.nspname NOT IN ('pg_catalog', 'information_schema')
       AND n.nspname NOT LIKE 'pg\\_%'
       AND n.nspname <> :history
