@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import deploy, profile, proposals, report, smoke, startup
+from bench import deploy, proc, profile, proposals, report, smoke, startup
 from bench.server import embedded
 
 SUITES = ("startup", "deploy", "smoke", "profile")
@@ -62,6 +62,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="also measure `python -m deployer` from this folder (holding a patched copy of "
         "the deployer package), interleaved with the installed one; `proposals` builds it from "
         "bench/proposals.py",
+    )
+    p.add_argument(
+        "--warm-revisions",
+        action="store_true",
+        help="byte-compile the chains' revision files before timing (a developer re-running "
+        "locally); default: compiled on every run, as in the image on a fresh CI checkout",
     )
     p.add_argument("--keep-work", action="store_true", help="keep the work folder (logs, chains)")
     a = p.parse_args(argv)
@@ -123,8 +129,12 @@ def measure(a: argparse.Namespace) -> dict[str, Any]:
             "smoke_rows": a.smoke_rows,
             "suites": a.suites,
             "deployer": deployer_state(),
+            "revision_bytecode": "warm" if a.warm_revisions else "cold (as in CI)",
         }
     }
+    # db-deploy runs from a byte-compiled snapshot of deployer/ taken now (see proc.snapshot).
+    proc.BASELINE = proc.snapshot(proc.REPO / "deployer", work / "baseline")
+    deploy.WARM_REVISIONS = a.warm_revisions
     candidate = Path(a.candidate).resolve() if a.candidate else None
     if a.candidate == "proposals":
         candidate, problems, diff = proposals.build(work / "candidate")
@@ -136,6 +146,8 @@ def measure(a: argparse.Namespace) -> dict[str, Any]:
         say(f"candidate: deployer with the proposals applied (diff in {DIFF})")
     if candidate and not (candidate / "deployer" / "__init__.py").is_file():
         raise SystemExit(f"--candidate {candidate}: no deployer package there")
+    if candidate:
+        candidate = proc.snapshot(candidate / "deployer", work / "candidate-compiled")
     results["meta"]["candidate"] = str(candidate) if candidate else None
     started = time.perf_counter()
     try:

@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from bench.chain import write_project
-from bench.proc import VENV_BIN, child_env, run
+from bench.proc import VENV_BIN, child_env, deployer_env, run
 from bench.server import Server
 from bench.stats import ratios, rotate, summary
 
 FULL = ("deploy", "alembic", "psql")
+WARM_REVISIONS = False  # byte-compile the chains before timing (--warm-revisions)
 NOOP = ("noop", "current")
 
 #: One line per column, index, constraint and version row of the public schema: equal
@@ -73,15 +74,20 @@ def deploy_cmd(project: Path, url: str, *args: str, candidate: Path | None = Non
 def candidate_env(candidate: Path | None, **extra: str) -> dict[str, str]:
     if candidate:
         extra["PYTHONPATH"] = str(candidate)
-    return child_env(**extra)
+    return deployer_env(**extra)
 
 
 def prepare(work: Path, size: int, server: Server, *, shared: bool = False) -> dict[str, Path]:
-    """Write the project, compile its revision files once (untimed, so no tool pays for the
-    bytecode cache), and render the offline SQL for psql."""
+    """Write the project, check it loads, byte-compile it with --warm-revisions (by default
+    every tool compiles the revision files on every run, as in the image on a fresh CI
+    checkout), and render the offline SQL for psql."""
     project = write_project(work / f"chain{size}{'-shared' if shared else ''}", size, shared=shared)
     env = child_env(DATABASE_URL=server.url("postgres"))
     run(alembic_cmd(project, "heads"), env=env).check(f"alembic heads ({size})")
+    if WARM_REVISIONS:
+        import compileall
+
+        compileall.compile_dir(str(project), quiet=1)
     sql = work / f"chain{size}.sql"
     out = subprocess.run(
         alembic_cmd(project, "upgrade", "head", "--sql"),
@@ -116,12 +122,12 @@ def one_round(
     dbs = {tool: server.create_database(f"d{size}") for tool in full}
     logs = work / "logs"
     logs.mkdir(exist_ok=True)
-    out: dict[str, Any] = {"order": rotate(full, k), "rss_kb": {}}
+    out: dict[str, Any] = {"order": rotate(full, k), "rss_kb": {}, "cpu_s": {}}
 
     def command(tool: str, db: str) -> tuple[list[str], dict[str, str]]:
         url = server.url(db)
         if tool in {"deploy", "noop"}:
-            return deploy_cmd(project, url), child_env()
+            return deploy_cmd(project, url), deployer_env()
         if tool in {"candidate", "candidate_noop"}:
             return deploy_cmd(project, url, candidate=candidate), candidate_env(candidate)
         if tool == "alembic":
@@ -137,7 +143,7 @@ def one_round(
             cmd, env = command(tool, dbs[tool])
             m = run(cmd, env=env, cwd=work, log=logs / f"{tool}-{size}.log")
             m.check(f"{tool} at {size} revisions")
-            out[tool], out["rss_kb"][tool] = m.seconds, m.maxrss_kb
+            out[tool], out["rss_kb"][tool], out["cpu_s"][tool] = m.seconds, m.maxrss_kb, m.cpu_s
         if check:
             prints = {tool: fingerprint(server, dbs[tool]) for tool in full}
             tables = {p[0] for p in prints.values()}
@@ -158,7 +164,7 @@ def one_round(
             report.unlink(missing_ok=True)
             m = run(cmd, env=env, cwd=work, log=logs / f"{tool}-{size}.log")
             m.check(f"{tool} at {size} revisions")
-            out[tool], out["rss_kb"][tool] = m.seconds, m.maxrss_kb
+            out[tool], out["rss_kb"][tool], out["cpu_s"][tool] = m.seconds, m.maxrss_kb, m.cpu_s
             if tool == "noop" and report.is_file():  # where the no-op's time goes, in-process
                 out["noop_steps"] = json.loads(report.read_text()).get("steps") or {}
     finally:
@@ -213,8 +219,22 @@ def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     for r in rounds:
         for name, sec in (r.get("noop_steps") or {}).items():
             steps.setdefault(name, []).append(sec)
+    cpu_rounds = [r["cpu_s"] for r in rounds]
     return {
         "seconds": times,
+        "cpu_seconds": {tool: summary([c[tool] for c in cpu_rounds]) for tool in tools},
+        "cpu_ratios": {
+            f"{a}/{b}": ratios(cpu_rounds, a, b)
+            for a, b in [
+                ("deploy", "alembic"),
+                ("noop", "current"),
+                ("candidate", "alembic"),
+                ("candidate", "deploy"),
+                ("candidate_noop", "current"),
+                ("candidate_noop", "noop"),
+            ]
+            if a in tools
+        },
         "noop_steps": {name: summary(vals) for name, vals in steps.items()},
         "peak_rss_kb": rss,
         "ratios": {f"{a}/{b}": ratios(rounds, a, b) for a, b in pairs if a in times},

@@ -22,12 +22,39 @@ class Measured:
     maxrss_kb: int
     returncode: int
     output: str
+    cpu_s: float = 0.0  # user + system CPU of the child: far less sensitive to a busy machine
 
     def check(self, what: str) -> Measured:
         if self.returncode != 0:
             tail = "\n".join(self.output.strip().splitlines()[-25:])
             raise RuntimeError(f"{what} exited {self.returncode}:\n{tail}")
         return self
+
+
+#: The folder holding the byte-compiled snapshot of deployer/ that db-deploy runs from (set by
+#: the CLI at start; None: the installed package as it is).
+BASELINE: Path | None = None
+
+
+def snapshot(source: Path, dest: Path) -> Path:
+    """Copy the package folder `source` to dest/<name> and byte-compile it, as `pip install`
+    does in the image: the measured db-deploy is what users run, frozen for the whole run while
+    others edit deployer/. Returns `dest` (for PYTHONPATH)."""
+    import compileall
+    import shutil
+
+    target = dest / source.name
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+    compileall.compile_dir(str(target), quiet=1)
+    return dest
+
+
+def deployer_env(**extra: str) -> dict[str, str]:
+    """child_env for a db-deploy process: the snapshot first on sys.path."""
+    if BASELINE is not None and "PYTHONPATH" not in extra:
+        extra["PYTHONPATH"] = str(BASELINE)
+    return child_env(**extra)
 
 
 def child_env(**extra: str) -> dict[str, str]:
@@ -39,6 +66,10 @@ def child_env(**extra: str) -> dict[str, str]:
         and k not in {"DATABASE_URL", "DIRECT_DATABASE_URL", "CI", "PYTHONPROFILEIMPORTTIME"}
     }
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    # As in the image (Dockerfile): no bytecode written at run time. Libraries and deployer/
+    # are compiled at install; the user's revision files are compiled on every run.
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    env.pop("PYTHONPATH", None)
     env.update(extra)
     return env
 
@@ -74,4 +105,5 @@ def run(
         seconds = time.perf_counter() - started
         proc.returncode = os.waitstatus_to_exitcode(status)
     output = log.read_text(errors="replace") if log else ""
-    return Measured(seconds, int(usage.ru_maxrss), proc.returncode, output)
+    cpu = usage.ru_utime + usage.ru_stime
+    return Measured(seconds, int(usage.ru_maxrss), proc.returncode, output, cpu)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.deploy import alembic_cmd, candidate_env, deploy_cmd, prepare
-from bench.proc import VENV_BIN, child_env, run
+from bench.proc import VENV_BIN, child_env, deployer_env, run
 from bench.server import Server
 
 # (label, file suffix, function name): cumulative seconds of one function (summed over entries).
@@ -221,9 +221,9 @@ def run_suite(
             url = server.url(db)
             if name in {"deploy", "noop"}:
                 cmd = head + deploy_cmd(project, url)[1:]
-                env = child_env()
+                env = deployer_env()
                 if name == "noop":  # steady state: the first no-op writes the history baseline
-                    run(deploy_cmd(project, url), cwd=work).check("first no-op")
+                    run(deploy_cmd(project, url), env=env, cwd=work).check("first no-op")
             else:
                 verb = ["upgrade", "head"] if name == "alembic" else ["current"]
                 cmd = head + alembic_cmd(project, *verb)[1:]
@@ -244,9 +244,9 @@ def run_suite(
         try:
             u = [server.url(d) for d in dbs]
             plans = {
-                "deploy": (dbs[0], deploy_cmd(project, u[0]), child_env()),
-                "noop (first)": (dbs[0], deploy_cmd(project, u[0]), child_env()),
-                "noop": (dbs[0], deploy_cmd(project, u[0]), child_env()),
+                "deploy": (dbs[0], deploy_cmd(project, u[0]), deployer_env()),
+                "noop (first)": (dbs[0], deploy_cmd(project, u[0]), deployer_env()),
+                "noop": (dbs[0], deploy_cmd(project, u[0]), deployer_env()),
                 "alembic": (
                     dbs[1],
                     alembic_cmd(project, "upgrade", "head"),
@@ -304,7 +304,7 @@ def _importtime(server: Server, project: Path) -> dict[str, Any]:
         url = server.url(db)
         run(alembic_cmd(project, "upgrade", "head"), env=child_env(DATABASE_URL=url)).check("up")
         py = [str(VENV_BIN / "python"), "-X", "importtime"]
-        deploy = _imports([*py, "-m", "deployer", *deploy_cmd(project, url)[1:]], child_env())
+        deploy = _imports([*py, "-m", "deployer", *deploy_cmd(project, url)[1:]], deployer_env())
         current = _imports([*py, *alembic_cmd(project, "current")], child_env(DATABASE_URL=url))
     finally:
         server.drop_database(db)

@@ -60,6 +60,31 @@ def table(results: dict[str, Any]) -> str:
                 f"| {fmt_x(x['alembic/psql'])} | {fmt_x(x['deploy/alembic'])} | {goal} "
                 f"| {'yes' if r.get('schemas_identical') else 'NO'} |"
             )
+        if any("cpu_seconds" in r for r in dep.values()):
+            out += [
+                "",
+                "**Client CPU** (user + system seconds of the command's own process, from wait4; "
+                "the server's work is not in it, and a busy machine disturbs it far less than "
+                "wall time)",
+                "",
+                "| revisions | alembic upgrade | db-deploy deploy | ratio | alembic current "
+                "| db-deploy no-op | ratio | candidate / db-deploy (deploy, no-op) |",
+                "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+            ]
+            for size, r in dep.items():
+                c, x = r.get("cpu_seconds"), r.get("cpu_ratios", {})
+                if not c:
+                    continue
+                cand_x = (
+                    f"{fmt_x(x.get('candidate/deploy'))}, {fmt_x(x.get('candidate_noop/noop'))}"
+                    if "candidate/deploy" in x
+                    else "–"
+                )
+                out.append(
+                    f"| {size} | {fmt_s(c['alembic'])} | {fmt_s(c['deploy'])} "
+                    f"| {fmt_x(x['deploy/alembic'])} | {fmt_s(c['current'])} "
+                    f"| {fmt_s(c['noop'])} | {fmt_x(x['noop/current'])} | {cand_x} |"
+                )
         cand = [(size, r) for size, r in dep.items() if "candidate" in r["seconds"]]
         if cand:
             out += [
@@ -178,10 +203,18 @@ def goals(results: dict[str, Any]) -> list[str]:
     for size, r in dep.items():
         if int(size) >= 200:
             x = r["ratios"]["deploy/alembic"]
-            lines.append(f"full deploy ≤ 1.15× alembic at {size}: {fmt_x(x)} → {_verdict(x, 1.15)}")
+            cpu = r.get("cpu_ratios", {}).get("deploy/alembic")
+            lines.append(
+                f"full deploy ≤ 1.15× alembic at {size}: {fmt_x(x)} → {_verdict(x, 1.15)}"
+                + (f" (client CPU {fmt_x(cpu)})" if cpu else "")
+            )
     for size, r in dep.items():
         x = r["ratios"]["noop/current"]
-        lines.append(f"no-op ≤ 1.2× alembic current at {size}: {fmt_x(x)} → {_verdict(x, 1.2)}")
+        cpu = r.get("cpu_ratios", {}).get("noop/current")
+        lines.append(
+            f"no-op ≤ 1.2× alembic current at {size}: {fmt_x(x)} → {_verdict(x, 1.2)}"
+            + (f" (client CPU {fmt_x(cpu)})" if cpu else "")
+        )
     sm = results.get("smoke")
     if sm:
         x = sm["ratios"]["full/empty (step)"]

@@ -18,7 +18,7 @@ from typing import Any
 
 import psycopg
 
-from bench.proc import REPO, VENV_BIN, child_env, run
+from bench.proc import REPO, VENV_BIN, child_env, deployer_env, run
 from bench.server import Server
 from bench.stats import ratios, rotate, summary
 
@@ -101,7 +101,7 @@ def _smoke(
             "--report-file",
             str(report),
         ],
-        env=child_env(PYTHONPATH=str(candidate)) if candidate else child_env(),
+        env=deployer_env(PYTHONPATH=str(candidate)) if candidate else deployer_env(),
         cwd=work,
         log=work / f"smoke-{tag}.log",
     ).check(f"db-deploy smoke ({tag})")

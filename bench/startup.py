@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from bench.proc import VENV_BIN, child_env, run
+from bench.proc import VENV_BIN, child_env, deployer_env, run
 from bench.stats import ratios, rotate, summary
 
 TOOLS = ("python", "alembic_help", "deploy_help")
@@ -31,7 +31,7 @@ def import_profile(args: list[str]) -> dict[str, Any]:
     """`python -X importtime -m deployer ARGS`: cumulative import time per top-level package."""
     proc = subprocess.run(
         [str(VENV_BIN / "python"), "-X", "importtime", "-m", "deployer", *args],
-        env=child_env(),
+        env=deployer_env(),
         capture_output=True,
         text=True,
         timeout=120,
@@ -61,7 +61,8 @@ def run_suite(work: Path, repeat: int, progress: Any) -> dict[str, Any]:
     for k in range(repeat):
         r: dict[str, Any] = {"order": rotate(TOOLS, k), "rss_kb": {}}
         for tool in r["order"]:
-            m = run(_cmd(tool), cwd=work).check(tool)
+            env = deployer_env() if tool == "deploy_help" else child_env()
+            m = run(_cmd(tool), env=env, cwd=work).check(tool)
             r[tool], r["rss_kb"][tool] = m.seconds, m.maxrss_kb
         rounds.append(r)
     progress(

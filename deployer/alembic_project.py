@@ -185,6 +185,10 @@ def _describe_exception(exc: BaseException) -> str:
 describe_exception = _describe_exception
 
 
+class UserExit(RuntimeError):
+    """env.py or a seed called sys.exit(): turned into an ordinary error."""
+
+
 @contextmanager
 def _environ(values: dict[str, str]) -> Iterator[None]:
     saved = {k: os.environ.get(k) for k in values}
@@ -248,7 +252,11 @@ def run_env(
         _sys_path(*paths),
         EnvironmentContext(config, project.script, fn=fn, as_sql=as_sql, **env_kw),
     ):
-        project.script.run_env()
+        try:
+            project.script.run_env()
+        except SystemExit as exc:
+            # User code may not end the deployer: it must still report, and redact.
+            raise UserExit(f"env.py called sys.exit({exc.code!r})") from None
 
 
 def read_heads(

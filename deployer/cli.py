@@ -135,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.stream = sys.stderr
     try:
         return _run(args, redactor, gh, console, debug)
-    except Exception as exc:  # noqa: BLE001 - never a traceback for the user, unless asked
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - never a traceback for the user, unless asked
         console.error(redactor(f"internal error: {type(exc).__name__}: {exc}"))
         if debug:
             import traceback

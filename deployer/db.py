@@ -32,7 +32,8 @@ _PERMANENT = re.compile(
     r"password authentication failed|authentication failed|no password supplied|"
     r"database \".*\" does not exist|role \".*\" does not exist|"
     r"no pg_hba.conf entry|SSL .*required|server does not support SSL|"
-    r"invalid connection option|invalid sslmode|invalid URI",
+    r"invalid connection option|invalid sslmode|invalid URI|invalid value for parameter|"
+    r"unrecognized configuration parameter",
     re.IGNORECASE,
 )
 
@@ -94,7 +95,8 @@ def is_local_host(url: str) -> bool:
 
 
 def pg_milliseconds(seconds: float) -> int:
-    return round(seconds * 1000)
+    ms = round(seconds * 1000)
+    return max(ms, 1) if seconds > 0 else 0  # 0.4ms must not become 0, which means no limit
 
 
 CLIENT_CHECK_MS = 2000
@@ -158,8 +160,9 @@ def connect(
     *,
     on_retry: Callable[[int, str, float], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    step: str = "preflight",
 ) -> sa.Connection:
-    """Open a connection with bounded retries. Raises UnreachableError (exit 3)."""
+    """Open a connection with bounded retries. Raises UnreachableError (exit 3) for `step`."""
     delays = backoff_delays(spec.retries)
     attempt = 0
     target = describe_target(spec.url)
@@ -174,7 +177,7 @@ def connect(
             if delay is None:
                 tries = "" if permanent else f" after {attempt} attempt{'s' * (attempt > 1)}"
                 raise UnreachableError(
-                    f"cannot connect to {target}{tries}: {reason}", step="preflight"
+                    f"cannot connect to {target}{tries}: {reason}", step=step
                 ) from None
             if on_retry:
                 on_retry(attempt, reason, delay)

@@ -21,6 +21,8 @@ def post_slack(webhook: str, payload: dict[str, Any], *, timeout: float = TIMEOU
             reason = f"no answer within {timeout:g}s"
         except requests.RequestException as exc:
             reason = f"cannot reach the webhook ({type(exc).__name__})"
+        except (ValueError, OSError) as exc:  # e.g. an invalid timeout or URL
+            reason = f"cannot send to the webhook ({type(exc).__name__})"
         else:
             if resp.status_code < 300:
                 return None

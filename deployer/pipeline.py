@@ -92,7 +92,7 @@ class Run:
         if autocommit:
             engine = engine.execution_options(isolation_level="AUTOCOMMIT")
         self.stack.callback(engine.dispose)
-        conn = db.connect(engine, spec, on_retry=self._retrying)
+        conn = db.connect(engine, spec, on_retry=self._retrying, step=self.current_step)
         self.stack.callback(_close, conn)
         return conn
 
@@ -442,7 +442,7 @@ def execute(settings: Settings, observer: Observer, *, debug: bool = False) -> R
         result.exit_code = exc.exit_code
         result.failed_step = exc.step or run.current_step
         result.error = exc.message
-    except Exception as exc:  # noqa: BLE001 - the last line of defence: report, never crash
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - the last line of defence: report, never crash
         result.status = "failed"
         result.exit_code = 1
         result.failed_step = run.current_step

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TextIO
 
 from deployer import github, notify
-from deployer.redact import Redactor
+from deployer.redact import Redactor, redact_record
 from deployer.render import json_report, markdown, outputs, slack, terminal
 from deployer.results import RunResult
 from deployer.settings import Settings
@@ -38,10 +38,20 @@ def publish(
 ) -> None:
     path, shown = report_location(settings)
     result.report_path = shown
+    # Redact the record itself first: renderers cut long texts, and a secret cut in half would
+    # no longer match in the final pass over each artefact.
+    redact_record(result, redactor)
 
     if settings.webhook:
         payload = redactor.obj(slack.render(result))
-        failure = notify.post_slack(settings.webhook, payload, timeout=settings.slack_timeout)  # type: ignore[arg-type]
+        try:
+            failure = notify.post_slack(
+                settings.webhook,
+                payload,  # type: ignore[arg-type]
+                timeout=settings.slack_timeout,
+            )
+        except Exception as exc:  # noqa: BLE001 - Slack never changes the deploy's result
+            failure = f"Slack notification failed: {type(exc).__name__}"
         if failure:
             result.warnings.append(redactor(failure))
             console.warning(redactor(failure))

@@ -18,27 +18,65 @@ MASK = "***"
 
 
 def url_secrets(url: str) -> list[str]:
-    """The secret parts of a connection URL: the URL itself and its password, in the spellings
-    that can appear in messages (raw, percent-decoded, percent-encoded)."""
+    """The secret parts of a URL, in every spelling that can reach a message: the URL itself; for
+    a connection URL its password raw, percent-decoded and re-encoded the ways libraries do
+    (`quote`, `quote_plus`, and SQLAlchemy's `quote(safe=" +")` in `render_as_string`); for a
+    webhook its path and token. Every reading of an ambiguous URL counts (a bare `@` in a
+    password: urllib splits at the last `@`, SQLAlchemy and libpq at the first)."""
+    url = url.strip()
     if not url:
         return []
     found = [url]
-    password = None
+    passwords: set[str] = set()
     try:
         parts = urlsplit(url)
-        password = parts.password
+        if parts.password:
+            passwords.add(parts.password)
+        if parts.scheme in {"http", "https"} and parts.path.strip("/"):
+            found.append(parts.path)
+            found += [seg for seg in parts.path.split("/") if len(seg) >= 8]
     except ValueError:
         pass
-    if password is None:
-        m = re.match(r"^[^:/]+://[^:@/]*:([^@]*)@", url)
-        password = m.group(1) if m else None
-    if password is None:
-        m = re.search(r"(?:^|[?&])password=([^&]*)", url)
-        password = m.group(1) if m else None
-    if password:
+    m = re.match(r"^[^:/]+://[^:@/]*:([^@]*)@", url)
+    if m and m.group(1):
+        passwords.add(m.group(1))
+    passwords.update(p for p in re.findall(r"(?:[?&])password=([^&]*)", url) if p)
+    for password in passwords:
         decoded = unquote(password)
-        found += [password, decoded, quote(decoded, safe=""), quote_plus(decoded)]
-    return found
+        found += [
+            password,
+            decoded,
+            quote(decoded, safe=""),
+            quote_plus(decoded),
+            quote(decoded, safe=" +"),
+        ]
+    return list(dict.fromkeys(found))
+
+
+def redact_record(obj: object, redactor: Redactor) -> None:
+    """Redact, in place, every string inside a result record (dataclasses, lists, dicts), so that
+    no renderer can cut a secret in half before the final redaction pass sees it."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if isinstance(value, str):
+                object.__setattr__(obj, f.name, redactor(value))  # frozen records too
+            else:
+                redact_record(value, redactor)
+    elif isinstance(obj, list):
+        for i, value in enumerate(obj):
+            if isinstance(value, str):
+                obj[i] = redactor(value)
+            else:
+                redact_record(value, redactor)
+    elif isinstance(obj, dict):
+        for key, value in list(obj.items()):
+            if isinstance(value, str):
+                obj[key] = redactor(value)
+            else:
+                redact_record(value, redactor)
 
 
 class Redactor:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -39,6 +39,7 @@ FAIL_ON = ("error", "warning")
 URL_SCHEMES = ("postgres", "postgresql")
 TRUE = {"true", "1", "yes", "on"}
 FALSE = {"false", "0", "no", "off"}
+PG_MAX_SECONDS = 2147483.647  # lock_timeout/statement_timeout are int milliseconds
 
 
 def _input(name: str, env: str | None, description: str, *, secret: bool = False) -> Any:
@@ -144,6 +145,10 @@ def check_url(value: str) -> str:
         )
     scheme = m.group(1).lower()
     dialect = scheme.split("+", 1)[0]
+    netloc = value[m.end() :].split("/", 1)[0].split("?", 1)[0]
+    if netloc.count("@") > 1:
+        # urllib reads up to the last @, SQLAlchemy and libpq to the first: ambiguous.
+        raise ValueError("the user name or password contains '@': percent-encode it as %40")
     if dialect not in URL_SCHEMES:
         raise ValueError(
             f"unsupported scheme {scheme!r}: use postgres://, postgresql:// "
@@ -488,8 +493,13 @@ class Settings(BaseSettings):
         mode="before",
     )
     @classmethod
-    def _duration(cls, v: object) -> float:
-        return parse_duration(v)
+    def _duration(cls, v: object, info: ValidationInfo) -> float:
+        seconds = parse_duration(v)
+        if info.field_name in {"lock_timeout", "statement_timeout"} and seconds > PG_MAX_SECONDS:
+            raise ValueError("at most 2147483s, about 596 hours (PostgreSQL's limit)")
+        if info.field_name in {"connect_timeout", "slack_timeout"} and seconds <= 0:
+            raise ValueError("must be more than 0")
+        return seconds
 
     @field_validator("smoke_expect", mode="before")
     @classmethod
@@ -594,7 +604,7 @@ class Settings(BaseSettings):
             *url_secrets(self.url),
             *url_secrets(self.direct_database_url.get_secret_value()),
             *url_secrets(self.scratch_database_url.get_secret_value()),
-            *([self.webhook] if self.webhook else []),
+            *url_secrets(self.webhook),
         ]
 
 

@@ -4,7 +4,7 @@ Each row: the exit code of the spec, exactly one `::error` line on a GitHub runn
 `error:` line on stderr on a terminal) carrying the message, no traceback, and the database
 as it was (no version table, no tables, no `db_deploy` history schema), unless the row is about
 a later step. The Slack rows are the other way round: the deploy's result is unchanged and the
-problem is one warning. `docs/safety-matrix.md` (the README's table) lists these rows 1:1 by
+problem is one warning. the README's "Bad-input matrix" lists these rows 1:1 by
 test id; `test_the_matrix_doc_lists_every_row` keeps the two in step.
 
 Some rows repeat a focused test elsewhere (test_cli.py, test_seed_smoke.py, test_slack.py); here
@@ -16,19 +16,30 @@ from __future__ import annotations
 import re
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import REPO, AlembicProject, Database, GitHubRunner, Run, clean_env
+import sqlalchemy as sa
+from conftest import (
+    REPO,
+    AlembicProject,
+    Database,
+    EmbeddedServer,
+    GitHubRunner,
+    Run,
+    clean_env,
+    create_database,
+    drop_database,
+)
 from pgcluster import ClusterDatabase, assert_no_leaks, closed_port
 from pgcluster import cluster_db_fixture as cluster_db_fixture  # the fixture cluster_db
 from pgcluster import pg_cluster_fixture as pg_cluster_fixture  # the fixture pg_cluster
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
-DOC = REPO / "docs" / "safety-matrix.md"
+DOC = REPO / "README.md"  # its "Bad-input matrix" section
 HOOK_PATH = "/services/T0000/B0000/matrixHookSecret"
 SCHEMA = "op.create_table('items', sa.Column('id', sa.Integer, primary_key=True))"
 SEED = """
@@ -337,21 +348,56 @@ class Result:
     after: State
 
 
+class Pristine:
+    """One empty embedded database shared by the rows that must leave it empty (most of them:
+    creating a database per row costs a third of a second). A row that changed it after all
+    (its own test fails) gets it replaced, so the next row starts from an empty one again."""
+
+    def __init__(self, pg_server: EmbeddedServer, admin_engine: sa.Engine) -> None:
+        self.pg_server, self.admin_engine = pg_server, admin_engine
+        self.db = create_database(pg_server, admin_engine)
+
+    def renew_if_dirty(self) -> None:
+        if not Target(self.db).state().untouched:
+            self.close()
+            self.db = create_database(self.pg_server, self.admin_engine)
+
+    def close(self) -> None:
+        drop_database(self.admin_engine, self.db)
+
+
+@pytest.fixture(scope="module")
+def pristine(pg_server: EmbeddedServer, admin_engine: sa.Engine) -> Iterator[Pristine]:
+    shared = Pristine(pg_server, admin_engine)
+    yield shared
+    shared.close()
+
+
 @pytest.fixture
 def ctx_for(
     request: pytest.FixtureRequest, github: GitHubRunner, project: AlembicProject
-) -> Callable[[Case], Ctx]:
-    """Builds a row's context; the database (embedded or cluster) is made only when asked."""
+) -> Iterator[Callable[[Case], Ctx]]:
+    """Builds a row's context. The database: the TCP cluster's for the authentication rows, a
+    fresh embedded one for rows that change it, else the shared empty one."""
+    shared: list[Pristine] = []
 
     def make(case: Case) -> Ctx:
-        db = request.getfixturevalue("cluster_db" if case.cluster else "database")
+        if case.cluster:
+            db = request.getfixturevalue("cluster_db")
+        elif case.after == "untouched":
+            shared.append(request.getfixturevalue("pristine"))
+            db = shared[0].db
+        else:
+            db = request.getfixturevalue("database")
         project.add("0001_items", SCHEMA)
         (project.root / "seed.py").write_text(SEED)
         target = Target(db)
         inputs = {"database-url": target.url, "migrations-path": str(project.root)}
         return Ctx(project, target, github, request, inputs, github.workspace)
 
-    return make
+    yield make
+    for p in shared:
+        p.renew_if_dirty()
 
 
 def run_case(case: Case, c: Ctx, mode: str) -> Result:
@@ -441,7 +487,7 @@ def test_bad_input_on_a_terminal(case: Case, ctx_for: Callable[[Case], Ctx]) -> 
 
 
 def test_the_matrix_doc_lists_every_row() -> None:
-    """docs/safety-matrix.md (pasted into the README) maps 1:1 to the rows, exit codes included."""
+    """The README's bad-input matrix maps 1:1 to the rows, exit codes included."""
     rows = {}
     for line in DOC.read_text(encoding="utf-8").splitlines():
         m = re.match(r"^\|\s*(.+?)\s*\|\s*(\d)\s*\|.*\|\s*`test_bad_input\[([\w-]+)\]`", line)

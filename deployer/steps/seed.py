@@ -39,6 +39,7 @@ def check_seed_file(path: Path) -> str:
     if not path.is_file():
         raise ConfigError(f"seed file {str(path)!r} does not exist (seed-path)")
     if path.suffix == ".py":
+        _load_module(path)  # imports now, before anything is migrated: errors are exit 2
         return "python"
     if path.suffix == ".sql":
         return "sql"
@@ -47,7 +48,13 @@ def check_seed_file(path: Path) -> str:
     )
 
 
+_LOADED: dict[Path, ModuleType] = {}
+
+
 def _load_module(path: Path) -> ModuleType:
+    """Import the seed file once per run (the check before migrating, then the seed step)."""
+    if path in _LOADED:
+        return _LOADED[path]
     name = f"_db_deploy_seed_{abs(hash(str(path)))}"
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
@@ -56,7 +63,7 @@ def _load_module(path: Path) -> ModuleType:
     sys.path.insert(0, str(path.parent))
     try:
         spec.loader.exec_module(module)
-    except Exception as exc:  # noqa: BLE001 - user code
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - user code
         raise ConfigError(
             f"cannot import seed file {path.name!r}: {describe_exception(exc)}"
         ) from None
@@ -64,6 +71,7 @@ def _load_module(path: Path) -> ModuleType:
         sys.path.remove(str(path.parent))
     if not callable(getattr(module, "seed", None)):
         raise ConfigError(f"seed file {path.name!r} defines no seed(connection) function")
+    _LOADED[path] = module
     return module
 
 
@@ -79,7 +87,10 @@ def seed(connection: sa.Connection, path: Path) -> SeedResult:
         with connection.begin():
             before = _stats(connection)
             if module is not None:
-                module.seed(connection)
+                try:
+                    module.seed(connection)
+                except SystemExit as exc:
+                    raise RuntimeError(f"seed() called sys.exit({exc.code!r})") from None
             else:
                 # No parameters: psycopg sends the script as one simple query, statements and all.
                 raw = connection.connection.driver_connection
