@@ -79,15 +79,19 @@ EDITS: list[Edit] = [
         if autocommit:
             engine = engine.execution_options(isolation_level="AUTOCOMMIT")
         self.stack.callback(engine.dispose)
-        conn = db.connect(engine, spec, on_retry=self._retrying)
-        self.stack.callback(_close, conn)
-        return conn
-""",
+        conn = db.connect(""",
         """        engine = self.engine(spec)
         if autocommit:
             engine = engine.execution_options(isolation_level="AUTOCOMMIT")
-        conn = db.connect(engine, spec, on_retry=self._retrying)
-        self.stack.callback(_close, conn)
+        conn = db.connect(""",
+    ),
+    Edit(
+        "P3 engines: one per URL, session timeouts set per connection",
+        "pipeline.py",
+        """        self.stack.callback(_close, conn)
+        return conn
+""",
+        """        self.stack.callback(_close, conn)
         settings = {
             name: str(value)
             for name, value in (

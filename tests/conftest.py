@@ -429,3 +429,17 @@ def run_cli() -> Callable[..., Run]:
         return Run(proc.returncode, proc.stdout, proc.stderr)
 
     return run
+
+
+@pytest.fixture
+def deploy(github: GitHubRunner, run_cli: Callable[..., Run], database: Database):
+    """Run `db-deploy ARGS` as the container would: inputs as INPUT_* (the runner's spelling),
+    the workspace as working folder; `database-url` and `migrations-path` default to the test's
+    database and the project passed in."""
+
+    def run(project: AlembicProject, *args: str, **inputs: str) -> Run:
+        inputs.setdefault("database-url", database.url)
+        inputs.setdefault("migrations-path", str(project.root))
+        return run_cli(*args, env=github.with_inputs(**inputs), cwd=github.workspace)
+
+    return run

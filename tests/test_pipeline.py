@@ -6,8 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
-import pytest
-from conftest import AlembicProject, Database, GitHubRunner, Run
+from conftest import AlembicProject, Database, GitHubRunner
 
 TABLE_A = "op.create_table('a', sa.Column('id', sa.Integer, primary_key=True))"
 TABLE_B = (
@@ -28,24 +27,11 @@ def linear(project: AlembicProject) -> AlembicProject:
     return project
 
 
-@pytest.fixture
-def gh_deploy(github: GitHubRunner, run_cli: Callable[..., Run], database: Database):
-    """Run `db-deploy` as the container would: inputs as INPUT_*, cwd = workspace."""
-
-    def deploy(project: AlembicProject, *args: str, **inputs: str) -> Run:
-        inputs.setdefault("database-url", database.url)
-        inputs.setdefault("migrations-path", str(project.root))
-        env = github.with_inputs(**inputs)
-        return run_cli(*args, env=env, cwd=github.workspace)
-
-    return deploy
-
-
 def test_linear_chain_deploys_and_reports(
-    project: AlembicProject, database: Database, github: GitHubRunner, gh_deploy
+    project: AlembicProject, database: Database, github: GitHubRunner, deploy
 ) -> None:
     linear(project)
-    run = gh_deploy(project, **{"smoke-expect": "b>=2", "environment": "staging"})
+    run = deploy(project, **{"smoke-expect": "b>=2", "environment": "staging"})
     assert run.returncode == 0, run.output
     assert database.version() == {"0003_rows"}
     out = github.outputs()
@@ -99,11 +85,11 @@ def test_linear_chain_deploys_and_reports(
     assert "Traceback" not in run.output
 
 
-def test_second_deploy_is_a_noop(project: AlembicProject, github: GitHubRunner, gh_deploy) -> None:
+def test_second_deploy_is_a_noop(project: AlembicProject, github: GitHubRunner, deploy) -> None:
     linear(project)
-    assert gh_deploy(project).returncode == 0
+    assert deploy(project).returncode == 0
     github.output_file.write_text("")
-    run = gh_deploy(project)
+    run = deploy(project)
     assert run.returncode == 0, run.output
     out = github.outputs()
     assert out["status"] == "noop"
@@ -113,25 +99,25 @@ def test_second_deploy_is_a_noop(project: AlembicProject, github: GitHubRunner, 
 
 
 def test_partial_then_rest(
-    project: AlembicProject, database: Database, github: GitHubRunner, gh_deploy
+    project: AlembicProject, database: Database, github: GitHubRunner, deploy
 ) -> None:
     linear(project)
-    assert gh_deploy(project, target="0001_a").returncode == 0
+    assert deploy(project, target="0001_a").returncode == 0
     assert database.version() == {"0001_a"}
     assert github.outputs()["pending-count"] == "2"  # still pending towards the head
     github.output_file.write_text("")
-    assert gh_deploy(project).returncode == 0
+    assert deploy(project).returncode == 0
     out = github.outputs()
     assert out["previous-revision"] == "0001_a"
     assert [a["revision"] for a in json.loads(out["applied"])] == ["0002_b", "0003_rows"]
 
 
-def test_branch_and_merge(project: AlembicProject, database: Database, gh_deploy) -> None:
+def test_branch_and_merge(project: AlembicProject, database: Database, deploy) -> None:
     project.add("0001_base", TABLE_A, "op.drop_table('a')")
     project.add("0002_left", "op.add_column('a', sa.Column('l', sa.Integer))", down="0001_base")
     project.add("0002_right", "op.add_column('a', sa.Column('r', sa.Integer))", down="0001_base")
     project.add("0003_merge", "pass", down=("0002_left", "0002_right"))
-    run = gh_deploy(project)
+    run = deploy(project)
     assert run.returncode == 0, run.output
     assert database.version() == {"0003_merge"}
     cols = {
@@ -144,12 +130,12 @@ def test_branch_and_merge(project: AlembicProject, database: Database, gh_deploy
 
 
 def test_several_heads_are_refused(
-    project: AlembicProject, database: Database, github: GitHubRunner, gh_deploy
+    project: AlembicProject, database: Database, github: GitHubRunner, deploy
 ) -> None:
     project.add("0001_base", TABLE_A)
     project.add("0002_left", "op.add_column('a', sa.Column('l', sa.Integer))", down="0001_base")
     project.add("0002_right", "op.add_column('a', sa.Column('r', sa.Integer))", down="0001_base")
-    run = gh_deploy(project)
+    run = deploy(project)
     assert run.returncode == 1
     assert "0002_left" in run.stdout and "0002_right" in run.stdout
     assert "::error" in run.stdout
@@ -166,10 +152,10 @@ def failing_chain(project: AlembicProject) -> AlembicProject:
 
 
 def test_failing_revision_per_revision_transactions(
-    project: AlembicProject, database: Database, github: GitHubRunner, gh_deploy
+    project: AlembicProject, database: Database, github: GitHubRunner, deploy
 ) -> None:
     failing_chain(project)
-    run = gh_deploy(project)
+    run = deploy(project)
     assert run.returncode == 1, run.output
     # The database is at the last committed revision.
     assert database.version() == {"0002_b"}
@@ -192,10 +178,10 @@ def test_failing_revision_per_revision_transactions(
 
 
 def test_failing_revision_all_or_nothing(
-    make_project: Callable[..., AlembicProject], database: Database, github: GitHubRunner, gh_deploy
+    make_project: Callable[..., AlembicProject], database: Database, github: GitHubRunner, deploy
 ) -> None:
     project = failing_chain(make_project("single", per_migration=False))
-    run = gh_deploy(project)
+    run = deploy(project)
     assert run.returncode == 1, run.output
     assert database.version() == set()  # one transaction: everything rolled back
     assert "a" not in database.tables()
@@ -206,15 +192,15 @@ def test_failing_revision_all_or_nothing(
 
 
 def test_failure_after_partial_deploy_keeps_earlier_revision(
-    project: AlembicProject, database: Database, gh_deploy
+    project: AlembicProject, database: Database, deploy
 ) -> None:
     failing_chain(project)
-    assert gh_deploy(project, target="0001_a").returncode == 0
-    assert gh_deploy(project).returncode == 1
+    assert deploy(project, target="0001_a").returncode == 0
+    assert deploy(project).returncode == 1
     assert database.version() == {"0002_b"}
 
 
-def test_data_migration(project: AlembicProject, database: Database, gh_deploy) -> None:
+def test_data_migration(project: AlembicProject, database: Database, deploy) -> None:
     project.add(
         "0001_people",
         "op.create_table('people', sa.Column('id', sa.Integer, "
@@ -233,13 +219,13 @@ def test_data_migration(project: AlembicProject, database: Database, gh_deploy) 
         op.alter_column('people', 'first', nullable=False)
     """,
     )
-    run = gh_deploy(project)
+    run = deploy(project)
     assert run.returncode == 0, run.output
     assert [r[0] for r in database.rows("SELECT first FROM people ORDER BY id")] == ["Ada", "Alan"]
 
 
 def test_create_index_concurrently_in_autocommit_block(
-    project: AlembicProject, database: Database, gh_deploy
+    project: AlembicProject, database: Database, deploy
 ) -> None:
     project.add(
         "0001_t",
@@ -254,7 +240,7 @@ def test_create_index_concurrently_in_autocommit_block(
             op.create_index('t_v_idx', 't', ['v'], postgresql_concurrently=True)
     """,
     )
-    run = gh_deploy(project)
+    run = deploy(project)
     assert run.returncode == 0, run.output
     assert database.version() == {"0002_idx"}
     valid = database.scalar(
@@ -264,27 +250,27 @@ def test_create_index_concurrently_in_autocommit_block(
 
 
 def test_target_below_current_is_refused(
-    project: AlembicProject, database: Database, gh_deploy
+    project: AlembicProject, database: Database, deploy
 ) -> None:
     linear(project)
-    assert gh_deploy(project).returncode == 0
-    run = gh_deploy(project, target="0001_a")
+    assert deploy(project).returncode == 0
+    run = deploy(project, target="0001_a")
     assert run.returncode == 2
     assert "below the current revision" in run.stdout
     assert database.version() == {"0003_rows"}
     assert database.scalar("SELECT count(*) FROM b") == 2
 
 
-def test_unknown_target(project: AlembicProject, database: Database, gh_deploy) -> None:
+def test_unknown_target(project: AlembicProject, database: Database, deploy) -> None:
     linear(project)
-    run = gh_deploy(project, target="9999_nope")
+    run = deploy(project, target="9999_nope")
     assert run.returncode == 2
     assert "unknown target revision '9999_nope'" in run.stdout
     assert database.tables() == set()
 
 
 def test_session_settings_on_the_migration_connection(
-    project: AlembicProject, database: Database, gh_deploy
+    project: AlembicProject, database: Database, deploy
 ) -> None:
     project.add(
         "0001_settings",
@@ -294,16 +280,16 @@ def test_session_settings_on_the_migration_connection(
                    "current_setting('application_name') AS app")
     """,
     )
-    run = gh_deploy(project, **{"lock-timeout": "3s", "statement-timeout": "2m"})
+    run = deploy(project, **{"lock-timeout": "3s", "statement-timeout": "2m"})
     assert run.returncode == 0, run.output
     assert tuple(database.rows("SELECT * FROM seen")[0]) == ("3s", "2min", "db-deploy")
 
 
 def test_dry_run_changes_nothing_and_shows_sql(
-    project: AlembicProject, database: Database, github: GitHubRunner, gh_deploy
+    project: AlembicProject, database: Database, github: GitHubRunner, deploy
 ) -> None:
     linear(project)
-    run = gh_deploy(project, **{"dry-run": "true"})
+    run = deploy(project, **{"dry-run": "true"})
     assert run.returncode == 0, run.output
     assert database.tables() == set()
     out = github.outputs()
@@ -315,10 +301,10 @@ def test_dry_run_changes_nothing_and_shows_sql(
 
 
 def test_plan_command_is_a_dry_run(
-    project: AlembicProject, database: Database, github: GitHubRunner, gh_deploy
+    project: AlembicProject, database: Database, github: GitHubRunner, deploy
 ) -> None:
     linear(project)
-    run = gh_deploy(project, command="plan")
+    run = deploy(project, command="plan")
     assert run.returncode == 0, run.output
     assert database.tables() == set()
     assert "CREATE TABLE b" in github.summary()

@@ -10,25 +10,15 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
-from conftest import AlembicProject, Database, GitHubRunner, Run
+from conftest import AlembicProject, Database, GitHubRunner
 
 from deployer import db
 
 TABLE_A = "op.create_table('a', sa.Column('id', sa.Integer, primary_key=True))"
-
-
-@pytest.fixture
-def deploy(github: GitHubRunner, run_cli: Callable[..., Run], database: Database):
-    def run(project: AlembicProject, **inputs: str) -> Run:
-        inputs.setdefault("database-url", database.url)
-        inputs.setdefault("migrations-path", str(project.root))
-        return run_cli(env=github.with_inputs(**inputs), cwd=github.workspace)
-
-    return run
 
 
 def report(github: GitHubRunner) -> dict:

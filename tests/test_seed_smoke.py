@@ -35,16 +35,6 @@ def seeded_project(project: AlembicProject) -> AlembicProject:
     return project
 
 
-@pytest.fixture
-def deploy(github: GitHubRunner, run_cli: Callable[..., Run], database: Database):
-    def run(project: AlembicProject, **inputs: str) -> Run:
-        inputs.setdefault("database-url", database.url)
-        inputs.setdefault("migrations-path", str(project.root))
-        return run_cli(env=github.with_inputs(**inputs), cwd=github.workspace)
-
-    return run
-
-
 def test_seed_runs_after_migrations_with_row_deltas(
     seeded_project: AlembicProject, database: Database, github: GitHubRunner, deploy
 ) -> None:

