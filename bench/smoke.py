@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -77,8 +78,10 @@ def ensure_databases(server: Server, total_rows: int, progress: Any) -> dict[str
         with server.admin() as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
         progress(f"  creating {name} ({sum(sizes) if kind == 'full' else 0:,} rows)")
+        started = time.perf_counter()
         with psycopg.connect(server.url(name), autocommit=True) as conn:
             _create(conn, sizes, fill=(kind == "full"), progress=progress)
+        progress(f"  {name} ready in {time.perf_counter() - started:.0f}s")
         with server.admin() as conn:
             conn.execute(f"COMMENT ON DATABASE \"{name}\" IS '{marker}'")
     return names

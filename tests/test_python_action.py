@@ -393,6 +393,27 @@ def copy_interpreter(dest: Path) -> Path:
     return python
 
 
+ACTION_FILES = ("python", "deployer", "requirements.lock", "pyproject.toml", "README.md")
+
+
+@pytest.fixture(scope="module")
+def action_checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the runner puts `uses: <owner>/db-deploy-action/python@v1`: the repository at that
+    ref in `_actions/<owner>/<repo>/<ref>`, apart from the workspace. A snapshot of the files the
+    composite needs, so the action under test cannot change between two calls of one test.
+    Returns its python/action.yml."""
+    root = tmp_path_factory.mktemp("_actions") / "acme" / "db-deploy-action" / "v1"
+    for name in ACTION_FILES:
+        source = REPO / name
+        if source.is_dir():
+            ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+            shutil.copytree(source, root / name, ignore=ignore)
+        else:
+            root.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, root / name)
+    return root / "python" / "action.yml"
+
+
 @pytest.fixture(scope="module")
 def app_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_app_wheel(tmp_path_factory.mktemp("wheels"))
@@ -456,6 +477,7 @@ def assert_no_secret_in_logs(run: CompositeRun, secret: str) -> None:
 def test_deploy_in_the_jobs_python(
     github: GitHubRunner,
     database: Database,
+    action_checkout: Path,
     job_python: Path,
     job_runner_temp: Path,
     tmp_path: Path,
@@ -470,9 +492,11 @@ def test_deploy_in_the_jobs_python(
         with_={"database-url": url, **DEPLOY_INPUTS},
         job_python=job_python,
         runner_temp=job_runner_temp,
+        action_file=action_checkout,
     )
     assert run.returncode == 0, run.log
     assert run.step("python").outputs["python"] == str(job_python)
+    assert run.step("install").env["DB_DEPLOY_ACTION_ROOT"] == f"{action_checkout.parent}/.."
     deploy = run.step("deploy")
     assert set(deploy.outputs) == set(load(CONTAINER_ACTION)["outputs"]), "written = declared"
     assert run.outputs == deploy.outputs
@@ -509,6 +533,7 @@ def test_deploy_in_the_jobs_python(
         step_env={"DATABASE_URL": database.url},
         job_python=job_python,
         runner_temp=job_runner_temp,
+        action_file=action_checkout,
     )
     assert again.returncode == 0, again.log
     assert "Reusing the deployer's environment" in again.step("install").stdout
@@ -520,7 +545,11 @@ def test_deploy_in_the_jobs_python(
 
 @pytest.mark.slow
 def test_a_failed_migration_exits_1_and_the_outputs_still_reach_the_workflow(
-    github: GitHubRunner, database: Database, job_python: Path, job_runner_temp: Path
+    github: GitHubRunner,
+    database: Database,
+    action_checkout: Path,
+    job_python: Path,
+    job_runner_temp: Path,
 ):
     """R CompositeActionHandler.cs evaluates the outputs after the steps, a failed one included."""
     write_app_project(github.workspace, broken=True)
@@ -529,6 +558,7 @@ def test_a_failed_migration_exits_1_and_the_outputs_still_reach_the_workflow(
         with_={"database-url": database.url, **DEPLOY_INPUTS},
         job_python=job_python,
         runner_temp=job_runner_temp,
+        action_file=action_checkout,
     )
     assert run.returncode == 1, run.log
     assert run.step("deploy").returncode == 1
@@ -541,7 +571,7 @@ def test_a_failed_migration_exits_1_and_the_outputs_still_reach_the_workflow(
 
 @pytest.mark.slow
 def test_a_job_python_that_is_a_virtual_environment(
-    github: GitHubRunner, database: Database, app_wheel: Path, tmp_path: Path
+    github: GitHubRunner, database: Database, action_checkout: Path, app_wheel: Path, tmp_path: Path
 ):
     """uv, poetry or an activated venv: `python` on PATH is a virtual environment, whose own
     site-packages --system-site-packages does not reach; the action adds them after its own."""
@@ -557,6 +587,7 @@ def test_a_job_python_that_is_a_virtual_environment(
         step_env={"VIRTUAL_ENV": str(app_venv)},
         job_python=python,
         runner_temp=runner_temp,
+        action_file=action_checkout,
     )
     assert run.returncode == 0, run.log
     assert_deployed(run.outputs, github.workspace)
@@ -573,7 +604,11 @@ def test_a_job_python_that_is_a_virtual_environment(
     # Whatever the job's base interpreter holds (other versions of pydantic, certifi…), every
     # locked distribution resolves from the deployer's environment at its locked version.
     locked = dict(
-        re.findall(r"^([A-Za-z0-9._-]+)==(\S+)", (REPO / "requirements.lock").read_text(), re.M)
+        re.findall(
+            r"^([A-Za-z0-9._-]+)==(\S+)",
+            (action_checkout.parents[1] / "requirements.lock").read_text(),
+            re.M,
+        )
     )
     code = (
         "import json, sys\nfrom importlib import metadata\n"
@@ -615,7 +650,7 @@ def newest_older_python() -> Path | None:
 
 
 def test_an_older_python_fails_fast_with_a_clear_message(
-    github: GitHubRunner, database: Database, tmp_path: Path
+    github: GitHubRunner, database: Database, action_checkout: Path, tmp_path: Path
 ):
     old = newest_older_python()
     if old is None:
@@ -630,6 +665,7 @@ def test_an_older_python_fails_fast_with_a_clear_message(
         with_={"database-url": database.url, **DEPLOY_INPUTS},
         job_python=folder / "python",
         runner_temp=runner_temp,
+        action_file=action_checkout,
     )
     assert run.returncode == 2, run.log
     assert [s.id for s in run.steps] == ["python"], "nothing after the check runs"

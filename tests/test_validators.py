@@ -47,7 +47,13 @@ def test_workflows_exist():
 
 def test_action_yml_matches_the_action_schema():
     assert_ok(
-        run(tool("check-jsonschema"), "--builtin-schema", "vendor.github-actions", "action.yml")
+        run(
+            tool("check-jsonschema"),
+            "--builtin-schema",
+            "vendor.github-actions",
+            "action.yml",
+            "python/action.yml",
+        )
     )
 
 
@@ -69,7 +75,16 @@ def test_actionlint():
 
 def test_zizmor_offline():
     # The configuration (.github/zizmor.yml) is found from the working directory.
-    assert_ok(run(tool("zizmor"), "--offline", "--no-progress", ".github/workflows", "action.yml"))
+    assert_ok(
+        run(
+            tool("zizmor"),
+            "--offline",
+            "--no-progress",
+            ".github/workflows",
+            "action.yml",
+            "python/action.yml",
+        )
+    )
 
 
 def test_hadolint():
