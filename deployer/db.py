@@ -140,6 +140,7 @@ class ConnectionSpec:
         options = session_options(self.lock_timeout, self.statement_timeout, self.client_check)
         if options:
             connect_args["options"] = options
+        kw.setdefault("use_native_hstore", False)  # no hstore lookup per new engine
         return sa.create_engine(
             sqlalchemy_url(self.url),
             poolclass=sa.pool.NullPool,

@@ -62,6 +62,8 @@ def exists(conn: sa.Connection, schema: str) -> bool:
 
 def ensure(conn: sa.Connection, schema: str) -> None:
     """Create the schema and table on first use (idempotent, committed at once)."""
+    if exists(conn, schema):  # one round trip; the caller's transaction goes on
+        return
     conn.execute(sa.text(f"CREATE SCHEMA IF NOT EXISTS {_q(schema)}"))
     conn.execute(
         sa.text(
@@ -145,22 +147,34 @@ def verify(
     recorded = latest_checksums(conn, schema)
     report = IntegrityReport(checked=len(applied), baselined=[], accepted=[])
     edited: list[tuple[str, str, str]] = []
+    baseline: list[dict[str, object]] = []
     for rev in applied:
         now = checksum(project.revision(rev).path)
         before = recorded.get(rev)
         if before is None:
-            record(
-                conn,
-                schema,
-                revision=rev,
-                kind="baseline",
-                checksum=now,
-                seconds=None,
-                telemetry=telemetry,
-            )
             report.baselined.append(rev)  # type: ignore[union-attr]
+            baseline.append(
+                {
+                    "r": rev,
+                    "k": "baseline",
+                    "c": now,
+                    "s": None,
+                    "v": telemetry.tool_version,
+                    "a": telemetry.actor,
+                    "sha": telemetry.sha,
+                    "u": telemetry.run_url,
+                }
+            )
         elif before != now:
             edited.append((rev, before, now))
+    if baseline:  # executemany: psycopg sends the batch in a pipeline, not row by row
+        conn.execute(
+            sa.text(
+                f"INSERT INTO {_q(schema)}.{TABLE} (revision, kind, checksum, seconds, "
+                "tool_version, actor, sha, run_url) VALUES (:r, :k, :c, :s, :v, :a, :sha, :u)"
+            ),
+            baseline,
+        )
     if edited and not allow_edited:
         conn.rollback()
         details = "; ".join(f"{r}: recorded {b[:12]}…, now {n[:12]}…" for r, b, n in edited)
