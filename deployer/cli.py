@@ -15,6 +15,8 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
 
+from pydantic import SecretStr
+
 from deployer import __version__
 from deployer.errors import EXIT_BAD_INPUT, ConfigError
 
@@ -126,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     console: GitHubConsole | TerminalConsole
     console = GitHubConsole(real_stdout) if gh else TerminalConsole(sys.stderr)
     if isinstance(console, GitHubConsole):
-        console.mask(*redactor.secrets)  # before anything else is printed
+        console.mask(*redactor.to_mask)  # before anything else is printed
     sys.stdout = RedactingStream(real_stdout, redactor)
     sys.stderr = RedactingStream(sys.__stderr__ or sys.stderr, redactor)
     if isinstance(console, GitHubConsole):
@@ -150,16 +152,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: dict[str, Any], redactor: Any, gh: Any, console: Any, debug: bool) -> int:
-    from pydantic import SecretStr
-
     from deployer.settings import load_settings
 
     try:
         settings = load_settings(args)
     except ConfigError as exc:
-        console.error(redactor(exc.message))
-        return exc.exit_code
-    new = [s for s in settings.secrets if s not in redactor.secrets]
+        return _refused(exc, args, redactor, gh, console)
+    new = [s for s in settings.secrets if s not in redactor.to_mask]
     redactor.add(*new)
     if hasattr(console, "mask"):
         console.mask(*new)
@@ -174,12 +173,45 @@ def _run(args: dict[str, Any], redactor: Any, gh: Any, console: Any, debug: bool
                 try:
                     url = stack.enter_context(embedded_server(settings.embedded))
                 except ConfigError as exc:
-                    console.error(exc.message)
-                    return exc.exit_code
+                    return _refused(exc, args, redactor, gh, console, settings)
                 console.info(f"embedded PostgreSQL with pgvector started ({url.split('?')[1]})")
                 settings = settings.model_copy(update={"database_url": SecretStr(url)})
         return _execute(settings, redactor, gh, console, debug)
     return 0  # unreachable; keeps type checkers content
+
+
+def _refused(
+    exc: ConfigError,
+    args: dict[str, Any],
+    redactor: Any,
+    gh: Any,
+    console: Any,
+    settings: Any = None,
+) -> int:
+    """Bad input before the pipeline could start: still write the outputs, the summary and the
+    report (status failed, failed-step config), with the one error line. Slack is not told: its
+    webhook is among the input that could not be trusted."""
+    from deployer.publish import publish
+    from deployer.results import RunResult, Telemetry, utcnow
+    from deployer.settings import Settings
+
+    if settings is None:
+        fallback = {
+            k: v for k, v in args.items() if k in {"workspace", "summary_file", "output_file"}
+        }
+        settings = Settings.model_construct(**fallback)
+    settings = settings.model_copy(update={"slack_webhook_url": SecretStr("")})
+    result = RunResult(
+        command=str(args.get("command") or os.environ.get("INPUT_COMMAND") or "deploy"),
+        telemetry=Telemetry.from_env(),
+        status="failed",
+        exit_code=exc.exit_code,
+        failed_step=exc.step or "config",
+        error=exc.message,
+    )
+    result.finished_at = utcnow()
+    publish(result, settings, redactor, gh=gh, console=console, stdout=sys.stdout)
+    return exc.exit_code
 
 
 def _execute(settings: Any, redactor: Any, gh: Any, console: Any, debug: bool) -> int:

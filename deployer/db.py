@@ -27,13 +27,18 @@ from deployer.errors import ConfigError, UnreachableError
 
 APPLICATION_NAME = "db-deploy"
 
-# Errors that no retry will cure: say so at once.
+# Errors that no retry will cure: say so at once. The database answered, but refused us (exit 3,
+# as for an unreachable database)…
 _PERMANENT = re.compile(
     r"password authentication failed|authentication failed|no password supplied|"
     r"database \".*\" does not exist|role \".*\" does not exist|"
-    r"no pg_hba.conf entry|SSL .*required|server does not support SSL|"
+    r"no pg_hba.conf entry|SSL .*required|server does not support SSL",
+    re.IGNORECASE,
+)
+# …or the connection settings themselves are wrong: bad input (exit 2).
+_BAD_SETTINGS = re.compile(
     r"invalid connection option|invalid sslmode|invalid URI|invalid value for parameter|"
-    r"unrecognized configuration parameter",
+    r"unrecognized configuration parameter|invalid integer value|invalid port",
     re.IGNORECASE,
 )
 
@@ -173,6 +178,10 @@ def connect(
             return engine.connect()
         except sa.exc.OperationalError as exc:
             reason = server_message(exc)
+            if _BAD_SETTINGS.search(reason):
+                raise ConfigError(
+                    f"invalid connection settings for {target}: {reason}", step=step
+                ) from None
             permanent = bool(_PERMANENT.search(reason))
             delay = None if permanent else next(delays, None)
             if delay is None:
@@ -183,8 +192,11 @@ def connect(
             if on_retry:
                 on_retry(attempt, reason, delay)
             sleep(delay)
-        except sa.exc.ArgumentError as exc:
-            raise ConfigError(f"invalid connection settings for {target}: {exc}") from None
+        except (sa.exc.ArgumentError, sa.exc.DBAPIError) as exc:
+            # psycopg raises ProgrammingError for an unknown URI parameter (?foo=bar).
+            raise ConfigError(
+                f"invalid connection settings for {target}: {server_message(exc)}", step=step
+            ) from None
 
 
 def server_message(exc: BaseException) -> str:

@@ -140,9 +140,11 @@ def verify(
     *,
     allow_edited: bool,
     telemetry: Telemetry,
+    write: bool = True,
 ) -> IntegrityReport:
     """Check every applied revision's script against its recorded checksum. Baselines what the
-    history lacks; raises StepFailed (exit 1) on an edited script unless `allow_edited`."""
+    history lacks; raises StepFailed (exit 1) on an edited script unless `allow_edited`.
+    `write=False` (a dry run): the same verdict, nothing written."""
     applied = sorted(project.ancestors(heads)) if heads else []
     recorded = latest_checksums(conn, schema)
     report = IntegrityReport(checked=len(applied), baselined=[], accepted=[])
@@ -167,7 +169,7 @@ def verify(
             )
         elif before != now:
             edited.append((rev, before, now))
-    if baseline:  # executemany: psycopg sends the batch in a pipeline, not row by row
+    if baseline and write:  # executemany: psycopg sends the batch in a pipeline, not row by row
         conn.execute(
             sa.text(
                 f"INSERT INTO {_q(schema)}.{TABLE} (revision, kind, checksum, seconds, "
@@ -184,6 +186,10 @@ def verify(
             step="migrate",
             detail=str([{"revision": r, "recorded": b, "current": n} for r, b, n in edited]),
         )
+    if not write:
+        conn.rollback()
+        report.accepted = [rev for rev, _, _ in edited]
+        return report
     for rev, _, now in edited:
         record(
             conn,

@@ -6,7 +6,7 @@ rollback fills `migrate` like a deploy does) and raises the pipeline's errors: C
 (exit 2, nothing changed), StepFailed (exit 1), UnreachableError (exit 3). The steps they call
 (deployer/steps/{backup,restore,drift,security,rollback}.py) never print.
 
-`plan` is `deploy` in dry-run mode (pipeline.py). `before_deploy` is what `deploy` runs right after
+`plan` is `deploy` in dry-run mode (pipeline.py). `security_checks` and `take_backup` are what `deploy` runs right after
 connecting: the security checks (security-preflight, on by default) and backup-before.
 """
 
@@ -100,8 +100,7 @@ class VersionTable:
             _rollback_txn(conn)
 
     def lock_key(self, run: Run) -> int:
-        database = run.result.preflight.database if run.result.preflight else ""
-        return db.lock_key(database, f"{self.schema or ''}.{self.table}")
+        return run.lock_key(EnvFacts([], self.table, self.schema))
 
 
 @contextmanager
@@ -448,19 +447,6 @@ def preflight(run: Run) -> None:
     security_checks(run, app, project=project)
 
 
-def before_deploy(run: Run, app: sa.Connection) -> None:
-    """What `deploy` (and `plan`) run right after connecting, before the deploy lock: the
-    security checks (security-preflight) and the backup (backup-before; not in a dry run)."""
-    s = run.settings
-    if s.security_preflight:
-        security_checks(run, app, deploy=True)
-    if s.backup_before:
-        if run.result.dry_run:
-            run.result.notices.append("dry run: backup-before skipped (nothing would change)")
-        else:
-            take_backup(run, reason="before-deploy")
-
-
 # --------------------------------------------------------------------------- rollback
 
 
@@ -528,18 +514,13 @@ def rollback(run: Run) -> None:
                         heads=heads, version_table=where.table, version_table_schema=where.schema
                     ),
                 )
-                run.result.migrate = m = migrate(
+                run.result.migrate = m = run.run_migrate(
                     project,
                     mig,
-                    url=s.direct_url,
-                    target=target,
-                    lock_timeout=s.lock_timeout,
-                    statement_timeout=s.statement_timeout,
-                    workspace=s.workspace_dir,
-                    on_applied=_reverted(run),
-                    downgrade=True,
                     recorder=recorder,
-                    watch_spec=run.spec(s.direct_url),
+                    downgrade=True,
+                    target=target,
+                    on_applied=_reverted(run),
                 )
                 if m.error:
                     failed = f"revision {m.failed_revision}" if m.failed_revision else "downgrade"

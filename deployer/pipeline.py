@@ -28,7 +28,7 @@ from deployer.results import (
     utcnow,
 )
 from deployer.settings import Settings
-from deployer.steps.migrate import EnvFacts, inspect_env, migrate, resolve_target
+from deployer.steps.migrate import EnvFacts, check_heads, inspect_env, migrate, resolve_target
 from deployer.steps.preflight import preflight
 from deployer.steps.seed import check_seed_file, seed
 from deployer.steps.smoke import smoke
@@ -157,7 +157,8 @@ class Run:
         )
         if s.require_tls:
             raise ConfigError(message + " (require-tls is on)", step="preflight")
-        self.warn(message)
+        if not (s.security_preflight and s.command in {"deploy", "plan"}):
+            self.warn(message)  # else the security checks report it, for both URLs
 
     # -- commands
 
@@ -184,26 +185,31 @@ class Run:
                 "pooling breaks. Set direct-database-url to the direct connection"
             )
         app = self.preflight()
-        # Operations hook (issue 7): security checks (security-preflight), then backup-before.
-        from deployer.operations import before_deploy
+        if s.security_preflight:
+            from deployer.operations import security_checks
 
-        before_deploy(self, app)
+            security_checks(self, app, deploy=True)
 
         # The deploy lock is held from before the first migration to after the seed, on an
-        # idle session of its own; the steps stay separate groups in the log.
+        # idle session of its own. Everything that could refuse the deploy is checked under it
+        # and before anything is written (the history included).
         with ExitStack() as locked:
+            self.current_step = "migrate"
+            mig = self.connect(self.spec(s.direct_url, migration=True))
+            facts = inspect_env(project, mig, url=s.direct_url, workspace=s.workspace_dir)
+            self.take_lock(locked, facts)
+            heads = read_heads(mig, facts.version_table, facts.version_table_schema)
+            mig.rollback()
+            check_heads(project, heads, s.target)
+            if s.backup_before:
+                if self.result.dry_run:
+                    self.result.notices.append("dry run: backup-before skipped")
+                else:
+                    from deployer.operations import take_backup
+
+                    take_backup(self, reason="before-deploy", locked=True)
             with self.step("migrate"):
-                mig = self.connect(self.spec(s.direct_url, migration=True))
-                facts = inspect_env(project, mig, url=s.direct_url, workspace=s.workspace_dir)
-                lock = self.connect(self.spec(s.direct_url), autocommit=True)
-                key = db.lock_key(
-                    self.result.preflight.database if self.result.preflight else "",
-                    f"{facts.version_table_schema or ''}.{facts.version_table}",
-                )
-                locked.enter_context(
-                    db.deploy_lock(lock, key, s.deploy_lock_wait, on_wait=self._lock_wait)
-                )
-                recorder = None if self.result.dry_run else self.check_history(project, mig, facts)
+                recorder = self.check_history(project, mig, facts)
                 self.result.migrate = m = self.run_migrate(project, mig, recorder=recorder)
                 if m.error:
                     where = f"revision {m.failed_revision}" if m.failed_revision else "migration"
@@ -224,8 +230,24 @@ class Run:
                     )
         self.status(project, mig, facts.version_table, facts.version_table_schema)
         self.smoke(app)
-        if not self.result.dry_run and not (self.result.migrate and self.result.migrate.pending):
+        seeded = self.result.seed is not None and (
+            self.result.seed.inserted + self.result.seed.updated + self.result.seed.deleted
+        )
+        if not (self.result.migrate and self.result.migrate.pending) and not seeded:
             self.result.status = "noop"
+
+    def take_lock(self, stack: ExitStack, facts: EnvFacts) -> None:
+        """The deploy lock (keyed on the database and env.py's version table) on an idle
+        AUTOCOMMIT session of its own, held until `stack` closes."""
+        s = self.settings
+        lock = self.connect(self.spec(s.direct_url), autocommit=True)
+        stack.enter_context(
+            db.deploy_lock(lock, self.lock_key(facts), s.deploy_lock_wait, on_wait=self._lock_wait)
+        )
+
+    def lock_key(self, facts: EnvFacts) -> int:
+        database = self.result.preflight.database if self.result.preflight else ""
+        return db.lock_key(database, f"{facts.version_table_schema or ''}.{facts.version_table}")
 
     def run_migrate(
         self,
@@ -234,8 +256,12 @@ class Run:
         *,
         recorder: Callable[..., None] | None,
         downgrade: bool = False,
+        target: str | None = None,
+        on_applied: Callable[[AppliedRevision], None] | None = None,
     ) -> MigrateResult:
-        """The migrate step, retried (lock-retries) while a revision fails on lock_timeout."""
+        """The migrate step (or, with `downgrade`, the rollback's), retried (lock-retries) while
+        a revision fails on lock_timeout. History rows that env.py's own connection could not
+        carry are written afterwards on ours."""
         s = self.settings
         applied: list[AppliedRevision] = []
         previous: list[str] | None = None
@@ -244,12 +270,12 @@ class Run:
                 project,
                 mig,
                 url=s.direct_url,
-                target=s.target,
+                target=target or s.target,
                 dry_run=self.result.dry_run,
                 lock_timeout=s.lock_timeout,
                 statement_timeout=s.statement_timeout,
                 workspace=s.workspace_dir,
-                on_applied=self._applied,
+                on_applied=on_applied or self._applied,
                 downgrade=downgrade,
                 recorder=recorder,
                 watch_spec=self.spec(s.direct_url),
@@ -276,10 +302,16 @@ class Run:
         self, project: AlembicProject, mig: sa.Connection, facts: EnvFacts
     ) -> Callable[..., None] | None:
         """Create the history on first use and verify applied scripts against it (before
-        anything is applied). Returns the per-revision recorder, or None without a history."""
+        anything is applied). Returns the per-revision recorder, or None without a history.
+        A dry run (plan) verifies an existing history without writing anything."""
         s = self.settings
+        dry = self.result.dry_run
+        if dry and not history.exists(mig, s.history_schema):
+            mig.rollback()
+            return None
         try:
-            history.ensure(mig, s.history_schema)
+            if not dry:
+                history.ensure(mig, s.history_schema)
         except sa.exc.DBAPIError as exc:
             mig.rollback()
             self.warn(
@@ -295,7 +327,10 @@ class Run:
             heads,
             allow_edited=s.allow_edited_migrations,
             telemetry=self.result.telemetry,
+            write=not dry,
         )
+        if dry:
+            return None
         if report.baselined:
             self.result.notices.append(
                 f"deploy history baselined with {len(report.baselined)} revision(s) applied "
@@ -331,7 +366,7 @@ class Run:
             )
             self.result.history = history.read(conn, self.settings.history_schema)
             if st.error:
-                raise StepFailed(st.error, step="status")
+                raise ConfigError(st.error, step="status")  # nothing changed: exit 2
             deployed = self.settings.command == "deploy" and not self.result.dry_run
             if st.pending and deployed and self.settings.target in {"head", "heads"}:
                 raise StepFailed(
@@ -386,14 +421,11 @@ class Run:
         check_seed_file(s.seed_file)
         self.preflight()
         conn = self.connect(self.spec(s.direct_url, migration=True))
-        lock = self.connect(self.spec(s.direct_url), autocommit=True)
-        key = db.lock_key(
-            self.result.preflight.database if self.result.preflight else "", ".alembic_version"
-        )
-        with (
-            db.deploy_lock(lock, key, s.deploy_lock_wait, on_wait=self._lock_wait),
-            self.step("seed"),
-        ):
+        from deployer.operations import VersionTable, deploy_lock
+
+        # The same lock as deploy's: keyed on env.py's version table when the project loads.
+        where = VersionTable(self, conn, required=False)
+        with deploy_lock(self, where), self.step("seed"):
             self.result.seed = sd = seed(conn, s.seed_file)
             if sd.error:
                 raise StepFailed(f"seed failed and was rolled back: {sd.error}", step="seed")

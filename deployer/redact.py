@@ -84,6 +84,7 @@ class Redactor:
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         self._secrets: set[str] = set()
+        self._masked: set[str] = set()  # every secret part, whatever its length
         self._pattern: re.Pattern[str] | None = None
         self._lock = threading.Lock()
         self.add(*secrets)
@@ -91,13 +92,21 @@ class Redactor:
     def add(self, *secrets: str) -> None:
         with self._lock:
             # Very short values would mask ordinary words; the runner skips empty ones too.
+            self._masked.update(s for s in secrets if s and s.strip())
             self._secrets.update(s for s in secrets if s and len(s) >= 3)
             ordered = sorted(self._secrets, key=len, reverse=True)
             self._pattern = re.compile("|".join(map(re.escape, ordered))) if ordered else None
 
     @property
     def secrets(self) -> list[str]:
+        """What is replaced in text: secrets of 3 characters or more (shorter ones would
+        garble every message; the runner still masks them, see `to_mask`)."""
         return sorted(self._secrets, key=len, reverse=True)
+
+    @property
+    def to_mask(self) -> list[str]:
+        """What `::add-mask::` registers with the runner: every secret part."""
+        return sorted(self._masked, key=len, reverse=True)
 
     def __call__(self, text: str) -> str:
         if not text or self._pattern is None:

@@ -155,6 +155,7 @@ class TableCheck:
     name: str
     rows: int | None = None
     estimated: bool = False
+    lower_bound: bool = False  # never analysed and large: at least `rows`
     ok: bool = True
     error: str = ""
 

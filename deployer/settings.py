@@ -158,7 +158,8 @@ def check_url(value: str) -> str:
 
     try:
         url = make_url(value)
-        _ = url.port
+        if url.port is not None and not 0 < url.port < 65536:
+            raise ValueError("port out of range")
     except Exception:  # noqa: BLE001 - make_url raises several kinds; none may echo the URL
         raise ValueError(
             "malformed connection URL (check the port, and percent-encode special characters "

@@ -241,3 +241,42 @@ def test_entrypoint_shim_runs_the_same_main(tmp_path: Path) -> None:
         if line.strip() and not line.startswith('"""')
     ]
     assert len(code) == 3  # a shim: import sys, import main, sys.exit(main())
+
+
+@pytest.mark.parametrize(
+    "query,message",
+    [
+        ("foo=bar", 'invalid connection option "foo"'),
+        ("sslmode=bogus", "invalid sslmode value"),
+    ],
+)
+def test_bad_connection_options_are_exit_2(
+    query: str,
+    message: str,
+    database: Database,
+    project: AlembicProject,
+    run_cli: Callable[..., Run],
+    github: GitHubRunner,
+) -> None:
+    project.add("0001", "pass")
+    env = github.with_inputs(
+        **{"database-url": f"{database.url}&{query}", "migrations-path": str(project.root)}
+    )
+    run = run_cli(env=env, cwd=github.workspace)
+    assert run.returncode == 2, run.output
+    [line] = error_lines(run)
+    assert "invalid connection settings" in line and message in line
+    assert "sqlalche.me" not in run.output and "internal error" not in run.output
+
+
+def test_outputs_are_written_even_when_the_settings_are_refused(
+    run_cli: Callable[..., Run], github: GitHubRunner
+) -> None:
+    env = github.with_inputs(**{"run-seed": "perhaps"})
+    run = run_cli(env=env, cwd=github.workspace)
+    assert run.returncode == 2
+    out = github.outputs()
+    assert out["status"] == "failed" and out["failed-step"] == "config"
+    assert "invalid run-seed" in out["error"]
+    assert "invalid run-seed" in github.summary()
+    assert len(error_lines(run)) == 1

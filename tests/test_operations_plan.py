@@ -96,6 +96,7 @@ def test_plan_with_nothing_pending(
     run = gh(project)
     assert run.returncode == 0, run.output
     out = github.outputs()
+    assert out["status"] == "noop"
     assert out["pending-count"] == "0"
     assert json.loads(out["pending-revisions"]) == []
     assert out["plan-sql"] == ""

@@ -487,3 +487,29 @@ def test_requirements_install_makes_the_application_importable(
     assert "installing 'requirements.txt' failed" in bad.stdout and "hash" in bad.stdout.lower()
     assert "Traceback" not in bad.stdout + bad.stderr
     assert os.environ.get("VIRTUAL_ENV") != str(image_venv)
+
+
+def test_rollback_with_an_own_engine_env_py_is_recorded(
+    database: Database, github: GitHubRunner, run_cli: Callable[..., Run]
+) -> None:
+    project = own_engine_project(github.workspace / "migrations")
+    project.add("0001_a", "op.create_table('a', sa.Column('id', sa.Integer))", "op.drop_table('a')")
+    project.add("0002_b", "op.create_table('b', sa.Column('id', sa.Integer))", "op.drop_table('b')")
+    env = github.with_inputs(**{"database-url": database.url, "migrations-path": "migrations"})
+    assert run_cli(env=env, cwd=github.workspace).returncode == 0
+    env = github.with_inputs(
+        **{
+            "database-url": database.url,
+            "migrations-path": "migrations",
+            "command": "rollback",
+            "target": "0001_a",
+        }
+    )
+    run = run_cli(env=env, cwd=github.workspace)
+    assert run.returncode == 0, run.output
+    assert database.version() == {"0001_a"}
+    rows = [
+        tuple(r)
+        for r in database.rows("SELECT revision, kind FROM db_deploy.db_deploy_history ORDER BY id")
+    ]
+    assert rows == [("0001_a", "upgrade"), ("0002_b", "upgrade"), ("0002_b", "downgrade")]

@@ -278,9 +278,16 @@ def test_tls_guard(database: Database) -> None:
     facts = PreflightResult(target="db.example.com:5432/shop", tls=False)
     import io
 
-    run = PipelineRun(load_settings({"database_url": remote}), TerminalConsole(io.StringIO()))
+    run = PipelineRun(
+        load_settings({"database_url": remote, "security_preflight": "false"}),
+        TerminalConsole(io.StringIO()),
+    )
     run.check_tls(facts)
     assert any("not encrypted" in w for w in run.result.warnings)
+    # With the security preflight on, its TLS finding (for both URLs) is the one warning.
+    quiet = PipelineRun(load_settings({"database_url": remote}), TerminalConsole(io.StringIO()))
+    quiet.check_tls(facts)
+    assert quiet.result.warnings == []
 
     strict = PipelineRun(
         load_settings({"database_url": remote, "require_tls": "true"}),
@@ -373,3 +380,99 @@ def test_sigkill_mid_migration_loses_nothing(
         "0002_slow",
         "0003_b",
     ]
+
+
+# --------------------------------------------------------------------------- refusals write nothing
+
+
+def test_refused_deploy_writes_no_history(
+    project: AlembicProject, database: Database, github: GitHubRunner, deploy
+) -> None:
+    """Exit 2 means nothing changed: a target below the current revision is refused before the
+    history is created, even on a database that plain Alembic deployed."""
+    project.add("0001_a", TABLE_A)
+    project.add("0002_b", "op.create_table('b', sa.Column('id', sa.Integer))")
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config(str(project.root / "alembic.ini"))
+    with database.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+    run = deploy(project, target="0001_a")
+    assert run.returncode == 2, run.output
+    assert "below the current revision" in github.outputs()["error"]
+    assert database.scalar("SELECT count(*) FROM pg_namespace WHERE nspname = 'db_deploy'") == 0
+
+
+def test_database_ahead_of_the_folder_is_one_answer_everywhere(
+    project: AlembicProject,
+    database: Database,
+    github: GitHubRunner,
+    deploy,
+) -> None:
+    """An older checkout re-run against a newer database: deploy, plan and status all refuse
+    with exit 2 and the same message, and nothing is written."""
+    project.add("0001_a", TABLE_A)
+    newer = project.add("0002_b", "op.create_table('b', sa.Column('id', sa.Integer))")
+    assert deploy(project).returncode == 0
+    newer.unlink()
+    history_rows = database.scalar("SELECT count(*) FROM db_deploy.db_deploy_history")
+    for command in ("deploy", "plan", "status"):
+        github.output_file.write_text("")
+        run = deploy(project, command=command)
+        assert run.returncode == 2, (command, run.output)
+        error = github.outputs()["error"]
+        assert "the database is at 0002_b, which the migrations folder does not contain" in error
+        assert "Traceback" not in run.output and "internal error" not in run.output
+    assert database.version() == {"0002_b"}
+    assert database.scalar("SELECT count(*) FROM db_deploy.db_deploy_history") == history_rows
+
+
+def test_plan_fails_on_an_edited_migration_like_deploy_would(
+    project: AlembicProject, database: Database, github: GitHubRunner, deploy
+) -> None:
+    path = project.add("0001_a", TABLE_A)
+    assert deploy(project).returncode == 0
+    path.write_text(path.read_text() + "\n# edited\n")
+    project.add("0002_b", "op.create_table('b', sa.Column('id', sa.Integer))")
+    rows = database.scalar("SELECT count(*) FROM db_deploy.db_deploy_history")
+    run = deploy(project, command="plan")
+    assert run.returncode == 1, run.output
+    assert "changed since they ran" in github.outputs()["error"]
+    assert database.scalar("SELECT count(*) FROM db_deploy.db_deploy_history") == rows
+    assert database.version() == {"0001_a"}
+
+
+CUSTOM_VERSION_ENV = """
+from alembic import context
+
+config = context.config
+connection = config.attributes["connection"]
+context.configure(connection=connection, version_table="schema_revision",
+                  transaction_per_migration=True)
+with context.begin_transaction():
+    context.run_migrations()
+"""
+
+
+def test_seed_command_takes_deploys_lock_with_a_custom_version_table(
+    project: AlembicProject,
+    database: Database,
+    github: GitHubRunner,
+    deploy,
+    session: sa.Connection,
+) -> None:
+    (project.root / "env.py").write_text(CUSTOM_VERSION_ENV)
+    project.add("0001_a", TABLE_A)
+    (project.root / "seed.py").write_text(
+        "import sqlalchemy as sa\n\ndef seed(connection):\n"
+        "    connection.execute(sa.text('INSERT INTO a VALUES (1)'))\n"
+    )
+    assert deploy(project).returncode == 0
+    assert database.version("schema_revision") == {"0001_a"}
+    key = db.lock_key(database.name, ".schema_revision")  # what deploy holds
+    assert session.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar()
+    run = deploy(project, command="seed", **{"deploy-lock-wait": "1s"})
+    assert run.returncode == 3, run.output
+    assert database.scalar("SELECT count(*) FROM a") == 0

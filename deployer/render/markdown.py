@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from deployer.render import operations
-from deployer.results import RunResult, VectorIndex
+from deployer.results import RunResult, TableCheck, VectorIndex
 
 ICON = {"success": "✅", "noop": "✅", "failed": "❌"}
 
@@ -39,6 +39,15 @@ def headline(r: RunResult) -> str:
             return f"{ICON['noop']} db-deploy: nothing to migrate{where}, already at head"
         return f"{ICON['success']} db-deploy: {len(r.applied)} revision(s) applied{where}"
     return f"{ICON[r.status]} db-deploy {r.command} {r.status}{where}"
+
+
+def row_count(t: TableCheck) -> str:
+    """`12`, `~25,000` (a catalog estimate) or `≥10,001` (large and never analysed)."""
+    if t.rows is None:
+        return ""
+    if t.lower_bound:
+        return f"≥{t.rows:,}"
+    return f"~{t.rows:,}" if t.estimated else f"{t.rows:,}"
 
 
 def fmt_bytes(n: int) -> str:
@@ -263,9 +272,7 @@ def render(r: RunResult) -> str:
                 [
                     [
                         t.qualified,
-                        ""
-                        if t.rows is None
-                        else (f"~{t.rows:,}" if t.estimated else f"{t.rows:,}"),
+                        "" if t.rows is None else row_count(t),
                         "✅" if t.ok else f"❌ {t.error}",
                     ]
                     for t in sm.tables
@@ -274,7 +281,8 @@ def render(r: RunResult) -> str:
             )
             lines += [
                 "",
-                "Rows marked `~` are catalog estimates (large tables are not counted).",
+                "Rows marked `~` are catalog estimates (large tables are not counted); `≥` marks "
+                "a large table never analysed, of which only a lower bound is known.",
                 "",
                 "</details>",
                 "",

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from typing import TextIO
 
 from deployer.render import operations
-from deployer.render.markdown import fmt_bytes
+from deployer.render.markdown import fmt_bytes, row_count
 from deployer.results import RunResult
 
 
@@ -58,7 +58,11 @@ def render(r: RunResult) -> str:
         out.append(f"database   {p.target} (PostgreSQL {p.server_version}, user {p.user})")
     if r.migrate or r.status_check:
         out.append(
-            f"revision   {r.previous_revision or 'base'} → {r.current_revision or 'base'}"
+            (
+                f"revision   {r.previous_revision or 'base'} → {r.current_revision or 'base'}"
+                if r.migrate
+                else f"revision   {r.current_revision or 'base'}"
+            )
             + (f"   head {r.head_revision}" if r.head_revision else "")
         )
     m = r.migrate
@@ -93,7 +97,7 @@ def render(r: RunResult) -> str:
             f"{sm.total_rows:,} rows ({sm.seconds:.2f}s)"
         )
         for tc in sm.tables:
-            rows = "" if tc.rows is None else (f"~{tc.rows:,}" if tc.estimated else f"{tc.rows:,}")
+            rows = row_count(tc)
             mark = "✅" if tc.ok else "❌"
             out.append(
                 f"  {mark} {tc.qualified:<44} {rows:>12}" + (f"  {tc.error}" if tc.error else "")

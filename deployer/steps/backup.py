@@ -114,7 +114,8 @@ def dump(
         [
             "--format=custom",
             "--no-password",
-            f"--lock-wait-timeout={max(1, int(lock_timeout * 1000))}",
+            # lock-timeout 0 is PostgreSQL's "no limit": then pg_dump waits as long as it takes
+            *([f"--lock-wait-timeout={max(1, int(lock_timeout * 1000))}"] if lock_timeout else []),
             f"--file={partial}",
             f"--dbname={uri}",
         ],

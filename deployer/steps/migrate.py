@@ -208,6 +208,24 @@ def migrate(
     return result
 
 
+def check_heads(project: AlembicProject, heads: list[str], target: str) -> None:
+    """Refuse, before anything is written, a database this folder cannot upgrade: one at a
+    revision the folder does not contain (an older checkout re-run), or a target below the
+    current revision. Both are ConfigError (exit 2, nothing changed)."""
+    known = project.ancestors(project.heads())
+    unknown = [h for h in heads if h not in known]
+    if unknown:
+        raise ConfigError(unknown_heads_message(unknown), step="status")
+    _refuse_downgrade(project, tuple(heads), target, resolve_target(project, target))
+
+
+def unknown_heads_message(unknown: list[str]) -> str:
+    return (
+        f"the database is at {', '.join(unknown)}, which the migrations folder does not "
+        "contain: is this the right folder, or was a newer version deployed?"
+    )
+
+
 def _refuse_downgrade(
     project: AlembicProject, heads: tuple[str, ...], target: str, destination: tuple[str, ...]
 ) -> None:
@@ -307,6 +325,9 @@ def offline_sql(
     text = buf.getvalue()
     out: dict[str, str] = {}
     marks = list(_RUNNING.finditer(text))
+    preamble = text[: marks[0].start()].strip() if marks else ""
+    if preamble:  # e.g. CREATE TABLE alembic_version on a fresh database
+        out["(setup)"] = preamble
     for i, m in enumerate(marks):
         end = marks[i + 1].start() if i + 1 < len(marks) else len(text)
         chunk = text[m.end() : end].strip()

@@ -32,7 +32,14 @@ SYSTEM_SCHEMAS = ("pg_catalog", "information_schema", "pg_toast")
 
 _TABLES = sa.text(
     """
-    SELECT n.nspname, c.relname, c.oid::bigint, c.reltuples::bigint,
+    SELECT n.nspname, c.relname, c.oid::bigint,
+           -- a partitioned parent has no statistics of its own: sum its leaves' (-1 = never
+           -- analysed, unknown)
+           CASE WHEN c.relkind = 'p' THEN coalesce((
+               SELECT CASE WHEN bool_or(l.reltuples < 0) THEN -1 ELSE sum(l.reltuples) END
+               FROM pg_partition_tree(c.oid) t JOIN pg_class l ON l.oid = t.relid
+               WHERE t.isleaf), 0)::bigint
+           ELSE c.reltuples::bigint END,
            has_table_privilege(c.oid, 'SELECT')
     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
     WHERE c.relkind IN ('r', 'p', 'm', 'f')
@@ -147,8 +154,12 @@ def _check_tables(connection: sa.Connection, catalog: Sequence[sa.Row]) -> list[
             continue
         count = counts[i]
         if int(row[3]) > EXACT_LIMIT or count > EXACT_LIMIT:
-            check.rows = max(int(row[3]), count)
             check.estimated = True
+            if int(row[3]) >= 0:
+                check.rows = max(int(row[3]), count)
+            else:  # never analysed: all we know is the bounded count
+                check.rows = count
+                check.lower_bound = True
         else:
             check.rows = int(count)
     return checks
@@ -197,13 +208,15 @@ def _check_expectation(
 
 
 def _vector_indexes(connection: sa.Connection, tables: list[TableCheck]) -> list[VectorIndex]:
-    rows_by_table = {t.qualified: t.rows for t in tables}
+    rows_by_table = {t.qualified: t.rows for t in tables if not t.lower_bound}
     out = []
     for name, table, method, size, options, reltuples in connection.execute(_VECTOR_INDEXES):
         opts = dict(o.split("=", 1) for o in (options or []))
         rows = rows_by_table.get(table)
-        if rows is None or (rows > EXACT_LIMIT and reltuples > 0):
-            rows = max(int(reltuples), rows or 0)
+        if rows is None:  # a large table never analysed: unknown
+            rows = int(reltuples) if reltuples >= 0 else None
+        elif rows > EXACT_LIMIT and reltuples > 0:
+            rows = max(int(reltuples), rows)
         idx = VectorIndex(
             name=name,
             table=table,

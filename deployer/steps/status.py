@@ -39,10 +39,9 @@ def status(
     known = project.ancestors(project.heads())
     unknown = [h for h in result.database_heads if h not in known]
     if unknown:
-        result.error = (
-            f"the database is at {', '.join(unknown)}, which the migrations folder does not "
-            "contain: is this the right folder, or was a newer version deployed?"
-        )
+        from deployer.steps.migrate import unknown_heads_message
+
+        result.error = unknown_heads_message(unknown)
     else:
         result.pending = project.upgrade_path(result.database_heads, "heads")
         result.up_to_date = not result.pending
