@@ -23,6 +23,7 @@ from sqlalchemy.engine import make_url
 from deployer import db, pgtools
 from deployer.alembic_project import AlembicProject, read_heads
 from deployer.errors import ConfigError, StepFailed
+from deployer.pipeline import raise_if_failed
 from deployer.results import AppliedRevision, MigrateResult, utcnow
 from deployer.steps import backup as backup_step
 from deployer.steps import drift as drift_step
@@ -522,13 +523,7 @@ def rollback(run: Run) -> None:
                     target=target,
                     on_applied=_reverted(run),
                 )
-                if m.error:
-                    failed = f"revision {m.failed_revision}" if m.failed_revision else "downgrade"
-                    raise StepFailed(
-                        f"{failed} failed to downgrade: {m.error} (database left at "
-                        f"{', '.join(m.current) or 'base'})",
-                        step="rollback",
-                    )
+                raise_if_failed(m, step="rollback", verb="failed to downgrade")
                 if not m.applied:
                     run.result.status = "noop"
     run.status(project, mig, where.table, where.schema)

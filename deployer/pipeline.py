@@ -211,13 +211,7 @@ class Run:
             with self.step("migrate"):
                 recorder = self.check_history(project, mig, facts)
                 self.result.migrate = m = self.run_migrate(project, mig, recorder=recorder)
-                if m.error:
-                    where = f"revision {m.failed_revision}" if m.failed_revision else "migration"
-                    raise StepFailed(
-                        f"{where} failed: {m.error} (database left at "
-                        f"{', '.join(m.current) or 'base'})",
-                        step="migrate",
-                    )
+                raise_if_failed(m, step="migrate")
             if s.run_seed and not self.result.dry_run:
                 with self.step("seed"):
                     self.result.seed = sd = seed(mig, s.seed_file)
@@ -484,6 +478,16 @@ def execute(settings: Settings, observer: Observer, *, debug: bool = False) -> R
     finally:
         result.finished_at = utcnow()
     return result
+
+
+def raise_if_failed(m: MigrateResult, *, step: str, verb: str = "failed") -> None:
+    """A revision failed: exit 1, naming it, the server's error and where the database is."""
+    if m.error:
+        what = f"revision {m.failed_revision}" if m.failed_revision else step
+        raise StepFailed(
+            f"{what} {verb}: {m.error} (database left at {', '.join(m.current) or 'base'})",
+            step=step,
+        )
 
 
 @dataclasses.dataclass
