@@ -323,7 +323,8 @@ _BLOCKERS = sa.text(
 
 class BlockerWatch:
     """While a migration runs, note (on a connection of its own) which session blocks it, so a
-    lock timeout can name the culprit instead of just failing."""
+    lock timeout can name the culprit instead of just failing. `start()` when the first revision
+    runs (a no-op deploy opens no connection for it); leaving the `with` block stops it."""
 
     def __init__(self, spec: ConnectionSpec, pid: int, interval: float = 0.2) -> None:
         self.spec = spec
@@ -335,13 +336,18 @@ class BlockerWatch:
             target=self._run, name="db-deploy-blocker-watch", daemon=True
         )
 
+    def start(self) -> None:
+        """Start watching (once; later calls do nothing)."""
+        if not self._thread.is_alive() and not self._stop.is_set():
+            self._thread.start()
+
     def __enter__(self) -> BlockerWatch:
-        self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        self._thread.join(timeout=5)
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
 
     def _run(self) -> None:
         engine = self.spec.engine().execution_options(isolation_level="AUTOCOMMIT")

@@ -93,6 +93,8 @@ def migrate(
     tracker = _Tracker()
 
     def tracked(steps: list[RevisionStep]) -> Iterator[RevisionStep]:
+        if watch is not None and steps:
+            watch.start()  # only when something will run
         for step in steps:
             tracker.running = step
             tracker.started = time.perf_counter()
