@@ -196,9 +196,19 @@ def _refused(
     from deployer.settings import Settings
 
     if settings is None:
-        fallback = {
-            k: v for k, v in args.items() if k in {"workspace", "summary_file", "output_file"}
-        }
+        # Where the artefacts go, read field by field with the usual precedence (flag > input >
+        # environment > default): these plain paths need no validation.
+        from deployer.settings import GitHubInputSource, PlainEnvSource
+
+        fallback: dict[str, Any] = {}
+        for name in ("workspace", "summary_file", "output_file", "report_file"):
+            field = Settings.model_fields[name]
+            value = args.get(name)
+            for source in (GitHubInputSource(Settings), PlainEnvSource(Settings)):
+                if value is None:
+                    value = source.get_field_value(field, name)[0]
+            if value is not None:
+                fallback[name] = str(value)
         settings = Settings.model_construct(**fallback)
     settings = settings.model_copy(update={"slack_webhook_url": SecretStr("")})
     result = RunResult(

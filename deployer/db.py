@@ -37,7 +37,8 @@ _PERMANENT = re.compile(
 )
 # …or the connection settings themselves are wrong: bad input (exit 2).
 _BAD_SETTINGS = re.compile(
-    r"invalid connection option|invalid sslmode|invalid URI|invalid value for parameter|"
+    r"invalid connection option|invalid \w+ value|invalid require_auth|invalid URI|"
+    r"invalid value for parameter|"
     r"unrecognized configuration parameter|invalid integer value|invalid port",
     re.IGNORECASE,
 )
@@ -192,7 +193,7 @@ def connect(
             if on_retry:
                 on_retry(attempt, reason, delay)
             sleep(delay)
-        except (sa.exc.ArgumentError, sa.exc.DBAPIError) as exc:
+        except (sa.exc.ArgumentError, sa.exc.ProgrammingError, sa.exc.InterfaceError) as exc:
             # psycopg raises ProgrammingError for an unknown URI parameter (?foo=bar).
             raise ConfigError(
                 f"invalid connection settings for {target}: {server_message(exc)}", step=step

@@ -300,29 +300,30 @@ class Run:
         A dry run (plan) verifies an existing history without writing anything."""
         s = self.settings
         dry = self.result.dry_run
-        if dry and not history.exists(mig, s.history_schema):
-            mig.rollback()
-            return None
         try:
+            if dry and not history.exists(mig, s.history_schema):
+                mig.rollback()
+                return None
             if not dry:
                 history.ensure(mig, s.history_schema)
+            heads = read_heads(mig, facts.version_table, facts.version_table_schema)
+            self.result.integrity = report = history.verify(
+                mig,
+                s.history_schema,
+                project,
+                heads,
+                allow_edited=s.allow_edited_migrations,
+                telemetry=self.result.telemetry,
+                write=not dry,
+            )
         except sa.exc.DBAPIError as exc:
             mig.rollback()
+            what = "read" if dry else "create or write"
             self.warn(
-                f"no deploy history: cannot create {s.history_schema}.{history.TABLE} "
-                f"({db.server_message(exc)}); edited migrations will not be detected"
+                f"no deploy history: this role cannot {what} {s.history_schema}.{history.TABLE} "
+                f"({db.server_message(exc)}); edited migrations are not detected"
             )
             return None
-        heads = read_heads(mig, facts.version_table, facts.version_table_schema)
-        self.result.integrity = report = history.verify(
-            mig,
-            s.history_schema,
-            project,
-            heads,
-            allow_edited=s.allow_edited_migrations,
-            telemetry=self.result.telemetry,
-            write=not dry,
-        )
         if dry:
             return None
         if report.baselined:
@@ -358,7 +359,11 @@ class Run:
             self.result.status_check = st = status(
                 project, conn, version_table=table, version_table_schema=schema
             )
-            self.result.history = history.read(conn, self.settings.history_schema)
+            try:
+                self.result.history = history.read(conn, self.settings.history_schema)
+            except sa.exc.DBAPIError as exc:
+                conn.rollback()
+                self.result.notices.append(f"deploy history not shown: {db.server_message(exc)}")
             if st.error:
                 raise ConfigError(st.error, step="status")  # nothing changed: exit 2
             deployed = self.settings.command == "deploy" and not self.result.dry_run
@@ -418,7 +423,7 @@ class Run:
         from deployer.operations import VersionTable, deploy_lock
 
         # The same lock as deploy's: keyed on env.py's version table when the project loads.
-        where = VersionTable(self, conn, required=False)
+        where = VersionTable(self, conn, required=False, quiet=True)
         with deploy_lock(self, where), self.step("seed"):
             self.result.seed = sd = seed(conn, s.seed_file)
             if sd.error:

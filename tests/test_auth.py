@@ -194,3 +194,26 @@ def test_terminal_wrong_password_is_one_line(
     [line] = [x for x in run.stderr.splitlines() if x.startswith("error:")]
     assert pg_cluster.hostport in line and "password authentication failed" in line
     assert_no_leaks({"stdout": run.stdout, "stderr": run.stderr}, [url])
+
+
+def test_remote_host_without_tls_is_one_warning_or_an_error(
+    cluster_db: ClusterDatabase, deploy: Callable[..., Run], github: GitHubRunner
+) -> None:
+    """A host name that is not local (here resolved to 127.0.0.1 through hostaddr) reached
+    without TLS (the cluster has no certificate): one warning in the log, the summary, the
+    report's warnings; with require-tls, exit 2 and nothing changed."""
+    cluster_db.execute("CREATE EXTENSION vector")
+    url = cluster_db.url(host="db.example.test") + "?hostaddr=127.0.0.1"
+    run = deploy(**{"database-url": url, "require-tls": "true"})
+    assert run.returncode == 2, run.output
+    assert "not encrypted" in github.outputs()["error"]
+    assert cluster_db.version() == set()
+    github.output_file.write_text("")
+    run = deploy(**{"database-url": url})
+    assert run.returncode == 0, run.output
+    tls = [
+        line for line in run.stdout.splitlines() if line.startswith("::warning") and "TLS" in line
+    ]
+    assert len(tls) == 1, run.stdout
+    report = json.loads((github.workspace / "db-deploy-report.json").read_text())
+    assert any("TLS" in w for w in report["warnings"])

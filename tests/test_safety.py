@@ -476,3 +476,26 @@ def test_seed_command_takes_deploys_lock_with_a_custom_version_table(
     run = deploy(project, command="seed", **{"deploy-lock-wait": "1s"})
     assert run.returncode == 3, run.output
     assert database.scalar("SELECT count(*) FROM a") == 0
+
+
+def test_plan_and_status_with_a_role_that_cannot_read_the_history(
+    project: AlembicProject, database: Database, github: GitHubRunner, deploy
+) -> None:
+    project.add("0001_a", TABLE_A)
+    assert deploy(project).returncode == 0
+    project.add("0002_b", "op.create_table('b', sa.Column('id', sa.Integer))")
+    database.execute("CREATE ROLE reviewer LOGIN")
+    try:
+        database.execute("GRANT SELECT ON ALL TABLES IN SCHEMA public TO reviewer")
+        url = database.url.replace("postgres@", "reviewer@")
+        for command in ("plan", "status"):
+            github.output_file.write_text("")
+            run = deploy(
+                project, command=command, **{"database-url": url, "security-preflight": "false"}
+            )
+            assert run.returncode == 0, (command, run.output)
+            assert "internal error" not in run.output
+            assert github.outputs()["pending-count"] == "1"
+    finally:
+        database.execute("DROP OWNED BY reviewer")
+        database.execute("DROP ROLE reviewer")

@@ -373,3 +373,40 @@ def test_a_deploy_that_only_seeds_is_not_a_noop(
     github.output_file.write_text("")
     assert deploy(seeded_project, **{"run-seed": "true"}).returncode == 0
     assert github.outputs()["status"] == "noop"  # nothing pending, the seed changed nothing
+
+
+def test_emptied_large_table_counts_zero(
+    project: AlembicProject, database: Database, github: GitHubRunner, deploy
+) -> None:
+    project.add(
+        "0001_big",
+        "op.execute('CREATE TABLE big AS SELECT generate_series(1, 30000) id')\n"
+        "op.execute('ANALYZE big')\nop.execute('DELETE FROM big')",
+    )
+    assert deploy(project).returncode == 0
+    tables = {
+        t["name"]: t
+        for t in json.loads((github.workspace / "db-deploy-report.json").read_text())["smoke"][
+            "tables"
+        ]
+    }
+    assert tables["big"]["rows"] == 0 and tables["big"]["estimated"] is False
+
+
+def test_seed_command_without_migrations_is_quiet(
+    tmp_path: Path, database: Database, github: GitHubRunner, run_cli: Callable[..., Run]
+) -> None:
+    database.execute("CREATE TABLE notes (body text)")
+    (github.workspace / "seed.sql").write_text("INSERT INTO notes VALUES ('hello');\n")
+    env = github.with_inputs(
+        **{
+            "database-url": database.url,
+            "command": "seed",
+            "seed-path": "seed.sql",
+            "security-preflight": "false",
+        }
+    )
+    run = run_cli(env=env, cwd=github.workspace)
+    assert run.returncode == 0, run.output
+    assert database.scalar("SELECT count(*) FROM notes") == 1
+    assert "::warning" not in run.stdout

@@ -153,7 +153,8 @@ def _check_tables(connection: sa.Connection, catalog: Sequence[sa.Row]) -> list[
         if i not in counts:
             continue
         count = counts[i]
-        if int(row[3]) > EXACT_LIMIT or count > EXACT_LIMIT:
+        if count > 0 and (int(row[3]) > EXACT_LIMIT or count > EXACT_LIMIT):
+            # (a count of 0 is exact whatever the statistics say: a table emptied since)
             check.estimated = True
             if int(row[3]) >= 0:
                 check.rows = max(int(row[3]), count)
