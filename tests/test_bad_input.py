@@ -226,6 +226,16 @@ def target_below_current(c: Ctx) -> None:
     c.inputs["target"] = "0001_items"
 
 
+def database_ahead_of_folder(c: Ctx) -> None:
+    newer = c.project.add("0002_more", "op.create_table('more', sa.Column('id', sa.Integer))")
+    c.deploy_first()
+    newer.unlink()  # an older checkout of the migrations, re-run
+
+
+def bad_connection_option(c: Ctx) -> None:
+    c.set_url(c.target.url + "&sslmode=bogus")
+
+
 def several_heads(c: Ctx) -> None:
     c.project.add("0002_a", "op.create_table('a', sa.Column('id', sa.Integer))", down="0001_items")
     c.project.add("0002_b", "op.create_table('b', sa.Column('id', sa.Integer))", down="0001_items")
@@ -319,6 +329,8 @@ CASES = [
     Case("syntax-error-in-revision", 2, "syntax error in 0002_broken.py line 2", syntax_error_in_revision),
     Case("unknown-target", 2, "unknown target revision '0009_nope'", unknown_target),
     Case("target-below-current", 2, "is below the current revision", target_below_current, after="unchanged"),
+    Case("database-ahead-of-folder", 2, "which the migrations folder does not contain", database_ahead_of_folder, after="unchanged"),
+    Case("bad-connection-option", 2, 'invalid connection settings', bad_connection_option),
     Case("several-heads", 1, "2 heads (0002_a, 0002_b)", several_heads),
     Case("invalid-duration", 2, "invalid lock-timeout: expected a duration", invalid_duration),
     Case("lock-timeout-out-of-range", 2, "invalid lock-timeout", lock_timeout_out_of_range, retries=0),
