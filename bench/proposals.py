@@ -27,50 +27,8 @@ class Edit:
 
 
 EDITS: list[Edit] = [
-    # P1: smoke reads one row of a table the catalog already knows to be large, and no
-    # savepoint on the happy path.
-    Edit(
-        "P1 smoke: probe large tables, no savepoint unless a batch fails",
-        "steps/smoke.py",
-        """            f"LIMIT {EXACT_LIMIT + 1}) s{i}"
-            for i, (c, _) in enumerate(batch, start=first)
-        )
-        connection.execute(sa.text("SAVEPOINT smoke_batch"))
-        try:
-            counts.update(connection.execute(sa.text(sql)).tuples().all())
-            connection.execute(sa.text("RELEASE SAVEPOINT smoke_batch"))
-        except sa.exc.DBAPIError:
-            connection.execute(sa.text("ROLLBACK TO SAVEPOINT smoke_batch"))
-""",
-        """            f"LIMIT {1 if int(r[3]) > EXACT_LIMIT else EXACT_LIMIT + 1}) s{i}"
-            for i, (c, r) in enumerate(batch, start=first)
-        )
-        try:
-            counts.update(connection.execute(sa.text(sql)).tuples().all())
-        except sa.exc.DBAPIError:
-            connection.rollback()  # the catalog rows are already read
-""",
-    ),
-    Edit(
-        "P1 smoke: probe large tables, no savepoint unless a batch fails",
-        "steps/smoke.py",
-        """        count = counts[i]
-        if count > EXACT_LIMIT:""",
-        """        count = counts[i]
-        if int(row[3]) > EXACT_LIMIT or count > EXACT_LIMIT:""",
-    ),
-    # P2: no hstore lookup on each new engine's first connection.
-    Edit(
-        "P2 engines: use_native_hstore=False",
-        "db.py",
-        """        return sa.create_engine(
-            sqlalchemy_url(self.url),
-            poolclass=sa.pool.NullPool,""",
-        """        kw.setdefault("use_native_hstore", False)  # no hstore lookup per new engine
-        return sa.create_engine(
-            sqlalchemy_url(self.url),
-            poolclass=sa.pool.NullPool,""",
-    ),
+    # P1, P2 and P4 are applied in deployer/ (bench/README.md, "What changed because of it");
+    # what is left is P3.
     # P3: one engine per URL for the run (dialect initialised once), timeouts per connection.
     Edit(
         "P3 engines: one per URL, session timeouts set per connection",
@@ -138,72 +96,6 @@ EDITS: list[Edit] = [
         "from __future__ import annotations\n\n",
         "from __future__ import annotations\n\nimport dataclasses\n",
         unless="\nimport dataclasses\n",
-    ),
-    # P4: the deploy history costs round trips per revision on a baseline, and 4 on every
-    # deploy to re-create what exists.
-    Edit(
-        "P4 history: create only when missing",
-        "history.py",
-        """    \"\"\"Create the schema and table on first use (idempotent, committed at once).\"\"\"
-    conn.execute(sa.text(f"CREATE SCHEMA IF NOT EXISTS {_q(schema)}"))""",
-        """    \"\"\"Create the schema and table on first use (idempotent, committed at once).\"\"\"
-    if exists(conn, schema):  # one round trip; the caller's transaction goes on
-        return
-    conn.execute(sa.text(f"CREATE SCHEMA IF NOT EXISTS {_q(schema)}"))""",
-    ),
-    Edit(
-        "P4 history: baseline in one batch",
-        "history.py",
-        """        if before is None:
-            record(
-                conn,
-                schema,
-                revision=rev,
-                kind="baseline",
-                checksum=now,
-                seconds=None,
-                telemetry=telemetry,
-            )
-            report.baselined.append(rev)  # type: ignore[union-attr]""",
-        """        if before is None:
-            report.baselined.append(rev)  # type: ignore[union-attr]
-            baseline.append(
-                {
-                    "r": rev,
-                    "k": "baseline",
-                    "c": now,
-                    "s": None,
-                    "v": telemetry.tool_version,
-                    "a": telemetry.actor,
-                    "sha": telemetry.sha,
-                    "u": telemetry.run_url,
-                }
-            )""",
-    ),
-    Edit(
-        "P4 history: baseline in one batch",
-        "history.py",
-        """    edited: list[tuple[str, str, str]] = []
-    for rev in applied:""",
-        """    edited: list[tuple[str, str, str]] = []
-    baseline: list[dict[str, object]] = []
-    for rev in applied:""",
-    ),
-    Edit(
-        "P4 history: baseline in one batch",
-        "history.py",
-        """    if edited and not allow_edited:
-        conn.rollback()""",
-        """    if baseline:  # executemany: psycopg sends the batch in a pipeline, not row by row
-        conn.execute(
-            sa.text(
-                f"INSERT INTO {_q(schema)}.{TABLE} (revision, kind, checksum, seconds, "
-                "tool_version, actor, sha, run_url) VALUES (:r, :k, :c, :s, :v, :a, :sha, :u)"
-            ),
-            baseline,
-        )
-    if edited and not allow_edited:
-        conn.rollback()""",
     ),
     Edit(
         "P3 engines: one per URL, session timeouts set per connection",
