@@ -36,6 +36,7 @@ COMMANDS = (
 )
 URL_DRIVERS = ("psycopg", "psycopg_async", "asyncpg", "psycopg2")
 FAIL_ON = ("error", "warning")
+CHOICES = {"command": COMMANDS, "url_driver": URL_DRIVERS, "preflight_fail_on": FAIL_ON}
 URL_SCHEMES = ("postgres", "postgresql")
 TRUE = {"true", "1", "yes", "on"}
 FALSE = {"false", "0", "no", "off"}
@@ -526,28 +527,13 @@ class Settings(BaseSettings):
             raise ValueError("expected an https:// incoming-webhook URL")
         return raw
 
-    @field_validator("command", mode="before")
+    @field_validator("command", "url_driver", "preflight_fail_on", mode="before")
     @classmethod
-    def _command(cls, v: object) -> str:
+    def _choice(cls, v: object, info: ValidationInfo) -> str:
+        choices = CHOICES[str(info.field_name)]
         text = str(v).strip().lower()
-        if text not in COMMANDS:
-            raise ValueError(f"expected one of {', '.join(COMMANDS)}, got {str(v)!r}")
-        return text
-
-    @field_validator("url_driver", mode="before")
-    @classmethod
-    def _driver(cls, v: object) -> str:
-        text = str(v).strip().lower()
-        if text not in URL_DRIVERS:
-            raise ValueError(f"expected one of {', '.join(URL_DRIVERS)}, got {str(v)!r}")
-        return text
-
-    @field_validator("preflight_fail_on", mode="before")
-    @classmethod
-    def _fail_on(cls, v: object) -> str:
-        text = str(v).strip().lower()
-        if text not in FAIL_ON:
-            raise ValueError(f"expected error or warning, got {str(v)!r}")
+        if text not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {str(v)!r}")
         return text
 
     @field_validator("target", "migrations_path", "history_schema", "report_file", mode="before")

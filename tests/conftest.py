@@ -226,6 +226,19 @@ class AlembicProject:
         return path
 
 
+def alembic_upgrade(root: Path, database: Database, target: str = "heads") -> None:
+    """Set a database up with plain Alembic, in-process (no deployer, no history): for tests
+    whose subject is what the deployer does next."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config(str(root / "alembic.ini"))
+    url = database.engine.url.render_as_string(hide_password=False)
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    cfg.attributes["configure_logger"] = False
+    command.upgrade(cfg, target)
+
+
 def write_alembic_project(
     root: Path, *, per_migration: bool = True, ini: bool = True
 ) -> AlembicProject:
@@ -345,11 +358,7 @@ def github(tmp_path: Path) -> GitHubRunner:
     files = tmp_path / "file_commands"
     files.mkdir()
     guid = uuid.uuid4()
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("INPUT_", "GITHUB_", "DB_DEPLOY_"))
-    }
-    for var in ("DATABASE_URL", "DIRECT_DATABASE_URL", "SLACK_WEBHOOK_URL", "RUN_SEED"):
-        env.pop(var, None)
+    env = clean_env()
     for var, prefix in (
         ("GITHUB_OUTPUT", "set_output_"),
         ("GITHUB_ENV", "set_env_"),
@@ -401,14 +410,29 @@ class Run:
         )
 
 
+def is_deployer_setting(key: str) -> bool:
+    """Variables that would configure a run: inputs, the runner's, the plain settings."""
+    return key.startswith(("INPUT_", "GITHUB_", "DB_DEPLOY_")) or key in {
+        "DATABASE_URL",
+        "DIRECT_DATABASE_URL",
+        "SLACK_WEBHOOK_URL",
+        "RUN_SEED",
+        "CI",
+    }
+
+
 def clean_env() -> dict[str, str]:
     """The environment outside GitHub: no runner, no inputs, no database settings."""
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("INPUT_", "GITHUB_", "DB_DEPLOY_"))
-    }
-    for var in ("DATABASE_URL", "DIRECT_DATABASE_URL", "SLACK_WEBHOOK_URL", "RUN_SEED", "CI"):
-        env.pop(var, None)
-    return env
+    return {k: v for k, v in os.environ.items() if not is_deployer_setting(k)}
+
+
+@pytest.fixture
+def clean_environ(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """This process's own environment without any deployer setting (for in-process tests)."""
+    for key in list(os.environ):
+        if is_deployer_setting(key):
+            monkeypatch.delenv(key)
+    return monkeypatch
 
 
 @pytest.fixture
@@ -437,9 +461,13 @@ def deploy(github: GitHubRunner, run_cli: Callable[..., Run], database: Database
     the workspace as working folder; `database-url` and `migrations-path` default to the test's
     database and the project passed in."""
 
-    def run(project: AlembicProject, *args: str, **inputs: str) -> Run:
+    def run(project: AlembicProject | Path, *args: str, **inputs: str) -> Run:
+        root = project.root if isinstance(project, AlembicProject) else project
         inputs.setdefault("database-url", database.url)
-        inputs.setdefault("migrations-path", str(project.root))
+        inputs.setdefault("migrations-path", str(root))
+        # Each step gets fresh file-command files from the runner (FileCommandManager.cs).
+        github.output_file.write_text("")
+        github.summary_file.write_text("")
         return run_cli(*args, env=github.with_inputs(**inputs), cwd=github.workspace)
 
     return run

@@ -456,19 +456,6 @@ def test_secrets_and_computed_defaults_declare_an_empty_default():
         assert inputs[name]["default"] == "", f"{name} must default to an empty string"
 
 
-@pytest.fixture
-def clean_environ(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    for key in list(os.environ):
-        if key.startswith(("INPUT_", "DB_DEPLOY_", "GITHUB_")) or key in {
-            "DATABASE_URL",
-            "DIRECT_DATABASE_URL",
-            "SLACK_WEBHOOK_URL",
-            "RUN_SEED",
-        }:
-            monkeypatch.delenv(key)
-    return monkeypatch
-
-
 def test_literal_defaults_mean_what_the_deployer_defaults_to(clean_environ):
     """Declaring a default changes nothing: the setting read from the input spelled as the runner
     passes it equals the setting with no input at all."""

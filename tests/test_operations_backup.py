@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from conftest import AlembicProject, Database, EmbeddedServer, GitHubRunner, Run
+from conftest import AlembicProject, Database, EmbeddedServer, GitHubRunner, Run, alembic_upgrade
 
 from deployer import pgtools
 from deployer.errors import ConfigError
@@ -23,15 +23,10 @@ from deployer.errors import ConfigError
 TABLE_A = "op.create_table('a', sa.Column('id', sa.Integer, primary_key=True))"
 
 
-def upgrade(project: AlembicProject, database: Database, target: str = "heads") -> None:
-    """Set-up in-process with Alembic itself (the CLI runs are for what is under test)."""
-    from alembic import command
-    from alembic.config import Config
-
-    cfg = Config(str(project.root / "alembic.ini"))
-    url = database.engine.url.render_as_string(hide_password=False)
-    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    command.upgrade(cfg, target)
+@pytest.fixture
+def gh(deploy: Callable[..., Run]) -> Callable[..., Run]:
+    """The shared `deploy` (fresh file-command files for every run)."""
+    return deploy
 
 
 def chain(project: AlembicProject) -> AlembicProject:
@@ -42,17 +37,6 @@ def chain(project: AlembicProject) -> AlembicProject:
         "op.execute('DELETE FROM a')",
     )
     return project
-
-
-@pytest.fixture
-def gh(github: GitHubRunner, run_cli: Callable[..., Run], database: Database):
-    def run(project: AlembicProject, *args: str, **inputs: str) -> Run:
-        inputs.setdefault("database-url", database.url)
-        inputs.setdefault("migrations-path", str(project.root))
-        github.output_file.write_text("")
-        return run_cli(*args, env=github.with_inputs(**inputs), cwd=github.workspace)
-
-    return run
 
 
 @pytest.fixture
@@ -72,7 +56,7 @@ def role(database: Database, admin_engine: sa.Engine) -> Iterator[str]:
 def test_backup_writes_dump_checksum_and_outputs(
     project: AlembicProject, database: Database, github: GitHubRunner, gh, run_cli
 ) -> None:
-    upgrade(chain(project), database)
+    alembic_upgrade(chain(project).root, database)
     run = gh(project, command="backup")
     assert run.returncode == 0, run.output
     out = github.outputs()
@@ -111,7 +95,7 @@ def test_backup_writes_dump_checksum_and_outputs(
 def test_backup_path_file_and_folder_never_overwrite(
     project: AlembicProject, database: Database, github: GitHubRunner, gh
 ) -> None:
-    upgrade(chain(project), database)
+    alembic_upgrade(chain(project).root, database)
     run = gh(project, command="backup", **{"backup-path": "nightly/app.dump"})
     assert run.returncode == 0, run.output
     assert github.outputs()["backup-file"] == "nightly/app.dump"
@@ -132,7 +116,7 @@ def test_backup_path_file_and_folder_never_overwrite(
 def test_backup_without_migrations_folder_reads_alembic_version(
     project: AlembicProject, database: Database, github: GitHubRunner, gh
 ) -> None:
-    upgrade(chain(project), database)
+    alembic_upgrade(chain(project).root, database)
     run = gh(project, command="backup", **{"migrations-path": "no/such/folder"})
     assert run.returncode == 0, run.output
     out = github.outputs()
@@ -162,7 +146,7 @@ def test_pg_dump_failure_is_exit_1_without_secret_or_partial_file(
     """A role that cannot read a table: pg_dump fails after connecting. The password in the
     URL (trust authentication ignores it) goes to pg_dump through PGPASSWORD only, and never
     shows up in the output, the summary, the outputs or the report."""
-    upgrade(chain(project), database)
+    alembic_upgrade(chain(project).root, database)
     database.execute(f'GRANT CONNECT ON DATABASE "{database.name}" TO "{role}"')
     database.execute(f'GRANT SELECT ON alembic_version TO "{role}"')  # but not table a
     secret = "Pw-" + uuid.uuid4().hex
@@ -187,7 +171,7 @@ def test_deploy_with_backup_before(
     project: AlembicProject, database: Database, github: GitHubRunner, gh
 ) -> None:
     project.add("0001_a", TABLE_A, "op.drop_table('a')")
-    upgrade(project, database)
+    alembic_upgrade(project.root, database)
     project.add("0002_b", "op.create_table('b', sa.Column('id', sa.Integer))", "op.drop_table('b')")
     run = gh(project, **{"backup-before": "true"})
     assert run.returncode == 0, run.output
@@ -224,7 +208,7 @@ def test_missing_or_old_pg_dump_is_exit_2_naming_the_version(
     no_wheel: Path,
     tmp_path: Path,
 ) -> None:
-    upgrade(chain(project), database)
+    alembic_upgrade(chain(project).root, database)
     empty = tmp_path / "empty-bin"
     empty.mkdir()
     env = github.with_inputs(

@@ -12,7 +12,15 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from conftest import REPO, AlembicProject, Database, EmbeddedServer, GitHubRunner, Run
+from conftest import (
+    REPO,
+    AlembicProject,
+    Database,
+    EmbeddedServer,
+    GitHubRunner,
+    Run,
+    alembic_upgrade,
+)
 
 from deployer.steps.drift import describe_model_diff, embedded_major
 
@@ -33,32 +41,16 @@ op.execute("CREATE VIEW reporting.org_names AS SELECT name FROM orgs")
 """
 
 
-def upgrade(project: AlembicProject | Path, database: Database, target: str = "heads") -> None:
-    from alembic import command
-    from alembic.config import Config
-
-    root = project.root if isinstance(project, AlembicProject) else project
-    cfg = Config(str(root / "alembic.ini"))
-    url = database.engine.url.render_as_string(hide_password=False)
-    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    cfg.attributes["configure_logger"] = False
-    command.upgrade(cfg, target)
-
-
 @pytest.fixture
-def gh(github: GitHubRunner, run_cli: Callable[..., Run], database: Database, pg_server):
-    """drift with the test server as the scratch server (scratch-database-url)."""
+def gh(deploy: Callable[..., Run], pg_server: EmbeddedServer) -> Callable[..., Run]:
+    """drift with the test server as the scratch server (scratch-database-url), or the
+    embedded default with `scratch-database-url="embedded"`."""
 
     def run(root: Path, *args: str, **inputs: str) -> Run:
-        inputs.setdefault("database-url", database.url)
-        inputs.setdefault("migrations-path", str(root))
         inputs.setdefault("scratch-database-url", pg_server.url("postgres"))
-        inputs.setdefault("command", "drift")
         if inputs["scratch-database-url"] == "embedded":
             del inputs["scratch-database-url"]
-        github.output_file.write_text("")
-        github.summary_file.write_text("")
-        return run_cli(*args, env=github.with_inputs(**inputs), cwd=github.workspace)
+        return deploy(root, *args, command="drift", **inputs)
 
     return run
 
@@ -78,7 +70,7 @@ def deployed(project: AlembicProject, database: Database) -> AlembicProject:
     project.add(
         "0002_tags", "op.create_table('tags', sa.Column('id', sa.Integer))", "op.drop_table('tags')"
     )
-    upgrade(project, database)
+    alembic_upgrade(project.root, database)
     return project
 
 
@@ -172,7 +164,7 @@ def test_failing_migration_on_the_scratch_database(
     project: AlembicProject, database: Database, github: GitHubRunner, gh
 ) -> None:
     project.add("0001_a", "op.execute('CREATE TABLE a (id int)')")
-    upgrade(project, database)
+    alembic_upgrade(project.root, database)
     # The live database got there somehow; the file now fails (edited after it ran).
     project.versions.joinpath("0001_a.py").write_text(
         project.versions.joinpath("0001_a.py")
@@ -216,7 +208,7 @@ def test_reference_schema_with_models_on_the_embedded_server(
     that both comparisons see."""
     root = tmp_path / "reference"
     shutil.copytree(REPO / "migrations", root, ignore=shutil.ignore_patterns("__pycache__"))
-    upgrade(root, database)
+    alembic_upgrade(root, database)
     run = gh(root, **{"scratch-database-url": "embedded"})
     assert run.returncode == 0, run.output
     summary = github.summary()

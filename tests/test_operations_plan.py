@@ -4,12 +4,13 @@ the exit codes of a plan that cannot be made."""
 
 from __future__ import annotations
 
+import functools
 import json
 import socket
 from collections.abc import Callable
 
 import pytest
-from conftest import AlembicProject, Database, GitHubRunner, Run
+from conftest import AlembicProject, Database, GitHubRunner, Run, alembic_upgrade
 
 A = ("op.create_table('a', sa.Column('id', sa.Integer, primary_key=True))", "op.drop_table('a')")
 B = (
@@ -19,38 +20,18 @@ B = (
 IDX = ("op.create_index('b_note_idx', 'b', ['note'])", "op.drop_index('b_note_idx', 'b')")
 
 
-def upgrade(project: AlembicProject, database: Database, target: str = "heads") -> None:
-    from alembic import command
-    from alembic.config import Config
-
-    cfg = Config(str(project.root / "alembic.ini"))
-    url = database.engine.url.render_as_string(hide_password=False)
-    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    command.upgrade(cfg, target)
-
-
 @pytest.fixture
-def gh(github: GitHubRunner, run_cli: Callable[..., Run], database: Database):
+def gh(deploy: Callable[..., Run], github: GitHubRunner) -> Callable[..., Run]:
     """A pull_request run, as the db-plan workflow makes it."""
-
-    def run(project: AlembicProject, *args: str, **inputs: str) -> Run:
-        inputs.setdefault("database-url", database.url)
-        inputs.setdefault("migrations-path", str(project.root))
-        inputs.setdefault("command", "plan")
-        env = github.with_inputs(**inputs)
-        env.update(GITHUB_EVENT_NAME="pull_request", GITHUB_REF="refs/pull/7/merge")
-        github.output_file.write_text("")
-        github.summary_file.write_text("")
-        return run_cli(*args, env=env, cwd=github.workspace)
-
-    return run
+    github.env.update(GITHUB_EVENT_NAME="pull_request", GITHUB_REF="refs/pull/7/merge")
+    return functools.partial(deploy, command="plan")
 
 
 def test_plan_lists_pending_revisions_with_their_sql(
     project: AlembicProject, database: Database, github: GitHubRunner, gh
 ) -> None:
     project.add("0001_a", *A, message="create a")
-    upgrade(project, database)
+    alembic_upgrade(project.root, database)
     project.add("0002_b", *B, message="create b")
     project.add("0003_idx", *IDX, message="index b.note")
     before = database.rows(
@@ -92,7 +73,7 @@ def test_plan_with_nothing_pending(
     project: AlembicProject, database: Database, github: GitHubRunner, gh
 ) -> None:
     project.add("0001_a", *A)
-    upgrade(project, database)
+    alembic_upgrade(project.root, database)
     run = gh(project)
     assert run.returncode == 0, run.output
     out = github.outputs()

@@ -4,6 +4,7 @@ and deploy running the checks first."""
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import uuid
@@ -19,16 +20,9 @@ TABLE_A = "op.create_table('a', sa.Column('id', sa.Integer, primary_key=True))"
 
 
 @pytest.fixture
-def gh(github: GitHubRunner, run_cli: Callable[..., Run], database: Database):
-    def run(project: AlembicProject, *args: str, **inputs: str) -> Run:
-        inputs.setdefault("database-url", database.url)
-        inputs.setdefault("migrations-path", str(project.root))
-        inputs.setdefault("command", "preflight")
-        github.output_file.write_text("")
-        github.summary_file.write_text("")
-        return run_cli(*args, env=github.with_inputs(**inputs), cwd=github.workspace)
-
-    return run
+def gh(deploy: Callable[..., Run]) -> Callable[..., Run]:
+    """`deploy` with this module's command (fresh file-command files for every run)."""
+    return functools.partial(deploy, command="preflight")
 
 
 def findings(github: GitHubRunner) -> dict[str, tuple[str, str]]:

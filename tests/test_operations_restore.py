@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from conftest import AlembicProject, Database, GitHubRunner, Run
+from conftest import AlembicProject, Database, GitHubRunner, Run, alembic_upgrade
 
 from deployer.steps.drift import compare, snapshot
 from deployer.steps.restore import parse_toc, read_header
@@ -37,14 +37,10 @@ op.execute("INSERT INTO notes (org_id, body, embedding) SELECT 1 + g % 30, 'n' |
 """
 
 
-def upgrade(project: AlembicProject, database: Database, target: str = "heads") -> None:
-    from alembic import command
-    from alembic.config import Config
-
-    cfg = Config(str(project.root / "alembic.ini"))
-    url = database.engine.url.render_as_string(hide_password=False)
-    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    command.upgrade(cfg, target)
+@pytest.fixture
+def gh(deploy: Callable[..., Run]) -> Callable[..., Run]:
+    """The shared `deploy` (fresh file-command files for every run)."""
+    return deploy
 
 
 def counts(database: Database) -> dict[str, int]:
@@ -60,18 +56,6 @@ def schema_of(database: Database, history: str = "db_deploy") -> dict[str, str]:
 
 
 @pytest.fixture
-def gh(github: GitHubRunner, run_cli: Callable[..., Run], database: Database):
-    def run(project: AlembicProject, *args: str, **inputs: str) -> Run:
-        inputs.setdefault("database-url", database.url)
-        inputs.setdefault("migrations-path", str(project.root))
-        github.output_file.write_text("")
-        github.summary_file.write_text("")
-        return run_cli(*args, env=github.with_inputs(**inputs), cwd=github.workspace)
-
-    return run
-
-
-@pytest.fixture
 def backed_up(project: AlembicProject, database: Database, github: GitHubRunner, gh) -> Path:
     """A database at 0002 with data, and its backup (taken by the backup command)."""
     project.add(
@@ -83,7 +67,7 @@ def backed_up(project: AlembicProject, database: Database, github: GitHubRunner,
     project.add(
         "0002_data", DATA, "op.execute('DELETE FROM notes')\nop.execute('DELETE FROM orgs')"
     )
-    upgrade(project, database)
+    alembic_upgrade(project.root, database)
     run = gh(project, command="backup", **{"backup-path": "backups/"})
     assert run.returncode == 0, run.output
     return github.workspace / github.outputs()["backup-file"]
@@ -97,7 +81,7 @@ def test_round_trip_restores_rows_and_schema(
     project.add(
         "0003_tags", "op.create_table('tags', sa.Column('id', sa.Integer))", "op.drop_table('tags')"
     )
-    upgrade(project, database)
+    alembic_upgrade(project.root, database)
     database.execute("DELETE FROM notes WHERE id % 2 = 0")
     database.execute("UPDATE orgs SET name = 'damaged'")
     database.execute("ALTER TABLE orgs ADD COLUMN extra int")

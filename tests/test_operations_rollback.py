@@ -4,13 +4,14 @@ held lock (exit 3)."""
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from conftest import AlembicProject, Database, GitHubRunner, Run
+from conftest import AlembicProject, Database, GitHubRunner, Run, alembic_upgrade
 
 from deployer import db
 from deployer.steps.rollback import irreversible
@@ -20,35 +21,18 @@ B = ("op.create_table('b', sa.Column('id', sa.Integer))", "op.drop_table('b')")
 C = ("op.add_column('b', sa.Column('name', sa.Text))", "op.drop_column('b', 'name')")
 
 
-def upgrade(project: AlembicProject, database: Database, target: str = "heads") -> None:
-    from alembic import command
-    from alembic.config import Config
-
-    cfg = Config(str(project.root / "alembic.ini"))
-    url = database.engine.url.render_as_string(hide_password=False)
-    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    command.upgrade(cfg, target)
+@pytest.fixture
+def gh(deploy: Callable[..., Run]) -> Callable[..., Run]:
+    """`deploy` with this module's command (fresh file-command files for every run)."""
+    return functools.partial(deploy, command="rollback")
 
 
 def chain(project: AlembicProject, database: Database) -> AlembicProject:
     project.add("0001_a", *A, message="create a")
     project.add("0002_b", *B, message="create b")
     project.add("0003_name", *C, message="b.name")
-    upgrade(project, database)
+    alembic_upgrade(project.root, database)
     return project
-
-
-@pytest.fixture
-def gh(github: GitHubRunner, run_cli: Callable[..., Run], database: Database):
-    def run(project: AlembicProject, *args: str, **inputs: str) -> Run:
-        inputs.setdefault("database-url", database.url)
-        inputs.setdefault("migrations-path", str(project.root))
-        inputs.setdefault("command", "rollback")
-        github.output_file.write_text("")
-        github.summary_file.write_text("")
-        return run_cli(*args, env=github.with_inputs(**inputs), cwd=github.workspace)
-
-    return run
 
 
 def columns(database: Database, table: str) -> set[str]:
@@ -177,7 +161,7 @@ def test_revision_without_a_real_downgrade_is_refused(
     project.add("0001_a", *A)
     project.add("0002_b", B[0], downgrade)
     project.add("0003_name", *C)
-    upgrade(project, database)
+    alembic_upgrade(project.root, database)
     run = gh(project, target="0001_a")
     assert run.returncode == 2, run.output
     error = github.outputs()["error"]
@@ -207,7 +191,7 @@ def test_merge_revision_with_empty_downgrade_is_fine(
         down="0001_a",
     )
     project.add("0003_merge", "pass", "pass", down=("0002_l", "0002_r"))
-    upgrade(project, database)
+    alembic_upgrade(project.root, database)
     run = gh(project, target="0001_a")
     assert run.returncode == 0, run.output
     assert database.version() == {"0001_a"} and columns(database, "a") == {"id"}
@@ -219,7 +203,7 @@ def test_failing_downgrade_is_exit_1_at_the_last_committed_revision(
     project.add("0001_a", *A)
     project.add("0002_b", B[0], "op.execute('DROP TABLE no_such_table')")
     project.add("0003_name", *C)
-    upgrade(project, database)
+    alembic_upgrade(project.root, database)
     run = gh(project, target="0001_a")
     assert run.returncode == 1, run.output
     out = github.outputs()

@@ -88,7 +88,6 @@ def test_linear_chain_deploys_and_reports(
 def test_second_deploy_is_a_noop(project: AlembicProject, github: GitHubRunner, deploy) -> None:
     linear(project)
     assert deploy(project).returncode == 0
-    github.output_file.write_text("")
     run = deploy(project)
     assert run.returncode == 0, run.output
     out = github.outputs()
@@ -105,7 +104,6 @@ def test_partial_then_rest(
     assert deploy(project, target="0001_a").returncode == 0
     assert database.version() == {"0001_a"}
     assert github.outputs()["pending-count"] == "2"  # still pending towards the head
-    github.output_file.write_text("")
     assert deploy(project).returncode == 0
     out = github.outputs()
     assert out["previous-revision"] == "0001_a"

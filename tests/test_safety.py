@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
-from conftest import AlembicProject, Database, GitHubRunner
+from conftest import AlembicProject, Database, GitHubRunner, alembic_upgrade
 
 from deployer import db
 
@@ -107,6 +107,14 @@ def test_two_deploys_started_together_both_succeed(
 # --------------------------------------------------------------------------- bounded waits
 
 
+def hold_lock_on_a(session: sa.Connection) -> int:
+    """An open transaction holding a lock on table `a` (the DDL of a migration must wait for
+    it); returns the session's pid. The caller rolls back to release it."""
+    session.execute(sa.text("BEGIN"))
+    session.execute(sa.text("LOCK TABLE a IN ACCESS SHARE MODE"))
+    return int(session.execute(sa.text("SELECT pg_backend_pid()")).scalar_one())
+
+
 def test_blocked_migration_fails_after_lock_timeout_naming_the_blocker(
     project: AlembicProject,
     database: Database,
@@ -117,9 +125,7 @@ def test_blocked_migration_fails_after_lock_timeout_naming_the_blocker(
     project.add("0001_a", TABLE_A)
     assert deploy(project).returncode == 0
     project.add("0002_alter", "op.add_column('a', sa.Column('x', sa.Integer))")
-    session.execute(sa.text("BEGIN"))
-    session.execute(sa.text("LOCK TABLE a IN ACCESS SHARE MODE"))
-    pid = session.execute(sa.text("SELECT pg_backend_pid()")).scalar()
+    pid = hold_lock_on_a(session)
     try:
         started = time.monotonic()
         run = deploy(project, **{"lock-timeout": "1s"})
@@ -147,8 +153,7 @@ def test_lock_retries_wait_for_the_blocker_to_go(
     project.add("0001_a", TABLE_A)
     assert deploy(project).returncode == 0
     project.add("0002_alter", "op.add_column('a', sa.Column('x', sa.Integer))")
-    session.execute(sa.text("BEGIN"))
-    session.execute(sa.text("LOCK TABLE a IN ACCESS SHARE MODE"))
+    hold_lock_on_a(session)
     watcher = database.engine.execution_options(isolation_level="AUTOCOMMIT")
 
     def release_once_blocked() -> None:
@@ -236,13 +241,7 @@ def test_databases_deployed_before_the_history_are_baselined(
     project: AlembicProject, database: Database, github: GitHubRunner, deploy
 ) -> None:
     project.add("0001_a", TABLE_A)
-    from alembic import command
-    from alembic.config import Config
-
-    cfg = Config(str(project.root / "alembic.ini"))
-    with database.engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")  # plain Alembic, no history
+    alembic_upgrade(project.root, database)  # plain Alembic, no history
     project.add("0002_b", "op.create_table('b', sa.Column('id', sa.Integer))")
     run = deploy(project)
     assert run.returncode == 0, run.output
@@ -392,13 +391,7 @@ def test_refused_deploy_writes_no_history(
     history is created, even on a database that plain Alembic deployed."""
     project.add("0001_a", TABLE_A)
     project.add("0002_b", "op.create_table('b', sa.Column('id', sa.Integer))")
-    from alembic import command
-    from alembic.config import Config
-
-    cfg = Config(str(project.root / "alembic.ini"))
-    with database.engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+    alembic_upgrade(project.root, database)
     run = deploy(project, target="0001_a")
     assert run.returncode == 2, run.output
     assert "below the current revision" in github.outputs()["error"]
@@ -419,7 +412,6 @@ def test_database_ahead_of_the_folder_is_one_answer_everywhere(
     newer.unlink()
     history_rows = database.scalar("SELECT count(*) FROM db_deploy.db_deploy_history")
     for command in ("deploy", "plan", "status"):
-        github.output_file.write_text("")
         run = deploy(project, command=command)
         assert run.returncode == 2, (command, run.output)
         error = github.outputs()["error"]
@@ -489,7 +481,6 @@ def test_plan_and_status_with_a_role_that_cannot_read_the_history(
         database.execute("GRANT SELECT ON ALL TABLES IN SCHEMA public TO reviewer")
         url = database.url.replace("postgres@", "reviewer@")
         for command in ("plan", "status"):
-            github.output_file.write_text("")
             run = deploy(
                 project, command=command, **{"database-url": url, "security-preflight": "false"}
             )

@@ -342,7 +342,6 @@ def test_unanalysed_and_partitioned_tables_are_not_misreported(
     database.execute("ANALYZE raw_events")
     database.execute("ANALYZE measurements_2025")
     database.execute("ANALYZE measurements_2026")
-    github.summary_file.write_text("")
     run = deploy(project)
     assert run.returncode == 0, run.output
     tables = {
@@ -366,11 +365,9 @@ def test_a_deploy_that_only_seeds_is_not_a_noop(
     seeded_project: AlembicProject, github: GitHubRunner, deploy
 ) -> None:
     assert deploy(seeded_project).returncode == 0
-    github.output_file.write_text("")
     run = deploy(seeded_project, **{"run-seed": "true"})
     assert run.returncode == 0, run.output
     assert github.outputs()["status"] == "success"  # the seed changed rows
-    github.output_file.write_text("")
     assert deploy(seeded_project, **{"run-seed": "true"}).returncode == 0
     assert github.outputs()["status"] == "noop"  # nothing pending, the seed changed nothing
 

@@ -20,17 +20,8 @@ URL = "postgresql://app:s3cr%40t-pw@db.example.com:5432/shop"
 
 
 @pytest.fixture(autouse=True)
-def clean(monkeypatch: pytest.MonkeyPatch) -> None:
-    import os
-
-    for key in list(os.environ):
-        if key.startswith(("INPUT_", "DB_DEPLOY_", "GITHUB_")) or key in {
-            "DATABASE_URL",
-            "DIRECT_DATABASE_URL",
-            "SLACK_WEBHOOK_URL",
-            "RUN_SEED",
-        }:
-            monkeypatch.delenv(key)
+def clean(clean_environ: pytest.MonkeyPatch) -> None:
+    """Every test here reads this process's environment: start from none of our settings."""
 
 
 def test_defaults_match_the_spec() -> None:
