@@ -58,6 +58,14 @@ class VersionTable:
     migrations folder loads; else Alembic's default, with a warning (a backup or a restore must
     not depend on the migrations folder being right)."""
 
+    @classmethod
+    def of(cls, project: AlembicProject, facts: EnvFacts) -> VersionTable:
+        """From what the caller already learnt by running env.py."""
+        where = cls.__new__(cls)
+        where.project = project
+        where.table, where.schema = facts.version_table, facts.version_table_schema
+        return where
+
     def __init__(
         self, run: Run, conn: sa.Connection, *, required: bool, quiet: bool = False
     ) -> None:
@@ -126,14 +134,21 @@ def server_major(run: Run) -> int:
 # --------------------------------------------------------------------------- backup
 
 
-def take_backup(run: Run, *, reason: str = "backup", locked: bool = False) -> None:
+def take_backup(
+    run: Run,
+    *,
+    reason: str = "backup",
+    locked: bool = False,
+    known: tuple[AlembicProject, EnvFacts] | None = None,
+) -> None:
     """pg_dump the target (over direct-database-url: pg_dump needs a session, not a pooler's
     transaction) under the deploy lock, so that no migration runs while it reads (and the
-    revision recorded is the one the dump holds). `locked`: the caller holds the lock."""
+    revision recorded is the one the dump holds). `locked`: the caller holds the lock.
+    `known`: the project and env.py's facts the caller already has (env.py is not run again)."""
     s = run.settings
     with run.step("backup"):
         conn = run.connect(run.spec(s.direct_url))
-        where = VersionTable(run, conn, required=False)
+        where = VersionTable.of(*known) if known else VersionTable(run, conn, required=False)
         tool = pgtools.find_tool("pg_dump", server_major(run))  # exit 2 before any lock
         with deploy_lock(run, where) if not locked else nullcontext():
             revision = ",".join(where.heads(conn))

@@ -207,7 +207,7 @@ class Run:
                 else:
                     from deployer.operations import take_backup
 
-                    take_backup(self, reason="before-deploy", locked=True)
+                    take_backup(self, reason="before-deploy", locked=True, known=(project, facts))
             with self.step("migrate"):
                 recorder = self.check_history(project, mig, facts)
                 self.result.migrate = m = self.run_migrate(project, mig, recorder=recorder)

@@ -182,6 +182,7 @@ def test_deploy_with_backup_before(
     summary = github.summary()
     assert "### Backup before the deploy" in summary and out["backup-file"] in summary
     assert run.stdout.index("::group::backup") < run.stdout.index("::group::migrate")
+    assert run.stdout.count("Alembic project:") == 1  # the backup reuses what deploy loaded
 
     # plan (a dry run) changes nothing: no backup either.
     plan = gh(project, command="plan", **{"backup-before": "true"})
