@@ -237,7 +237,12 @@ def run_env(
     config = project.config
     from deployer.db import sqlalchemy_url
 
-    engine_url = sqlalchemy_url(url, project.url_driver).render_as_string(hide_password=False)
+    parsed = sqlalchemy_url(url, project.url_driver)
+    ours, theirs = (environ or {}).get("PGOPTIONS"), parsed.query.get("options")
+    if ours and isinstance(theirs, str):
+        # libpq ignores PGOPTIONS when the URL has `options`: env.py's own engine gets both.
+        parsed = parsed.update_query_dict({"options": f"{theirs} {ours}"})
+    engine_url = parsed.render_as_string(hide_password=False)
     config.set_main_option("sqlalchemy.url", engine_url.replace("%", "%%"))
     if connection is not None:
         config.attributes["connection"] = connection

@@ -10,6 +10,7 @@ Every connection the deployer opens comes from here, so the rules live in one pl
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import random
 import re
@@ -138,21 +139,55 @@ class ConnectionSpec:
     application_name: str = APPLICATION_NAME
     client_check: bool = False  # server is 14+: set client_connection_check_interval
 
+    @property
+    def options(self) -> str:
+        """This session's libpq `options` (its timeouts), sent in the startup packet."""
+        return session_options(self.lock_timeout, self.statement_timeout, self.client_check)
+
+    @property
+    def engine_key(self) -> tuple[str, float, str]:
+        """Specs with the same key share one engine: they differ only in session options,
+        which `connect` sets per connection."""
+        return (self.url, self.connect_timeout, self.application_name)
+
     def engine(self, **kw: Any) -> sa.Engine:
-        connect_args: dict[str, Any] = {
-            "connect_timeout": max(1, round(self.connect_timeout)),
-            "application_name": self.application_name,
-        }
-        options = session_options(self.lock_timeout, self.statement_timeout, self.client_check)
-        if options:
-            connect_args["options"] = options
+        """An engine for every spec with this `engine_key`. Open its connections with
+        `connect` (or `checkout`), which adds the spec's own session options."""
         kw.setdefault("use_native_hstore", False)  # no hstore lookup per new engine
-        return sa.create_engine(
+        engine = sa.create_engine(
             sqlalchemy_url(self.url),
             poolclass=sa.pool.NullPool,
-            connect_args=connect_args,
+            connect_args={
+                "connect_timeout": max(1, round(self.connect_timeout)),
+                "application_name": self.application_name,
+            },
             **kw,
         )
+        sa.event.listen(engine, "do_connect", _add_session_options)
+        return engine
+
+
+# The session options of the connection being opened: one engine (one dialect initialisation)
+# serves sessions with different timeouts, each set in its own startup packet.
+_SESSION_OPTIONS: contextvars.ContextVar[str] = contextvars.ContextVar(
+    "db_deploy_session_options", default=""
+)
+
+
+def _add_session_options(dialect: Any, conn_rec: Any, cargs: Any, cparams: dict[str, Any]) -> None:
+    ours = _SESSION_OPTIONS.get()
+    if ours:  # after any `options` of the user's own URL, so that ours win
+        cparams["options"] = f"{cparams.get('options') or ''} {ours}".strip()
+
+
+def checkout(engine: sa.Engine, spec: ConnectionSpec) -> sa.Connection:
+    """One connection from `engine` (made by a spec with the same `engine_key`) with `spec`'s
+    session options: no retries (see `connect`)."""
+    token = _SESSION_OPTIONS.set(spec.options)
+    try:
+        return engine.connect()
+    finally:
+        _SESSION_OPTIONS.reset(token)
 
 
 def backoff_delays(retries: int, base: float = 0.5, cap: float = 8.0) -> Iterator[float]:
@@ -176,7 +211,7 @@ def connect(
     while True:
         attempt += 1
         try:
-            return engine.connect()
+            return checkout(engine, spec)
         except sa.exc.OperationalError as exc:
             reason = server_message(exc)
             if _BAD_SETTINGS.search(reason):
@@ -327,8 +362,15 @@ class BlockerWatch:
     lock timeout can name the culprit instead of just failing. `start()` when the first revision
     runs (a no-op deploy opens no connection for it); leaving the `with` block stops it."""
 
-    def __init__(self, spec: ConnectionSpec, pid: int, interval: float = 0.2) -> None:
+    def __init__(
+        self,
+        spec: ConnectionSpec,
+        pid: int,
+        interval: float = 0.2,
+        engine: sa.Engine | None = None,
+    ) -> None:
         self.spec = spec
+        self.engine = engine  # the run's, when it has one for this spec
         self.pid = pid
         self.interval = interval
         self.blocker: Blocker | None = None
@@ -351,9 +393,11 @@ class BlockerWatch:
             self._thread.join(timeout=5)
 
     def _run(self) -> None:
-        engine = self.spec.engine().execution_options(isolation_level="AUTOCOMMIT")
+        own = self.engine is None
+        engine = self.spec.engine() if self.engine is None else self.engine
         try:
-            with engine.connect() as conn:
+            conn = checkout(engine.execution_options(isolation_level="AUTOCOMMIT"), self.spec)
+            with conn:
                 while not self._stop.wait(self.interval):
                     row = conn.execute(_BLOCKERS, {"pid": self.pid}).first()
                     if row is not None:
@@ -361,7 +405,8 @@ class BlockerWatch:
         except sa.exc.DBAPIError:
             pass  # best effort: the migration's own error still tells what happened
         finally:
-            engine.dispose()
+            if own:
+                engine.dispose()
 
 
 def is_lock_timeout(exc: BaseException) -> bool:

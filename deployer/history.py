@@ -104,21 +104,39 @@ def record(
 ) -> None:
     """Insert one entry on `conn`, inside whatever transaction it is in (the migration's own,
     so the entry commits or rolls back with the revision)."""
-    conn.execute(
-        sa.text(
-            f"INSERT INTO {_q(schema)}.{TABLE} (revision, kind, checksum, seconds, tool_version, "
-            "actor, sha, run_url) VALUES (:r, :k, :c, :s, :v, :a, :sha, :u)"
-        ),
+    record_all(conn, schema, [(revision, kind, checksum, seconds)], telemetry=telemetry)
+
+
+def record_all(
+    conn: sa.Connection,
+    schema: str,
+    entries: list[tuple[str, str, str, float | None]],
+    *,
+    telemetry: Telemetry,
+) -> None:
+    """Insert entries `(revision, kind, checksum, seconds)` on `conn`, in its transaction. Several
+    go as one executemany, which psycopg sends as one pipeline, not a round trip per row."""
+    if not entries:
+        return
+    rows = [
         {
             "r": revision,
             "k": kind,
-            "c": checksum,
+            "c": digest,
             "s": seconds,
             "v": telemetry.tool_version,
             "a": telemetry.actor,
             "sha": telemetry.sha,
             "u": telemetry.run_url,
-        },
+        }
+        for revision, kind, digest, seconds in entries
+    ]
+    conn.execute(
+        sa.text(
+            f"INSERT INTO {_q(schema)}.{TABLE} (revision, kind, checksum, seconds, tool_version, "
+            "actor, sha, run_url) VALUES (:r, :k, :c, :s, :v, :a, :sha, :u)"
+        ),
+        rows if len(rows) > 1 else rows[0],
     )
 
 
@@ -149,34 +167,17 @@ def verify(
     recorded = latest_checksums(conn, schema)
     report = IntegrityReport(checked=len(applied), baselined=[], accepted=[])
     edited: list[tuple[str, str, str]] = []
-    baseline: list[dict[str, object]] = []
+    baseline: list[tuple[str, str, str, float | None]] = []
     for rev in applied:
         now = checksum(project.revision(rev).path)
         before = recorded.get(rev)
         if before is None:
             report.baselined.append(rev)  # type: ignore[union-attr]
-            baseline.append(
-                {
-                    "r": rev,
-                    "k": "baseline",
-                    "c": now,
-                    "s": None,
-                    "v": telemetry.tool_version,
-                    "a": telemetry.actor,
-                    "sha": telemetry.sha,
-                    "u": telemetry.run_url,
-                }
-            )
+            baseline.append((rev, "baseline", now, None))
         elif before != now:
             edited.append((rev, before, now))
-    if baseline and write:  # executemany: psycopg sends the batch in a pipeline, not row by row
-        conn.execute(
-            sa.text(
-                f"INSERT INTO {_q(schema)}.{TABLE} (revision, kind, checksum, seconds, "
-                "tool_version, actor, sha, run_url) VALUES (:r, :k, :c, :s, :v, :a, :sha, :u)"
-            ),
-            baseline,
-        )
+    if write:
+        record_all(conn, schema, baseline, telemetry=telemetry)
     if edited and not allow_edited:
         conn.rollback()
         details = "; ".join(f"{r}: recorded {b[:12]}…, now {n[:12]}…" for r, b, n in edited)
@@ -190,17 +191,13 @@ def verify(
         conn.rollback()
         report.accepted = [rev for rev, _, _ in edited]
         return report
-    for rev, _, now in edited:
-        record(
-            conn,
-            schema,
-            revision=rev,
-            kind="accepted-edit",
-            checksum=now,
-            seconds=None,
-            telemetry=telemetry,
-        )
-        report.accepted.append(rev)  # type: ignore[union-attr]
+    record_all(
+        conn,
+        schema,
+        [(rev, "accepted-edit", now, None) for rev, _, now in edited],
+        telemetry=telemetry,
+    )
+    report.accepted = [rev for rev, _, _ in edited]
     conn.commit()
     return report
 

@@ -20,15 +20,11 @@ from typing import TYPE_CHECKING
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from deployer import db, pgtools
+from deployer import db
 from deployer.alembic_project import AlembicProject, read_heads
 from deployer.errors import ConfigError, StepFailed
 from deployer.pipeline import raise_if_failed
 from deployer.results import AppliedRevision, MigrateResult, utcnow
-from deployer.steps import backup as backup_step
-from deployer.steps import drift as drift_step
-from deployer.steps import restore as restore_step
-from deployer.steps import rollback as rollback_step
 from deployer.steps import security as security_step
 from deployer.steps import status as status_step
 from deployer.steps.migrate import EnvFacts, inspect_env, migrate, resolve_target
@@ -145,6 +141,9 @@ def take_backup(
     transaction) under the deploy lock, so that no migration runs while it reads (and the
     revision recorded is the one the dump holds). `locked`: the caller holds the lock.
     `known`: the project and env.py's facts the caller already has (env.py is not run again)."""
+    from deployer import pgtools
+    from deployer.steps import backup as backup_step
+
     s = run.settings
     with run.step("backup"):
         conn = run.connect(run.spec(s.direct_url))
@@ -200,6 +199,9 @@ def restore(run: Run) -> None:
     """Replace the target's contents with a backup. Refused (exit 2, nothing changed) without
     confirm-restore equal to the database's name, without a matching checksum, or with an
     archive the available pg_restore cannot read. dry-run: every check, no restore."""
+    from deployer import pgtools
+    from deployer.steps import restore as restore_step
+
     s = run.settings
     run.require_url()
     if not s.backup_path.strip():
@@ -291,6 +293,8 @@ def restore(run: Run) -> None:
 def drift(run: Run) -> None:
     """Migrate a scratch database to the live revision and compare the catalogs; differences
     exit 1."""
+    from deployer.steps import drift as drift_step
+
     s = run.settings
     run.require_url()
     project = run.project()
@@ -475,6 +479,8 @@ def rollback(run: Run) -> None:
     (exit 2, nothing changed) on production without confirm-rollback, for a target that is not
     below the current revision, and when a revision in the way has no real downgrade. dry-run:
     the plan only (what would be reverted), without running env.py."""
+    from deployer.steps import rollback as rollback_step
+
     s = run.settings
     run.require_url()
     project = run.project()
@@ -533,6 +539,7 @@ def rollback(run: Run) -> None:
                     EnvFacts(
                         heads=heads, version_table=where.table, version_table_schema=where.schema
                     ),
+                    heads,
                 )
                 run.result.migrate = m = run.run_migrate(
                     project,

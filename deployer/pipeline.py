@@ -11,7 +11,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
-from typing import Any, Protocol
+from typing import Protocol
 
 import sqlalchemy as sa
 from alembic.runtime.migration import RevisionStep
@@ -28,7 +28,14 @@ from deployer.results import (
     utcnow,
 )
 from deployer.settings import Settings
-from deployer.steps.migrate import EnvFacts, check_heads, inspect_env, migrate, resolve_target
+from deployer.steps.migrate import (
+    EnvFacts,
+    check_heads,
+    inspect_env,
+    migrate,
+    resolve_target,
+    up_to_date,
+)
 from deployer.steps.preflight import preflight
 from deployer.steps.seed import check_seed_file, seed
 from deployer.steps.smoke import smoke
@@ -57,6 +64,7 @@ class Run:
         )
         self.current_step = "config"
         self.stack = ExitStack()
+        self.engines: dict[tuple[str, float, str], sa.Engine] = {}
 
     # -- plumbing
 
@@ -87,11 +95,19 @@ class Run:
             ),
         )
 
+    def engine(self, spec: db.ConnectionSpec) -> sa.Engine:
+        """The run's engine for `spec`'s URL: one per URL, so that SQLAlchemy initialises its
+        dialect (a handful of queries) once, not once per session."""
+        engine = self.engines.get(spec.engine_key)
+        if engine is None:
+            engine = self.engines[spec.engine_key] = spec.engine()
+            self.stack.callback(engine.dispose)
+        return engine
+
     def connect(self, spec: db.ConnectionSpec, *, autocommit: bool = False) -> sa.Connection:
-        engine = spec.engine()
+        engine = self.engine(spec)
         if autocommit:
             engine = engine.execution_options(isolation_level="AUTOCOMMIT")
-        self.stack.callback(engine.dispose)
         conn = db.connect(engine, spec, on_retry=self._retrying, step=self.current_step)
         self.stack.callback(_close, conn)
         return conn
@@ -134,9 +150,7 @@ class Run:
     def preflight(self) -> sa.Connection:
         with self.step("preflight"):
             spec = self.spec(self.settings.url)
-            engine = spec.engine()
-            self.stack.callback(engine.dispose)
-            result, conn = preflight(spec, engine, on_retry=self._retrying)
+            result, conn = preflight(spec, self.engine(spec), on_retry=self._retrying)
             self.stack.callback(_close, conn)
             self.result.preflight = result
             self.check_tls(result)
@@ -209,8 +223,13 @@ class Run:
 
                     take_backup(self, reason="before-deploy", locked=True, known=(project, facts))
             with self.step("migrate"):
-                recorder = self.check_history(project, mig, facts)
-                self.result.migrate = m = self.run_migrate(project, mig, recorder=recorder)
+                recorder = self.check_history(project, mig, facts, heads)
+                # Nothing pending: env.py has run once already (inspect_env), as it runs once
+                # for `alembic upgrade head`; it is not run again to apply nothing.
+                m = up_to_date(project, heads, s.target, facts, dry_run=self.result.dry_run)
+                if m is None:
+                    m = self.run_migrate(project, mig, recorder=recorder)
+                self.result.migrate = m
                 raise_if_failed(m, step="migrate")
             if s.run_seed and not self.result.dry_run:
                 with self.step("seed"):
@@ -222,7 +241,7 @@ class Run:
                     self.observer.info(
                         f"seed: {sd.inserted} inserted, {sd.updated} updated, {sd.deleted} deleted"
                     )
-        self.status(project, mig, facts.version_table, facts.version_table_schema)
+        self.status(project, mig, facts.version_table, facts.version_table_schema, heads=m.current)
         self.smoke(app)
         seeded = self.result.seed is not None and (
             self.result.seed.inserted + self.result.seed.updated + self.result.seed.deleted
@@ -259,6 +278,7 @@ class Run:
         s = self.settings
         applied: list[AppliedRevision] = []
         previous: list[str] | None = None
+        watch = self.spec(s.direct_url)
         for attempt in range(s.lock_retries + 1):
             m = migrate(
                 project,
@@ -272,7 +292,8 @@ class Run:
                 on_applied=on_applied or self._applied,
                 downgrade=downgrade,
                 recorder=recorder,
-                watch_spec=self.spec(s.direct_url),
+                watch_spec=watch,
+                watch_engine=self.engine(watch),
             )
             previous = m.previous if previous is None else previous
             applied += m.applied
@@ -286,18 +307,31 @@ class Run:
             time.sleep(delay)
         m.previous, m.applied = previous or [], applied
         if recorder is not None and not m.history_inline and m.applied:
-            # env.py migrated on a connection of its own: record afterwards, on ours.
-            for a in m.applied:
-                recorder(mig, _StepInfo(project.revision(a.revision), not downgrade), a.seconds)
+            # env.py migrated on a connection of its own: record afterwards, on ours, in one go.
+            history.record_all(
+                mig,
+                s.history_schema,
+                [
+                    (
+                        a.revision,
+                        "downgrade" if downgrade else "upgrade",
+                        history.checksum(project.revision(a.revision).path),
+                        a.seconds,
+                    )
+                    for a in m.applied
+                ],
+                telemetry=self.result.telemetry,
+            )
             mig.commit()
         return m
 
     def check_history(
-        self, project: AlembicProject, mig: sa.Connection, facts: EnvFacts
+        self, project: AlembicProject, mig: sa.Connection, facts: EnvFacts, heads: list[str]
     ) -> Callable[..., None] | None:
         """Create the history on first use and verify applied scripts against it (before
-        anything is applied). Returns the per-revision recorder, or None without a history.
-        A dry run (plan) verifies an existing history without writing anything."""
+        anything is applied). `heads`: the database's, read under the deploy lock. Returns the
+        per-revision recorder, or None without a history. A dry run (plan) verifies an existing
+        history without writing anything."""
         s = self.settings
         dry = self.result.dry_run
         try:
@@ -306,7 +340,6 @@ class Run:
                 return None
             if not dry:
                 history.ensure(mig, s.history_schema)
-            heads = read_heads(mig, facts.version_table, facts.version_table_schema)
             self.result.integrity = report = history.verify(
                 mig,
                 s.history_schema,
@@ -353,11 +386,19 @@ class Run:
         return record
 
     def status(
-        self, project: AlembicProject, conn: sa.Connection, table: str, schema: str | None
+        self,
+        project: AlembicProject,
+        conn: sa.Connection,
+        table: str,
+        schema: str | None,
+        *,
+        heads: list[str] | None = None,
     ) -> None:
+        """`heads`: the database's heads when the caller has just read them on `conn` (the
+        migrate step reads them back after the last revision); else read here."""
         with self.step("status"):
             self.result.status_check = st = status(
-                project, conn, version_table=table, version_table_schema=schema
+                project, conn, version_table=table, version_table_schema=schema, heads=heads
             )
             try:
                 self.result.history = history.read(conn, self.settings.history_schema)
@@ -493,14 +534,6 @@ def raise_if_failed(m: MigrateResult, *, step: str, verb: str = "failed") -> Non
             f"{what} {verb}: {m.error} (database left at {', '.join(m.current) or 'base'})",
             step=step,
         )
-
-
-@dataclasses.dataclass
-class _StepInfo:
-    """What the history recorder reads of an Alembic RevisionStep."""
-
-    revision: Any
-    is_upgrade: bool
 
 
 def _close(conn: sa.Connection) -> None:

@@ -58,7 +58,7 @@ def publish(
 
     _write(
         path,
-        json_report.render(result, redactor.obj),
+        json_report.render(result),  # the record is redacted; `_write` redacts the text
         redactor,
         what="JSON report",
         result=result,

@@ -73,9 +73,13 @@ def redact_record(obj: object, redactor: Redactor) -> None:
                 redact_record(value, redactor)
     elif isinstance(obj, dict):
         for key, value in list(obj.items()):
+            if isinstance(key, str) and redactor(key) != key:  # keys too (the JSON report's)
+                del obj[key]
+                key = redactor(key)
             if isinstance(value, str):
                 obj[key] = redactor(value)
             else:
+                obj[key] = value
                 redact_record(value, redactor)
 
 

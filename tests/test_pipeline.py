@@ -283,6 +283,46 @@ def test_session_settings_on_the_migration_connection(
     assert tuple(database.rows("SELECT * FROM seen")[0]) == ("3s", "2min", "db-deploy")
 
 
+def test_session_options_of_the_url_are_kept_beside_ours(
+    project: AlembicProject, database: Database, deploy
+) -> None:
+    """A URL's own `options` and the deployer's timeouts both reach the migration session."""
+    project.add(
+        "0001_settings",
+        """
+        op.execute("CREATE TABLE seen AS SELECT current_setting('lock_timeout') AS lock_timeout, "
+                   "current_setting('work_mem') AS work_mem")
+    """,
+    )
+    url = database.url + "&options=-c%20work_mem%3D12345kB"
+    run = deploy(project, **{"database-url": url, "lock-timeout": "3s"})
+    assert run.returncode == 0, run.output
+    assert tuple(database.rows("SELECT * FROM seen")[0]) == ("3s", "12345kB")
+
+
+def test_noop_deploy_runs_env_py_once(
+    project: AlembicProject, github: GitHubRunner, database: Database, deploy
+) -> None:
+    """With nothing pending env.py runs once, as for `alembic upgrade head`: once to learn
+    its version table and current revision, and not again to apply nothing."""
+    log = project.root / "runs.log"
+    env_py = project.root / "env.py"
+    env_py.write_text(f"open({str(log)!r}, 'a').write('run\\n')\n" + env_py.read_text())
+    linear(project)
+    assert deploy(project).returncode == 0
+    assert log.read_text().count("run") == 2  # learn the version table, then migrate
+    log.write_text("")
+    run = deploy(project)
+    assert run.returncode == 0, run.output
+    assert log.read_text().count("run") == 1
+    out = github.outputs()
+    assert out["status"] == "noop"
+    assert out["previous-revision"] == out["current-revision"] == "0003_rows"
+    report = json.loads((github.workspace / "db-deploy-report.json").read_text())
+    assert report["migrate"]["pending"] == [] and report["migrate"]["current"] == ["0003_rows"]
+    assert report["status_check"]["up_to_date"] is True
+
+
 def test_dry_run_changes_nothing_and_shows_sql(
     project: AlembicProject, database: Database, github: GitHubRunner, deploy
 ) -> None:

@@ -200,6 +200,31 @@ def test_env_py_with_its_own_engine_gets_the_session_settings(
     assert kinds == ["0001_seen", "0002_more"]
 
 
+def test_env_py_with_its_own_engine_keeps_the_url_options(
+    database: Database, github: GitHubRunner, run_cli: Callable[..., Run]
+) -> None:
+    """libpq ignores PGOPTIONS when the URL has `options`: env.py's engine gets both."""
+    project = own_engine_project(github.workspace / "migrations")
+    project.add(
+        "0001_seen",
+        """
+        op.execute("CREATE TABLE seen AS SELECT current_setting('lock_timeout') AS lock_timeout, "
+                   "current_setting('work_mem') AS work_mem, pg_backend_pid() AS pid")
+    """,
+    )
+    env = github.with_inputs(
+        **{
+            "database-url": database.url + "&options=-c%20work_mem%3D12345kB",
+            "migrations-path": "migrations",
+            "lock-timeout": "4s",
+        }
+    )
+    run = run_cli(env=env, cwd=github.workspace)
+    assert run.returncode == 0, run.output
+    lock_timeout, work_mem, _ = database.rows("SELECT * FROM seen")[0]
+    assert (lock_timeout, work_mem) == ("4s", "12345kB")
+
+
 def test_env_py_importing_the_application_from_the_workspace(
     database: Database,
     github: GitHubRunner,

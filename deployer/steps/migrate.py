@@ -79,6 +79,7 @@ def migrate(
     downgrade: bool = False,
     recorder: Callable[[sa.Connection, RevisionStep, float], None] | None = None,
     watch_spec: ConnectionSpec | None = None,
+    watch_engine: sa.Engine | None = None,
 ) -> MigrateResult:
     """Upgrade (or, with `downgrade`, downgrade: the rollback command) to `target`.
     `recorder(connection, step, seconds)` is called inside each revision's transaction, on the
@@ -148,7 +149,7 @@ def migrate(
     }
     error: BaseException | None = None
     watch = (
-        BlockerWatch(watch_spec, backend_pid(connection))
+        BlockerWatch(watch_spec, backend_pid(connection), engine=watch_engine)
         if watch_spec is not None and not dry_run
         else None
     )
@@ -208,6 +209,32 @@ def migrate(
             _check_version_table(result, destination)
     result.seconds = round(time.perf_counter() - started, 4)
     return result
+
+
+def up_to_date(
+    project: AlembicProject, heads: list[str], target: str, facts: EnvFacts, *, dry_run: bool
+) -> MigrateResult | None:
+    """The migrate step's record when the database (`heads`, read under the deploy lock) is
+    already at `target`: nothing to apply, so env.py need not run again. None otherwise."""
+    if not heads:
+        return None
+    try:
+        destination = set(resolve_target(project, target))
+    except ConfigError:
+        return None  # `migrate` reports it
+    if not destination or not (
+        destination == set(heads) or destination <= project.ancestors(heads)
+    ):
+        return None
+    return MigrateResult(
+        script_location=str(project.script_location),
+        target=target,
+        dry_run=dry_run,
+        previous=sorted(heads),
+        current=sorted(heads),
+        version_table=facts.version_table,
+        version_table_schema=facts.version_table_schema,
+    )
 
 
 def check_heads(project: AlembicProject, heads: list[str], target: str) -> None:

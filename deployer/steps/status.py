@@ -28,14 +28,19 @@ def status(
     *,
     version_table: str = "alembic_version",
     version_table_schema: str | None = None,
+    heads: list[str] | None = None,
 ) -> StatusResult:
+    """`heads`: the database's, when the caller has just read them on `connection`."""
     started = time.perf_counter()
     result = StatusResult(script_heads=project.heads())
-    try:
-        result.database_heads = read_heads(connection, version_table, version_table_schema)
-    finally:
-        if connection.in_transaction():
-            connection.rollback()
+    if heads is not None:
+        result.database_heads = sorted(heads)
+    else:
+        try:
+            result.database_heads = read_heads(connection, version_table, version_table_schema)
+        finally:
+            if connection.in_transaction():
+                connection.rollback()
     known = project.ancestors(project.heads())
     unknown = [h for h in result.database_heads if h not in known]
     if unknown:

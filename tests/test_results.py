@@ -1,0 +1,70 @@
+"""The run's record as the JSON report sees it, and its redaction."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from deployer.redact import Redactor, redact_record
+from deployer.results import (
+    AppliedRevision,
+    MigrateResult,
+    Revision,
+    RunResult,
+    SmokeResult,
+    TableCheck,
+    Telemetry,
+    plain,
+)
+
+
+def filled_record() -> RunResult:
+    result = RunResult(command="deploy", telemetry=Telemetry(actor="octo", sha="abc"))
+    result.migrate = MigrateResult(
+        script_location="migrations",
+        previous=["0001"],
+        current=["0003"],
+        pending=[Revision("0002", "two", ["0001"], "v/0002.py")],
+        applied=[AppliedRevision("0002", "two", 0.01), AppliedRevision("0003", "three", 0.02)],
+        sql={"0002": "CREATE TABLE t ();"},
+    )
+    result.smoke = SmokeResult(tables=[TableCheck(schema="public", name="t", rows=3)])
+    result.steps = {"preflight": 0.1, "migrate": 0.2}
+    result.extra = {"tuple": (1, "two"), "nested": {"k": [1, 2]}}
+    return result
+
+
+def test_plain_is_asdict_without_the_copy() -> None:
+    result = filled_record()
+    ours = plain(result)
+    theirs = dataclasses.asdict(result)
+    # the same structure (tuples become lists either way in JSON)
+    assert json.dumps(ours, default=str) == json.dumps(theirs, default=str)
+    assert ours["migrate"]["applied"][1] == {
+        "revision": "0003",
+        "description": "three",
+        "seconds": 0.02,
+    }
+    assert ours["extra"]["tuple"] == [1, "two"]
+    # no copy of the leaves, and the record is not shared: changing one changes not the other
+    ours["migrate"]["current"].append("x")
+    assert result.migrate is not None and result.migrate.current == ["0003"]
+
+
+def test_to_dict_reads_like_the_report() -> None:
+    data = filled_record().to_dict()
+    assert data["schema_version"] == 1
+    assert data["revisions"]["current"] == "0003"
+    assert data["smoke"]["summary"] == {"tables": 1, "failed": 0, "rows": 3, "problems": []}
+    json.dumps(data, default=str)  # serialisable as it stands
+
+
+def test_redact_record_masks_values_and_keys() -> None:
+    secret = 'pässwörd-with-"quotes"'  # JSON would escape it: the text pass would miss it
+    result = filled_record()
+    result.error = f"connect failed for {secret}"
+    result.extra = {f"key {secret}": [f"in a list {secret}"], "ok": {"deep": secret}}
+    redact_record(result, Redactor([secret]))
+    text = json.dumps(plain(result), default=str)
+    assert secret not in text and json.dumps(secret)[1:-1] not in text
+    assert result.extra == {"key ***": ["in a list ***"], "ok": {"deep": "***"}}
