@@ -101,6 +101,13 @@ def prepare(work: Path, size: int, server: Server, *, shared: bool = False) -> d
     return {"project": project, "sql": sql}
 
 
+def settle(server: Server) -> None:
+    """CHECKPOINT before a timed command (untimed): the dirty pages and WAL that the previous
+    command (or CREATE/DROP DATABASE) left are written now, not by a checkpoint that would land
+    in the middle of whichever tool runs next."""
+    server.execute("postgres", "CHECKPOINT")
+
+
 def fingerprint(server: Server, db: str) -> tuple[int, str]:
     rows = server.execute(db, FINGERPRINT)
     return int(rows[0][0]), str(rows[0][1])
@@ -141,6 +148,7 @@ def one_round(
     try:
         for tool in out["order"]:
             cmd, env = command(tool, dbs[tool])
+            settle(server)
             m = run(cmd, env=env, cwd=work, log=logs / f"{tool}-{size}.log")
             m.check(f"{tool} at {size} revisions")
             out[tool], out["rss_kb"][tool], out["cpu_s"][tool] = m.seconds, m.maxrss_kb, m.cpu_s
@@ -157,11 +165,13 @@ def one_round(
         for tool in rotate(noop, k):
             cmd, env = command(tool, dbs[home[tool]])
             if tool != "current":
+                settle(server)
                 m = run(cmd, env=env, cwd=work, log=logs / f"{tool}-first-{size}.log")
                 m.check(f"first {tool} at {size} revisions")
                 out[f"{tool}_first"] = m.seconds
             report = work / "db-deploy-report.json"
             report.unlink(missing_ok=True)
+            settle(server)
             m = run(cmd, env=env, cwd=work, log=logs / f"{tool}-{size}.log")
             m.check(f"{tool} at {size} revisions")
             out[tool], out["rss_kb"][tool], out["cpu_s"][tool] = m.seconds, m.maxrss_kb, m.cpu_s

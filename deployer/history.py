@@ -147,7 +147,7 @@ def latest_checksums(conn: sa.Connection, schema: str) -> dict[str, str]:
             "WHERE kind <> 'downgrade' ORDER BY revision, id DESC"
         )
     )
-    return dict(rows.tuples().all())
+    return dict(rows.all())
 
 
 def verify(

@@ -242,7 +242,9 @@ class Run:
                         f"seed: {sd.inserted} inserted, {sd.updated} updated, {sd.deleted} deleted"
                     )
         self.status(project, mig, facts.version_table, facts.version_table_schema, heads=m.current)
-        self.smoke(app)
+        # The migration session shares the smoke's reads when it is the same role on the same
+        # URL (smoke proves what the deploy role can read).
+        self.smoke(app, helpers=[mig] if s.direct_url == s.url else [])
         seeded = self.result.seed is not None and (
             self.result.seed.inserted + self.result.seed.updated + self.result.seed.deleted
         )
@@ -415,7 +417,8 @@ class Run:
                     step="status",
                 )
 
-    def smoke(self, conn: sa.Connection) -> None:
+    def smoke(self, conn: sa.Connection, *, helpers: list[sa.Connection] | None = None) -> None:
+        """`helpers`: idle sessions of this run that share the table reads."""
         with self.step("smoke"):
             s = self.settings
             self.result.smoke = sm = smoke(
@@ -423,6 +426,8 @@ class Run:
                 expectations=s.smoke_expect,
                 extensions=s.required_extensions,
                 exclude_schemas=[s.history_schema],
+                helpers=helpers or [],
+                lock_timeout=s.lock_timeout,
             )
             for idx in sm.vector_indexes:
                 if idx.advice:

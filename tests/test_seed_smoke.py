@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from conftest import AlembicProject, Database, GitHubRunner, Run
 
 SCHEMA = """
@@ -407,3 +408,63 @@ def test_seed_command_without_migrations_is_quiet(
     assert run.returncode == 0, run.output
     assert database.scalar("SELECT count(*) FROM notes") == 1
     assert "::warning" not in run.stdout
+
+
+def _many_tables(database: Database, n: int) -> None:
+    database.execute(
+        f"DO $$ BEGIN FOR i IN 1..{n} LOOP "
+        "EXECUTE format('CREATE TABLE t%s (id int)', lpad(i::text, 3, '0')); "
+        "EXECUTE format('INSERT INTO t%s SELECT generate_series(1, %s)', "
+        "lpad(i::text, 3, '0'), i % 7); "
+        "END LOOP; END $$"
+    )
+
+
+def test_smoke_shares_the_reads_of_many_tables_between_sessions(database: Database) -> None:
+    """Above PARALLEL_MIN tables the helper session reads its share at the same time, with the
+    same results as one session alone."""
+    from deployer.steps.smoke import PARALLEL_MIN, smoke
+
+    n = PARALLEL_MIN + 30
+    _many_tables(database, n)
+    seen: dict[int, list[str]] = {}
+
+    def note(conn, cursor, statement, *_: object) -> None:
+        seen.setdefault(id(conn), []).append(statement)
+
+    sa.event.listen(database.engine, "before_cursor_execute", note)
+    try:
+        with database.engine.connect() as one, database.engine.connect() as two:
+            shared = smoke(one, helpers=[two], lock_timeout=2)
+            alone = smoke(one)
+            assert not one.in_transaction() and not two.in_transaction()
+    finally:
+        sa.event.remove(database.engine, "before_cursor_execute", note)
+    assert [(t.name, t.rows, t.ok) for t in shared.tables] == [
+        (t.name, t.rows, t.ok) for t in alone.tables
+    ]
+    assert {t.name: t.rows for t in shared.tables} == {f"t{i:03d}": i % 7 for i in range(1, n + 1)}
+    reads = {k: [s for s in v if "UNION ALL" in s] for k, v in seen.items()}
+    assert len([k for k, v in reads.items() if v]) == 2  # both sessions read tables
+    assert all(
+        any("set_config('lock_timeout'" in s for s in v) for k, v in seen.items() if reads[k]
+    )
+
+
+def test_smoke_does_not_hang_on_a_locked_table(database: Database) -> None:
+    """A table held in ACCESS EXCLUSIVE by another session (in the helper's share) fails after
+    lock_timeout, named, and every other table is still read."""
+    from deployer.steps.smoke import PARALLEL_MIN, smoke
+
+    n = PARALLEL_MIN + 10
+    _many_tables(database, n)
+    with database.engine.connect() as holder:
+        holder.execute(sa.text(f"LOCK TABLE t{n:03d} IN ACCESS EXCLUSIVE MODE"))
+        with database.engine.connect() as one, database.engine.connect() as two:
+            result = smoke(one, helpers=[two], lock_timeout=0.3)
+        holder.rollback()
+    failed = [t for t in result.tables if not t.ok]
+    assert [t.name for t in failed] == [f"t{n:03d}"]
+    assert "lock timeout" in failed[0].error
+    assert sum(t.ok for t in result.tables) == n - 1
+    assert f"public.t{n:03d} is not readable" in "; ".join(result.problems)

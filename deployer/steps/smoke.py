@@ -5,17 +5,23 @@ Cost does not grow with the data: one catalog query lists tables with their size
 each table is read through `LIMIT` — `LIMIT 1` where the catalog already estimates more than
 `EXACT_LIMIT` rows (the estimate is reported, marked as such), exact counts of at most
 `EXACT_LIMIT + 1` rows elsewhere — and the per-table reads go out as one UNION ALL per batch.
+
+What a read costs the server is opening the table and its indexes in a session that has not
+seen them yet (~0.15 ms a table), so a schema of hundreds of tables is split between the
+sessions the caller already holds (`helpers`: a deploy's migration session), read at once.
+A table that someone else holds locked fails after `lock_timeout` instead of hanging the run.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Sequence
 
 import sqlalchemy as sa
 
-from deployer.db import server_message
+from deployer.db import pg_milliseconds, server_message
 from deployer.results import (
     ExpectationCheck,
     ExtensionCheck,
@@ -27,6 +33,7 @@ from deployer.settings import Expectation, ExtensionRequirement
 
 EXACT_LIMIT = 10_000
 BATCH = 200  # tables per UNION ALL query
+PARALLEL_MIN = 100  # readable tables from which the helper sessions share the reads
 ADVICE_MIN_ROWS = 10_000  # below this an ivfflat index's lists hardly matters
 SYSTEM_SCHEMAS = ("pg_catalog", "information_schema", "pg_toast")
 
@@ -97,59 +104,83 @@ def smoke(
     expectations: Sequence[Expectation] = (),
     extensions: Sequence[ExtensionRequirement] = (),
     exclude_schemas: Sequence[str] = (),
+    helpers: Sequence[sa.Connection] = (),
+    lock_timeout: float | None = None,
 ) -> SmokeResult:
-    """`exclude_schemas`: the tool's own (the deploy history), which is not the application's."""
+    """`exclude_schemas`: the tool's own (the deploy history), which is not the application's.
+    `helpers`: other idle sessions on the same database that share the table reads (each in a
+    thread of its own). `lock_timeout`: how long a read waits for a lock, on every session."""
     started = time.perf_counter()
     result = SmokeResult()
+    sessions = [connection, *helpers]
     try:
+        _bound_locks(connection, lock_timeout)
         catalog = connection.execute(_TABLES, {"exclude": list(exclude_schemas)}).all()
-        result.tables = _check_tables(connection, catalog)
-        installed: dict[str, str] = dict(connection.execute(_EXTENSIONS).tuples().all())
+        result.tables = _check_tables(sessions, catalog, lock_timeout)
+        installed: dict[str, str] = dict(connection.execute(_EXTENSIONS).all())
         result.extensions = [_check_extension(req, installed) for req in extensions]
         estimates = {f"{r[0]}.{r[1]}": r for r in catalog}
         result.expectations = [_check_expectation(connection, x, estimates) for x in expectations]
         result.vector_indexes = _vector_indexes(connection, result.tables)
     finally:
-        if connection.in_transaction():
-            connection.rollback()
+        for session in sessions:
+            if session.in_transaction():
+                session.rollback()
     result.seconds = round(time.perf_counter() - started, 4)
     return result
 
 
-def _check_tables(connection: sa.Connection, catalog: Sequence[sa.Row]) -> list[TableCheck]:
+def _bound_locks(connection: sa.Connection, lock_timeout: float | None) -> None:
+    """`lock_timeout` for the transaction the smoke reads in (`SET LOCAL`)."""
+    if lock_timeout is not None:
+        connection.execute(
+            sa.text("SELECT set_config('lock_timeout', :v, true)"),
+            {"v": f"{pg_milliseconds(lock_timeout)}ms"},
+        )
+
+
+def _check_tables(
+    sessions: Sequence[sa.Connection], catalog: Sequence[sa.Row], lock_timeout: float | None
+) -> list[TableCheck]:
     checks = [TableCheck(schema=r[0], name=r[1]) for r in catalog]
-    readable = []
+    readable: list[tuple[int, TableCheck, sa.Row]] = []
     for check, row in zip(checks, catalog, strict=True):
         if row[4]:
-            readable.append((check, row))
+            readable.append((len(readable), check, row))
         else:
             check.ok = False
             check.error = "permission denied (no SELECT privilege for the deploy role)"
     if not readable:
         return checks
-    # One round trip per batch: a UNION ALL of bounded counts. Should any table fail (a lock, a
-    # broken foreign table), fall back to one savepoint per table to name the culprit.
+    if len(readable) < PARALLEL_MIN:
+        sessions = sessions[:1]
+    # Contiguous shares, one per session; the first session's in this thread, the others' in
+    # threads of their own (psycopg waits for the server without holding the GIL).
+    size = -(-len(readable) // len(sessions))
+    shares = [readable[k : k + size] for k in range(0, len(readable), size)]
     counts: dict[int, int] = {}
-    for first in range(0, len(readable), BATCH):
-        batch = readable[first : first + BATCH]
-        sql = " UNION ALL ".join(
-            f"SELECT {i}, count(*) FROM (SELECT 1 FROM {qualified(c.schema, c.name)} "
-            f"LIMIT {1 if int(r[3]) > EXACT_LIMIT else EXACT_LIMIT + 1}) s{i}"
-            for i, (c, r) in enumerate(batch, start=first)
-        )
+    failures: list[BaseException] = []
+
+    def read(session: sa.Connection, share: list[tuple[int, TableCheck, sa.Row]]) -> None:
         try:
-            counts.update(connection.execute(sa.text(sql)).tuples().all())
-        except sa.exc.DBAPIError:
-            connection.rollback()  # the catalog rows are already read
-            for i, (check, _) in enumerate(batch, start=first):
-                try:
-                    counts[i] = _bounded_count(
-                        connection, check.schema, check.name, EXACT_LIMIT + 1
-                    )
-                except sa.exc.DBAPIError as exc:
-                    check.ok = False
-                    check.error = server_message(exc)
-    for i, (check, row) in enumerate(readable):
+            if session is not sessions[0]:
+                _bound_locks(session, lock_timeout)
+            counts.update(_count(session, share, lock_timeout))
+        except BaseException as exc:  # noqa: BLE001 - raised again in the calling thread
+            failures.append(exc)
+
+    threads = [
+        threading.Thread(target=read, args=(session, share), name="db-deploy-smoke")
+        for session, share in zip(sessions[1:], shares[1:], strict=False)
+    ]
+    for t in threads:
+        t.start()
+    read(sessions[0], shares[0])
+    for t in threads:
+        t.join()
+    if failures:
+        raise failures[0]
+    for i, check, row in readable:
         if i not in counts:
             continue
         count = counts[i]
@@ -164,6 +195,38 @@ def _check_tables(connection: sa.Connection, catalog: Sequence[sa.Row]) -> list[
         else:
             check.rows = int(count)
     return checks
+
+
+def _count(
+    connection: sa.Connection,
+    share: list[tuple[int, TableCheck, sa.Row]],
+    lock_timeout: float | None,
+) -> dict[int, int]:
+    """Bounded counts of `share`'s tables on `connection`: one round trip per batch, a UNION
+    ALL. Should any table fail (a lock, a broken foreign table), the batch falls back to one
+    savepoint per table, to name the culprit (its check gets the error)."""
+    counts: dict[int, int] = {}
+    for first in range(0, len(share), BATCH):
+        batch = share[first : first + BATCH]
+        sql = " UNION ALL ".join(
+            f"SELECT {i}, count(*) FROM (SELECT 1 FROM {qualified(c.schema, c.name)} "
+            f"LIMIT {1 if int(r[3]) > EXACT_LIMIT else EXACT_LIMIT + 1}) s{i}"
+            for i, c, r in batch
+        )
+        try:
+            counts.update(connection.execute(sa.text(sql)).all())
+        except sa.exc.DBAPIError:
+            connection.rollback()  # the catalog rows are already read
+            _bound_locks(connection, lock_timeout)  # for the new transaction
+            for i, check, _ in batch:
+                try:
+                    counts[i] = _bounded_count(
+                        connection, check.schema, check.name, EXACT_LIMIT + 1
+                    )
+                except sa.exc.DBAPIError as exc:
+                    check.ok = False
+                    check.error = server_message(exc)
+    return counts
 
 
 def _bounded_count(connection: sa.Connection, schema: str, table: str, limit: int) -> int:
