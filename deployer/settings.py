@@ -259,7 +259,7 @@ class Settings(BaseSettings):
         json_schema_extra=_input(
             "lock-timeout",
             "DB_DEPLOY_LOCK_TIMEOUT",
-            "PostgreSQL lock_timeout for migration statements",
+            "PostgreSQL lock_timeout for migration statements and the smoke's reads",
         ),
     )
     statement_timeout: float = Field(
