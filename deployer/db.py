@@ -10,7 +10,6 @@ Every connection the deployer opens comes from here, so the rules live in one pl
 
 from __future__ import annotations
 
-import contextvars
 import hashlib
 import random
 import re
@@ -145,49 +144,27 @@ class ConnectionSpec:
         return session_options(self.lock_timeout, self.statement_timeout, self.client_check)
 
     @property
-    def engine_key(self) -> tuple[str, float, str]:
-        """Specs with the same key share one engine: they differ only in session options,
-        which `connect` sets per connection."""
-        return (self.url, self.connect_timeout, self.application_name)
+    def engine_key(self) -> tuple[str, float, str, str]:
+        """Specs with the same key can share one engine (and SQLAlchemy's one-off dialect
+        initialisation): the same URL and the same session options."""
+        return (self.url, self.connect_timeout, self.application_name, self.options)
 
     def engine(self, **kw: Any) -> sa.Engine:
-        """An engine for every spec with this `engine_key`. Open its connections with
-        `connect` (or `checkout`), which adds the spec's own session options."""
-        kw.setdefault("use_native_hstore", False)  # no hstore lookup per new engine
-        engine = sa.create_engine(
-            sqlalchemy_url(self.url),
-            poolclass=sa.pool.NullPool,
-            connect_args={
-                "connect_timeout": max(1, round(self.connect_timeout)),
-                "application_name": self.application_name,
-            },
-            **kw,
+        url = sqlalchemy_url(self.url)
+        connect_args: dict[str, Any] = {
+            "connect_timeout": max(1, round(self.connect_timeout)),
+            "application_name": self.application_name,
+        }
+        # In connect_args, so that a session SQLAlchemy reconnects gets them too. After any
+        # `options` of the user's own URL, which connect_args would otherwise replace.
+        theirs = url.query.get("options")
+        options = " ".join(
+            o for o in (theirs if isinstance(theirs, str) else "", self.options) if o
         )
-        sa.event.listen(engine, "do_connect", _add_session_options)
-        return engine
-
-
-# The session options of the connection being opened: one engine (one dialect initialisation)
-# serves sessions with different timeouts, each set in its own startup packet.
-_SESSION_OPTIONS: contextvars.ContextVar[str] = contextvars.ContextVar(
-    "db_deploy_session_options", default=""
-)
-
-
-def _add_session_options(dialect: Any, conn_rec: Any, cargs: Any, cparams: dict[str, Any]) -> None:
-    ours = _SESSION_OPTIONS.get()
-    if ours:  # after any `options` of the user's own URL, so that ours win
-        cparams["options"] = f"{cparams.get('options') or ''} {ours}".strip()
-
-
-def checkout(engine: sa.Engine, spec: ConnectionSpec) -> sa.Connection:
-    """One connection from `engine` (made by a spec with the same `engine_key`) with `spec`'s
-    session options: no retries (see `connect`)."""
-    token = _SESSION_OPTIONS.set(spec.options)
-    try:
-        return engine.connect()
-    finally:
-        _SESSION_OPTIONS.reset(token)
+        if options:
+            connect_args["options"] = options
+        kw.setdefault("use_native_hstore", False)  # no hstore lookup per new engine
+        return sa.create_engine(url, poolclass=sa.pool.NullPool, connect_args=connect_args, **kw)
 
 
 def backoff_delays(retries: int, base: float = 0.5, cap: float = 8.0) -> Iterator[float]:
@@ -211,7 +188,7 @@ def connect(
     while True:
         attempt += 1
         try:
-            return checkout(engine, spec)
+            return engine.connect()
         except sa.exc.OperationalError as exc:
             reason = server_message(exc)
             if _BAD_SETTINGS.search(reason):
@@ -396,8 +373,7 @@ class BlockerWatch:
         own = self.engine is None
         engine = self.spec.engine() if self.engine is None else self.engine
         try:
-            conn = checkout(engine.execution_options(isolation_level="AUTOCOMMIT"), self.spec)
-            with conn:
+            with engine.execution_options(isolation_level="AUTOCOMMIT").connect() as conn:
                 while not self._stop.wait(self.interval):
                     row = conn.execute(_BLOCKERS, {"pid": self.pid}).first()
                     if row is not None:

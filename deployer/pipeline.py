@@ -64,7 +64,7 @@ class Run:
         )
         self.current_step = "config"
         self.stack = ExitStack()
-        self.engines: dict[tuple[str, float, str], sa.Engine] = {}
+        self.engines: dict[tuple[str, float, str, str], sa.Engine] = {}
 
     # -- plumbing
 
@@ -83,6 +83,10 @@ class Run:
         self.observer.warning(message)
 
     def spec(self, url: str, *, migration: bool = False) -> db.ConnectionSpec:
+        """How to reach `url`. `migration`: the session that runs migrations and the seed gets
+        the timeouts, and on PostgreSQL 14+ `client_connection_check_interval` (which only
+        acts while a statement runs). The others (preflight and smoke, the idle lock session,
+        the blocker watch) share one engine."""
         s = self.settings
         return db.ConnectionSpec(
             url=url,
@@ -90,14 +94,13 @@ class Run:
             retries=s.connect_retries,
             lock_timeout=s.lock_timeout if migration else None,
             statement_timeout=s.statement_timeout if migration else None,
-            client_check=bool(
-                self.result.preflight and self.result.preflight.server_version_num >= 140000
-            ),
+            client_check=migration
+            and bool(self.result.preflight and self.result.preflight.server_version_num >= 140000),
         )
 
     def engine(self, spec: db.ConnectionSpec) -> sa.Engine:
-        """The run's engine for `spec`'s URL: one per URL, so that SQLAlchemy initialises its
-        dialect (a handful of queries) once, not once per session."""
+        """The run's engine for `spec`: sessions with the same URL and options share one, so
+        that SQLAlchemy initialises its dialect (a handful of queries) once for them."""
         engine = self.engines.get(spec.engine_key)
         if engine is None:
             engine = self.engines[spec.engine_key] = spec.engine()
@@ -241,7 +244,9 @@ class Run:
                     self.observer.info(
                         f"seed: {sd.inserted} inserted, {sd.updated} updated, {sd.deleted} deleted"
                     )
-        self.status(project, mig, facts.version_table, facts.version_table_schema, heads=m.current)
+        # The heads migrate read back; none (a database at base, or a failed read): read them.
+        read_back = m.current or None
+        self.status(project, mig, facts.version_table, facts.version_table_schema, heads=read_back)
         # The migration session shares the smoke's reads when it is the same role on the same
         # URL (smoke proves what the deploy role can read).
         self.smoke(app, helpers=[mig] if s.direct_url == s.url else [])
@@ -296,6 +301,7 @@ class Run:
                 recorder=recorder,
                 watch_spec=watch,
                 watch_engine=self.engine(watch),
+                client_check=self.spec(s.direct_url, migration=True).client_check,
             )
             previous = m.previous if previous is None else previous
             applied += m.applied

@@ -54,33 +54,36 @@ def url_secrets(url: str) -> list[str]:
 
 
 def redact_record(obj: object, redactor: Redactor) -> None:
-    """Redact, in place, every string inside a result record (dataclasses, lists, dicts), so that
-    no renderer can cut a secret in half before the final redaction pass sees it."""
+    """Redact, in place, every string inside a result record (dataclasses, lists, dicts and their
+    keys, tuples), so that no renderer can cut a secret in half before the final redaction pass
+    sees it, and none that JSON escapes (quotes, non-ASCII) is missed by it."""
     import dataclasses
 
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         for f in dataclasses.fields(obj):
             value = getattr(obj, f.name)
-            if isinstance(value, str):
-                object.__setattr__(obj, f.name, redactor(value))  # frozen records too
-            else:
-                redact_record(value, redactor)
+            new = _redacted(value, redactor)
+            if new is not value:
+                object.__setattr__(obj, f.name, new)  # frozen records too
     elif isinstance(obj, list):
         for i, value in enumerate(obj):
-            if isinstance(value, str):
-                obj[i] = redactor(value)
-            else:
-                redact_record(value, redactor)
+            obj[i] = _redacted(value, redactor)
     elif isinstance(obj, dict):
         for key, value in list(obj.items()):
-            if isinstance(key, str) and redactor(key) != key:  # keys too (the JSON report's)
+            if isinstance(key, str) and redactor(key) != key:
                 del obj[key]
                 key = redactor(key)
-            if isinstance(value, str):
-                obj[key] = redactor(value)
-            else:
-                obj[key] = value
-                redact_record(value, redactor)
+            obj[key] = _redacted(value, redactor)
+
+
+def _redacted(value: object, redactor: Redactor) -> object:
+    """`value` redacted: a new string or tuple, or the same container redacted in place."""
+    if isinstance(value, str):
+        return redactor(value)
+    if isinstance(value, tuple):
+        return tuple(_redacted(v, redactor) for v in value)
+    redact_record(value, redactor)
+    return value
 
 
 class Redactor:

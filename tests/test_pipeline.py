@@ -321,6 +321,22 @@ def test_noop_deploy_runs_env_py_once(
     report = json.loads((github.workspace / "db-deploy-report.json").read_text())
     assert report["migrate"]["pending"] == [] and report["migrate"]["current"] == ["0003_rows"]
     assert report["status_check"]["up_to_date"] is True
+    # what env.py configures is still reported, though it did not run a second time
+    assert report["migrate"]["transaction_per_migration"] is True
+    assert "one transaction per revision" in github.summary()
+
+
+def test_a_version_table_holding_a_revision_and_its_ancestor_is_refused(
+    project: AlembicProject, database: Database, deploy
+) -> None:
+    """Not a no-op: Alembic cannot plan from overlapping heads; nothing is changed (exit 2)."""
+    linear(project)
+    assert deploy(project).returncode == 0
+    database.execute("INSERT INTO alembic_version VALUES ('0001_a')")
+    run = deploy(project)
+    assert run.returncode == 2, run.output
+    assert "cannot plan the upgrade" in run.stdout and "internal error" not in run.stdout
+    assert database.version() == {"0001_a", "0003_rows"}
 
 
 def test_dry_run_changes_nothing_and_shows_sql(

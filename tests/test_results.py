@@ -63,8 +63,16 @@ def test_redact_record_masks_values_and_keys() -> None:
     secret = 'pässwörd-with-"quotes"'  # JSON would escape it: the text pass would miss it
     result = filled_record()
     result.error = f"connect failed for {secret}"
-    result.extra = {f"key {secret}": [f"in a list {secret}"], "ok": {"deep": secret}}
+    result.extra = {
+        f"key {secret}": [f"in a list {secret}"],
+        "ok": {"deep": secret},
+        "pair": (secret, 1),
+    }
     redact_record(result, Redactor([secret]))
     text = json.dumps(plain(result), default=str)
     assert secret not in text and json.dumps(secret)[1:-1] not in text
-    assert result.extra == {"key ***": ["in a list ***"], "ok": {"deep": "***"}}
+    assert result.extra == {
+        "key ***": ["in a list ***"],
+        "ok": {"deep": "***"},
+        "pair": ("***", 1),
+    }

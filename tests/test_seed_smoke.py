@@ -451,13 +451,42 @@ def test_smoke_shares_the_reads_of_many_tables_between_sessions(database: Databa
     )
 
 
+def test_smoke_leaves_out_a_helper_acting_as_another_role(database: Database) -> None:
+    """Smoke proves what the deploy role reads: a helper session on which env.py ran SET ROLE
+    reads nothing."""
+    from deployer.steps.smoke import PARALLEL_MIN, smoke
+
+    _many_tables(database, PARALLEL_MIN + 5)
+    database.execute("CREATE ROLE smoke_other")
+    seen: dict[int, list[str]] = {}
+
+    def note(conn, cursor, statement, *_: object) -> None:
+        seen.setdefault(id(conn), []).append(statement)
+
+    try:
+        with database.engine.connect() as one, database.engine.connect() as two:
+            two.execute(sa.text("SET ROLE smoke_other"))
+            two.commit()
+            sa.event.listen(database.engine, "before_cursor_execute", note)
+            result = smoke(one, helpers=[two])
+            sa.event.remove(database.engine, "before_cursor_execute", note)
+            assert not any("UNION ALL" in q for q in seen.get(id(two), []))
+            assert any("UNION ALL" in q for q in seen[id(one)])
+            assert all(t.ok for t in result.tables)
+    finally:
+        database.execute("DROP ROLE smoke_other")
+
+
 def test_smoke_does_not_hang_on_a_locked_table(database: Database) -> None:
-    """A table held in ACCESS EXCLUSIVE by another session (in the helper's share) fails after
-    lock_timeout, named, and every other table is still read."""
+    """A table held in ACCESS EXCLUSIVE by another session (in the helper's share, with a
+    vector index) fails after lock_timeout, named, and every other table is still read."""
     from deployer.steps.smoke import PARALLEL_MIN, smoke
 
     n = PARALLEL_MIN + 10
     _many_tables(database, n)
+    database.execute("CREATE EXTENSION IF NOT EXISTS vector")
+    database.execute(f"ALTER TABLE t{n:03d} ADD COLUMN v vector(3)")
+    database.execute(f"CREATE INDEX t{n:03d}_v ON t{n:03d} USING hnsw (v vector_l2_ops)")
     with database.engine.connect() as holder:
         holder.execute(sa.text(f"LOCK TABLE t{n:03d} IN ACCESS EXCLUSIVE MODE"))
         with database.engine.connect() as one, database.engine.connect() as two:

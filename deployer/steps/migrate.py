@@ -80,6 +80,7 @@ def migrate(
     recorder: Callable[[sa.Connection, RevisionStep, float], None] | None = None,
     watch_spec: ConnectionSpec | None = None,
     watch_engine: sa.Engine | None = None,
+    client_check: bool = False,
 ) -> MigrateResult:
     """Upgrade (or, with `downgrade`, downgrade: the rollback command) to `target`.
     `recorder(connection, step, seconds)` is called inside each revision's transaction, on the
@@ -142,9 +143,7 @@ def migrate(
         return [] if dry_run else tracked(steps)
 
     environ = {
-        "PGOPTIONS": session_options(
-            lock_timeout, statement_timeout, watch_spec.client_check if watch_spec else False
-        ),
+        "PGOPTIONS": session_options(lock_timeout, statement_timeout, client_check),
         "PGAPPNAME": APPLICATION_NAME,
     }
     error: BaseException | None = None
@@ -226,12 +225,15 @@ def up_to_date(
         destination == set(heads) or destination <= project.ancestors(heads)
     ):
         return None
+    if len(heads) > 1 and any(h in project.ancestors([o]) for h in heads for o in heads if o != h):
+        return None  # a version table holding a revision and its ancestor: `migrate` refuses it
     return MigrateResult(
         script_location=str(project.script_location),
         target=target,
         dry_run=dry_run,
         previous=sorted(heads),
         current=sorted(heads),
+        transaction_per_migration=facts.transaction_per_migration,
         version_table=facts.version_table,
         version_table_schema=facts.version_table_schema,
     )
@@ -371,6 +373,7 @@ class EnvFacts:
     heads: list[str]
     version_table: str
     version_table_schema: str | None
+    transaction_per_migration: bool = False
 
 
 def inspect_env(
@@ -382,7 +385,10 @@ def inspect_env(
 
     def work(heads: tuple[str, ...], context: MigrationContext) -> Any:
         seen.update(
-            heads=sorted(heads), table=context.version_table, schema=context.version_table_schema
+            heads=sorted(heads),
+            table=context.version_table,
+            schema=context.version_table_schema,
+            per_migration=bool(getattr(context, "_transaction_per_migration", False)),
         )
         return []
 
@@ -398,4 +404,4 @@ def inspect_env(
         _rollback(connection)
     if not seen:
         raise ConfigError("env.py never called context.run_migrations(): nothing would be migrated")
-    return EnvFacts(seen["heads"], seen["table"], seen["schema"])
+    return EnvFacts(seen["heads"], seen["table"], seen["schema"], seen["per_migration"])

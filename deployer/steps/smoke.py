@@ -33,7 +33,7 @@ from deployer.settings import Expectation, ExtensionRequirement
 
 EXACT_LIMIT = 10_000
 BATCH = 200  # tables per UNION ALL query
-PARALLEL_MIN = 100  # readable tables from which the helper sessions share the reads
+PARALLEL_MIN = 100  # tables from which the helper sessions share the reads
 ADVICE_MIN_ROWS = 10_000  # below this an ivfflat index's lists hardly matters
 SYSTEM_SCHEMAS = ("pg_catalog", "information_schema", "pg_toast")
 
@@ -109,34 +109,49 @@ def smoke(
 ) -> SmokeResult:
     """`exclude_schemas`: the tool's own (the deploy history), which is not the application's.
     `helpers`: other idle sessions on the same database that share the table reads (each in a
-    thread of its own). `lock_timeout`: how long a read waits for a lock, on every session."""
+    thread of its own) when they act as the same role. `lock_timeout`: how long a read waits
+    for a lock, on every session."""
     started = time.perf_counter()
     result = SmokeResult()
     sessions = [connection, *helpers]
     try:
-        _bound_locks(connection, lock_timeout)
+        role = _begin(connection, lock_timeout)
         catalog = connection.execute(_TABLES, {"exclude": list(exclude_schemas)}).all()
+        if len(catalog) >= PARALLEL_MIN:  # (a session whose env.py ran SET ROLE is left out)
+            sessions = [connection, *(h for h in helpers if _begin(h, lock_timeout) == role)]
+        else:
+            sessions = [connection]
         result.tables = _check_tables(sessions, catalog, lock_timeout)
         installed: dict[str, str] = dict(connection.execute(_EXTENSIONS).all())
         result.extensions = [_check_extension(req, installed) for req in extensions]
         estimates = {f"{r[0]}.{r[1]}": r for r in catalog}
         result.expectations = [_check_expectation(connection, x, estimates) for x in expectations]
-        result.vector_indexes = _vector_indexes(connection, result.tables)
+        try:
+            result.vector_indexes = _vector_indexes(connection, result.tables)
+        except sa.exc.DBAPIError:  # an index locked by someone else: its table failed above
+            connection.rollback()
     finally:
-        for session in sessions:
-            if session.in_transaction():
-                session.rollback()
+        for session in (connection, *helpers):
+            try:
+                if session.in_transaction():
+                    session.rollback()
+            except sa.exc.DBAPIError:
+                pass  # a session gone: the smoke's own outcome (or error) is what counts
     result.seconds = round(time.perf_counter() - started, 4)
     return result
 
 
-def _bound_locks(connection: sa.Connection, lock_timeout: float | None) -> None:
-    """`lock_timeout` for the transaction the smoke reads in (`SET LOCAL`)."""
-    if lock_timeout is not None:
-        connection.execute(
-            sa.text("SELECT set_config('lock_timeout', :v, true)"),
-            {"v": f"{pg_milliseconds(lock_timeout)}ms"},
-        )
+_BEGIN = sa.text(
+    "SELECT current_user, set_config('lock_timeout', coalesce(:v, current_setting('lock_timeout')),"
+    " true)"
+)
+
+
+def _begin(connection: sa.Connection, lock_timeout: float | None) -> str:
+    """Open the smoke's transaction on `connection` with `lock_timeout` (`SET LOCAL`); returns
+    the role the reads run as."""
+    v = f"{pg_milliseconds(lock_timeout)}ms" if lock_timeout is not None else None
+    return str(connection.execute(_BEGIN, {"v": v}).scalar_one())
 
 
 def _check_tables(
@@ -152,8 +167,6 @@ def _check_tables(
             check.error = "permission denied (no SELECT privilege for the deploy role)"
     if not readable:
         return checks
-    if len(readable) < PARALLEL_MIN:
-        sessions = sessions[:1]
     # Contiguous shares, one per session; the first session's in this thread, the others' in
     # threads of their own (psycopg waits for the server without holding the GIL).
     size = -(-len(readable) // len(sessions))
@@ -163,8 +176,6 @@ def _check_tables(
 
     def read(session: sa.Connection, share: list[tuple[int, TableCheck, sa.Row]]) -> None:
         try:
-            if session is not sessions[0]:
-                _bound_locks(session, lock_timeout)
             counts.update(_count(session, share, lock_timeout))
         except BaseException as exc:  # noqa: BLE001 - raised again in the calling thread
             failures.append(exc)
@@ -217,7 +228,7 @@ def _count(
             counts.update(connection.execute(sa.text(sql)).all())
         except sa.exc.DBAPIError:
             connection.rollback()  # the catalog rows are already read
-            _bound_locks(connection, lock_timeout)  # for the new transaction
+            _begin(connection, lock_timeout)  # the new transaction
             for i, check, _ in batch:
                 try:
                     counts[i] = _bounded_count(
