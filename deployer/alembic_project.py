@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote
 
 import sqlalchemy as sa
 from alembic.config import Config
@@ -250,7 +251,7 @@ def run_env(
         config.attributes.pop("connection", None)
     if output_buffer is not None:
         config.output_buffer = output_buffer
-    env = {"DATABASE_URL": url, **(environ or {})}
+    env = {"DATABASE_URL": with_options(url, ours) if ours else url, **(environ or {})}
     paths = [p for p in (workspace, project.script_location.parent) if p is not None]
     with (
         _environ(env),
@@ -262,6 +263,22 @@ def run_env(
         except SystemExit as exc:
             # User code may not end the deployer: it must still report, and redact.
             raise UserExit(f"env.py called sys.exit({exc.code!r})") from None
+
+
+def with_options(url: str, extra: str) -> str:
+    """`url` (a libpq URI, as the user wrote it) with `extra` appended to its `options` query
+    parameter when it has one, for libpq then ignores PGOPTIONS; else `url` unchanged. Only
+    that parameter is rewritten (percent-encoded, as libpq decodes it)."""
+    base, mark, query = url.partition("?")
+    if not mark:
+        return url
+    pairs = query.split("&")
+    for i, pair in enumerate(pairs):
+        key, sep, value = pair.partition("=")
+        if key == "options" and sep:
+            pairs[i] = "options=" + quote(f"{unquote(value)} {extra}".strip(), safe="")
+            return f"{base}?{'&'.join(pairs)}"
+    return url
 
 
 def read_heads(

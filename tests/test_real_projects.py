@@ -200,6 +200,41 @@ def test_env_py_with_its_own_engine_gets_the_session_settings(
     assert kinds == ["0001_seen", "0002_more"]
 
 
+def test_env_py_building_its_engine_from_database_url_keeps_the_url_options(
+    database: Database, github: GitHubRunner, run_cli: Callable[..., Run]
+) -> None:
+    """The same for an env.py that reads DATABASE_URL: our options are appended to the URL's."""
+    project = own_engine_project(github.workspace / "migrations")
+    env_py = project.root / "env.py"
+    env_py.write_text(
+        env_py.read_text().replace(
+            "engine = engine_from_config(config.get_section(config.config_ini_section, {}),\n"
+            '                                prefix="sqlalchemy.", poolclass=pool.NullPool)',
+            "import os, sqlalchemy\n    engine = sqlalchemy.create_engine("
+            "os.environ['DATABASE_URL'].replace('postgresql://', 'postgresql+psycopg://'),"
+            " poolclass=pool.NullPool)",
+        )
+    )
+    assert "os.environ['DATABASE_URL']" in env_py.read_text()
+    project.add(
+        "0001_seen",
+        """
+        op.execute("CREATE TABLE seen AS SELECT current_setting('lock_timeout') AS lock_timeout, "
+                   "current_setting('work_mem') AS work_mem")
+    """,
+    )
+    env = github.with_inputs(
+        **{
+            "database-url": database.url + "&options=-c%20work_mem%3D12345kB",
+            "migrations-path": "migrations",
+            "lock-timeout": "4s",
+        }
+    )
+    run = run_cli(env=env, cwd=github.workspace)
+    assert run.returncode == 0, run.output
+    assert tuple(database.rows("SELECT * FROM seen")[0]) == ("4s", "12345kB")
+
+
 def test_env_py_with_its_own_engine_keeps_the_url_options(
     database: Database, github: GitHubRunner, run_cli: Callable[..., Run]
 ) -> None:
