@@ -497,3 +497,17 @@ def test_smoke_does_not_hang_on_a_locked_table(database: Database) -> None:
     assert "lock timeout" in failed[0].error
     assert sum(t.ok for t in result.tables) == n - 1
     assert f"public.t{n:03d} is not readable" in "; ".join(result.problems)
+
+
+def test_smoke_does_without_a_helper_that_is_gone(database: Database) -> None:
+    """A helper session the server has dropped shares nothing; the smoke still reads it all."""
+    from deployer.steps.smoke import PARALLEL_MIN, smoke
+
+    n = PARALLEL_MIN + 5
+    _many_tables(database, n)
+    with database.engine.connect() as one, database.engine.connect() as two:
+        pid = two.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+        two.commit()
+        database.scalar("SELECT pg_terminate_backend(:pid)", pid=pid)
+        result = smoke(one, helpers=[two], lock_timeout=2)
+    assert len(result.tables) == n and all(t.ok for t in result.tables)
