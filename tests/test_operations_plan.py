@@ -60,6 +60,11 @@ def test_plan_lists_pending_revisions_with_their_sql(
     assert sql.index("-- 0002_b") < sql.index("CREATE TABLE b") < sql.index("-- 0003_idx")
     assert "CREATE INDEX b_note_idx ON b (note)" in sql
     assert "UPDATE alembic_version SET version_num='0003_idx'" in sql
+    # each revision's SQL is its own transaction, BEGIN to COMMIT (Alembic writes the next
+    # revision's BEGIN before its marker: it is moved back where it belongs)
+    for part in sql.split("-- ")[1:]:
+        body = part.split("\n", 1)[1].strip()
+        assert body.startswith("BEGIN;") and body.endswith("COMMIT;"), body
 
     summary = github.summary()
     assert "2 revision(s) would be applied" in summary and "(dry run)" in summary

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -354,16 +355,28 @@ def offline_sql(
     except Exception as exc:  # noqa: BLE001 - offline mode is best effort
         return {"*": f"-- offline SQL unavailable: {describe_exception(exc)}"}
     text = buf.getvalue()
-    out: dict[str, str] = {}
     marks = list(_RUNNING.finditer(text))
     preamble = text[: marks[0].start()].strip() if marks else ""
-    if preamble:  # e.g. CREATE TABLE alembic_version on a fresh database
-        out["(setup)"] = preamble
+    chunks: list[list[str]] = []
     for i, m in enumerate(marks):
         end = marks[i + 1].start() if i + 1 < len(marks) else len(text)
-        chunk = text[m.end() : end].strip()
-        out[m.group(2)] = re.sub(r"\n{3,}", "\n\n", chunk)
+        chunks.append([m.group(2), re.sub(r"\n{3,}", "\n\n", text[m.end() : end].strip())])
+    # Alembic writes a revision's BEGIN before its marker, so it ends the chunk before: give
+    # it back, so that each revision reads BEGIN … COMMIT.
+    for this, following in pairwise(chunks):
+        if this[1].endswith(_BEGIN):
+            this[1] = this[1][: -len(_BEGIN)].rstrip()
+            following[1] = f"{_BEGIN}\n\n{following[1]}"
+    if preamble == _BEGIN and chunks:
+        preamble, chunks[0][1] = "", f"{_BEGIN}\n\n{chunks[0][1]}"
+    out: dict[str, str] = {}
+    if preamble:  # e.g. CREATE TABLE alembic_version on a fresh database
+        out["(setup)"] = preamble
+    out.update((rev, sql) for rev, sql in chunks)
     return out
+
+
+_BEGIN = "BEGIN;"
 
 
 @dataclass
