@@ -24,7 +24,7 @@ from alembic.runtime.environment import EnvironmentContext
 from alembic.runtime.migration import MigrationContext
 from alembic.script import Script, ScriptDirectory
 
-from deployer.errors import ConfigError
+from deployer.errors import ConfigError, describe_exception
 from deployer.results import Revision
 
 
@@ -121,7 +121,7 @@ def find_project(
     except Exception as exc:  # noqa: BLE001 - user code: any error is a config error
         raise ConfigError(
             f"cannot load the migrations in {_shown(location, workspace)}: "
-            f"{_describe_exception(exc)}"
+            f"{describe_exception(exc)}"
         ) from None
     return AlembicProject(config=config, script=script, ini=ini, script_location=location)
 
@@ -173,17 +173,6 @@ def _shown(path: Path, workspace: Path) -> str:
         return repr(str(path.resolve().relative_to(workspace)))
     except ValueError:
         return repr(str(path))
-
-
-def _describe_exception(exc: BaseException) -> str:
-    if isinstance(exc, SyntaxError):
-        name = Path(exc.filename or "?").name
-        return f"syntax error in {name} line {exc.lineno}: {exc.msg}"
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return f"{type(exc).__name__}: {text}"
-
-
-describe_exception = _describe_exception
 
 
 class UserExit(RuntimeError):

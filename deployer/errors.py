@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -36,3 +38,12 @@ class StepFailed(DeployError):
     """A migration, the seed, the status check or the smoke test failed (exit 1)."""
 
     exit_code = EXIT_FAILED
+
+
+def describe_exception(exc: BaseException) -> str:
+    """An exception from user code (env.py, a revision, a seed) on one line, with its type."""
+    if isinstance(exc, SyntaxError):
+        name = Path(exc.filename or "?").name
+        return f"syntax error in {name} line {exc.lineno}: {exc.msg}"
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"

@@ -14,12 +14,15 @@ import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
-from deployer.alembic_project import AlembicProject
 from deployer.errors import StepFailed
 from deployer.results import Telemetry
+
+if TYPE_CHECKING:
+    from deployer.alembic_project import AlembicProject
 
 TABLE = "db_deploy_history"
 

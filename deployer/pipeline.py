@@ -2,6 +2,8 @@
 
 Steps take what they need and return records; they never print or write GitHub files. Progress
 goes to an `Observer` (the GitHub or terminal console), results to the renderers afterwards.
+Alembic (~0.1 s of imports) is imported by the commands that load a migrations folder, not by
+`smoke`.
 """
 
 from __future__ import annotations
@@ -11,13 +13,11 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import sqlalchemy as sa
-from alembic.runtime.migration import RevisionStep
 
 from deployer import db, history
-from deployer.alembic_project import AlembicProject, find_project, read_heads
 from deployer.errors import ConfigError, DeployError, StepFailed
 from deployer.results import (
     AppliedRevision,
@@ -28,18 +28,16 @@ from deployer.results import (
     utcnow,
 )
 from deployer.settings import Settings
-from deployer.steps.migrate import (
-    EnvFacts,
-    check_heads,
-    inspect_env,
-    migrate,
-    resolve_target,
-    up_to_date,
-)
 from deployer.steps.preflight import preflight
 from deployer.steps.seed import check_seed_file, seed
 from deployer.steps.smoke import smoke
 from deployer.steps.status import check_single_head, status
+
+if TYPE_CHECKING:
+    from alembic.runtime.migration import RevisionStep
+
+    from deployer.alembic_project import AlembicProject
+    from deployer.steps.migrate import EnvFacts
 
 
 class Observer(Protocol):
@@ -121,6 +119,8 @@ class Run:
         )
 
     def project(self) -> AlembicProject:
+        from deployer.alembic_project import find_project
+
         s = self.settings
         if s.requirements and self.result.install is None:
             from deployer.steps.install import install_requirements
@@ -180,6 +180,9 @@ class Run:
     # -- commands
 
     def deploy(self) -> None:
+        from deployer.alembic_project import read_heads
+        from deployer.steps.migrate import check_heads, inspect_env, resolve_target, up_to_date
+
         s = self.settings
         self.require_url()
         project = self.project()
@@ -282,6 +285,8 @@ class Run:
         """The migrate step (or, with `downgrade`, the rollback's), retried (lock-retries) while
         a revision fails on lock_timeout. History rows that env.py's own connection could not
         carry are written afterwards on ours."""
+        from deployer.steps.migrate import migrate
+
         s = self.settings
         applied: list[AppliedRevision] = []
         previous: list[str] | None = None
@@ -445,6 +450,8 @@ class Run:
                 raise StepFailed("smoke test failed: " + "; ".join(sm.problems), step="smoke")
 
     def status_command(self) -> None:
+        from deployer.steps.migrate import inspect_env
+
         self.require_url()
         project = self.project()
         self.preflight()

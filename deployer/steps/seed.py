@@ -15,9 +15,8 @@ from types import ModuleType
 
 import sqlalchemy as sa
 
-from deployer.alembic_project import describe_exception
 from deployer.db import server_message
-from deployer.errors import ConfigError
+from deployer.errors import ConfigError, describe_exception
 from deployer.results import SeedResult, TableDelta
 
 _DELTAS = sa.text(

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
-from deployer.alembic_project import AlembicProject, read_heads
 from deployer.errors import StepFailed
 from deployer.results import StatusResult
+
+if TYPE_CHECKING:
+    from deployer.alembic_project import AlembicProject
 
 
 def check_single_head(project: AlembicProject) -> None:
@@ -36,6 +39,8 @@ def status(
     if heads is not None:
         result.database_heads = sorted(heads)
     else:
+        from deployer.alembic_project import read_heads
+
         try:
             result.database_heads = read_heads(connection, version_table, version_table_schema)
         finally:
