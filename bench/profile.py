@@ -291,10 +291,11 @@ def _imports(cmd: list[str], env: dict[str, str], cwd: Path) -> dict[str, float]
 
 
 def _by_package(mods: dict[str, float], top: int = 14) -> dict[str, float]:
-    c: Counter[str] = Counter()
+    c: dict[str, float] = {}  # seconds by package
     for name, sec in mods.items():
-        c[name.split(".", 1)[0]] += sec
-    return {k: round(v, 4) for k, v in c.most_common(top)}
+        c[name.split(".", 1)[0]] = c.get(name.split(".", 1)[0], 0.0) + sec
+    ranked = sorted(c.items(), key=lambda kv: kv[1], reverse=True)[:top]
+    return {k: round(v, 4) for k, v in ranked}
 
 
 def _importtime(server: Server, project: Path) -> dict[str, Any]:

@@ -122,4 +122,4 @@ def embedded(data_dir: str | None = None) -> Iterator[Server]:
     try:
         yield Server(pgdata=pgdata.resolve(), host=host, bin_dir=bin_dir, handle=handle)
     finally:
-        handle.cleanup()  # type: ignore[attr-defined]
+        handle.cleanup()
