@@ -200,22 +200,26 @@ def test_env_py_with_its_own_engine_gets_the_session_settings(
     assert kinds == ["0001_seen", "0002_more"]
 
 
-def test_env_py_building_its_engine_from_database_url_keeps_the_url_options(
-    database: Database, github: GitHubRunner, run_cli: Callable[..., Run]
+FROM_DATABASE_URL = (
+    "import os, sqlalchemy\n    engine = sqlalchemy.create_engine("
+    "os.environ['DATABASE_URL'].replace('postgresql://', 'postgresql+psycopg://'),"
+    " poolclass=pool.NullPool)"
+)
+
+
+@pytest.mark.parametrize("source", ["sqlalchemy.url", "DATABASE_URL"])
+def test_env_py_with_its_own_engine_keeps_the_url_options(
+    source: str, database: Database, github: GitHubRunner, run_cli: Callable[..., Run]
 ) -> None:
-    """The same for an env.py that reads DATABASE_URL: our options are appended to the URL's."""
+    """libpq ignores PGOPTIONS when the URL has `options`: env.py's own engine, built from
+    sqlalchemy.url or from DATABASE_URL, gets the URL's options and our timeouts after them."""
     project = own_engine_project(github.workspace / "migrations")
-    env_py = project.root / "env.py"
-    env_py.write_text(
-        env_py.read_text().replace(
-            "engine = engine_from_config(config.get_section(config.config_ini_section, {}),\n"
-            '                                prefix="sqlalchemy.", poolclass=pool.NullPool)',
-            "import os, sqlalchemy\n    engine = sqlalchemy.create_engine("
-            "os.environ['DATABASE_URL'].replace('postgresql://', 'postgresql+psycopg://'),"
-            " poolclass=pool.NullPool)",
-        )
-    )
-    assert "os.environ['DATABASE_URL']" in env_py.read_text()
+    if source == "DATABASE_URL":
+        env_py = project.root / "env.py"
+        text = env_py.read_text()
+        start = text.index("engine = engine_from_config(")
+        end = text.index("poolclass=pool.NullPool)", start) + len("poolclass=pool.NullPool)")
+        env_py.write_text(text[:start] + FROM_DATABASE_URL + text[end:])
     project.add(
         "0001_seen",
         """
@@ -233,31 +237,6 @@ def test_env_py_building_its_engine_from_database_url_keeps_the_url_options(
     run = run_cli(env=env, cwd=github.workspace)
     assert run.returncode == 0, run.output
     assert tuple(database.rows("SELECT * FROM seen")[0]) == ("4s", "12345kB")
-
-
-def test_env_py_with_its_own_engine_keeps_the_url_options(
-    database: Database, github: GitHubRunner, run_cli: Callable[..., Run]
-) -> None:
-    """libpq ignores PGOPTIONS when the URL has `options`: env.py's engine gets both."""
-    project = own_engine_project(github.workspace / "migrations")
-    project.add(
-        "0001_seen",
-        """
-        op.execute("CREATE TABLE seen AS SELECT current_setting('lock_timeout') AS lock_timeout, "
-                   "current_setting('work_mem') AS work_mem, pg_backend_pid() AS pid")
-    """,
-    )
-    env = github.with_inputs(
-        **{
-            "database-url": database.url + "&options=-c%20work_mem%3D12345kB",
-            "migrations-path": "migrations",
-            "lock-timeout": "4s",
-        }
-    )
-    run = run_cli(env=env, cwd=github.workspace)
-    assert run.returncode == 0, run.output
-    lock_timeout, work_mem, _ = database.rows("SELECT * FROM seen")[0]
-    assert (lock_timeout, work_mem) == ("4s", "12345kB")
 
 
 def test_env_py_importing_the_application_from_the_workspace(
