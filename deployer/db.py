@@ -337,17 +337,11 @@ _BLOCKERS = sa.text(
 class BlockerWatch:
     """While a migration runs, note (on a connection of its own) which session blocks it, so a
     lock timeout can name the culprit instead of just failing. `start()` when the first revision
-    runs (a no-op deploy opens no connection for it); leaving the `with` block stops it."""
+    runs (a no-op deploy opens no connection for it); leaving the `with` block stops it.
+    `engine`: the run's, for a session without timeouts; the watch does not dispose of it."""
 
-    def __init__(
-        self,
-        spec: ConnectionSpec,
-        pid: int,
-        interval: float = 0.2,
-        engine: sa.Engine | None = None,
-    ) -> None:
-        self.spec = spec
-        self.engine = engine  # the run's, when it has one for this spec
+    def __init__(self, engine: sa.Engine, pid: int, interval: float = 0.2) -> None:
+        self.engine = engine
         self.pid = pid
         self.interval = interval
         self.blocker: Blocker | None = None
@@ -370,19 +364,14 @@ class BlockerWatch:
             self._thread.join(timeout=5)
 
     def _run(self) -> None:
-        own = self.engine is None
-        engine = self.spec.engine() if self.engine is None else self.engine
         try:
-            with engine.execution_options(isolation_level="AUTOCOMMIT").connect() as conn:
+            with self.engine.execution_options(isolation_level="AUTOCOMMIT").connect() as conn:
                 while not self._stop.wait(self.interval):
                     row = conn.execute(_BLOCKERS, {"pid": self.pid}).first()
                     if row is not None:
                         self.blocker = Blocker(*row)
         except sa.exc.DBAPIError:
             pass  # best effort: the migration's own error still tells what happened
-        finally:
-            if own:
-                engine.dispose()
 
 
 def is_lock_timeout(exc: BaseException) -> bool:

@@ -22,7 +22,11 @@ from deployer.errors import StepFailed
 from deployer.results import Telemetry
 
 if TYPE_CHECKING:
+    from alembic.script import Script
+
     from deployer.alembic_project import AlembicProject
+
+Entry = tuple[str, str, str, float | None]  # revision, kind, checksum, seconds
 
 TABLE = "db_deploy_history"
 
@@ -95,29 +99,26 @@ def ensure(conn: sa.Connection, schema: str) -> None:
     conn.commit()
 
 
+def entry(script: Script, upgrade: bool, seconds: float | None) -> Entry:
+    """The history entry of a revision just applied (or reverted): its script's checksum now."""
+    kind = "upgrade" if upgrade else "downgrade"
+    return (
+        script.revision,
+        kind,
+        checksum(script.path),
+        None if seconds is None else round(seconds, 4),
+    )
+
+
 def record(
     conn: sa.Connection,
     schema: str,
-    *,
-    revision: str,
-    kind: str,
-    checksum: str,
-    seconds: float | None,
-    telemetry: Telemetry,
-) -> None:
-    """Insert one entry on `conn`, inside whatever transaction it is in (the migration's own,
-    so the entry commits or rolls back with the revision)."""
-    record_all(conn, schema, [(revision, kind, checksum, seconds)], telemetry=telemetry)
-
-
-def record_all(
-    conn: sa.Connection,
-    schema: str,
-    entries: list[tuple[str, str, str, float | None]],
+    entries: list[Entry],
     *,
     telemetry: Telemetry,
 ) -> None:
-    """Insert entries `(revision, kind, checksum, seconds)` on `conn`, in its transaction. Several
+    """Insert entries `(revision, kind, checksum, seconds)` on `conn`, inside whatever transaction
+    it is in (the migration's own: an entry commits or rolls back with its revision). Several
     go as one executemany, which psycopg sends as one pipeline, not a round trip per row."""
     if not entries:
         return
@@ -170,7 +171,7 @@ def verify(
     recorded = latest_checksums(conn, schema)
     report = IntegrityReport(checked=len(applied), baselined=[], accepted=[])
     edited: list[tuple[str, str, str]] = []
-    baseline: list[tuple[str, str, str, float | None]] = []
+    baseline: list[Entry] = []
     for rev in applied:
         now = checksum(project.revision(rev).path)
         before = recorded.get(rev)
@@ -180,7 +181,7 @@ def verify(
         elif before != now:
             edited.append((rev, before, now))
     if write:
-        record_all(conn, schema, baseline, telemetry=telemetry)
+        record(conn, schema, baseline, telemetry=telemetry)
     if edited and not allow_edited:
         conn.rollback()
         details = "; ".join(f"{r}: recorded {b[:12]}…, now {n[:12]}…" for r, b, n in edited)
@@ -194,7 +195,7 @@ def verify(
         conn.rollback()
         report.accepted = [rev for rev, _, _ in edited]
         return report
-    record_all(
+    record(
         conn,
         schema,
         [(rev, "accepted-edit", now, None) for rev, _, now in edited],

@@ -290,7 +290,7 @@ class Run:
         s = self.settings
         applied: list[AppliedRevision] = []
         previous: list[str] | None = None
-        watch = self.spec(s.direct_url)
+        watch = self.engine(self.spec(s.direct_url))  # the blocker watch: no timeouts
         for attempt in range(s.lock_retries + 1):
             m = migrate(
                 project,
@@ -304,8 +304,7 @@ class Run:
                 on_applied=on_applied or self._applied,
                 downgrade=downgrade,
                 recorder=recorder,
-                watch_spec=watch,
-                watch_engine=self.engine(watch),
+                watch_engine=watch,
                 client_check=self.spec(s.direct_url, migration=True).client_check,
             )
             previous = m.previous if previous is None else previous
@@ -321,16 +320,11 @@ class Run:
         m.previous, m.applied = previous or [], applied
         if recorder is not None and not m.history_inline and m.applied:
             # env.py migrated on a connection of its own: record afterwards, on ours, in one go.
-            history.record_all(
+            history.record(
                 mig,
                 s.history_schema,
                 [
-                    (
-                        a.revision,
-                        "downgrade" if downgrade else "upgrade",
-                        history.checksum(project.revision(a.revision).path),
-                        a.seconds,
-                    )
+                    history.entry(project.revision(a.revision), not downgrade, a.seconds)
                     for a in m.applied
                 ],
                 telemetry=self.result.telemetry,
@@ -385,14 +379,10 @@ class Run:
         telemetry = self.result.telemetry
 
         def record(conn: sa.Connection, step: RevisionStep, seconds: float) -> None:
-            script = step.revision
             history.record(
                 conn,
                 s.history_schema,
-                revision=script.revision,
-                kind="upgrade" if step.is_upgrade else "downgrade",
-                checksum=history.checksum(script.path),
-                seconds=round(seconds, 4),
+                [history.entry(step.revision, step.is_upgrade, seconds)],
                 telemetry=telemetry,
             )
 

@@ -362,3 +362,30 @@ def test_plan_command_is_a_dry_run(
     assert run.returncode == 0, run.output
     assert database.tables() == set()
     assert "CREATE TABLE b" in github.summary()
+
+
+def test_sessions_without_timeouts_share_one_engine(
+    project: AlembicProject, database: Database, clean_environ, tmp_path
+) -> None:
+    """In a deploy, the application, deploy-lock and blocker-watch sessions share one engine
+    (SQLAlchemy initialises its dialect once for them); the migration session, whose timeouts
+    are in its engine's connect arguments, has the other. In-process, to see the engines."""
+    import io
+
+    from deployer.pipeline import Run as PipelineRun
+    from deployer.render.terminal import TerminalConsole
+    from deployer.settings import load_settings
+
+    linear(project)
+    clean_environ.chdir(tmp_path)
+    settings = load_settings(
+        {"database_url": database.url, "migrations_path": str(project.root), "lock_timeout": "3s"}
+    )
+    run = PipelineRun(settings, TerminalConsole(io.StringIO()))
+    with run.stack:
+        run.deploy()
+    assert run.result.migrate is not None and len(run.result.migrate.applied) == 3
+    options = sorted(key[3] for key in run.engines)
+    assert len(run.engines) == 2, run.engines.keys()
+    assert options[0] == ""  # application, lock, watch
+    assert "lock_timeout=3000" in options[1]  # migration

@@ -27,7 +27,6 @@ from deployer.alembic_project import AlembicProject, read_heads, run_env
 from deployer.db import (
     APPLICATION_NAME,
     BlockerWatch,
-    ConnectionSpec,
     backend_pid,
     is_lock_timeout,
     server_message,
@@ -79,7 +78,6 @@ def migrate(
     on_applied: Callable[[AppliedRevision], None] | None = None,
     downgrade: bool = False,
     recorder: Callable[[sa.Connection, RevisionStep, float], None] | None = None,
-    watch_spec: ConnectionSpec | None = None,
     watch_engine: sa.Engine | None = None,
     client_check: bool = False,
 ) -> MigrateResult:
@@ -149,8 +147,8 @@ def migrate(
     }
     error: BaseException | None = None
     watch = (
-        BlockerWatch(watch_spec, backend_pid(connection), engine=watch_engine)
-        if watch_spec is not None and not dry_run
+        BlockerWatch(watch_engine, backend_pid(connection))
+        if watch_engine is not None and not dry_run
         else None
     )
     try:
