@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import deploy, proc, profile, proposals, report, smoke, startup
+from bench import deploy, latency, proc, profile, proposals, report, smoke, startup
 from bench.server import embedded
 
-SUITES = ("startup", "deploy", "smoke", "profile")
+SUITES = ("startup", "deploy", "network", "smoke", "profile")
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
 DIFF = RESULTS.with_name("proposals.diff")
 
@@ -39,6 +39,16 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--smoke-repeat", type=int, help="smoke rounds (default 5; quick 2)")
     p.add_argument("--startup-repeat", type=int, help="start-up rounds (default 10; quick 3)")
     p.add_argument("--profile-size", type=int, help="chain size profiled (default 200; quick 40)")
+    p.add_argument(
+        "--latency-ms",
+        type=float,
+        default=2.0,
+        help="network suite: round-trip time added by the delaying proxy (default 2 ms)",
+    )
+    p.add_argument(
+        "--latency-size", type=int, help="network suite: chain size (default 200; quick 40)"
+    )
+    p.add_argument("--latency-repeat", type=int, help="network suite: rounds (default 3; quick 1)")
     p.add_argument("--only", help=f"comma-separated suites among {','.join(SUITES)} (default all)")
     p.add_argument("--skip", default="", help="comma-separated suites to leave out")
     p.add_argument(
@@ -78,6 +88,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     a.smoke_repeat = a.smoke_repeat or (2 if q else 5)
     a.startup_repeat = a.startup_repeat or (3 if q else 10)
     a.profile_size = a.profile_size or (40 if q else 200)
+    a.latency_size = a.latency_size or (40 if q else 200)
+    a.latency_repeat = a.latency_repeat or (1 if q else 3)
     chosen = [s for s in (a.only or ",".join(SUITES)).split(",") if s]
     skip = set(a.skip.split(",")) - {""}
     bad = [s for s in [*chosen, *skip] if s not in SUITES]
@@ -161,6 +173,11 @@ def measure(a: argparse.Namespace) -> dict[str, Any]:
                 say("deploys …")
                 results["deploy"] = deploy.run_suite(
                     server, work, a.sizes, a.repeat, say, candidate
+                )
+            if "network" in a.suites:
+                say(f"deploys {a.latency_ms:g} ms away …")
+                results["network"] = latency.run_suite(
+                    server, work, a.latency_size, a.latency_ms, a.latency_repeat, say
                 )
             if "smoke" in a.suites:
                 say("smoke …")

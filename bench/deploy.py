@@ -5,12 +5,13 @@ round to round (each tool goes first in turn):
 
 - `db-deploy deploy --database-url URL --migrations-path DIR` (preflight, lock, migrate,
   status, smoke, reports), as a user runs it;
+- the same with `--fast-path` (each revision's rendered SQL in one round trip);
 - bare `alembic -c DIR/alembic.ini upgrade head` (DATABASE_URL set);
 - `psql -X -q -v ON_ERROR_STOP=1 -f FILE` of what `alembic upgrade head --sql` emitted (once per
   size, untimed): the floor, the same SQL with a transaction per revision;
 
 then, on the databases now at head, a no-op `db-deploy deploy` and `alembic current`.
-Ratios are taken within each round. The three databases must end with the same catalog.
+Ratios are taken within each round. The four databases must end with the same catalog.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from bench.proc import VENV_BIN, child_env, deployer_env, run
 from bench.server import Server
 from bench.stats import ratios, rotate, summary
 
-FULL = ("deploy", "alembic", "psql")
+FULL = ("deploy", "fast", "alembic", "psql")
 WARM_REVISIONS = False  # byte-compile the chains before timing (--warm-revisions)
 NOOP = ("noop", "current")
 
@@ -136,6 +137,8 @@ def one_round(
         url = server.url(db)
         if tool in {"deploy", "noop"}:
             return deploy_cmd(project, url), deployer_env()
+        if tool == "fast":
+            return deploy_cmd(project, url, "--fast-path"), deployer_env()
         if tool in {"candidate", "candidate_noop"}:
             return deploy_cmd(project, url, candidate=candidate), candidate_env(candidate)
         if tool == "alembic":
@@ -203,7 +206,7 @@ def run_suite(
     try:
         for size in sizes:
             files = prepare(work, size, server)
-            # An untimed warm-up round first (it also checks that the three tools build the
+            # An untimed warm-up round first (it also checks that the four commands build the
             # same schema): the first commands on a new chain ran up to 45 % slower.
             one_round(server, work, files, size, 0, check=True, candidate=candidate, keep=keep)
             rounds = []
@@ -234,6 +237,8 @@ def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         ("deploy", "alembic"),
         ("alembic", "psql"),
         ("deploy", "psql"),
+        ("fast", "psql"),
+        ("fast", "deploy"),
         ("noop", "current"),
         ("noop_first", "current"),
         ("candidate", "alembic"),
@@ -254,6 +259,7 @@ def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
             f"{a}/{b}": ratios(cpu_rounds, a, b)
             for a, b in [
                 ("deploy", "alembic"),
+                ("fast", "deploy"),
                 ("noop", "current"),
                 ("candidate", "alembic"),
                 ("candidate", "deploy"),

@@ -306,6 +306,7 @@ class Run:
                 recorder=recorder,
                 watch_engine=watch,
                 client_check=self.spec(s.direct_url, migration=True).client_check,
+                fast_path=s.fast_path,
             )
             previous = m.previous if previous is None else previous
             applied += m.applied

@@ -104,6 +104,7 @@ class AppliedRevision:
     revision: str
     description: str
     seconds: float
+    fast_path: bool = False  # sent in one round trip (the fast path)
 
 
 @dataclass
@@ -125,6 +126,8 @@ class MigrateResult:
     version_table: str = "alembic_version"
     version_table_schema: str | None = None
     seconds: float = 0.0
+    fast_path: bool = False  # the fast path was asked for (upgrades only)
+    fallbacks: dict[str, str] = field(default_factory=dict)  # revision → why it ran normally
 
     @property
     def version_table_name(self) -> str:

@@ -362,6 +362,14 @@ class Settings(BaseSettings):
             "Retry a revision blocked by another session's lock this many times, with backoff",
         ),
     )
+    fast_path: bool = Field(
+        False,
+        json_schema_extra=_input(
+            "fast-path",
+            "DB_DEPLOY_FAST_PATH",
+            "Send each pending revision's rendered SQL in one round trip (falls back to normal execution for a revision that reads from the database or cannot be rendered); experimental",
+        ),
+    )
     # Operations modes (issue 7).
     scratch_database_url: SecretStr = Field(
         SecretStr(""),
@@ -477,6 +485,7 @@ class Settings(BaseSettings):
         "dry_run",
         "allow_edited_migrations",
         "require_tls",
+        "fast_path",
         "backup_before",
         "confirm_rollback",
         "security_preflight",

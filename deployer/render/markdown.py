@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from deployer.render import operations
-from deployer.results import RunResult, TableCheck, VectorIndex
+from deployer.results import MigrateResult, RunResult, TableCheck, VectorIndex
 
 ICON = {"success": "✅", "noop": "✅", "failed": "❌"}
 
@@ -164,6 +164,9 @@ def render(r: RunResult) -> str:
             ),
             "",
         ]
+        fast = fast_path_summary(m, code=lambda s: f"`{s}`")
+        if fast:
+            lines += [fast, ""]
 
     st = r.status_check
     if st is not None:
@@ -324,3 +327,16 @@ def _advice(v: VectorIndex) -> str:
     if v.recommended_lists is None:
         return "too few rows to judge (build ivfflat after loading data)"
     return f"ok (pgvector suggests ~{v.recommended_lists})"
+
+
+def fast_path_summary(m: MigrateResult, code: Callable[[str], str] = str) -> str:
+    """What the fast path did: how many revisions went in one round trip, and which ran the
+    normal way and why. Empty when it was not asked for."""
+    if not m.fast_path or not (m.applied or m.failed_revision):
+        return ""
+    sent = sum(a.fast_path for a in m.applied)
+    line = f"Fast path: {sent} of {len(m.applied)} applied revision(s) sent in one round trip each"
+    if not m.fallbacks:
+        return line + "."
+    normal = "; ".join(f"{code(rev)}: {why}" for rev, why in m.fallbacks.items())
+    return f"{line}; run the normal way: {normal}."

@@ -48,6 +48,7 @@ class _Tracker:
     started: float = 0.0
     applied: list[AppliedRevision] = field(default_factory=list)
     context: MigrationContext | None = None
+    sent: set[str] = field(default_factory=set)  # revisions the fast path sent in one round trip
 
 
 def resolve_target(project: AlembicProject, target: str) -> tuple[str, ...]:
@@ -80,22 +81,37 @@ def migrate(
     recorder: Callable[[sa.Connection, RevisionStep, float], None] | None = None,
     watch_engine: sa.Engine | None = None,
     client_check: bool = False,
+    fast_path: bool = False,
 ) -> MigrateResult:
     """Upgrade (or, with `downgrade`, downgrade: the rollback command) to `target`.
     `recorder(connection, step, seconds)` is called inside each revision's transaction, on the
     migration's own connection, when that is the deployer's (the deploy history). Returns the record, with `error` and `failed_revision` set when a
     revision failed (the database is then at its last committed revision, read back from it).
-    Raises ConfigError for bad targets and a broken env.py (nothing changed)."""
+    `fast_path`: send each upgrade revision's rendered SQL in one round trip where that is
+    faithful (steps/fast_path.py), the normal way otherwise. Raises ConfigError for bad targets and a broken env.py (nothing changed)."""
     started = time.perf_counter()
     destination = () if downgrade and target == "base" else resolve_target(project, target)
     result = MigrateResult(
-        script_location=str(project.script_location), target=target, dry_run=dry_run
+        script_location=str(project.script_location),
+        target=target,
+        dry_run=dry_run,
+        fast_path=fast_path and not downgrade,
     )
     tracker = _Tracker()
 
     def tracked(steps: list[RevisionStep]) -> Iterator[RevisionStep]:
         if watch is not None and steps:
             watch.start()  # only when something will run
+        if result.fast_path and tracker.context is not None:
+            from deployer.steps import fast_path as fast
+
+            for step in steps:
+                fast.install(
+                    step,
+                    tracker.context,
+                    on_sent=lambda rev, _n: tracker.sent.add(rev),
+                    on_fallback=result.fallbacks.__setitem__,
+                )
         for step in steps:
             tracker.running = step
             tracker.started = time.perf_counter()
@@ -104,6 +120,7 @@ def migrate(
                 revision=step.revision.revision,
                 description=(step.revision.doc or "").strip(),
                 seconds=round(time.perf_counter() - tracker.started, 4),
+                fast_path=step.revision.revision in tracker.sent,
             )
             tracker.applied.append(done)
             tracker.running = None

@@ -1,0 +1,256 @@
+"""The migrate step's fast path (`fast-path`, steps/fast_path.py): each revision's rendered SQL in
+one round trip, identical databases (compared by pg_dump, data included), the normal way for a
+revision that cannot be rendered faithfully, and a failure that leaves a known revision."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from conftest import (
+    REPO,
+    AlembicProject,
+    Database,
+    EmbeddedServer,
+    GitHubRunner,
+    create_database,
+    drop_database,
+)
+from pgcluster import bin_dir
+
+# Literals the rendering must carry exactly: percent signs (SQLAlchemy doubles them for psycopg),
+# a tab (Alembic's own --sql output turns tabs into spaces), backslashes (standard strings),
+# quotes, a newline, non-ASCII, and a statement ending in a `--` comment.
+TRICKY = "50% off\t'quoted' \\n back\\slash\nnew line ünï €"
+
+EDGE_CASES = [
+    (
+        "0001_types",
+        """
+        op.create_table(
+            'item',
+            sa.Column('id', sa.Integer, primary_key=True),
+            sa.Column('label', sa.Text, server_default=sa.text("'100%'")),
+            sa.Column('price', sa.Numeric(10, 2)),
+            sa.Column('born', sa.Date),
+            sa.Column('ok', sa.Boolean),
+            sa.Column('tags', sa.dialects.postgresql.ARRAY(sa.Text)),
+            sa.Column('doc', sa.dialects.postgresql.JSONB),
+        )
+        op.create_index('item_label', 'item', ['label'], postgresql_where=sa.text("label LIKE '%x%'"))
+        """,
+    ),
+    (
+        "0002_rows",
+        f"""
+        item = sa.table(
+            'item', sa.column('id', sa.Integer), sa.column('label', sa.Text),
+            sa.column('price', sa.Numeric), sa.column('born', sa.Date), sa.column('ok', sa.Boolean),
+        )
+        op.bulk_insert(item, [
+            {{'id': 1, 'label': {TRICKY!r}, 'price': Decimal('9.99'), 'born': date(2024, 2, 29), 'ok': True}},
+            {{'id': 2, 'label': None, 'price': None, 'born': None, 'ok': False}},
+        ])
+        op.execute("UPDATE item SET tags = ARRAY['a%b', 'c'] WHERE id = 1 -- a trailing comment")
+        op.execute(item.update().where(item.c.id == 2).values(label='two %% two'))
+        """,
+    ),
+    (
+        "0003_function",
+        """
+        op.execute('''
+            CREATE FUNCTION item_touch() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                NEW.label := coalesce(NEW.label, '0%');  -- statements inside the body
+                RETURN NEW;
+            END $$
+        ''')
+        op.execute("CREATE TRIGGER item_touch BEFORE INSERT ON item FOR EACH ROW EXECUTE FUNCTION item_touch()")
+        op.execute("INSERT INTO item (id) VALUES (3)")
+        op.execute("INSERT INTO item (id, label) VALUES (4, NULL)")
+        op.add_column('item', sa.Column('note', sa.Text, comment="it's 100% a comment"))
+        """,
+    ),
+]
+
+
+@pytest.fixture
+def second_database(pg_server: EmbeddedServer, admin_engine: sa.Engine) -> Iterator[Database]:
+    db = create_database(pg_server, admin_engine)
+    try:
+        yield db
+    finally:
+        drop_database(admin_engine, db)
+
+
+def dump(db: Database) -> str:
+    """pg_dump of everything but the deploy history (timestamps, durations)."""
+    proc = subprocess.run(
+        [
+            str(bin_dir() / "pg_dump"),
+            "--no-owner",
+            "--exclude-schema=db_deploy",
+            "--dbname",
+            db.url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return "\n".join(
+        line
+        for line in proc.stdout.splitlines()
+        if not line.startswith("\\restrict") and not line.startswith("\\unrestrict")
+    )
+
+
+def report(github: GitHubRunner) -> dict:
+    return json.loads((github.workspace / "db-deploy-report.json").read_text())
+
+
+def add_edge_cases(project: AlembicProject) -> None:
+    for rev, body in EDGE_CASES:
+        project.add(rev, body, imports="from datetime import date\nfrom decimal import Decimal")
+
+
+@pytest.mark.parametrize("source", ["edge-cases", "reference-schema"])
+def test_fast_path_builds_the_same_database_as_the_normal_path(
+    source: str,
+    project: AlembicProject,
+    database: Database,
+    second_database: Database,
+    github: GitHubRunner,
+    deploy,
+) -> None:
+    if source == "edge-cases":
+        add_edge_cases(project)
+        root: AlembicProject | Path = project
+        expected = [rev for rev, _ in EDGE_CASES]
+    else:
+        root = REPO / "migrations"
+        expected = sorted(p.stem for p in (REPO / "migrations" / "versions").glob("0*.py"))
+
+    normal = deploy(root, **{"database-url": second_database.url})
+    assert normal.returncode == 0, normal.output
+    assert not any(a["fast_path"] for a in report(github)["migrate"]["applied"])
+
+    fast = deploy(root, **{"fast-path": "true"})
+    assert fast.returncode == 0, fast.output
+    m = report(github)["migrate"]
+    assert m["fast_path"] is True
+    assert m["fallbacks"] == {}
+    assert [a["revision"] for a in m["applied"] if a["fast_path"]] == expected
+
+    assert dump(database) == dump(second_database)
+    if source == "edge-cases":
+        assert database.scalar("SELECT label FROM item WHERE id = 1") == TRICKY
+        assert database.scalar("SELECT label FROM item WHERE id = 2") == "two %% two"
+        assert database.scalar("SELECT label FROM item WHERE id = 3") == "100%"
+        assert database.scalar("SELECT label FROM item WHERE id = 4") == "0%"
+
+
+def test_revisions_that_cannot_be_rendered_run_the_normal_way(
+    project: AlembicProject, database: Database, github: GitHubRunner, deploy
+) -> None:
+    """A revision that reads from the database, one that uses autocommit_block() and one that
+    passes parameters run the normal way, in their place in the chain, with the reason
+    reported; the revisions around them still go in one round trip (the `op` proxy is back on
+    env.py's run after each render)."""
+    project.add("0001_a", "op.create_table('a', sa.Column('n', sa.Integer))")
+    project.add(
+        "0002_reads",
+        """
+        op.execute('INSERT INTO a VALUES (1), (2), (3)')
+        count = op.get_bind().execute(sa.text('SELECT count(*) FROM a')).scalar()
+        op.execute(f'INSERT INTO a VALUES ({count * 10})')
+        """,
+    )
+    project.add("0003_enum", "op.execute(\"CREATE TYPE mood AS ENUM ('ok')\")")
+    project.add(
+        "0004_autocommit",
+        """
+        with op.get_context().autocommit_block():
+            op.execute("ALTER TYPE mood ADD VALUE 'great'")
+        """,
+    )
+    project.add(
+        "0005_params",
+        "op.get_bind().execute(sa.text('INSERT INTO a VALUES (:n)'), {'n': 99})",
+    )
+    project.add("0006_after", "op.execute('INSERT INTO a VALUES (100)')")
+
+    run = deploy(project, **{"fast-path": "true"})
+    assert run.returncode == 0, run.output
+    assert database.version() == {"0006_after"}
+    assert sorted(r[0] for r in database.rows("SELECT n FROM a")) == [1, 2, 3, 30, 99, 100]
+    assert database.scalar("SELECT enum_range(NULL::mood)::text") == "{ok,great}"
+
+    m = report(github)["migrate"]
+    assert set(m["fallbacks"]) == {"0002_reads", "0004_autocommit", "0005_params"}
+    assert "read from the database" in m["fallbacks"]["0002_reads"]
+    assert "autocommit_block" in m["fallbacks"]["0004_autocommit"]
+    assert "parameters" in m["fallbacks"]["0005_params"]
+    fast = {a["revision"]: a["fast_path"] for a in m["applied"]}
+    assert fast == {
+        "0001_a": True,
+        "0002_reads": False,
+        "0003_enum": True,
+        "0004_autocommit": False,
+        "0005_params": False,
+        "0006_after": True,
+    }
+    assert "0002_reads" in github.summary()  # the fallbacks are in the job summary
+
+
+def test_a_failing_revision_on_the_fast_path_leaves_the_last_committed_one(
+    project: AlembicProject, database: Database, github: GitHubRunner, deploy
+) -> None:
+    """Per-revision transactions: the failing revision's statements, sent together, roll back
+    together; the database stays at the revision before, which the outputs name."""
+    project.add("0001_a", "op.create_table('a', sa.Column('n', sa.Integer))")
+    project.add(
+        "0002_bad",
+        """
+        op.create_table('b', sa.Column('n', sa.Integer))
+        op.execute('INSERT INTO a VALUES (1)')
+        op.execute('INSERT INTO missing VALUES (1)')
+        """,
+    )
+    project.add("0003_never", "op.create_table('c', sa.Column('n', sa.Integer))")
+
+    run = deploy(project, **{"fast-path": "true"})
+    assert run.returncode == 1, run.output
+    assert "Traceback" not in run.output
+    assert database.version() == {"0001_a"}
+    assert database.tables() == {"a", "alembic_version"}
+    assert database.scalar("SELECT count(*) FROM a") == 0
+    out = github.outputs()
+    assert out["failed-step"] == "migrate"
+    assert out["current-revision"] == "0001_a"
+    assert 'relation "missing" does not exist' in out["error"]
+    m = report(github)["migrate"]
+    assert m["failed_revision"] == "0002_bad"
+    assert [a["revision"] for a in m["applied"]] == ["0001_a"]
+
+
+@pytest.mark.parametrize("fast_path", ["false", "true"])
+def test_a_parameter_without_a_value_fails_the_same_way_on_both_paths(
+    fast_path: str, project: AlembicProject, database: Database, github: GitHubRunner, deploy
+) -> None:
+    """Rendered inline, a bound parameter without a value would become NULL: the fast path
+    leaves that revision to the normal way, which refuses it."""
+    project.add("0001_a", "op.create_table('a', sa.Column('n', sa.Integer))")
+    project.add("0002_unbound", "op.execute(sa.text('INSERT INTO a VALUES (:n)'))")
+
+    run = deploy(project, **{"fast-path": fast_path})
+    assert run.returncode == 1, run.output
+    assert database.version() == {"0001_a"}
+    assert database.scalar("SELECT count(*) FROM a") == 0
+    assert "A value is required for bind parameter 'n'" in github.outputs()["error"]
+    if fast_path == "true":
+        m = report(github)["migrate"]
+        assert "without a value" in m["fallbacks"]["0002_unbound"]
