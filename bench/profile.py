@@ -240,7 +240,7 @@ def run_suite(
 
     # round trips, as the server saw them
     with statement_logging(server):
-        dbs = [server.create_database("r") for _ in range(4 if candidate else 3)]
+        dbs = [server.create_database("r") for _ in range(5 if candidate else 4)]
         try:
             u = [server.url(d) for d in dbs]
             plans = {
@@ -258,14 +258,17 @@ def run_suite(
                     [server.psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", u[2], "-f", str(sql)],
                     child_env(),
                 ),
+                # A simple-protocol query is one log entry however many statements it holds:
+                # the count is of round trips.
+                "fast path": (dbs[3], deploy_cmd(project, u[3], "--fast-path"), deployer_env()),
             }
             if candidate:
-                cand = (deploy_cmd(project, u[3], candidate=candidate), candidate_env(candidate))
-                plans["candidate"] = (dbs[3], *cand)
-                plans["candidate noop"] = (dbs[3], *cand)
+                cand = (deploy_cmd(project, u[4], candidate=candidate), candidate_env(candidate))
+                plans["candidate"] = (dbs[4], *cand)
+                plans["candidate noop"] = (dbs[4], *cand)
             for name, (db, cmd, env) in plans.items():
                 res = count_statements(server, db, cmd, env, work)
-                full = name in {"deploy", "alembic", "psql", "candidate"}
+                full = name in {"deploy", "alembic", "psql", "fast path", "candidate"}
                 res["per_revision"] = round(res["statements"] / size, 2) if full else None
                 out["round_trips"][name] = res
                 progress(

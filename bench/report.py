@@ -181,6 +181,24 @@ def table(results: dict[str, Any]) -> str:
             f"`db-deploy --help` imports {imp.get('total_import_s', 0) * 1000:.0f} ms of modules; "
             f"heavy packages among them: {heavy or 'none'}.",
         ]
+        fl = st.get("settings_floor")
+        if fl:
+            both = fl["library_s"] + fl["class_s"]
+            line = (
+                f"Settings floor (medians of {fl['shared']['n']} interleaved rounds): importing "
+                f"what `alembic current` imports takes {fl['shared']['median']:.3f} s; "
+                f"pydantic-settings adds {fl['library_s']:.3f} s and building the Settings class "
+                f"{fl['class_s']:.3f} s: {both:.3f} s before the deployer does anything."
+            )
+            dep_ = results.get("deploy") or {}
+            if dep_:
+                small = min(dep_, key=int)
+                cur = dep_[small]["seconds"]["current"]["median"]
+                line += (
+                    f" That is {both / cur:.0%} of `alembic current` at {small} revisions "
+                    f"({cur:.2f} s), where the no-op goal allows 20 % for everything a deploy adds."
+                )
+            out += ["", line]
     sm = results.get("smoke")
     if sm:
         s, x = sm["seconds"], sm["ratios"]

@@ -3,6 +3,11 @@
 Rounds, in rotated order, of `python -c pass` (the interpreter's floor), `alembic --help` and
 `db-deploy --help`; and one `python -X importtime` of `db-deploy --help` to see which
 packages a command that needs no database still imports.
+
+The settings floor, in rounds of their own: importing what `alembic current` imports
+(SQLAlchemy, psycopg, Alembic's runtime), then the same plus pydantic-settings, then plus
+`deployer.settings` (the Settings class built). The differences are what the settings library
+the project chose costs every command, whatever the deployer does after.
 """
 
 from __future__ import annotations
@@ -56,6 +61,29 @@ def import_profile(args: list[str]) -> dict[str, Any]:
     }
 
 
+SHARED = "import sqlalchemy, psycopg, alembic.script, alembic.runtime.environment, alembic.config"
+FLOOR = {
+    "shared": SHARED,
+    "pydantic_settings": f"{SHARED}; import pydantic_settings",
+    "settings": f"{SHARED}; import deployer.settings",
+}
+
+
+def settings_floor(repeat: int) -> dict[str, Any]:
+    rounds = []
+    for k in range(repeat):
+        r: dict[str, Any] = {"order": rotate(list(FLOOR), k)}
+        for name in r["order"]:
+            cmd = [str(VENV_BIN / "python"), "-c", FLOOR[name]]
+            r[name] = run(cmd, env=deployer_env()).check(name).seconds
+        rounds.append(r)
+    out: dict[str, Any] = {name: summary([r[name] for r in rounds]) for name in FLOOR}
+    # Differences of medians: single rounds vary more than the differences measured.
+    out["library_s"] = out["pydantic_settings"]["median"] - out["shared"]["median"]
+    out["class_s"] = out["settings"]["median"] - out["pydantic_settings"]["median"]
+    return out
+
+
 def run_suite(work: Path, repeat: int, progress: Any) -> dict[str, Any]:
     rounds = []
     for k in range(repeat):
@@ -75,4 +103,5 @@ def run_suite(work: Path, repeat: int, progress: Any) -> dict[str, Any]:
         "peak_rss_kb": {t: summary([r["rss_kb"][t] for r in rounds]) for t in TOOLS},
         "ratios": {"deploy_help/alembic_help": ratios(rounds, "deploy_help", "alembic_help")},
         "imports_help": import_profile(["--help"]),
+        "settings_floor": settings_floor(max(repeat, 15)),
     }

@@ -289,6 +289,7 @@ class Run:
 
         s = self.settings
         applied: list[AppliedRevision] = []
+        fallbacks: dict[str, str] = {}
         previous: list[str] | None = None
         watch = self.engine(self.spec(s.direct_url))  # the blocker watch: no timeouts
         for attempt in range(s.lock_retries + 1):
@@ -310,6 +311,7 @@ class Run:
             )
             previous = m.previous if previous is None else previous
             applied += m.applied
+            fallbacks.update(m.fallbacks)
             if not (m.lock_timed_out and attempt < s.lock_retries):
                 break
             delay = min(30.0, 2.0 * 2**attempt)
@@ -318,7 +320,7 @@ class Run:
                 f"{attempt + 1} of {s.lock_retries} in {delay:g}s"
             )
             time.sleep(delay)
-        m.previous, m.applied = previous or [], applied
+        m.previous, m.applied, m.fallbacks = previous or [], applied, fallbacks
         if recorder is not None and not m.history_inline and m.applied:
             # env.py migrated on a connection of its own: record afterwards, on ours, in one go.
             history.record(

@@ -367,7 +367,7 @@ class Settings(BaseSettings):
         json_schema_extra=_input(
             "fast-path",
             "DB_DEPLOY_FAST_PATH",
-            "Send each pending revision's rendered SQL in one round trip (falls back to normal execution for a revision that reads from the database or cannot be rendered); experimental",
+            "Send a revision's DDL and plain SQL to the server together, in one round trip where its code allows (values, reads, COMMIT and SET run one by one, in place); experimental",
         ),
     )
     # Operations modes (issue 7).

@@ -142,7 +142,11 @@ def test_fast_path_builds_the_same_database_as_the_normal_path(
     assert fast.returncode == 0, fast.output
     m = report(github)["migrate"]
     assert m["fast_path"] is True
-    assert m["fallbacks"] == {}
+    if source == "edge-cases":  # bulk_insert and an update with values: bound, one by one
+        assert m["fallbacks"] == {"0002_rows": "a statement with parameters"}
+        expected.remove("0002_rows")
+    else:
+        assert m["fallbacks"] == {}
     assert [a["revision"] for a in m["applied"] if a["fast_path"]] == expected
 
     assert dump(database) == dump(second_database)
@@ -153,57 +157,106 @@ def test_fast_path_builds_the_same_database_as_the_normal_path(
         assert database.scalar("SELECT label FROM item WHERE id = 4") == "0%"
 
 
-def test_revisions_that_cannot_be_rendered_run_the_normal_way(
-    project: AlembicProject, database: Database, github: GitHubRunner, deploy
-) -> None:
-    """A revision that reads from the database, one that uses autocommit_block() and one that
-    passes parameters run the normal way, in their place in the chain, with the reason
-    reported; the revisions around them still go in one round trip (the `op` proxy is back on
-    env.py's run after each render)."""
-    project.add("0001_a", "op.create_table('a', sa.Column('n', sa.Integer))")
-    project.add(
+MIXED = [
+    ("0001_a", "op.create_table('a', sa.Column('n', sa.Integer))"),
+    (
+        # a read on the connection itself sees the inserts held before it
         "0002_reads",
         """
         op.execute('INSERT INTO a VALUES (1), (2), (3)')
         count = op.get_bind().execute(sa.text('SELECT count(*) FROM a')).scalar()
         op.execute(f'INSERT INTO a VALUES ({count * 10})')
+        total = context.get_bind().execute(sa.text('SELECT sum(n) FROM a')).scalar()
+        op.execute(f'INSERT INTO a VALUES ({total})')
+        if not op.get_context().as_sql:  # the revision runs online, once
+            op.execute('INSERT INTO a VALUES (7)')
         """,
-    )
-    project.add("0003_enum", "op.execute(\"CREATE TYPE mood AS ENUM ('ok')\")")
-    project.add(
+    ),
+    ("0003_enum", "op.execute(\"CREATE TYPE mood AS ENUM ('ok')\")"),
+    (
         "0004_autocommit",
         """
         with op.get_context().autocommit_block():
             op.execute("ALTER TYPE mood ADD VALUE 'great'")
+        op.create_index('a_n', 'a', ['n'])
         """,
-    )
-    project.add(
-        "0005_params",
-        "op.get_bind().execute(sa.text('INSERT INTO a VALUES (:n)'), {'n': 99})",
-    )
-    project.add("0006_after", "op.execute('INSERT INTO a VALUES (100)')")
+    ),
+    (
+        # values are bound, never written inline: Python-side defaults, floats
+        "0005_values",
+        """
+        t = sa.Table('a', sa.MetaData(), sa.Column('n', sa.Integer, default=5),
+                     sa.Column('x', sa.Float))
+        op.add_column('a', sa.Column('x', sa.Float))
+        op.bulk_insert(t, [{'x': 0.30000000000000004}, {'x': float('nan')}])
+        """,
+    ),
+    (
+        # an Enum type created once by its first table (Alembic's memo spans revisions)
+        "0006_enum_b",
+        "op.create_table('b', sa.Column('f', sa.Enum('x', 'y', name='feeling')))",
+    ),
+    ("0007_enum_c", "op.create_table('c', sa.Column('f', sa.Enum('x', 'y', name='feeling')))"),
+    (
+        # the server parses a whole query before running it: SET runs on its own
+        "0008_set",
+        """
+        op.execute("SET LOCAL standard_conforming_strings = off")
+        op.execute("CREATE TABLE s AS SELECT 'a\\\\tb'::text AS v")
+        """,
+    ),
+    (
+        "0009_commit",
+        """
+        op.execute('INSERT INTO a VALUES (100)')
+        op.execute('COMMIT')
+        op.execute('INSERT INTO a VALUES (101)')
+        """,
+    ),
+]
 
+
+@pytest.mark.parametrize("per_migration", [True, False], ids=["per-revision", "one-transaction"])
+def test_statements_that_cannot_be_held_run_one_by_one_in_their_place(
+    per_migration: bool,
+    make_project,
+    database: Database,
+    second_database: Database,
+    github: GitHubRunner,
+    deploy,
+) -> None:
+    """Reads on the connection, autocommit_block(), bound values, SET and COMMIT: each such
+    statement runs the normal way after what was held before it is sent, with the reason
+    reported; the database ends as the normal path leaves it (pg_dump, data included), with a
+    transaction per revision or one for the whole upgrade."""
+    project = make_project(per_migration=per_migration)
+    for rev, body in MIXED:
+        project.add(rev, body, imports="from alembic import context")
+
+    assert deploy(project, **{"database-url": second_database.url}).returncode == 0
     run = deploy(project, **{"fast-path": "true"})
     assert run.returncode == 0, run.output
-    assert database.version() == {"0006_after"}
-    assert sorted(r[0] for r in database.rows("SELECT n FROM a")) == [1, 2, 3, 30, 99, 100]
-    assert database.scalar("SELECT enum_range(NULL::mood)::text") == "{ok,great}"
+    assert dump(database) == dump(second_database)
 
+    assert database.version() == {"0009_commit"}
+    assert sorted(r[0] for r in database.rows("SELECT n FROM a WHERE n IS NOT NULL")) == [
+        1, 2, 3, 5, 5, 7, 30, 36, 100, 101,
+    ]  # fmt: skip
+    assert database.scalar("SELECT x FROM a WHERE x < 1") == 0.30000000000000004
+    assert database.scalar("SELECT v FROM s") == "a\tb"  # a tab: parsed after the SET
     m = report(github)["migrate"]
-    assert set(m["fallbacks"]) == {"0002_reads", "0004_autocommit", "0005_params"}
-    assert "read from the database" in m["fallbacks"]["0002_reads"]
-    assert "autocommit_block" in m["fallbacks"]["0004_autocommit"]
-    assert "parameters" in m["fallbacks"]["0005_params"]
-    fast = {a["revision"]: a["fast_path"] for a in m["applied"]}
-    assert fast == {
-        "0001_a": True,
-        "0002_reads": False,
-        "0003_enum": True,
-        "0004_autocommit": False,
-        "0005_params": False,
-        "0006_after": True,
+    assert m["fallbacks"] == {
+        "0004_autocommit": "a statement outside a transaction (after a commit, or in "
+        "autocommit_block)",
+        "0005_values": "a statement with parameters",
+        "0008_set": "transaction control or SET",
+        "0009_commit": "transaction control or SET",
     }
-    assert "0002_reads" in github.summary()  # the fallbacks are in the job summary
+    fast = {a["revision"] for a in m["applied"] if a["fast_path"]}
+    assert fast == {"0001_a", "0002_reads", "0003_enum", "0006_enum_b", "0007_enum_c"}
+    summary = github.summary()
+    assert "Fast path: 5 of 9 applied revision(s)" in summary
+    assert "`0005_values`: a statement with parameters" in summary
 
 
 def test_a_failing_revision_on_the_fast_path_leaves_the_last_committed_one(
@@ -253,4 +306,49 @@ def test_a_parameter_without_a_value_fails_the_same_way_on_both_paths(
     assert "A value is required for bind parameter 'n'" in github.outputs()["error"]
     if fast_path == "true":
         m = report(github)["migrate"]
-        assert "without a value" in m["fallbacks"]["0002_unbound"]
+        assert m["fallbacks"] == {"0002_unbound": "a statement with bound parameters"}
+
+
+@pytest.mark.parametrize("fast_path", ["false", "true"])
+def test_a_held_statement_that_fails_before_a_rollback_fails_the_revision(
+    fast_path: str, project: AlembicProject, database: Database, github: GitHubRunner, deploy
+) -> None:
+    """The held statements are sent before the revision's own commit or rollback; a failure
+    there fails the revision as the normal path does, and leaves the connection usable."""
+    project.add("0001_a", "op.create_table('a', sa.Column('n', sa.Integer))")
+    project.add(
+        "0002_bad", "op.execute('INSERT INTO missing VALUES (1)')\nop.get_bind().rollback()"
+    )
+
+    run = deploy(project, **{"fast-path": fast_path})
+    assert run.returncode == 1, run.output
+    assert database.version() == {"0001_a"}
+    out = github.outputs()
+    assert out["current-revision"] == "0001_a"  # read back on the same connection
+    assert 'relation "missing" does not exist' in out["error"]
+
+
+def test_event_listeners_on_the_connection_turn_the_fast_path_off(
+    project: AlembicProject, database: Database, github: GitHubRunner, deploy
+) -> None:
+    """An env.py that watches each statement (a guard, an audit log) keeps seeing each one."""
+    env = project.root / "env.py"
+    env.write_text(
+        "from sqlalchemy import event\nSEEN = []\n\n"
+        "def seen(conn, cursor, statement, *args):\n    SEEN.append(statement)\n\n"
+        + env.read_text().replace(
+            "        context.configure(connection=connection,",
+            "        event.listen(connection, 'before_cursor_execute', seen)\n"
+            "        context.configure(connection=connection,",
+        )
+    )
+    project.add("0001_a", "op.create_table('a', sa.Column('n', sa.Integer))")
+
+    run = deploy(project, **{"fast-path": "true"})
+    assert run.returncode == 0, run.output
+    assert database.version() == {"0001_a"}
+    m = report(github)["migrate"]
+    assert m["fallbacks"] == {
+        "0001_a": "SQLAlchemy execution event listeners are set on the connection"
+    }
+    assert not any(a["fast_path"] for a in m["applied"])

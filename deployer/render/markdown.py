@@ -330,13 +330,13 @@ def _advice(v: VectorIndex) -> str:
 
 
 def fast_path_summary(m: MigrateResult, code: Callable[[str], str] = str) -> str:
-    """What the fast path did: how many revisions went in one round trip, and which ran the
-    normal way and why. Empty when it was not asked for."""
-    if not m.fast_path or not (m.applied or m.failed_revision):
+    """What the fast path did: how many revisions had all their statements sent together, and
+    where statements ran one by one, and why. Empty when it was not asked for."""
+    if not m.fast_path or not (m.applied or m.fallbacks):
         return ""
-    sent = sum(a.fast_path for a in m.applied)
-    line = f"Fast path: {sent} of {len(m.applied)} applied revision(s) sent in one round trip each"
+    whole = sum(a.fast_path for a in m.applied)
+    line = f"Fast path: {whole} of {len(m.applied)} applied revision(s) sent whole"
     if not m.fallbacks:
         return line + "."
-    normal = "; ".join(f"{code(rev)}: {why}" for rev, why in m.fallbacks.items())
-    return f"{line}; run the normal way: {normal}."
+    alone = "; ".join(f"{code(rev)}: {why}" for rev, why in m.fallbacks.items())
+    return f"{line}; statements run one by one in {alone}."

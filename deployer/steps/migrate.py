@@ -48,7 +48,6 @@ class _Tracker:
     started: float = 0.0
     applied: list[AppliedRevision] = field(default_factory=list)
     context: MigrationContext | None = None
-    sent: set[str] = field(default_factory=set)  # revisions the fast path sent in one round trip
 
 
 def resolve_target(project: AlembicProject, target: str) -> tuple[str, ...]:
@@ -98,20 +97,18 @@ def migrate(
         fast_path=fast_path and not downgrade,
     )
     tracker = _Tracker()
+    fast = None
+    if result.fast_path and not dry_run:
+        from deployer.steps.fast_path import FastPath
+
+        fast = FastPath()
 
     def tracked(steps: list[RevisionStep]) -> Iterator[RevisionStep]:
         if watch is not None and steps:
             watch.start()  # only when something will run
-        if result.fast_path and tracker.context is not None:
-            from deployer.steps import fast_path as fast
-
+        if fast is not None and tracker.context is not None:
             for step in steps:
-                fast.install(
-                    step,
-                    tracker.context,
-                    on_sent=lambda rev, _n: tracker.sent.add(rev),
-                    on_fallback=result.fallbacks.__setitem__,
-                )
+                fast.install(step, tracker.context)
         for step in steps:
             tracker.running = step
             tracker.started = time.perf_counter()
@@ -120,7 +117,7 @@ def migrate(
                 revision=step.revision.revision,
                 description=(step.revision.doc or "").strip(),
                 seconds=round(time.perf_counter() - tracker.started, 4),
-                fast_path=step.revision.revision in tracker.sent,
+                fast_path=fast is not None and step.revision.revision in fast.sent,
             )
             tracker.applied.append(done)
             tracker.running = None
@@ -192,6 +189,10 @@ def migrate(
                 detail=server_message(exc),
             ) from None
         error = exc
+    finally:
+        if fast is not None:
+            fast.close()
+            result.fallbacks = fast.fallbacks
 
     ctx = tracker.context
     if ctx is not None:
