@@ -5,7 +5,7 @@ round to round (each tool goes first in turn):
 
 - `db-deploy deploy --database-url URL --migrations-path DIR` (preflight, lock, migrate,
   status, smoke, reports), as a user runs it;
-- the same with `--fast-path` (each revision's rendered SQL in one round trip);
+- the same with `--fast-path` (a revision's DDL and plain SQL sent together);
 - bare `alembic -c DIR/alembic.ini upgrade head` (DATABASE_URL set);
 - `psql -X -q -v ON_ERROR_STOP=1 -f FILE` of what `alembic upgrade head --sql` emitted (once per
   size, untimed): the floor, the same SQL with a transaction per revision;

@@ -64,8 +64,8 @@ def table(results: dict[str, Any]) -> str:
         if fast:
             out += [
                 "",
-                "**Fast path** (`db-deploy deploy --fast-path`: each revision's rendered SQL in one "
-                "round trip; same rounds; seconds)",
+                "**Fast path** (`db-deploy deploy --fast-path`: a revision's DDL and plain SQL sent "
+                "together; same rounds; seconds)",
                 "",
                 "| revisions | psql -f | db-deploy deploy | db-deploy --fast-path | fast / psql "
                 "| stretch goal ≤ 1.2× psql | fast / deploy | client CPU fast / deploy |",

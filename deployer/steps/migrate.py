@@ -86,8 +86,8 @@ def migrate(
     `recorder(connection, step, seconds)` is called inside each revision's transaction, on the
     migration's own connection, when that is the deployer's (the deploy history). Returns the record, with `error` and `failed_revision` set when a
     revision failed (the database is then at its last committed revision, read back from it).
-    `fast_path`: send each upgrade revision's rendered SQL in one round trip where that is
-    faithful (steps/fast_path.py), the normal way otherwise. Raises ConfigError for bad targets and a broken env.py (nothing changed)."""
+    `fast_path`: send an upgrade revision's DDL and plain SQL together (steps/fast_path.py).
+    Raises ConfigError for bad targets and a broken env.py (nothing changed)."""
     started = time.perf_counter()
     destination = () if downgrade and target == "base" else resolve_target(project, target)
     result = MigrateResult(
