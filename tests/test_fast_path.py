@@ -1,6 +1,7 @@
-"""The migrate step's fast path (`fast-path`, steps/fast_path.py): each revision's rendered SQL in
-one round trip, identical databases (compared by pg_dump, data included), the normal way for a
-revision that cannot be rendered faithfully, and a failure that leaves a known revision."""
+"""The migrate step's fast path (`fast-path`, steps/fast_path.py): a revision's DDL and plain SQL
+held and sent together, identical databases both ways (compared by pg_dump, data included),
+statements that cannot be held run one by one in their place with the reason reported, and a
+failure that leaves a known revision."""
 
 from __future__ import annotations
 
@@ -249,7 +250,7 @@ def test_statements_that_cannot_be_held_run_one_by_one_in_their_place(
         "0004_autocommit": "a statement outside a transaction (after a commit, or in "
         "autocommit_block)",
         "0005_values": "a statement with parameters",
-        "0008_set": "transaction control or SET",
+        "0008_set": "a setting that changes how SQL is read",
         "0009_commit": "transaction control or SET",
     }
     fast = {a["revision"] for a in m["applied"] if a["fast_path"]}
@@ -349,6 +350,98 @@ def test_event_listeners_on_the_connection_turn_the_fast_path_off(
     assert database.version() == {"0001_a"}
     m = report(github)["migrate"]
     assert m["fallbacks"] == {
-        "0001_a": "SQLAlchemy execution event listeners are set on the connection"
+        "0001_a": "SQLAlchemy before_cursor_execute listeners are set on the connection"
     }
     assert not any(a["fast_path"] for a in m["applied"])
+
+
+def test_a_statement_in_a_savepoint_fails_where_it_stands(
+    project: AlembicProject,
+    database: Database,
+    second_database: Database,
+    github: GitHubRunner,
+    deploy,
+) -> None:
+    """A revision that catches a failure and rolls back to its savepoint: the statement in the
+    savepoint runs on its own, so it fails inside the `with`, as on the normal path."""
+    project.add("0001_a", "op.create_table('a', sa.Column('n', sa.Integer))")
+    project.add(
+        "0002_try",
+        """
+        op.execute('INSERT INTO a VALUES (1)')
+        try:
+            with op.get_bind().begin_nested():
+                op.execute('INSERT INTO missing VALUES (1)')
+        except sa.exc.ProgrammingError:
+            pass
+        op.execute('INSERT INTO a VALUES (2)')
+        """,
+    )
+    assert deploy(project, **{"database-url": second_database.url}).returncode == 0
+    run = deploy(project, **{"fast-path": "true"})
+    assert run.returncode == 0, run.output
+    assert dump(database) == dump(second_database)
+    assert sorted(r[0] for r in database.rows("SELECT n FROM a")) == [1, 2]
+    assert report(github)["migrate"]["fallbacks"] == {
+        "0002_try": "it catches exceptions (a statement must fail where it stands)"
+    }
+
+
+def test_revisions_that_reach_around_the_operations_keep_their_order(
+    project: AlembicProject,
+    database: Database,
+    second_database: Database,
+    github: GitHubRunner,
+    deploy,
+) -> None:
+    """exec_driver_sql sees what was held before it (it is sent first); a revision that uses a
+    DBAPI cursor or catches exceptions holds nothing; a setting that changes how SQL is read,
+    however it is set, stops the holding for the rest of its revision."""
+    project.add("0001_a", "op.create_table('a', sa.Column('n', sa.Integer))")
+    project.add(
+        "0002_driver_sql",
+        """
+        op.execute('INSERT INTO a VALUES (1)')
+        n = op.get_bind().exec_driver_sql('SELECT count(*) FROM a').scalar()
+        op.execute(f'INSERT INTO a VALUES ({n + 10})')
+        """,
+    )
+    project.add(
+        "0003_cursor",
+        """
+        op.execute('INSERT INTO a VALUES (2)')
+        cur = op.get_bind().connection.cursor()
+        cur.execute('SELECT count(*) FROM a')
+        op.execute(f'INSERT INTO a VALUES ({cur.fetchone()[0] + 20})')
+        """,
+    )
+    project.add(
+        "0004_catch",
+        """
+        op.execute('SAVEPOINT sp')
+        try:
+            op.execute('CREATE EXTENSION no_such_extension')
+        except sa.exc.DBAPIError:
+            op.execute('ROLLBACK TO SAVEPOINT sp')
+        op.execute('INSERT INTO a VALUES (3)')
+        """,
+    )
+    project.add(
+        "0005_lexing",
+        """
+        op.execute("SELECT set_config('standard_conforming_strings', 'off', true)")
+        op.execute("CREATE TABLE s AS SELECT 'a\\\\tb'::text AS v")
+        """,
+    )
+    assert deploy(project, **{"database-url": second_database.url}).returncode == 0
+    run = deploy(project, **{"fast-path": "true"})
+    assert run.returncode == 0, run.output
+    assert dump(database) == dump(second_database)
+    assert sorted(r[0] for r in database.rows("SELECT n FROM a")) == [1, 2, 3, 11, 23]
+    m = report(github)["migrate"]
+    assert m["fallbacks"] == {
+        "0003_cursor": "it reaches the database other than through its operations (cursor)",
+        "0004_catch": "it catches exceptions (a statement must fail where it stands)",
+        "0005_lexing": "a setting that changes how SQL is read",
+    }
+    assert {a["revision"] for a in m["applied"] if a["fast_path"]} == {"0001_a", "0002_driver_sql"}

@@ -5,44 +5,71 @@ round trip per statement.
 How: while Alembic's loop runs a revision's `upgrade()` — once, online, inside that revision's
 transaction, on env.py's connection, with env.py's MigrationContext — the statements Alembic's
 operations emit through `impl._exec` are held back when they can be sent verbatim: DDL and plain
-SQL text, with no bound parameter and no execution option. Everything else runs the normal way,
-one statement at a time, after the held statements are sent: a statement with parameters
-(`bulk_insert`, inserts and updates with values, `sa.text` with binds), with execution options,
-transaction control (BEGIN, COMMIT, SAVEPOINT, …), SET/RESET (the server parses a whole query
-string before running it, with the settings in force at the start), a NUL character, and any
-statement the revision runs directly on the connection (`op.get_bind().execute()`,
-`context.get_bind()`), before which the held statements are sent (a `before_execute` listener),
-so that what it reads reflects what came before. When the revision returns, what is held is
-sent in one simple-protocol query (psycopg uses the simple protocol when no parameters are
-passed; PostgreSQL 13+ applies `statement_timeout` to each statement of it, `lock_timeout` to
+SQL text, with no bound parameter and no execution option. When the revision returns, what is
+held is sent in one simple-protocol query (psycopg uses the simple protocol when no parameters
+are passed; PostgreSQL 13+ applies `statement_timeout` to each statement of it, `lock_timeout` to
 each lock wait). If it raises, what is held is sent first, so that a server error the normal
 path would have met earlier is the one reported.
 
-Transactions, the version table, the deploy history, retries and the blocker watch are
-Alembic's and the deployer's usual path. The fast path stays off for the whole upgrade when the
-connection is in autocommit (statements such as CREATE INDEX CONCURRENTLY run one by one), not
-in a transaction, translates schema names, or carries SQLAlchemy execution event listeners
-(they would see one query instead of each statement). What differs, knowingly: a syntax error
-anywhere in a batch is reported before a runtime error in an earlier statement of it (both
-fail, and the revision rolls back either way); `statement_timestamp()` is one value per batch.
+Everything else runs the normal way, one statement at a time, in its place, after what is held
+is sent:
+- statements with parameters (`bulk_insert`, inserts and updates with values, `sa.text` with
+  binds: values stay bound, never inlined), with execution options (on the statement or, set
+  during the upgrade, on the connection), a NUL character, outside a transaction (after a
+  commit, in `autocommit_block()`) or inside a savepoint;
+- transaction control and SET/RESET, and anything mentioning the settings that change how the
+  server reads SQL (it parses a whole query string before running it): after those, nothing
+  more is held in that revision;
+- whatever SQLAlchemy runs on the connection itself (`op.get_bind().execute()`,
+  `exec_driver_sql()`, `context.get_bind()`, an Inspector, an ORM Session), its commits and its
+  rollbacks: listeners send what is held first, so that reads see what came before.
+
+No statement of a revision is held when its source (read with `ast`) catches or suppresses
+exceptions (a statement must fail where the revision can catch it) or reaches the database other
+than through SQLAlchemy's Connection: its DBAPI connection or cursor, the engine, another
+connection, a database driver. Code in other modules the revision calls is not read: a helper
+that works on the DBAPI connection directly does not see held statements.
+
+No statement at all is held when the connection is in autocommit or not in a transaction,
+translates schema names, carries SQLAlchemy execution listeners (they would see one query
+instead of each statement), or the server has `standard_conforming_strings` off. Transactions,
+the version table, the deploy history, retries and the blocker watch are Alembic's and the
+deployer's usual path. What differs, knowingly: a syntax error anywhere in a batch is reported
+before a runtime error in an earlier statement of it (both fail, and the revision rolls back
+either way), error positions count the lines of the batch, and `statement_timestamp()` is one
+value per batch.
 """
 
 from __future__ import annotations
 
+import ast
 import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from alembic.runtime.migration import MigrationContext, RevisionStep
 from sqlalchemy.sql.ddl import DDLElement
 
-_EXECUTION_EVENTS = ("before_execute", "after_execute", "before_cursor_execute")
-# Held statements are sent before anything else runs on the connection, and before it commits
-# or rolls back (user code calling op.get_bind().commit(), for one).
-_FLUSH_BEFORE = ("before_execute", "commit", "rollback")
+_EXECUTION_EVENTS = (
+    "before_execute",
+    "after_execute",
+    "before_cursor_execute",
+    "after_cursor_execute",
+)
+# Held statements are sent before anything else SQLAlchemy runs on the connection (execute,
+# exec_driver_sql, the Inspector, an ORM Session: all reach before_cursor_execute), and before
+# it commits or rolls back (user code calling op.get_bind().commit(), for one).
+_FLUSH_BEFORE = ("before_cursor_execute", "commit", "rollback")
 _ENDS = frozenset({"commit", "rollback"})
+# Settings that change how the server reads the rest of a query string, however they are set
+# (SET, set_config(), inside a DO block): nothing more is held in that revision.
+_LEXING = re.compile(r"standard_conforming_strings|backslash_quote", re.IGNORECASE)
+_READ_DIFFERENTLY = "a setting that changes how SQL is read"
+_TRANSACTION_OR_SET = "transaction control or SET"
+_STICKY = frozenset({_READ_DIFFERENTLY, _TRANSACTION_OR_SET})
 _PERCENTS = re.compile(r"%+")
 # Statements that must run on their own: transaction control, and settings that change how
 # the rest of a query string is parsed (it is parsed whole before it runs).
@@ -59,7 +86,7 @@ class FastPath:
     def __init__(self) -> None:
         self.fallbacks: dict[str, str] = {}
         self.sent: set[str] = set()
-        self._refused: dict[int, str | None] = {}  # per connection: why the fast path is off
+        self._installed: set[int] = set()  # connections carrying the flush listeners
         self._listening: list[tuple[sa.Connection, str, Callable[..., None]]] = []
         self._batch: _Batch | None = None
 
@@ -72,7 +99,9 @@ class FastPath:
 
         def run(**kw: Any) -> None:
             conn = context.connection
-            reason = self._refusal(conn)
+            reason = self._refusal(conn) or revision_refusal(step)
+            if "_exec" in vars(context.impl):
+                reason = reason or "env.py replaced impl._exec"
             if conn is None or reason:
                 self.fallbacks[revision] = reason or "no connection"
                 normal(**kw)
@@ -92,6 +121,10 @@ class FastPath:
                 why = batch.hold(construct, execution_options, multiparams, params)
                 if why is None:
                     return None  # Alembic's operations do not use the result
+                if why in _STICKY:
+                    # A SAVEPOINT the revision may roll back to, a setting that changes how
+                    # SQL is read: hold nothing more in this revision.
+                    batch.stopped = why
                 self.fallbacks.setdefault(revision, why)
                 batch.send()
                 kw_: dict[str, Any] = {"execution_options": execution_options}
@@ -134,33 +167,34 @@ class FastPath:
         self._listening.clear()
 
     def _refusal(self, conn: sa.Connection | None) -> str | None:
+        """Why no statement of the next revision may be held on `conn` (None: they may).
+        Checked before every revision: env.py or a revision may add listeners or options."""
         if conn is None:
             return "no connection"
         key = id(conn)
-        if key not in self._refused:
-            self._refused[key] = _connection_refusal(conn)
-            if self._refused[key] is None:
-                # Anything run on the connection itself (op.get_bind(), context.get_bind())
-                # first sends what is held, so that it sees what came before.
-                def flush_first(*_: Any) -> None:
-                    if self._batch is not None:
-                        self._batch.send()
+        reason = _connection_refusal(conn, ours=key in self._installed)
+        if reason is None and key not in self._installed:
+            self._installed.add(key)
 
-                def flush_before_end(*_: Any) -> None:
-                    # Raising inside SQLAlchemy's commit/rollback would leave the connection
-                    # half-ended: a failure is kept and raised when the revision's code next
-                    # reaches the deployer (the transaction is lost either way, as it is when
-                    # the normal path fails on that statement).
-                    if self._batch is not None:
-                        self._batch.send(defer_failure=True)
+            def flush_first(*_: Any) -> None:
+                if self._batch is not None:
+                    self._batch.send()
 
-                for event in _FLUSH_BEFORE:
-                    fn = flush_before_end if event in _ENDS else flush_first
-                    sa.event.listen(conn, event, fn)
-                    self._listening.append((conn, event, fn))
-        if self._refused[key] is None and (not conn.in_transaction() or _autocommit(conn)):
+            def flush_before_end(*_: Any) -> None:
+                # Raising inside SQLAlchemy's commit/rollback would leave the connection
+                # half-ended: a failure is kept and raised when the revision's code next
+                # reaches the deployer (the transaction is lost either way, as it is when
+                # the normal path fails on that statement).
+                if self._batch is not None:
+                    self._batch.send(defer_failure=True)
+
+            for event in _FLUSH_BEFORE:
+                fn = flush_before_end if event in _ENDS else flush_first
+                sa.event.listen(conn, event, fn)
+                self._listening.append((conn, event, fn))
+        if reason is None and (not conn.in_transaction() or _autocommit(conn)):
             return "the connection is not inside a transaction"
-        return self._refused[key]
+        return reason
 
 
 class _Batch:
@@ -170,6 +204,7 @@ class _Batch:
         self.conn = conn
         self.held: list[str] = []
         self.failed: BaseException | None = None  # a send that failed while the txn ended
+        self.stopped: str | None = None  # why nothing more is held in this revision
 
     def hold(
         self,
@@ -179,12 +214,21 @@ class _Batch:
         params: Any,
     ) -> str | None:
         """Hold `construct` (None) or say why it runs on its own."""
+        if self.stopped:
+            return self.stopped
         if _autocommit(self.conn) or not self.conn.in_transaction():
             return "a statement outside a transaction (after a commit, or in autocommit_block)"
+        if self.conn.in_nested_transaction():
+            # The revision may catch a failure and roll back to the savepoint: the statement
+            # must fail where it stands.
+            return "a statement inside a savepoint (begin_nested)"
         if multiparams or params:
             return "a statement with parameters"
         if execution_options or getattr(construct, "_execution_options", None):
             return "a statement with execution options"
+        options = self.conn.get_execution_options()
+        if options.get("schema_translate_map") or options.get("no_parameters"):
+            return "the connection has execution options (schema_translate_map, no_parameters)"
         if isinstance(construct, str):
             construct = sa.text(construct)
         if isinstance(construct, sa.TextClause):
@@ -198,11 +242,13 @@ class _Batch:
         sql = str(compiled).strip()
         if "\x00" in sql:
             return "a statement with a NUL character"
+        if _LEXING.search(sql):
+            return _READ_DIFFERENTLY
         code = code_only(sql)
         if code is None:
             return "a statement whose quoting is not plain (E'' strings, unterminated quotes)"
         if _ALONE.search(code):
-            return "transaction control or SET"
+            return _TRANSACTION_OR_SET
         if any(len(m.group()) % 2 for m in _PERCENTS.finditer(sql)):
             return "a statement with a parameter placeholder"
         if sql:
@@ -286,14 +332,63 @@ def _word(sql: str, i: int) -> bool:
     return i > 0 and (sql[i - 1].isalnum() or sql[i - 1] in "_$")
 
 
-def _connection_refusal(conn: sa.Connection) -> str | None:
-    if conn.get_execution_options().get("schema_translate_map"):
+def _connection_refusal(conn: sa.Connection, *, ours: bool) -> str | None:
+    options = conn.get_execution_options()
+    if options.get("schema_translate_map"):
         return "the connection translates schema names"
     if getattr(conn.dialect, "_backslash_escapes", False):
         return "standard_conforming_strings is off (a backslash can hide a quote)"
-    for target in (conn, conn.engine):
-        if any(list(getattr(target.dispatch, ev)) for ev in _EXECUTION_EVENTS):
-            return "SQLAlchemy execution event listeners are set on the connection"
+    for event in _EXECUTION_EVENTS:
+        listeners = len(list(getattr(conn.dispatch, event)))  # the engine's included
+        if ours and event == "before_cursor_execute":
+            listeners -= 1
+        if listeners > 0:
+            return f"SQLAlchemy {event} listeners are set on the connection"
+    return None
+
+
+_DRIVERS = frozenset({"psycopg", "psycopg2", "asyncpg", "pg8000"})
+# Names through which a revision reaches the database other than through SQLAlchemy's
+# Connection (whose executions send what is held first): the DBAPI connection, a cursor, the
+# engine or another connection.
+_BELOW = frozenset(
+    {"connection", "driver_connection", "dbapi_connection", "raw_connection", "cursor"}
+    | {"engine", "create_engine", "connect"}
+)
+
+
+def revision_refusal(step: RevisionStep) -> str | None:
+    """Why no statement of this revision may be held, from its source: it catches exceptions
+    (a statement must then fail where it stands), or it reaches the database below SQLAlchemy's
+    Connection or through another connection (which would not see what is held). What the
+    revision calls in other modules is not read."""
+    path = getattr(step.revision, "path", None)
+    try:
+        tree = ast.parse(Path(str(path)).read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, ValueError, UnicodeDecodeError):
+        return "its source could not be read"
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Try) and node.handlers) or type(node).__name__ == "TryStar":
+            return "it catches exceptions (a statement must fail where it stands)"
+        name = (
+            node.attr
+            if isinstance(node, ast.Attribute)
+            else node.id
+            if isinstance(node, ast.Name)
+            else None
+        )
+        if name == "suppress":
+            return "it suppresses exceptions (a statement must fail where it stands)"
+        if name in _BELOW:
+            return f"it reaches the database other than through its operations ({name})"
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            modules = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+            )
+            if any(m.split(".")[0] in _DRIVERS for m in modules):
+                return "it imports a database driver"
     return None
 
 
