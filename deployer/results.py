@@ -104,7 +104,7 @@ class AppliedRevision:
     revision: str
     description: str
     seconds: float
-    fast_path: bool = False  # sent in one round trip (the fast path)
+    fast_path: bool = False  # all its statements held and sent together (the fast path)
 
 
 @dataclass
@@ -127,7 +127,9 @@ class MigrateResult:
     version_table_schema: str | None = None
     seconds: float = 0.0
     fast_path: bool = False  # the fast path was asked for (upgrades only)
-    fallbacks: dict[str, str] = field(default_factory=dict)  # revision → why it ran normally
+    fallbacks: dict[str, str] = field(
+        default_factory=dict
+    )  # revision → why (some of) it ran one by one
 
     @property
     def version_table_name(self) -> str:

@@ -51,7 +51,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from alembic.runtime.migration import MigrationContext, RevisionStep
-from sqlalchemy.sql.ddl import DDLElement
+from sqlalchemy.sql.ddl import DDL, DDLElement
 
 _EXECUTION_EVENTS = (
     "before_execute",
@@ -244,11 +244,14 @@ class _Batch:
             return "a statement with a NUL character"
         if _LEXING.search(sql):
             return _READ_DIFFERENTLY
-        code = code_only(sql)
-        if code is None:
-            return "a statement whose quoting is not plain (E'' strings, unterminated quotes)"
-        if _ALONE.search(code):
-            return _TRANSACTION_OR_SET
+        if isinstance(construct, sa.TextClause | DDL):
+            # Free text may hold several statements: look at what is outside its quotes.
+            # (SQLAlchemy's own DDL constructs - CREATE TABLE, CREATE INDEX, … - are one each.)
+            code = code_only(sql)
+            if code is None:
+                return "a statement whose quoting is not plain (E'' strings, unterminated quotes)"
+            if _ALONE.search(code):
+                return _TRANSACTION_OR_SET
         if any(len(m.group()) % 2 for m in _PERCENTS.finditer(sql)):
             return "a statement with a parameter placeholder"
         if sql:
@@ -282,6 +285,9 @@ def to_simple_query(statements: list[str]) -> str:
 _DOLLAR = re.compile(r"\$(?:[A-Za-z_][A-Za-z_0-9]*)?\$")
 
 
+_SPECIAL = re.compile(r"['\"$]|--|/\*")
+
+
 def code_only(sql: str) -> str | None:
     """`sql` with its string literals, quoted identifiers, dollar-quoted bodies and comments
     blanked out (what is left is keywords, names and punctuation), or None when that is not
@@ -289,41 +295,41 @@ def code_only(sql: str) -> str | None:
     left open, or comments nested (PostgreSQL counts them)."""
     out: list[str] = []
     i, n = 0, len(sql)
-    while i < n:
-        c = sql[i]
-        if c in "'\"":
-            if c == "'" and i and sql[i - 1] in "eE" and not _word(sql, i - 1):
+    while (m := _SPECIAL.search(sql, i)) is not None:
+        start, token = m.start(), m.group()
+        out.append(sql[i:start])
+        if token in "'\"":
+            if token == "'" and start and sql[start - 1] in "eE" and not _word(sql, start - 1):
                 return None
-            j = i + 1
+            j = start + 1
             while True:
-                j = sql.find(c, j)
+                j = sql.find(token, j)
                 if j < 0:
                     return None
-                if sql.startswith(c * 2, j):
+                if sql.startswith(token * 2, j):
                     j += 2
                     continue
                 break
-            out.append(" ")
             i = j + 1
-        elif sql.startswith("--", i):
-            j = sql.find("\n", i)
-            out.append(" ")
+        elif token == "--":
+            j = sql.find("\n", start)
             i = n if j < 0 else j
-        elif sql.startswith("/*", i):
-            j = sql.find("*/", i + 2)
-            if j < 0 or "/*" in sql[i + 2 : j]:
+        elif token == "/*":
+            j = sql.find("*/", start + 2)
+            if j < 0 or "/*" in sql[start + 2 : j]:
                 return None
-            out.append(" ")
             i = j + 2
-        elif c == "$" and not _word(sql, i) and (m := _DOLLAR.match(sql, i)):
-            j = sql.find(m.group(), m.end())
+        elif not _word(sql, start) and (d := _DOLLAR.match(sql, start)):
+            j = sql.find(d.group(), d.end())
             if j < 0:
                 return None
-            out.append(" ")
-            i = j + len(m.group())
-        else:
-            out.append(c)
-            i += 1
+            i = j + len(d.group())
+        else:  # a $ inside a name, or $1
+            out.append(token)
+            i = start + 1
+            continue
+        out.append(" ")
+    out.append(sql[i:])
     return "".join(out)
 
 
@@ -357,6 +363,9 @@ _BELOW = frozenset(
 )
 
 
+_MAYBE = re.compile("|".join(sorted(_BELOW | _DRIVERS | {"try", "suppress"})))
+
+
 def revision_refusal(step: RevisionStep) -> str | None:
     """Why no statement of this revision may be held, from its source: it catches exceptions
     (a statement must then fail where it stands), or it reaches the database below SQLAlchemy's
@@ -364,7 +373,10 @@ def revision_refusal(step: RevisionStep) -> str | None:
     revision calls in other modules is not read."""
     path = getattr(step.revision, "path", None)
     try:
-        tree = ast.parse(Path(str(path)).read_text(encoding="utf-8"))
+        source = Path(str(path)).read_text(encoding="utf-8")
+        if not _MAYBE.search(source):
+            return None  # none of the names below: no need to parse it
+        tree = ast.parse(source)
     except (OSError, SyntaxError, ValueError, UnicodeDecodeError):
         return "its source could not be read"
     for node in ast.walk(tree):
