@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -79,13 +79,34 @@ EDGE_CASES = [
 ]
 
 
+BothWays = Callable[[AlembicProject | Path], tuple[dict, dict]]
+
+
 @pytest.fixture
-def second_database(pg_server: EmbeddedServer, admin_engine: sa.Engine) -> Iterator[Database]:
-    db = create_database(pg_server, admin_engine)
+def both_ways(
+    pg_server: EmbeddedServer,
+    admin_engine: sa.Engine,
+    database: Database,
+    github: GitHubRunner,
+    deploy,
+) -> Iterator[BothWays]:
+    """Deploy a project the normal way (to a second database) and with the fast path (to the
+    test's): both must succeed and leave the same pg_dump. Returns both reports' `migrate`."""
+    other = create_database(pg_server, admin_engine)
+
+    def run(root: AlembicProject | Path) -> tuple[dict, dict]:
+        normal = deploy(root, **{"database-url": other.url})
+        assert normal.returncode == 0, normal.output
+        normal_report = report(github)["migrate"]
+        fast = deploy(root, **{"fast-path": "true"})
+        assert fast.returncode == 0, fast.output
+        assert dump(database) == dump(other)
+        return normal_report, report(github)["migrate"]
+
     try:
-        yield db
+        yield run
     finally:
-        drop_database(admin_engine, db)
+        drop_database(admin_engine, other)
 
 
 def dump(db: Database) -> str:
@@ -120,12 +141,7 @@ def add_edge_cases(project: AlembicProject) -> None:
 
 @pytest.mark.parametrize("source", ["edge-cases", "reference-schema"])
 def test_fast_path_builds_the_same_database_as_the_normal_path(
-    source: str,
-    project: AlembicProject,
-    database: Database,
-    second_database: Database,
-    github: GitHubRunner,
-    deploy,
+    source: str, project: AlembicProject, database: Database, both_ways: BothWays
 ) -> None:
     if source == "edge-cases":
         add_edge_cases(project)
@@ -135,13 +151,8 @@ def test_fast_path_builds_the_same_database_as_the_normal_path(
         root = REPO / "migrations"
         expected = sorted(p.stem for p in (REPO / "migrations" / "versions").glob("0*.py"))
 
-    normal = deploy(root, **{"database-url": second_database.url})
-    assert normal.returncode == 0, normal.output
-    assert not any(a["fast_path"] for a in report(github)["migrate"]["applied"])
-
-    fast = deploy(root, **{"fast-path": "true"})
-    assert fast.returncode == 0, fast.output
-    m = report(github)["migrate"]
+    normal, m = both_ways(root)
+    assert not normal["fast_path"] and not any(a["fast_path"] for a in normal["applied"])
     assert m["fast_path"] is True
     if source == "edge-cases":  # bulk_insert and an update with values: bound, one by one
         assert m["fallbacks"] == {"0002_rows": "a statement with parameters"}
@@ -149,8 +160,6 @@ def test_fast_path_builds_the_same_database_as_the_normal_path(
     else:
         assert m["fallbacks"] == {}
     assert [a["revision"] for a in m["applied"] if a["fast_path"]] == expected
-
-    assert dump(database) == dump(second_database)
     if source == "edge-cases":
         assert database.scalar("SELECT label FROM item WHERE id = 1") == TRICKY
         assert database.scalar("SELECT label FROM item WHERE id = 2") == "two %% two"
@@ -222,9 +231,8 @@ def test_statements_that_cannot_be_held_run_one_by_one_in_their_place(
     per_migration: bool,
     make_project,
     database: Database,
-    second_database: Database,
     github: GitHubRunner,
-    deploy,
+    both_ways: BothWays,
 ) -> None:
     """Reads on the connection, autocommit_block(), bound values, SET and COMMIT: each such
     statement runs the normal way after what was held before it is sent, with the reason
@@ -234,18 +242,13 @@ def test_statements_that_cannot_be_held_run_one_by_one_in_their_place(
     for rev, body in MIXED:
         project.add(rev, body, imports="from alembic import context")
 
-    assert deploy(project, **{"database-url": second_database.url}).returncode == 0
-    run = deploy(project, **{"fast-path": "true"})
-    assert run.returncode == 0, run.output
-    assert dump(database) == dump(second_database)
-
+    _, m = both_ways(project)
     assert database.version() == {"0009_commit"}
     assert sorted(r[0] for r in database.rows("SELECT n FROM a WHERE n IS NOT NULL")) == [
         1, 2, 3, 5, 5, 7, 30, 36, 100, 101,
     ]  # fmt: skip
     assert database.scalar("SELECT x FROM a WHERE x < 1") == 0.30000000000000004
     assert database.scalar("SELECT v FROM s") == "a\tb"  # a tab: parsed after the SET
-    m = report(github)["migrate"]
     assert m["fallbacks"] == {
         "0004_autocommit": "a statement outside a transaction (after a commit, or in "
         "autocommit_block)",
@@ -356,11 +359,7 @@ def test_event_listeners_on_the_connection_turn_the_fast_path_off(
 
 
 def test_a_statement_in_a_savepoint_fails_where_it_stands(
-    project: AlembicProject,
-    database: Database,
-    second_database: Database,
-    github: GitHubRunner,
-    deploy,
+    project: AlembicProject, database: Database, both_ways: BothWays
 ) -> None:
     """A revision that catches a failure and rolls back to its savepoint: the statement in the
     savepoint runs on its own, so it fails inside the `with`, as on the normal path."""
@@ -377,22 +376,15 @@ def test_a_statement_in_a_savepoint_fails_where_it_stands(
         op.execute('INSERT INTO a VALUES (2)')
         """,
     )
-    assert deploy(project, **{"database-url": second_database.url}).returncode == 0
-    run = deploy(project, **{"fast-path": "true"})
-    assert run.returncode == 0, run.output
-    assert dump(database) == dump(second_database)
+    _, m = both_ways(project)
     assert sorted(r[0] for r in database.rows("SELECT n FROM a")) == [1, 2]
-    assert report(github)["migrate"]["fallbacks"] == {
+    assert m["fallbacks"] == {
         "0002_try": "it catches exceptions (a statement must fail where it stands)"
     }
 
 
 def test_revisions_that_reach_around_the_operations_keep_their_order(
-    project: AlembicProject,
-    database: Database,
-    second_database: Database,
-    github: GitHubRunner,
-    deploy,
+    project: AlembicProject, database: Database, both_ways: BothWays
 ) -> None:
     """exec_driver_sql sees what was held before it (it is sent first); a revision that uses a
     DBAPI cursor or catches exceptions holds nothing; a setting that changes how SQL is read,
@@ -433,12 +425,8 @@ def test_revisions_that_reach_around_the_operations_keep_their_order(
         op.execute("CREATE TABLE s AS SELECT 'a\\\\tb'::text AS v")
         """,
     )
-    assert deploy(project, **{"database-url": second_database.url}).returncode == 0
-    run = deploy(project, **{"fast-path": "true"})
-    assert run.returncode == 0, run.output
-    assert dump(database) == dump(second_database)
+    _, m = both_ways(project)
     assert sorted(r[0] for r in database.rows("SELECT n FROM a")) == [1, 2, 3, 11, 23]
-    m = report(github)["migrate"]
     assert m["fallbacks"] == {
         "0003_cursor": "it reaches the database other than through its operations (cursor)",
         "0004_catch": "it catches exceptions (a statement must fail where it stands)",
