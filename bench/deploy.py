@@ -78,6 +78,28 @@ def candidate_env(candidate: Path | None, **extra: str) -> dict[str, str]:
     return deployer_env(**extra)
 
 
+def tool_command(
+    tool: str, url: str, files: dict[str, Path], psql: str, candidate: Path | None = None
+) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment of `tool` (one of FULL or NOOP, or a candidate's)
+    against the database at `url`, for the chain in `files` (from `prepare`)."""
+    project = files["project"]
+    if tool in {"deploy", "noop"}:
+        return deploy_cmd(project, url), deployer_env()
+    if tool == "fast":
+        return deploy_cmd(project, url, "--fast-path"), deployer_env()
+    if tool in {"candidate", "candidate_noop"}:
+        return deploy_cmd(project, url, candidate=candidate), candidate_env(candidate)
+    if tool == "alembic":
+        return alembic_cmd(project, "upgrade", "head"), child_env(DATABASE_URL=url)
+    if tool == "current":
+        return alembic_cmd(project, "current"), child_env(DATABASE_URL=url)
+    if tool == "psql":
+        cmd = [psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-f", str(files["sql"])]
+        return cmd, child_env()
+    raise ValueError(f"unknown tool {tool!r}")
+
+
 def prepare(work: Path, size: int, server: Server, *, shared: bool = False) -> dict[str, Path]:
     """Write the project, check it loads, byte-compile it with --warm-revisions (by default
     every tool compiles the revision files on every run, as in the image on a fresh CI
@@ -125,7 +147,6 @@ def one_round(
     candidate: Path | None = None,
     keep: list[str] | None = None,
 ) -> dict[str, Any]:
-    project, sql = files["project"], files["sql"]
     full = [*FULL, "candidate"] if candidate else list(FULL)
     noop = [*NOOP, "candidate_noop"] if candidate else list(NOOP)
     dbs = {tool: server.create_database(f"d{size}") for tool in full}
@@ -134,19 +155,7 @@ def one_round(
     out: dict[str, Any] = {"order": rotate(full, k), "rss_kb": {}, "cpu_s": {}}
 
     def command(tool: str, db: str) -> tuple[list[str], dict[str, str]]:
-        url = server.url(db)
-        if tool in {"deploy", "noop"}:
-            return deploy_cmd(project, url), deployer_env()
-        if tool == "fast":
-            return deploy_cmd(project, url, "--fast-path"), deployer_env()
-        if tool in {"candidate", "candidate_noop"}:
-            return deploy_cmd(project, url, candidate=candidate), candidate_env(candidate)
-        if tool == "alembic":
-            return alembic_cmd(project, "upgrade", "head"), child_env(DATABASE_URL=url)
-        if tool == "current":
-            return alembic_cmd(project, "current"), child_env(DATABASE_URL=url)
-        psql = [server.psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-f", str(sql)]
-        return psql, child_env()
+        return tool_command(tool, server.url(db), files, server.psql, candidate)
 
     home = {"noop": "deploy", "current": "alembic", "candidate_noop": "candidate"}
     try:

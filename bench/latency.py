@@ -17,8 +17,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from bench.deploy import FULL, alembic_cmd, deploy_cmd, fingerprint, prepare, settle, summarise
-from bench.proc import child_env, deployer_env, run
+from bench.deploy import FULL, fingerprint, prepare, settle, summarise, tool_command
+from bench.proc import run
 from bench.server import Server
 from bench.stats import rotate
 
@@ -102,31 +102,18 @@ def run_suite(
     server: Server, work: Path, size: int, rtt_ms: float, repeat: int, progress: Any
 ) -> dict[str, Any]:
     files = prepare(work, size, server)
-    project, sql = files["project"], files["sql"]
     logs = work / "logs"
     logs.mkdir(exist_ok=True)
     rounds: list[dict[str, Any]] = []
     made: list[str] = []
     with DelayProxy(server_socket(server), rtt_ms) as proxy:
-
-        def command(tool: str, db: str) -> tuple[list[str], dict[str, str]]:
-            url = proxy.url(db)
-            if tool == "deploy":
-                return deploy_cmd(project, url), deployer_env()
-            if tool == "fast":
-                return deploy_cmd(project, url, "--fast-path"), deployer_env()
-            if tool == "alembic":
-                return alembic_cmd(project, "upgrade", "head"), child_env(DATABASE_URL=url)
-            psql = [server.psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-f", str(sql)]
-            return psql, child_env()
-
         try:
             for k in range(repeat):
                 dbs = {tool: server.create_database(f"l{size}") for tool in FULL}
                 made += dbs.values()
                 out: dict[str, Any] = {"order": rotate(list(FULL), k), "rss_kb": {}, "cpu_s": {}}
                 for tool in out["order"]:
-                    cmd, env = command(tool, dbs[tool])
+                    cmd, env = tool_command(tool, proxy.url(dbs[tool]), files, server.psql)
                     settle(server)
                     m = run(cmd, env=env, cwd=work, log=logs / f"latency-{tool}-{size}.log")
                     m.check(f"{tool} at {size} revisions, {rtt_ms} ms away")

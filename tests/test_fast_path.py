@@ -292,6 +292,7 @@ def test_a_failing_revision_on_the_fast_path_leaves_the_last_committed_one(
     m = report(github)["migrate"]
     assert m["failed_revision"] == "0002_bad"
     assert [a["revision"] for a in m["applied"]] == ["0001_a"]
+    assert m["fallbacks"] == {}  # the failing statements were held and sent together
 
 
 @pytest.mark.parametrize("fast_path", ["false", "true"])
@@ -330,6 +331,8 @@ def test_a_held_statement_that_fails_before_a_rollback_fails_the_revision(
     out = github.outputs()
     assert out["current-revision"] == "0001_a"  # read back on the same connection
     assert 'relation "missing" does not exist' in out["error"]
+    m = report(github)["migrate"]
+    assert m["fallbacks"] == {}  # on the fast path, the INSERT was held: sent by the rollback
 
 
 def test_event_listeners_on_the_connection_turn_the_fast_path_off(
