@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NoReturn
-
-from pydantic import SecretStr
 
 from deployer import __version__
 from deployer.errors import EXIT_BAD_INPUT, ConfigError
@@ -109,6 +108,50 @@ def raw_secret_values(environ: Mapping[str, str]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line. With no `argv` (the `db-deploy` script, `python -m deployer`, the
+    container's entrypoint) main owns the process, and runs it as `owned_process` says; with
+    arguments (tests, other Python code) it leaves the interpreter as it found it."""
+    if argv is not None:
+        return _main(argv, before_run=_nothing)
+    with owned_process() as before_run:
+        return _main(None, before_run=before_run)
+
+
+@contextlib.contextmanager
+def owned_process() -> Iterator[Callable[[], None]]:
+    """Garbage collection in a process that main() owns, for a start-up and an exit that cost
+    what bare Alembic's do (bench/README.md, "Where the time goes"):
+    - off while the process starts: importing pydantic, SQLAlchemy and the deployer and building
+      the settings allocate long-lived objects by the hundred thousand, and every full
+      collection walks all of them again;
+    - the callable yielded runs before the pipeline runs anything of the user's (env.py, the
+      revisions, an install): what exists by then is frozen (kept out of every later
+      collection: modules, classes, the settings, all alive until exit anyway) and collection is
+      on again, as usual, for the user's code and the rest of the run;
+    - frozen again at the end, so that the interpreter's exit does not take the heap apart
+      object by object only to hand its memory back to an operating system about to reclaim it.
+      Connections, files and the embedded server are closed before that; atexit handlers and
+      the flush of stdout and stderr still run.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+
+    def before_run() -> None:
+        gc.freeze()
+        if was_enabled:
+            gc.enable()
+
+    try:
+        yield before_run
+    finally:
+        gc.freeze()
+
+
+def _nothing() -> None:
+    pass
+
+
+def _main(argv: Sequence[str] | None, *, before_run: Callable[[], None]) -> int:
     args = vars(build_parser().parse_args(argv))
     debug = bool(args.pop("debug", False))
     positional = args.pop("command_arg", None)
@@ -136,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         console.stream = sys.stderr
     try:
-        return _run(args, redactor, gh, console, debug)
+        return _run(args, redactor, gh, console, debug, before_run)
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - never a traceback for the user, unless asked
         console.error(redactor(f"internal error: {type(exc).__name__}: {exc}"))
         if debug:
@@ -151,7 +194,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout, sys.stderr = real_stdout, sys.__stderr__ or sys.stderr
 
 
-def _run(args: dict[str, Any], redactor: Any, gh: Any, console: Any, debug: bool) -> int:
+def _run(
+    args: dict[str, Any],
+    redactor: Any,
+    gh: Any,
+    console: Any,
+    debug: bool,
+    before_run: Callable[[], None],
+) -> int:
+    from pydantic import SecretStr
+
     from deployer.settings import load_settings
 
     try:
@@ -176,7 +228,7 @@ def _run(args: dict[str, Any], redactor: Any, gh: Any, console: Any, debug: bool
                     return _refused(exc, args, redactor, gh, console, settings)
                 console.info(f"embedded PostgreSQL with pgvector started ({url.split('?')[1]})")
                 settings = settings.model_copy(update={"database_url": SecretStr(url)})
-        return _execute(settings, redactor, gh, console, debug)
+        return _execute(settings, redactor, gh, console, debug, before_run)
     return 0  # unreachable; keeps type checkers content
 
 
@@ -191,6 +243,8 @@ def _refused(
     """Bad input before the pipeline could start: still write the outputs, the summary and the
     report (status failed, failed-step config), with the one error line. Slack is not told: its
     webhook is among the input that could not be trusted."""
+    from pydantic import SecretStr
+
     from deployer.publish import publish
     from deployer.results import RunResult, Telemetry, utcnow
     from deployer.settings import Settings
@@ -224,10 +278,18 @@ def _refused(
     return exc.exit_code
 
 
-def _execute(settings: Any, redactor: Any, gh: Any, console: Any, debug: bool) -> int:
+def _execute(
+    settings: Any,
+    redactor: Any,
+    gh: Any,
+    console: Any,
+    debug: bool,
+    before_run: Callable[[], None],
+) -> int:
     from deployer.pipeline import execute
     from deployer.publish import publish
 
+    before_run()
     result = execute(settings, console, debug=debug)
     publish(result, settings, redactor, gh=gh, console=console, stdout=sys.stdout)
     if debug and result.extra.get("traceback"):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import json
 import socket
 import time
 from collections.abc import Callable
@@ -241,6 +243,42 @@ def test_entrypoint_shim_runs_the_same_main(tmp_path: Path) -> None:
         if line.strip() and not line.startswith('"""')
     ]
     assert len(code) == 3  # a shim: import sys, import main, sys.exit(main())
+
+
+def test_owned_process_collects_garbage_while_user_code_runs(
+    run_cli: Callable[..., Run], database: Database, project: AlembicProject, tmp_path: Path
+) -> None:
+    """`db-deploy` (main with no arguments) starts with the collector off and the start-up
+    heap then frozen; env.py and the revisions run with it on, as under bare Alembic."""
+    probe = (
+        "assert gc.isenabled(), 'collector off in user code'\n"
+        "assert gc.get_freeze_count() > 10000, 'start-up heap not frozen'\n"
+        "op.create_table('a', sa.Column('id', sa.Integer))"
+    )
+    project.add("0001_a", probe, imports="import gc")
+    report = tmp_path / "report.json"
+    run = run_cli(
+        "--database-url",
+        database.url,
+        "--migrations-path",
+        str(project.root),
+        "--report-file",
+        str(report),
+    )
+    assert run.returncode == 0, run.output
+    assert database.version() == {"0001_a"}
+    assert json.loads(report.read_text())["status"] == "success"
+
+
+def test_main_called_in_process_leaves_the_collector_alone(
+    clean_environ: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from deployer.cli import main
+
+    clean_environ.chdir(tmp_path)
+    frozen = gc.get_freeze_count()
+    assert main(["smoke"]) == 2  # no database: refused as bad input, after the settings
+    assert gc.isenabled() and gc.get_freeze_count() == frozen
 
 
 @pytest.mark.parametrize(
