@@ -196,7 +196,20 @@ def table(results: dict[str, Any]) -> str:
                 cur = dep_[small]["seconds"]["current"]["median"]
                 line += (
                     f" That is {both / cur:.0%} of `alembic current` at {small} revisions "
-                    f"({cur:.2f} s), where the no-op goal allows 20 % for everything a deploy adds."
+                    f"({cur:.2f} s)."
+                )
+            if "owned_s" in fl:
+                owned = fl["owned_s"]
+                line += (
+                    " The same imports with the settings, under the collector policy of a "
+                    "`db-deploy` process (collector off while it starts, heap frozen at exit: "
+                    f"`deployer.cli.owned_process`), take {fl['settings_owned']['median']:.3f} s: "
+                    + (
+                        f"{-owned:.3f} s less than Alembic's imports alone, which `alembic` runs "
+                        "with the collector on and takes apart at exit."
+                        if owned < 0
+                        else f"{owned:.3f} s more than Alembic's imports alone."
+                    )
                 )
             out += ["", line]
     sm = results.get("smoke")

@@ -7,7 +7,10 @@ packages a command that needs no database still imports.
 The settings floor, in rounds of their own: importing what `alembic current` imports
 (SQLAlchemy, psycopg, Alembic's runtime), then the same plus pydantic-settings, then plus
 `deployer.settings` (the Settings class built). The differences are what the settings library
-the project chose costs every command, whatever the deployer does after.
+the project chose costs every command, whatever the deployer does after. Last, the same imports
+with the settings under the collector policy of a `db-deploy` process
+(`deployer.cli.owned_process`: collector off while starting, heap frozen at exit): what that
+policy gives back.
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ FLOOR = {
     "shared": SHARED,
     "pydantic_settings": f"{SHARED}; import pydantic_settings",
     "settings": f"{SHARED}; import deployer.settings",
+    "settings_owned": f"import gc; gc.disable(); {SHARED}; import deployer.settings; gc.freeze()",
 }
 
 
@@ -81,6 +85,7 @@ def settings_floor(repeat: int) -> dict[str, Any]:
     # Differences of medians: single rounds vary more than the differences measured.
     out["library_s"] = out["pydantic_settings"]["median"] - out["shared"]["median"]
     out["class_s"] = out["settings"]["median"] - out["pydantic_settings"]["median"]
+    out["owned_s"] = out["settings_owned"]["median"] - out["shared"]["median"]
     return out
 
 
