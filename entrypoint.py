@@ -1,7 +1,7 @@
-"""The container's ENTRYPOINT: the same main() as the `db-deploy` console script."""
+"""The container's ENTRYPOINT: the same entry point as the `db-deploy` console script."""
 
 import sys
 
-from deployer.cli import main
+from deployer.cli import console_main
 
-sys.exit(main())
+sys.exit(console_main())

@@ -202,8 +202,9 @@ def table(results: dict[str, Any]) -> str:
                 owned = fl["owned_s"]
                 line += (
                     " The same imports with the settings, under the collector policy of a "
-                    "`db-deploy` process (collector off while it starts, heap frozen at exit: "
-                    f"`deployer.cli.owned_process`), take {fl['settings_owned']['median']:.3f} s: "
+                    "`db-deploy` process (collector off while it starts, then the start-up heap "
+                    "frozen: `deployer.cli.console_main`), take "
+                    f"{fl['settings_owned']['median']:.3f} s: "
                     + (
                         f"{-owned:.3f} s less than Alembic's imports alone, which `alembic` runs "
                         "with the collector on and takes apart at exit."

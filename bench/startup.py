@@ -9,8 +9,8 @@ The settings floor, in rounds of their own: importing what `alembic current` imp
 `deployer.settings` (the Settings class built). The differences are what the settings library
 the project chose costs every command, whatever the deployer does after. Last, the same imports
 with the settings under the collector policy of a `db-deploy` process
-(`deployer.cli.owned_process`: collector off while starting, heap frozen at exit): what that
-policy gives back.
+(`deployer.cli.console_main`: collector off while starting, then the start-up heap frozen):
+what that policy gives back.
 """
 
 from __future__ import annotations
@@ -69,7 +69,9 @@ FLOOR = {
     "shared": SHARED,
     "pydantic_settings": f"{SHARED}; import pydantic_settings",
     "settings": f"{SHARED}; import deployer.settings",
-    "settings_owned": f"import gc; gc.disable(); {SHARED}; import deployer.settings; gc.freeze()",
+    "settings_owned": (
+        f"import gc; gc.disable(); {SHARED}; import deployer.settings; gc.freeze(); gc.enable()"
+    ),
 }
 
 

@@ -1,7 +1,7 @@
-"""`python -m deployer`: the same main() as the `db-deploy` script and the container."""
+"""`python -m deployer`: the same entry point as the `db-deploy` script and the container."""
 
 import sys
 
-from deployer.cli import main
+from deployer.cli import console_main
 
-sys.exit(main())
+sys.exit(console_main())

@@ -13,7 +13,7 @@ import contextlib
 import gc
 import os
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn
 
 from deployer import __version__
@@ -108,50 +108,44 @@ def raw_secret_values(environ: Mapping[str, str]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line. With no `argv` (the `db-deploy` script, `python -m deployer`, the
-    container's entrypoint) main owns the process, and runs it as `owned_process` says; with
-    arguments (tests, other Python code) it leaves the interpreter as it found it."""
-    if argv is not None:
-        return _main(argv, before_run=_nothing)
-    with owned_process() as before_run:
-        return _main(None, before_run=before_run)
+    """Run the command line (`argv`: sys.argv[1:] by default) in this interpreter as it is: for
+    tests and other Python code. The process entry point is `console_main`."""
+    return _main(argv, before_run=_nothing)
 
 
-@contextlib.contextmanager
-def owned_process() -> Iterator[Callable[[], None]]:
-    """Garbage collection in a process that main() owns, for a start-up and an exit that cost
-    what bare Alembic's do (bench/README.md, "Where the time goes"):
-    - off while the process starts: importing pydantic, SQLAlchemy and the deployer and building
-      the settings allocate long-lived objects by the hundred thousand, and every full
-      collection walks all of them again;
-    - the callable yielded runs before the pipeline runs anything of the user's (env.py, the
-      revisions, an install): what exists by then is frozen (kept out of every later
-      collection: modules, classes, the settings, all alive until exit anyway) and collection is
-      on again, as usual, for the user's code and the rest of the run;
-    - frozen again at the end, so that the interpreter's exit does not take the heap apart
-      object by object only to hand its memory back to an operating system about to reclaim it.
-      Connections, files and the embedded server are closed before that; atexit handlers and
-      the flush of stdout and stderr still run.
-    """
-    was_enabled = gc.isenabled()
+def console_main() -> int:
+    """The entry point of a process of its own: the `db-deploy` script, `python -m deployer`,
+    the container's entrypoint.py. It runs main() with the garbage collector off while the
+    process starts, so that start-up and exit cost what bare Alembic's do (bench/README.md,
+    "Where the time goes"): importing pydantic, SQLAlchemy and the deployer and building the
+    settings allocate long-lived objects by the hundred thousand, and every full collection
+    walks all of them again. Before the pipeline runs anything of the user's (env.py, the
+    revisions, an install, the seed), `_user_code_next` imports the libraries the command uses,
+    freezes what exists and turns the collector back on."""
     gc.disable()
-
-    def before_run() -> None:
-        gc.freeze()
-        if was_enabled:
-            gc.enable()
-
-    try:
-        yield before_run
-    finally:
-        gc.freeze()
+    return _main(None, before_run=_user_code_next)
 
 
-def _nothing() -> None:
+def _user_code_next(command: str) -> None:
+    """What `command` imports on its way is imported now (`pipeline.preload`: Alembic, the
+    driver), and what exists (modules, classes, the settings: alive until exit anyway) is
+    frozen: kept out of every later collection and out of the one at exit, which would take it
+    apart only to hand its memory back to an operating system about to reclaim it. Collection is
+    on again, as usual, for the user's code and the rest of the run; what the user's code
+    leaves is collected at exit as under bare Alembic, so its finalizers still run (a file it
+    left open is flushed, a connection it left in a pool is closed)."""
+    from deployer.pipeline import preload
+
+    preload(command)
+    gc.freeze()
+    gc.enable()
+
+
+def _nothing(command: str) -> None:
     pass
 
 
-def _main(argv: Sequence[str] | None, *, before_run: Callable[[], None]) -> int:
+def _main(argv: Sequence[str] | None, *, before_run: Callable[[str], None]) -> int:
     args = vars(build_parser().parse_args(argv))
     debug = bool(args.pop("debug", False))
     positional = args.pop("command_arg", None)
@@ -200,7 +194,7 @@ def _run(
     gh: Any,
     console: Any,
     debug: bool,
-    before_run: Callable[[], None],
+    before_run: Callable[[str], None],
 ) -> int:
     from pydantic import SecretStr
 
@@ -284,12 +278,12 @@ def _execute(
     gh: Any,
     console: Any,
     debug: bool,
-    before_run: Callable[[], None],
+    before_run: Callable[[str], None],
 ) -> int:
     from deployer.pipeline import execute
     from deployer.publish import publish
 
-    before_run()
+    before_run(settings.command)
     result = execute(settings, console, debug=debug)
     publish(result, settings, redactor, gh=gh, console=console, stdout=sys.stdout)
     if debug and result.extra.get("traceback"):

@@ -513,6 +513,20 @@ def command(name: str) -> Callable[[Run], None]:
     return OPERATIONS[name]
 
 
+def preload(name: str) -> None:
+    """Import now what command `name` imports on its way: its own module, the PostgreSQL driver
+    with SQLAlchemy's dialect for it and, for every command but `smoke` (which loads no
+    migrations folder), Alembic with the migrate step. For the process entry point, which
+    freezes what exists before the user's code runs (`deployer.cli.console_main`)."""
+    import psycopg  # noqa: F401
+    import sqlalchemy.dialects.postgresql.psycopg  # noqa: F401
+
+    command(name)
+    if name != "smoke":
+        from deployer import alembic_project  # noqa: F401
+        from deployer.steps import migrate  # noqa: F401
+
+
 def execute(settings: Settings, observer: Observer, *, debug: bool = False) -> RunResult:
     """Run `settings.command` and return its record; failures become the record's status."""
     run = Run(settings, observer)

@@ -242,20 +242,30 @@ def test_entrypoint_shim_runs_the_same_main(tmp_path: Path) -> None:
         for line in (repo / "entrypoint.py").read_text().splitlines()
         if line.strip() and not line.startswith('"""')
     ]
-    assert len(code) == 3  # a shim: import sys, import main, sys.exit(main())
+    assert len(code) == 3  # a shim: import sys, import console_main, sys.exit(console_main())
 
 
-def test_owned_process_collects_garbage_while_user_code_runs(
+def test_process_entry_point_collects_garbage_as_alembic_does(
     run_cli: Callable[..., Run], database: Database, project: AlembicProject, tmp_path: Path
 ) -> None:
-    """`db-deploy` (main with no arguments) starts with the collector off and the start-up
-    heap then frozen; env.py and the revisions run with it on, as under bare Alembic."""
+    """`db-deploy` (console_main) starts with the collector off and the start-up heap then
+    frozen; env.py and the revisions run with it on, as under bare Alembic, and what they leave
+    in reference cycles is still finalized at exit (a file they left open is flushed)."""
     probe = (
         "assert gc.isenabled(), 'collector off in user code'\n"
         "assert gc.get_freeze_count() > 10000, 'start-up heap not frozen'\n"
         "op.create_table('a', sa.Column('id', sa.Integer))"
     )
-    project.add("0001_a", probe, imports="import gc")
+    marker = tmp_path / "finalized.txt"
+    left_open = (
+        "class _Held:\n"
+        "    def __init__(self):\n"
+        "        self.me = self  # a reference cycle: only the collector frees it\n"
+        f"        self.file = open({str(marker)!r}, 'w')\n"
+        "        self.file.write('flushed at exit')\n"
+        "_HELD = _Held()\n"
+    )
+    project.add("0001_a", probe, imports=f"import gc\n{left_open}")
     report = tmp_path / "report.json"
     run = run_cli(
         "--database-url",
@@ -268,6 +278,7 @@ def test_owned_process_collects_garbage_while_user_code_runs(
     assert run.returncode == 0, run.output
     assert database.version() == {"0001_a"}
     assert json.loads(report.read_text())["status"] == "success"
+    assert marker.read_text() == "flushed at exit"
 
 
 def test_main_called_in_process_leaves_the_collector_alone(
@@ -322,15 +333,16 @@ def test_outputs_are_written_even_when_the_settings_are_refused(
 
 def test_commands_import_only_what_they_use(database: Database, tmp_path: Path) -> None:
     """`smoke` loads no migrations folder, so it does not pay for importing Alembic (~0.1 s);
-    `deploy` modes it does not run (backup, restore, drift, rollback) are not imported either."""
+    `deploy` modes it does not run (backup, restore, drift, rollback) are not imported either.
+    Run through the process entry point, which imports ahead what a command will use."""
     import json
     import subprocess
     import sys
 
     probe = (
         "import json, sys\n"
-        "from deployer.cli import main\n"
-        "code = main(sys.argv[1:])\n"
+        "from deployer.cli import console_main\n"
+        "code = console_main()\n"
         "mods = sorted(m for m in sys.modules if m.split('.')[0] in ('alembic', 'deployer'))\n"
         "print(json.dumps({'code': code, 'modules': mods}))\n"
     )
