@@ -335,7 +335,6 @@ def test_commands_import_only_what_they_use(database: Database, tmp_path: Path) 
     """`smoke` loads no migrations folder, so it does not pay for importing Alembic (~0.1 s);
     `deploy` modes it does not run (backup, restore, drift, rollback) are not imported either.
     Run through the process entry point, which imports ahead what a command will use."""
-    import json
     import subprocess
     import sys
 
