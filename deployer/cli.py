@@ -14,6 +14,7 @@ import gc
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from deployer import __version__
@@ -173,7 +174,7 @@ def _main(argv: Sequence[str] | None, *, before_run: Callable[[str], None]) -> i
     else:
         console.stream = sys.stderr
     try:
-        return _run(args, redactor, gh, console, debug, before_run)
+        return _run(args, _Invocation(redactor, gh, console, debug, before_run))
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - never a traceback for the user, unless asked
         console.error(redactor(f"internal error: {type(exc).__name__}: {exc}"))
         if debug:
@@ -188,14 +189,20 @@ def _main(argv: Sequence[str] | None, *, before_run: Callable[[str], None]) -> i
         sys.stdout, sys.stderr = real_stdout, sys.__stderr__ or sys.stderr
 
 
-def _run(
-    args: dict[str, Any],
-    redactor: Any,
-    gh: Any,
-    console: Any,
-    debug: bool,
-    before_run: Callable[[str], None],
-) -> int:
+@dataclass(frozen=True)
+class _Invocation:
+    """What main() set up for this run, for the functions that carry it out: the redactor of
+    every secret, the GitHub context (None outside Actions), the console, --debug, and what to
+    do before the pipeline runs anything of the user's."""
+
+    redactor: Any
+    gh: Any
+    console: Any
+    debug: bool
+    before_run: Callable[[str], None]
+
+
+def _run(args: dict[str, Any], inv: _Invocation) -> int:
     from pydantic import SecretStr
 
     from deployer.settings import load_settings
@@ -203,9 +210,10 @@ def _run(
     try:
         settings = load_settings(args)
     except ConfigError as exc:
-        return _refused(exc, args, redactor, gh, console)
-    new = [s for s in settings.secrets if s not in redactor.to_mask]
-    redactor.add(*new)
+        return _refused(exc, args, inv)
+    console = inv.console
+    new = [s for s in settings.secrets if s not in inv.redactor.to_mask]
+    inv.redactor.add(*new)
     if hasattr(console, "mask"):
         console.mask(*new)
 
@@ -219,21 +227,14 @@ def _run(
                 try:
                     url = stack.enter_context(embedded_server(settings.embedded))
                 except ConfigError as exc:
-                    return _refused(exc, args, redactor, gh, console, settings)
+                    return _refused(exc, args, inv, settings)
                 console.info(f"embedded PostgreSQL with pgvector started ({url.split('?')[1]})")
                 settings = settings.model_copy(update={"database_url": SecretStr(url)})
-        return _execute(settings, redactor, gh, console, debug, before_run)
+        return _execute(settings, inv)
     return 0  # unreachable; keeps type checkers content
 
 
-def _refused(
-    exc: ConfigError,
-    args: dict[str, Any],
-    redactor: Any,
-    gh: Any,
-    console: Any,
-    settings: Any = None,
-) -> int:
+def _refused(exc: ConfigError, args: dict[str, Any], inv: _Invocation, settings: Any = None) -> int:
     """Bad input before the pipeline could start: still write the outputs, the summary and the
     report (status failed, failed-step config), with the one error line. Slack is not told: its
     webhook is among the input that could not be trusted."""
@@ -268,24 +269,17 @@ def _refused(
         error=exc.message,
     )
     result.finished_at = utcnow()
-    publish(result, settings, redactor, gh=gh, console=console, stdout=sys.stdout)
+    publish(result, settings, inv.redactor, gh=inv.gh, console=inv.console, stdout=sys.stdout)
     return exc.exit_code
 
 
-def _execute(
-    settings: Any,
-    redactor: Any,
-    gh: Any,
-    console: Any,
-    debug: bool,
-    before_run: Callable[[str], None],
-) -> int:
+def _execute(settings: Any, inv: _Invocation) -> int:
     from deployer.pipeline import execute
     from deployer.publish import publish
 
-    before_run(settings.command)
-    result = execute(settings, console, debug=debug)
-    publish(result, settings, redactor, gh=gh, console=console, stdout=sys.stdout)
-    if debug and result.extra.get("traceback"):
+    inv.before_run(settings.command)
+    result = execute(settings, inv.console, debug=inv.debug)
+    publish(result, settings, inv.redactor, gh=inv.gh, console=inv.console, stdout=sys.stdout)
+    if inv.debug and result.extra.get("traceback"):
         sys.stderr.write(str(result.extra["traceback"]))
     return result.exit_code
