@@ -436,3 +436,67 @@ def test_revisions_that_reach_around_the_operations_keep_their_order(
         "0005_lexing": "a setting that changes how SQL is read",
     }
     assert {a["revision"] for a in m["applied"] if a["fast_path"]} == {"0001_a", "0002_driver_sql"}
+
+
+def test_helpers_of_the_users_own_that_reach_around_the_operations_are_read(
+    project: AlembicProject, database: Database, both_ways: BothWays
+) -> None:
+    """The user's own modules a revision uses are read too, transitively: a helper that counts
+    rows on a DBAPI cursor (imported at the top, or inside upgrade(), or through another helper)
+    turns holding off for that revision; a helper that only calls operations does not."""
+    root = project.root
+    (root / "alembic.ini").write_text(
+        (root / "alembic.ini")
+        .read_text()
+        .replace("[alembic]\n", "[alembic]\nprepend_sys_path = %(here)s/helpers\n")
+    )
+    helpers = root / "helpers"
+    helpers.mkdir()
+    (helpers / "fp_count.py").write_text(
+        "from alembic import op\n\n\n"
+        "def count_rows(table):\n"
+        "    cur = op.get_bind().connection.cursor()\n"
+        "    cur.execute(f'SELECT count(*) FROM {table}')\n"
+        "    return cur.fetchone()[0]\n"
+    )
+    (helpers / "fp_outer.py").write_text(
+        "from fp_count import count_rows\n\n\ndef rows_in(table):\n    return count_rows(table)\n"
+    )
+    (helpers / "fp_late.py").write_text(
+        "from alembic import op\n\n\n"
+        "def rows_in(table):\n"
+        "    return op.get_bind().connection.cursor().execute(\n"
+        "        f'SELECT count(*) FROM {table}').fetchone()[0]\n"
+    )
+    (helpers / "fp_ddl.py").write_text(
+        "import sqlalchemy as sa\nfrom alembic import op\n\n\n"
+        "def make_table(name):\n    op.create_table(name, sa.Column('n', sa.Integer))\n"
+    )
+    project.add("0001_a", "make_table('a')", imports="from fp_ddl import make_table")
+    project.add(
+        "0002_top",
+        "op.execute('INSERT INTO a VALUES (1)')\n"
+        "op.execute(f\"INSERT INTO a VALUES ({count_rows('a') + 10})\")",
+        imports="from fp_count import count_rows",
+    )
+    project.add(
+        "0003_through",
+        "op.execute('INSERT INTO a VALUES (2)')\n"
+        "op.execute(f\"INSERT INTO a VALUES ({fp_outer.rows_in('a') + 20})\")",
+        imports="import fp_outer",
+    )
+    project.add(
+        "0004_inside",
+        "from fp_late import rows_in\n"
+        "op.execute('INSERT INTO a VALUES (3)')\n"
+        "op.execute(f\"INSERT INTO a VALUES ({rows_in('a') + 30})\")",
+    )
+    _, m = both_ways(project)
+    assert sorted(r[0] for r in database.rows("SELECT n FROM a")) == [1, 2, 3, 11, 23, 35]
+    cursor = "it reaches the database other than through its operations (cursor)"
+    assert m["fallbacks"] == {
+        "0002_top": f"{cursor}, in module fp_count, which it uses",
+        "0003_through": f"{cursor}, in module fp_count, which it uses",
+        "0004_inside": f"{cursor}, in module fp_late, which it uses",
+    }
+    assert {a["revision"] for a in m["applied"] if a["fast_path"]} == {"0001_a"}

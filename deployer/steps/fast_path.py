@@ -27,8 +27,11 @@ is sent:
 No statement of a revision is held when its source (read with `ast`) catches or suppresses
 exceptions (a statement must fail where the revision can catch it) or reaches the database other
 than through SQLAlchemy's Connection: its DBAPI connection or cursor, the engine, another
-connection, a database driver. Code in other modules the revision calls is not read: a helper
-that works on the DBAPI connection directly does not see held statements.
+connection, a database driver; nor when the source of one of the user's own modules it uses
+does (`SourceCheck`: the modules its globals come from and those it imports, transitively, but
+not the standard library nor installed packages). A submodule first imported inside a function
+of the revision, `from pkg.helpers import f` in `upgrade()` with `pkg.helpers` not yet loaded,
+is not found: finding it would run its package's code.
 
 No statement at all is held when the connection is in autocommit or not in a transaction,
 translates schema names, carries SQLAlchemy execution listeners (they would see one query
@@ -43,10 +46,15 @@ value per batch.
 from __future__ import annotations
 
 import ast
+import functools
+import importlib.util
 import re
+import sys
+import sysconfig
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import sqlalchemy as sa
@@ -89,6 +97,7 @@ class FastPath:
         self._installed: set[int] = set()  # connections carrying the flush listeners
         self._listening: list[tuple[sa.Connection, str, Callable[..., None]]] = []
         self._batch: _Batch | None = None
+        self._sources = SourceCheck()
 
     def install(self, step: RevisionStep, context: MigrationContext) -> None:
         """Replace an upgrade step's migration function (before Alembic's loop calls it)."""
@@ -99,7 +108,7 @@ class FastPath:
 
         def run(**kw: Any) -> None:
             conn = context.connection
-            reason = self._refusal(conn) or revision_refusal(step)
+            reason = self._refusal(conn) or self._sources.refusal(step)
             if "_exec" in vars(context.impl):
                 reason = reason or "env.py replaced impl._exec"
             if conn is None or reason:
@@ -364,44 +373,152 @@ _BELOW = frozenset(
 
 
 _MAYBE = re.compile("|".join(sorted(_BELOW | _DRIVERS | {"try", "suppress"})))
+# An import inside a function: the module it names is not among the loaded module's globals.
+_NESTED_IMPORT = re.compile(r"^[ \t]+(?:import|from)[ \t]", re.MULTILINE)
 
 
-def revision_refusal(step: RevisionStep) -> str | None:
-    """Why no statement of this revision may be held, from its source: it catches exceptions
-    (a statement must then fail where it stands), or it reaches the database below SQLAlchemy's
-    Connection or through another connection (which would not see what is held). What the
-    revision calls in other modules is not read."""
-    path = getattr(step.revision, "path", None)
+class SourceCheck:
+    """Why no statement of a revision may be held, from its code: the revision file's and that
+    of the user's own modules it uses, transitively (not the standard library's nor an
+    installed package's). One of them catches exceptions (a statement must then fail where it
+    stands), or reaches the database below SQLAlchemy's Connection or through another
+    connection (which would not see what is held). Each file is read once per run."""
+
+    def __init__(self) -> None:
+        self._files: dict[Path, tuple[str | None, tuple[str, ...]]] = {}
+        self._where: dict[str, Path | None] = {}
+
+    def refusal(self, step: RevisionStep) -> str | None:
+        script = step.revision
+        start = Path(str(getattr(script, "path", None)))
+        todo: list[tuple[Path, ModuleType | None, str | None]] = [
+            (start, getattr(script, "module", None), None)
+        ]
+        seen = {start}
+        while todo:
+            path, loaded, name = todo.pop()
+            reason, uses = self._file(path, loaded, name)
+            if reason is not None:
+                return reason if name is None else f"{reason}, in module {name}, which it uses"
+            for used in uses:
+                found = self._users_module(used)
+                if found is not None and found not in seen:
+                    seen.add(found)
+                    todo.append((found, sys.modules.get(used), used))
+        return None
+
+    def _file(
+        self, path: Path, loaded: ModuleType | None, name: str | None
+    ) -> tuple[str | None, tuple[str, ...]]:
+        """One file's own refusal, and the modules it uses: those its globals come from (when
+        loaded) and those its source imports (read when it names something to look for)."""
+        if path not in self._files:
+            reason, uses = _scan(path, name)
+            if reason is None and loaded is not None:
+                uses = (*uses, *_modules_used_by(loaded))
+            self._files[path] = (reason, uses)
+        return self._files[path]
+
+    def _users_module(self, name: str) -> Path | None:
+        if name in self._where:
+            return self._where[name]
+        found = _users_module(name)
+        if found is not None or name in sys.modules or "." not in name:
+            self._where[name] = found  # else: a submodule that may be loaded later
+        return found
+
+
+def _scan(path: Path, name: str | None) -> tuple[str | None, tuple[str, ...]]:
     try:
-        source = Path(str(path)).read_text(encoding="utf-8")
-        if not _MAYBE.search(source):
-            return None  # none of the names below: no need to parse it
+        source = path.read_text(encoding="utf-8")
+        if not (_MAYBE.search(source) or _NESTED_IMPORT.search(source)):
+            return None, ()  # nothing to look for: no need to parse it
         tree = ast.parse(source)
     except (OSError, SyntaxError, ValueError, UnicodeDecodeError):
-        return "its source could not be read"
+        return "its source could not be read", ()
+    uses: list[str] = []
     for node in ast.walk(tree):
         if (isinstance(node, ast.Try) and node.handlers) or type(node).__name__ == "TryStar":
-            return "it catches exceptions (a statement must fail where it stands)"
-        name = (
+            return "it catches exceptions (a statement must fail where it stands)", ()
+        word = (
             node.attr
             if isinstance(node, ast.Attribute)
             else node.id
             if isinstance(node, ast.Name)
             else None
         )
-        if name == "suppress":
-            return "it suppresses exceptions (a statement must fail where it stands)"
-        if name in _BELOW:
-            return f"it reaches the database other than through its operations ({name})"
+        if word == "suppress":
+            return "it suppresses exceptions (a statement must fail where it stands)", ()
+        if word in _BELOW:
+            return f"it reaches the database other than through its operations ({word})", ()
         if isinstance(node, ast.Import | ast.ImportFrom):
-            modules = (
-                [a.name for a in node.names]
-                if isinstance(node, ast.Import)
-                else [node.module or ""]
-            )
+            modules = _imported(node, path, name)
             if any(m.split(".")[0] in _DRIVERS for m in modules):
-                return "it imports a database driver"
-    return None
+                return "it imports a database driver", ()
+            uses += modules
+    return None, tuple(dict.fromkeys(uses))
+
+
+def _imported(node: ast.Import | ast.ImportFrom, path: Path, name: str | None) -> list[str]:
+    """The modules an import statement runs: `import a.b` runs a and a.b; `from a import b`
+    runs a and, when b is a module, a.b. Relative imports are resolved against `name`."""
+    if isinstance(node, ast.Import):
+        heads = [alias.name for alias in node.names]
+    else:
+        base = node.module or ""
+        if node.level:
+            if name is None:
+                return []
+            package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+            try:
+                base = importlib.util.resolve_name("." * node.level + base, package)
+            except (ImportError, ValueError):
+                return []
+        heads = [base, *(f"{base}.{alias.name}" for alias in node.names if alias.name != "*")]
+    parts = [head.split(".") for head in heads if head]
+    return [".".join(p[: i + 1]) for p in parts for i in range(len(p))]
+
+
+def _modules_used_by(module: ModuleType) -> list[str]:
+    """The modules a loaded module's globals come from: modules it imported, and the modules
+    its imported functions, classes and objects were defined in."""
+    out: list[str] = []
+    for value in list(vars(module).values()):
+        try:
+            where = value.__name__ if isinstance(value, ModuleType) else value.__module__
+        except Exception:  # noqa: BLE001 - any object a module holds
+            continue
+        if isinstance(where, str) and where != module.__name__:
+            out.append(where)
+    return out
+
+
+def _users_module(name: str) -> Path | None:
+    """The source file of module `name` when it is the user's own code: neither the standard
+    library nor an installed package. A loaded module is looked up in sys.modules; a top-level
+    one not loaded yet is found without running it; a submodule not loaded yet is not looked
+    for (finding it would run its package's code)."""
+    mod = sys.modules.get(name)
+    origin = getattr(mod, "__file__", None) if mod is not None else None
+    if mod is None and "." not in name:
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            spec = None
+        origin = spec.origin if spec is not None else None
+    if not isinstance(origin, str) or not origin.endswith(".py"):
+        return None
+    found = Path(origin).resolve()
+    if any(found.is_relative_to(root) for root in _installed_roots()):
+        return None
+    return found
+
+
+@functools.cache
+def _installed_roots() -> tuple[Path, ...]:
+    """Where the standard library and installed packages live."""
+    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, *sysconfig.get_paths().values()}
+    return tuple(Path(p).resolve() for p in paths if p)
 
 
 def _autocommit(conn: sa.Connection) -> bool:
