@@ -389,6 +389,12 @@ class SourceCheck:
         self._where: dict[str, Path | None] = {}
 
     def refusal(self, step: RevisionStep) -> str | None:
+        try:
+            return self._refusal(step)
+        except Exception as exc:  # noqa: BLE001 - reading code must never fail a deploy
+            return f"its code could not be read ({type(exc).__name__})"
+
+    def _refusal(self, step: RevisionStep) -> str | None:
         script = step.revision
         start = Path(str(getattr(script, "path", None)))
         todo: list[tuple[Path, ModuleType | None, str | None]] = [
