@@ -442,8 +442,9 @@ def test_helpers_of_the_users_own_that_reach_around_the_operations_are_read(
     project: AlembicProject, database: Database, both_ways: BothWays
 ) -> None:
     """The user's own modules a revision uses are read too, transitively: a helper that counts
-    rows on a DBAPI cursor (imported at the top, or inside upgrade(), or through another helper)
-    turns holding off for that revision; a helper that only calls operations does not."""
+    rows on a DBAPI cursor (imported at the top, inside upgrade(), through another helper
+    loaded or not yet loaded, or as `import pkg.module`) turns holding off for that revision; a
+    helper that only calls operations does not."""
     root = project.root
     (root / "alembic.ini").write_text(
         (root / "alembic.ini")
@@ -468,6 +469,10 @@ def test_helpers_of_the_users_own_that_reach_around_the_operations_are_read(
         "    return op.get_bind().connection.cursor().execute(\n"
         "        f'SELECT count(*) FROM {table}').fetchone()[0]\n"
     )
+    (helpers / "fp_outer2.py").write_text((helpers / "fp_outer.py").read_text())
+    (helpers / "fp_pkg").mkdir()
+    (helpers / "fp_pkg" / "__init__.py").write_text("")
+    (helpers / "fp_pkg" / "tools.py").write_text((helpers / "fp_late.py").read_text())
     (helpers / "fp_ddl.py").write_text(
         "import sqlalchemy as sa\nfrom alembic import op\n\n\n"
         "def make_table(name):\n    op.create_table(name, sa.Column('n', sa.Integer))\n"
@@ -491,12 +496,27 @@ def test_helpers_of_the_users_own_that_reach_around_the_operations_are_read(
         "op.execute('INSERT INTO a VALUES (3)')\n"
         "op.execute(f\"INSERT INTO a VALUES ({rows_in('a') + 30})\")",
     )
+    project.add(
+        "0005_inside_through",
+        "import fp_outer2\n"
+        "op.execute('INSERT INTO a VALUES (4)')\n"
+        "op.execute(f\"INSERT INTO a VALUES ({fp_outer2.rows_in('a') + 40})\")",
+    )
+    project.add(
+        "0006_dotted",
+        "op.execute('INSERT INTO a VALUES (5)')\n"
+        "op.execute(f\"INSERT INTO a VALUES ({fp_pkg.tools.rows_in('a') + 50})\")",
+        imports="import fp_pkg.tools",
+    )
     _, m = both_ways(project)
-    assert sorted(r[0] for r in database.rows("SELECT n FROM a")) == [1, 2, 3, 11, 23, 35]
+    rows = sorted(r[0] for r in database.rows("SELECT n FROM a"))
+    assert rows == [1, 2, 3, 4, 5, 11, 23, 35, 47, 59]
     cursor = "it reaches the database other than through its operations (cursor)"
     assert m["fallbacks"] == {
         "0002_top": f"{cursor}, in module fp_count, which it uses",
         "0003_through": f"{cursor}, in module fp_count, which it uses",
         "0004_inside": f"{cursor}, in module fp_late, which it uses",
+        "0005_inside_through": f"{cursor}, in module fp_count, which it uses",
+        "0006_dotted": f"{cursor}, in module fp_pkg.tools, which it uses",
     }
     assert {a["revision"] for a in m["applied"] if a["fast_path"]} == {"0001_a"}

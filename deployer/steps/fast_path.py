@@ -373,7 +373,8 @@ _BELOW = frozenset(
 
 
 _MAYBE = re.compile("|".join(sorted(_BELOW | _DRIVERS | {"try", "suppress"})))
-# An import inside a function: the module it names is not among the loaded module's globals.
+# An import inside a function: its module is not among the loaded module's globals. (`import
+# a.b` at the top binds `a` only, but `a` then holds `b`: its globals show it.)
 _NESTED_IMPORT = re.compile(r"^[ \t]+(?:import|from)[ \t]", re.MULTILINE)
 
 
@@ -417,9 +418,10 @@ class SourceCheck:
         self, path: Path, loaded: ModuleType | None, name: str | None
     ) -> tuple[str | None, tuple[str, ...]]:
         """One file's own refusal, and the modules it uses: those its globals come from (when
-        loaded) and those its source imports (read when it names something to look for)."""
+        loaded) and those its source imports (parsed when the module is not loaded, or when
+        the source names something to look for or imports inside a function)."""
         if path not in self._files:
-            reason, uses = _scan(path, name)
+            reason, uses = _scan(path, name, parse=loaded is None)
             if reason is None and loaded is not None:
                 uses = (*uses, *_modules_used_by(loaded))
             self._files[path] = (reason, uses)
@@ -434,10 +436,10 @@ class SourceCheck:
         return found
 
 
-def _scan(path: Path, name: str | None) -> tuple[str | None, tuple[str, ...]]:
+def _scan(path: Path, name: str | None, *, parse: bool) -> tuple[str | None, tuple[str, ...]]:
     try:
         source = path.read_text(encoding="utf-8")
-        if not (_MAYBE.search(source) or _NESTED_IMPORT.search(source)):
+        if not (parse or _MAYBE.search(source) or _NESTED_IMPORT.search(source)):
             return None, ()  # nothing to look for: no need to parse it
         tree = ast.parse(source)
     except (OSError, SyntaxError, ValueError, UnicodeDecodeError):
