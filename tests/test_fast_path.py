@@ -443,8 +443,10 @@ def test_helpers_of_the_users_own_that_reach_around_the_operations_are_read(
 ) -> None:
     """The user's own modules a revision uses are read too, transitively: a helper that counts
     rows on a DBAPI cursor (imported at the top, inside upgrade(), through another helper
-    loaded or not yet loaded, or as `import pkg.module`) turns holding off for that revision; a
-    helper that only calls operations does not."""
+    loaded or not yet loaded, as `import pkg.module`, held in a dict, in a namespace package)
+    or that catches exceptions (reached by a relative import, in a package first imported
+    inside upgrade()) turns holding off for that revision; a helper that only calls operations
+    does not."""
     root = project.root
     (root / "alembic.ini").write_text(
         (root / "alembic.ini")
@@ -473,6 +475,24 @@ def test_helpers_of_the_users_own_that_reach_around_the_operations_are_read(
     (helpers / "fp_pkg").mkdir()
     (helpers / "fp_pkg" / "__init__.py").write_text("")
     (helpers / "fp_pkg" / "tools.py").write_text((helpers / "fp_late.py").read_text())
+    (helpers / "fp_lookup.py").write_text(
+        "from fp_count import count_rows\n\nHELPERS = {'count': count_rows}\n"
+    )
+    (helpers / "fp_rel").mkdir()
+    (helpers / "fp_rel" / "__init__.py").write_text("")
+    (helpers / "fp_rel" / "a.py").write_text(
+        "from .b import count_rows\n\n\ndef rows_in(table):\n    return count_rows(table)\n"
+    )
+    (helpers / "fp_rel" / "b.py").write_text(
+        "import sqlalchemy as sa\nfrom alembic import op\n\n\n"
+        "def count_rows(table):\n"
+        "    try:\n"
+        "        return op.get_bind().execute(sa.text(f'SELECT count(*) FROM {table}')).scalar()\n"
+        "    except sa.exc.DBAPIError:\n"
+        "        raise\n"
+    )
+    (helpers / "fp_ns").mkdir()  # a namespace package: no __init__.py
+    (helpers / "fp_ns" / "raw.py").write_text((helpers / "fp_count.py").read_text())
     (helpers / "fp_ddl.py").write_text(
         "import sqlalchemy as sa\nfrom alembic import op\n\n\n"
         "def make_table(name):\n    op.create_table(name, sa.Column('n', sa.Integer))\n"
@@ -508,9 +528,27 @@ def test_helpers_of_the_users_own_that_reach_around_the_operations_are_read(
         "op.execute(f\"INSERT INTO a VALUES ({fp_pkg.tools.rows_in('a') + 50})\")",
         imports="import fp_pkg.tools",
     )
+    project.add(
+        "0007_registry",
+        "op.execute('INSERT INTO a VALUES (6)')\n"
+        "op.execute(f\"INSERT INTO a VALUES ({HELPERS['count']('a') + 60})\")",
+        imports="from fp_lookup import HELPERS",
+    )
+    project.add(
+        "0008_relative",
+        "from fp_rel.a import rows_in\n"
+        "op.execute('INSERT INTO a VALUES (7)')\n"
+        "op.execute(f\"INSERT INTO a VALUES ({rows_in('a') + 70})\")",
+    )
+    project.add(
+        "0009_namespace",
+        "op.execute('INSERT INTO a VALUES (8)')\n"
+        "op.execute(f\"INSERT INTO a VALUES ({fp_ns.raw.count_rows('a') + 80})\")",
+        imports="import fp_ns.raw",
+    )
     _, m = both_ways(project)
     rows = sorted(r[0] for r in database.rows("SELECT n FROM a"))
-    assert rows == [1, 2, 3, 4, 5, 11, 23, 35, 47, 59]
+    assert rows == [1, 2, 3, 4, 5, 6, 7, 8, 11, 23, 35, 47, 59, 71, 83, 95]
     cursor = "it reaches the database other than through its operations (cursor)"
     assert m["fallbacks"] == {
         "0002_top": f"{cursor}, in module fp_count, which it uses",
@@ -518,5 +556,46 @@ def test_helpers_of_the_users_own_that_reach_around_the_operations_are_read(
         "0004_inside": f"{cursor}, in module fp_late, which it uses",
         "0005_inside_through": f"{cursor}, in module fp_count, which it uses",
         "0006_dotted": f"{cursor}, in module fp_pkg.tools, which it uses",
+        "0007_registry": f"{cursor}, in module fp_count, which it uses",
+        "0008_relative": "it catches exceptions (a statement must fail where it stands), "
+        "in module fp_rel.b, which it uses",
+        "0009_namespace": f"{cursor}, in module fp_ns.raw, which it uses",
     }
     assert {a["revision"] for a in m["applied"] if a["fast_path"]} == {"0001_a"}
+
+
+def test_a_custom_operation_of_the_users_is_read_too(
+    project: AlembicProject, database: Database, both_ways: BothWays
+) -> None:
+    """A custom operation (`Operations.implementation_for`) that reads on a DBAPI cursor:
+    revisions reach it through `op`, so none of them holds anything."""
+    root = project.root
+    (root / "myops.py").write_text(
+        "from alembic.operations import MigrateOperation, Operations\n\n\n"
+        "@Operations.register_operation('insert_count')\n"
+        "class InsertCount(MigrateOperation):\n"
+        "    def __init__(self, table):\n"
+        "        self.table = table\n\n"
+        "    @classmethod\n"
+        "    def insert_count(cls, operations, table):\n"
+        "        return operations.invoke(cls(table))\n\n\n"
+        "@Operations.implementation_for(InsertCount)\n"
+        "def insert_count(operations, operation):\n"
+        "    cur = operations.get_bind().connection.cursor()\n"
+        "    cur.execute(f'SELECT count(*) FROM {operation.table}')\n"
+        "    n = cur.fetchone()[0]\n"
+        "    operations.execute(f'INSERT INTO {operation.table} VALUES ({n + 10})')\n"
+    )
+    env = root / "env.py"
+    env.write_text(
+        f"import sys\nsys.path.insert(0, {str(root)!r})\nimport myops\n" + env.read_text()
+    )
+    project.add("0001_a", "op.create_table('a', sa.Column('n', sa.Integer))")
+    project.add("0002_count", "op.execute('INSERT INTO a VALUES (1)')\nop.insert_count('a')")
+    _, m = both_ways(project)
+    assert sorted(r[0] for r in database.rows("SELECT n FROM a")) == [1, 11]
+    reason = (
+        "it reaches the database other than through its operations (cursor), "
+        "in module myops, which it uses"
+    )
+    assert m["fallbacks"] == {"0001_a": reason, "0002_count": reason}

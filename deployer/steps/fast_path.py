@@ -28,10 +28,10 @@ No statement of a revision is held when its source (read with `ast`) catches or 
 exceptions (a statement must fail where the revision can catch it) or reaches the database other
 than through SQLAlchemy's Connection: its DBAPI connection or cursor, the engine, another
 connection, a database driver; nor when the source of one of the user's own modules it uses
-does (`SourceCheck`: the modules its globals come from and those it imports, transitively, but
-not the standard library nor installed packages). A submodule first imported inside a function
-of the revision, `from pkg.helpers import f` in `upgrade()` with `pkg.helpers` not yet loaded,
-is not found: finding it would run its package's code.
+does (`SourceCheck`: the modules it imports, those its globals come from and those custom
+operations live in, transitively, but not the standard library nor installed packages). Code
+reached by a computed name (`importlib.import_module(name)`, `getattr`) or loaded from a path
+by hand is not found.
 
 No statement at all is held when the connection is in autocommit or not in a transaction,
 translates schema names, carries SQLAlchemy execution listeners (they would see one query
@@ -47,12 +47,16 @@ from __future__ import annotations
 
 import ast
 import functools
+import importlib.machinery
 import importlib.util
 import re
+import site
 import sys
 import sysconfig
+import types
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from importlib.machinery import ModuleSpec
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -367,27 +371,35 @@ _DRIVERS = frozenset({"psycopg", "psycopg2", "asyncpg", "pg8000"})
 # Connection (whose executions send what is held first): the DBAPI connection, a cursor, the
 # engine or another connection.
 _BELOW = frozenset(
-    {"connection", "driver_connection", "dbapi_connection", "raw_connection", "cursor"}
-    | {"engine", "create_engine", "connect"}
+    {"connection", "driver_connection", "dbapi_connection", "_dbapi_connection"}
+    | {"raw_connection", "cursor", "connect"}
+    | {"engine", "create_engine", "engine_from_config", "create_async_engine"}
 )
 
 
 _MAYBE = re.compile("|".join(sorted(_BELOW | _DRIVERS | {"try", "suppress"})))
-# An import inside a function: its module is not among the loaded module's globals. (`import
-# a.b` at the top binds `a` only, but `a` then holds `b`: its globals show it.)
-_NESTED_IMPORT = re.compile(r"^[ \t]+(?:import|from)[ \t]", re.MULTILINE)
+# Import statements, read from the text (anywhere: in a function too): `from X import a, b`
+# and `import X, Y as z`.
+_IMPORT = re.compile(
+    r"^[ \t]*(?:from[ \t]+(?P<base>\.*[\w.]*)[ \t]+import[ \t]+(?P<names>[^\n#;]*)"
+    r"|import[ \t]+(?P<modules>[^\n#;]*))",
+    re.MULTILINE,
+)
 
 
 class SourceCheck:
     """Why no statement of a revision may be held, from its code: the revision file's and that
     of the user's own modules it uses, transitively (not the standard library's nor an
-    installed package's). One of them catches exceptions (a statement must then fail where it
-    stands), or reaches the database below SQLAlchemy's Connection or through another
-    connection (which would not see what is held). Each file is read once per run."""
+    installed package's): those it imports (read from the text, in functions too), those its
+    globals come from, and those that implement custom operations (`op.<name>` registered with
+    `Operations.implementation_for`). One of them catches exceptions (a statement must then
+    fail where it stands), or reaches the database below SQLAlchemy's Connection or through
+    another connection (which would not see what is held). Each file is read once per run."""
 
     def __init__(self) -> None:
         self._files: dict[Path, tuple[str | None, tuple[str, ...]]] = {}
         self._where: dict[str, Path | None] = {}
+        self._clean: set[Path] = set()  # files from which nothing reachable refuses
 
     def refusal(self, step: RevisionStep) -> str | None:
         try:
@@ -404,47 +416,54 @@ class SourceCheck:
         seen = {start}
         while todo:
             path, loaded, name = todo.pop()
+            if path in self._clean:
+                continue
             reason, uses = self._file(path, loaded, name)
             if reason is not None:
                 return reason if name is None else f"{reason}, in module {name}, which it uses"
+            if name is None:
+                uses = (*uses, *_operation_modules())
             for used in uses:
                 found = self._users_module(used)
                 if found is not None and found not in seen:
                     seen.add(found)
                     todo.append((found, sys.modules.get(used), used))
+        self._clean |= seen
         return None
 
     def _file(
         self, path: Path, loaded: ModuleType | None, name: str | None
     ) -> tuple[str | None, tuple[str, ...]]:
-        """One file's own refusal, and the modules it uses: those its globals come from (when
-        loaded) and those its source imports (parsed when the module is not loaded, or when
-        the source names something to look for or imports inside a function)."""
+        """One file's own refusal, and the modules it uses: those it imports and, when it is
+        loaded, those its globals come from."""
         if path not in self._files:
-            reason, uses = _scan(path, name, parse=loaded is None)
+            reason, uses = _scan(path, name)
             if reason is None and loaded is not None:
                 uses = (*uses, *_modules_used_by(loaded))
             self._files[path] = (reason, uses)
         return self._files[path]
 
     def _users_module(self, name: str) -> Path | None:
-        if name in self._where:
-            return self._where[name]
-        found = _users_module(name)
-        if found is not None or name in sys.modules or "." not in name:
-            self._where[name] = found  # else: a submodule that may be loaded later
-        return found
+        if name not in self._where:
+            self._where[name] = _users_module(name)
+        return self._where[name]
 
 
-def _scan(path: Path, name: str | None, *, parse: bool) -> tuple[str | None, tuple[str, ...]]:
+def _scan(path: Path, name: str | None) -> tuple[str | None, tuple[str, ...]]:
     try:
-        source = path.read_text(encoding="utf-8")
-        if not (parse or _MAYBE.search(source) or _NESTED_IMPORT.search(source)):
-            return None, ()  # nothing to look for: no need to parse it
-        tree = ast.parse(source)
+        raw = path.read_bytes()
+        source = importlib.util.decode_source(raw)
     except (OSError, SyntaxError, ValueError, UnicodeDecodeError):
         return "its source could not be read", ()
-    uses: list[str] = []
+    uses = _imported(source, path, name)
+    if any(m.split(".")[0] in _DRIVERS for m in uses):
+        return "it imports a database driver", ()
+    if not _MAYBE.search(source):
+        return None, uses  # none of the names looked for: no need to parse it
+    try:
+        tree = ast.parse(raw)
+    except (SyntaxError, ValueError):
+        return "its source could not be read", ()
     for node in ast.walk(tree):
         if (isinstance(node, ast.Try) and node.handlers) or type(node).__name__ == "TryStar":
             return "it catches exceptions (a statement must fail where it stands)", ()
@@ -459,41 +478,53 @@ def _scan(path: Path, name: str | None, *, parse: bool) -> tuple[str | None, tup
             return "it suppresses exceptions (a statement must fail where it stands)", ()
         if word in _BELOW:
             return f"it reaches the database other than through its operations ({word})", ()
-        if isinstance(node, ast.Import | ast.ImportFrom):
-            modules = _imported(node, path, name)
-            if any(m.split(".")[0] in _DRIVERS for m in modules):
-                return "it imports a database driver", ()
-            uses += modules
-    return None, tuple(dict.fromkeys(uses))
+    return None, uses
 
 
-def _imported(node: ast.Import | ast.ImportFrom, path: Path, name: str | None) -> list[str]:
-    """The modules an import statement runs: `import a.b` runs a and a.b; `from a import b`
-    runs a and, when b is a module, a.b. Relative imports are resolved against `name`."""
-    if isinstance(node, ast.Import):
-        heads = [alias.name for alias in node.names]
-    else:
-        base = node.module or ""
-        if node.level:
+def _imported(source: str, path: Path, name: str | None) -> tuple[str, ...]:
+    """The modules a file's import statements run: `import a.b` runs a and a.b; `from a import
+    b` runs a and, when b is a module, a.b. Relative imports are resolved against `name`. Read
+    from the text, so an import in a string counts too (one more module read, never fewer)."""
+    heads: list[str] = []
+    for m in _IMPORT.finditer(source):
+        if m["modules"] is not None:
+            heads += [part.split()[0] for part in m["modules"].split(",") if part.split()]
+            continue
+        base = m["base"]
+        if base.startswith("."):
             if name is None:
-                return []
+                continue
             package = name if path.name == "__init__.py" else name.rpartition(".")[0]
             try:
-                base = importlib.util.resolve_name("." * node.level + base, package)
+                base = importlib.util.resolve_name(base, package)
             except (ImportError, ValueError):
-                return []
-        heads = [base, *(f"{base}.{alias.name}" for alias in node.names if alias.name != "*")]
-    parts = [head.split(".") for head in heads if head]
-    return [".".join(p[: i + 1]) for p in parts for i in range(len(p))]
+                continue
+        names = [part.split()[0] for part in m["names"].strip("()\\ ").split(",") if part.split()]
+        heads += [
+            base,
+            *(f"{base}.{n.strip('()')}" for n in names if n.strip("()") not in {"", "*"}),
+        ]
+    out: list[str] = []
+    for head in heads:
+        parts = [p for p in head.split(".") if p.isidentifier()]
+        out += [".".join(parts[: i + 1]) for i in range(len(parts))]
+    return tuple(dict.fromkeys(out))
 
 
 def _modules_used_by(module: ModuleType) -> list[str]:
     """The modules a loaded module's globals come from: modules it imported, and the modules
-    its imported functions, classes and objects were defined in."""
+    its functions and classes were defined in (for other objects, their type's). Types are
+    looked at, not the objects, so that no lazy proxy runs."""
     out: list[str] = []
     for value in list(vars(module).values()):
+        kind = type(value)
         try:
-            where = value.__name__ if isinstance(value, ModuleType) else value.__module__
+            if issubclass(kind, ModuleType):
+                where = value.__name__
+            elif issubclass(kind, type) or kind in _FUNCTIONS:
+                where = value.__module__
+            else:
+                where = kind.__module__
         except Exception:  # noqa: BLE001 - any object a module holds
             continue
         if isinstance(where, str) and where != module.__name__:
@@ -501,19 +532,27 @@ def _modules_used_by(module: ModuleType) -> list[str]:
     return out
 
 
+_FUNCTIONS = (types.FunctionType, types.BuiltinFunctionType, types.MethodType)
+
+
+def _operation_modules() -> list[str]:
+    """The modules implementing Alembic operations (`Operations.implementation_for`, custom
+    operations included): a revision reaches them through `op`."""
+    from alembic.operations import Operations
+
+    registry = getattr(getattr(Operations, "_to_impl", None), "_registry", None) or {}
+    return [m for fn in registry.values() if isinstance(m := getattr(fn, "__module__", None), str)]
+
+
 def _users_module(name: str) -> Path | None:
     """The source file of module `name` when it is the user's own code: neither the standard
-    library nor an installed package. A loaded module is looked up in sys.modules; a top-level
-    one not loaded yet is found without running it; a submodule not loaded yet is not looked
-    for (finding it would run its package's code)."""
-    mod = sys.modules.get(name)
-    origin = getattr(mod, "__file__", None) if mod is not None else None
-    if mod is None and "." not in name:
-        try:
-            spec = importlib.util.find_spec(name)
-        except (ImportError, ValueError):
-            spec = None
-        origin = spec.origin if spec is not None else None
+    library nor an installed package. Found without running anything: in sys.modules, else
+    through the import system's finders, package by package."""
+    try:
+        spec = _spec(name)
+    except (ImportError, ValueError, AttributeError):
+        return None
+    origin = spec.origin if spec is not None else None
     if not isinstance(origin, str) or not origin.endswith(".py"):
         return None
     found = Path(origin).resolve()
@@ -522,10 +561,26 @@ def _users_module(name: str) -> Path | None:
     return found
 
 
+def _spec(name: str) -> ModuleSpec | None:
+    loaded = sys.modules.get(name)
+    if loaded is not None:
+        return getattr(loaded, "__spec__", None)
+    parent, _, _ = name.rpartition(".")
+    if not parent:
+        return importlib.util.find_spec(name)  # a top-level name: finding it runs nothing
+    above = _spec(parent)
+    locations = above.submodule_search_locations if above is not None else None
+    if not locations:
+        return None
+    return importlib.machinery.PathFinder.find_spec(name, list(locations))
+
+
 @functools.cache
 def _installed_roots() -> tuple[Path, ...]:
     """Where the standard library and installed packages live."""
     paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, *sysconfig.get_paths().values()}
+    paths |= {*site.getsitepackages(), site.getusersitepackages()}
+    paths |= {p for p in sys.path if Path(p).name in {"site-packages", "dist-packages"}}
     return tuple(Path(p).resolve() for p in paths if p)
 
 
