@@ -378,10 +378,11 @@ _BELOW = frozenset(
 
 
 _MAYBE = re.compile("|".join(sorted(_BELOW | _DRIVERS | {"try", "suppress"})))
-# Import statements, read from the text (anywhere: in a function too): `from X import a, b`
-# and `import X, Y as z`.
+# Import statements, read from the text (anywhere: in a function too): `from X import a, b`,
+# `from X import (a,\n b)` and `import X, Y as z`.
 _IMPORT = re.compile(
-    r"^[ \t]*(?:from[ \t]+(?P<base>\.*[\w.]*)[ \t]+import[ \t]+(?P<names>[^\n#;]*)"
+    r"^[ \t]*(?:from[ \t]+(?P<base>\.*[\w.]*)[ \t]+import[ \t]*"
+    r"(?:\((?P<parenthesized>[^)]*)\)|(?P<names>[^\n#;]*))"
     r"|import[ \t]+(?P<modules>[^\n#;]*))",
     re.MULTILINE,
 )
@@ -499,11 +500,9 @@ def _imported(source: str, path: Path, name: str | None) -> tuple[str, ...]:
                 base = importlib.util.resolve_name(base, package)
             except (ImportError, ValueError):
                 continue
-        names = [part.split()[0] for part in m["names"].strip("()\\ ").split(",") if part.split()]
-        heads += [
-            base,
-            *(f"{base}.{n.strip('()')}" for n in names if n.strip("()") not in {"", "*"}),
-        ]
+        listed = m["parenthesized"] if m["parenthesized"] is not None else m["names"]
+        names = [part.split()[0] for part in re.sub(r"#.*", "", listed).split(",") if part.split()]
+        heads += [base, *(f"{base}.{n}" for n in names if n != "*")]
     out: list[str] = []
     for head in heads:
         parts = [p for p in head.split(".") if p.isidentifier()]
