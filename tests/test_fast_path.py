@@ -493,6 +493,10 @@ def test_helpers_of_the_users_own_that_reach_around_the_operations_are_read(
     )
     (helpers / "fp_ns").mkdir()  # a namespace package: no __init__.py
     (helpers / "fp_ns" / "raw.py").write_text((helpers / "fp_count.py").read_text())
+    (helpers / "fp_semi.py").write_text((helpers / "fp_count.py").read_text())
+    (helpers / "fp_cont").mkdir()
+    (helpers / "fp_cont" / "__init__.py").write_text("")
+    (helpers / "fp_cont" / "raw.py").write_text((helpers / "fp_count.py").read_text())
     (helpers / "fp_ddl.py").write_text(
         "import sqlalchemy as sa\nfrom alembic import op\n\n\n"
         "def make_table(name):\n    op.create_table(name, sa.Column('n', sa.Integer))\n"
@@ -546,9 +550,21 @@ def test_helpers_of_the_users_own_that_reach_around_the_operations_are_read(
         "op.execute(f\"INSERT INTO a VALUES ({fp_ns.raw.count_rows('a') + 80})\")",
         imports="import fp_ns.raw",
     )
+    project.add(
+        "0010_semicolon",
+        "import os; from fp_semi import count_rows\n"
+        "op.execute('INSERT INTO a VALUES (9)')\n"
+        "op.execute(f\"INSERT INTO a VALUES ({count_rows('a') + 90})\")",
+    )
+    project.add(
+        "0011_continued",
+        "from fp_cont import \\\n    raw\n"
+        "op.execute('INSERT INTO a VALUES (10)')\n"
+        "op.execute(f\"INSERT INTO a VALUES ({raw.count_rows('a') + 100})\")",
+    )
     _, m = both_ways(project)
     rows = sorted(r[0] for r in database.rows("SELECT n FROM a"))
-    assert rows == [1, 2, 3, 4, 5, 6, 7, 8, 11, 23, 35, 47, 59, 71, 83, 95]
+    assert rows == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 23, 35, 47, 59, 71, 83, 95, 107, 119]
     cursor = "it reaches the database other than through its operations (cursor)"
     assert m["fallbacks"] == {
         "0002_top": f"{cursor}, in module fp_count, which it uses",
@@ -560,6 +576,8 @@ def test_helpers_of_the_users_own_that_reach_around_the_operations_are_read(
         "0008_relative": "it catches exceptions (a statement must fail where it stands), "
         "in module fp_rel.b, which it uses",
         "0009_namespace": f"{cursor}, in module fp_ns.raw, which it uses",
+        "0010_semicolon": f"{cursor}, in module fp_semi, which it uses",
+        "0011_continued": f"{cursor}, in module fp_cont.raw, which it uses",
     }
     assert {a["revision"] for a in m["applied"] if a["fast_path"]} == {"0001_a"}
 
@@ -599,3 +617,40 @@ def test_a_custom_operation_of_the_users_is_read_too(
         "in module myops, which it uses"
     )
     assert m["fallbacks"] == {"0001_a": reason, "0002_count": reason}
+
+
+def test_a_helper_read_before_its_module_is_loaded_is_read_again_after(
+    project: AlembicProject, database: Database, both_ways: BothWays
+) -> None:
+    """A module first reached before it is loaded shows only its text; once a revision has
+    loaded it, its globals are read too: here they hand out a cursor helper that env.py
+    registered, which the text does not name."""
+    root = project.root
+    (root / "fp_registry.py").write_text("REG = {}\n")
+    (root / "fp_plugin.py").write_text(
+        "from alembic import op\nfrom fp_registry import REG\n\n\n"
+        "def count_rows(table):\n"
+        "    cur = op.get_bind().connection.cursor()\n"
+        "    cur.execute(f'SELECT count(*) FROM {table}')\n"
+        "    return cur.fetchone()[0]\n\n\n"
+        "REG['count_rows'] = count_rows\n"
+    )
+    (root / "fp_x.py").write_text("from fp_registry import REG\n\ncount_rows = REG['count_rows']\n")
+    env = root / "env.py"
+    env.write_text(
+        f"import sys\nsys.path.insert(0, {str(root)!r})\nimport fp_plugin\n" + env.read_text()
+    )
+    project.add("0001_a", "op.create_table('a', sa.Column('n', sa.Integer))")
+    project.add("0002_load", "import fp_x\nop.execute('INSERT INTO a VALUES (1)')")
+    project.add(
+        "0003_use",
+        "from fp_x import count_rows\n"
+        "op.execute('INSERT INTO a VALUES (2)')\n"
+        "op.execute(f\"INSERT INTO a VALUES ({count_rows('a') + 10})\")",
+    )
+    _, m = both_ways(project)
+    assert sorted(r[0] for r in database.rows("SELECT n FROM a")) == [1, 2, 12]
+    assert m["fallbacks"] == {
+        "0003_use": "it reaches the database other than through its operations (cursor), "
+        "in module fp_plugin, which it uses"
+    }

@@ -378,14 +378,16 @@ _BELOW = frozenset(
 
 
 _MAYBE = re.compile("|".join(sorted(_BELOW | _DRIVERS | {"try", "suppress"})))
-# Import statements, read from the text (anywhere: in a function too): `from X import a, b`,
-# `from X import (a,\n b)` and `import X, Y as z`.
+# Import statements, read from the text (anywhere: in a function, after `;` or `:`, with
+# backslash continuations joined first): `from X import a, b`, `from X import (a,\n b)`,
+# `from .X import a` and `import X, Y as z`.
 _IMPORT = re.compile(
-    r"^[ \t]*(?:from[ \t]+(?P<base>\.*[\w.]*)[ \t]+import[ \t]*"
-    r"(?:\((?P<parenthesized>[^)]*)\)|(?P<names>[^\n#;]*))"
+    r"(?:^|[;:])[ \t]*(?:from(?:[ \t]+|(?=\.))(?P<base>\.*[\w.]*)[ \t]*import[ \t]*"
+    r"(?:\((?P<parenthesized>[^)]{0,4000})\)|(?P<names>[^\n#;]*))"
     r"|import[ \t]+(?P<modules>[^\n#;]*))",
     re.MULTILINE,
 )
+_CONTINUATION = re.compile(r"\\\r?\n")
 
 
 class SourceCheck:
@@ -398,9 +400,11 @@ class SourceCheck:
     another connection (which would not see what is held). Each file is read once per run."""
 
     def __init__(self) -> None:
-        self._files: dict[Path, tuple[str | None, tuple[str, ...]]] = {}
+        # Keyed on (file, whether its module is loaded): a file read before its module was
+        # loaded is read again once it is, for its globals.
+        self._files: dict[tuple[Path, bool], tuple[str | None, tuple[str, ...]]] = {}
+        self._clean: set[tuple[Path, bool]] = set()  # nothing reachable from these refuses
         self._where: dict[str, Path | None] = {}
-        self._clean: set[Path] = set()  # files from which nothing reachable refuses
 
     def refusal(self, step: RevisionStep) -> str | None:
         try:
@@ -414,10 +418,10 @@ class SourceCheck:
         todo: list[tuple[Path, ModuleType | None, str | None]] = [
             (start, getattr(script, "module", None), None)
         ]
-        seen = {start}
+        seen = {(start, todo[0][1] is not None)}
         while todo:
             path, loaded, name = todo.pop()
-            if path in self._clean:
+            if (path, loaded is not None) in self._clean:
                 continue
             reason, uses = self._file(path, loaded, name)
             if reason is not None:
@@ -426,9 +430,10 @@ class SourceCheck:
                 uses = (*uses, *_operation_modules())
             for used in uses:
                 found = self._users_module(used)
-                if found is not None and found not in seen:
-                    seen.add(found)
-                    todo.append((found, sys.modules.get(used), used))
+                module = sys.modules.get(used)
+                if found is not None and (found, module is not None) not in seen:
+                    seen.add((found, module is not None))
+                    todo.append((found, module, used))
         self._clean |= seen
         return None
 
@@ -437,12 +442,13 @@ class SourceCheck:
     ) -> tuple[str | None, tuple[str, ...]]:
         """One file's own refusal, and the modules it uses: those it imports and, when it is
         loaded, those its globals come from."""
-        if path not in self._files:
+        key = (path, loaded is not None)
+        if key not in self._files:
             reason, uses = _scan(path, name)
             if reason is None and loaded is not None:
                 uses = (*uses, *_modules_used_by(loaded))
-            self._files[path] = (reason, uses)
-        return self._files[path]
+            self._files[key] = (reason, uses)
+        return self._files[key]
 
     def _users_module(self, name: str) -> Path | None:
         if name not in self._where:
@@ -473,6 +479,8 @@ def _scan(path: Path, name: str | None) -> tuple[str | None, tuple[str, ...]]:
             if isinstance(node, ast.Attribute)
             else node.id
             if isinstance(node, ast.Name)
+            else node.name.rpartition(".")[2]
+            if isinstance(node, ast.alias)
             else None
         )
         if word == "suppress":
@@ -487,7 +495,7 @@ def _imported(source: str, path: Path, name: str | None) -> tuple[str, ...]:
     b` runs a and, when b is a module, a.b. Relative imports are resolved against `name`. Read
     from the text, so an import in a string counts too (one more module read, never fewer)."""
     heads: list[str] = []
-    for m in _IMPORT.finditer(source):
+    for m in _IMPORT.finditer(_CONTINUATION.sub(" ", source)):
         if m["modules"] is not None:
             heads += [part.split()[0] for part in m["modules"].split(",") if part.split()]
             continue
@@ -547,6 +555,8 @@ def _users_module(name: str) -> Path | None:
     """The source file of module `name` when it is the user's own code: neither the standard
     library nor an installed package. Found without running anything: in sys.modules, else
     through the import system's finders, package by package."""
+    if name.split(".")[0] in sys.stdlib_module_names:
+        return None  # (and finding `distutils` would run setuptools' import hook)
     try:
         spec = _spec(name)
     except (ImportError, ValueError, AttributeError):
@@ -576,8 +586,10 @@ def _spec(name: str) -> ModuleSpec | None:
 
 @functools.cache
 def _installed_roots() -> tuple[Path, ...]:
-    """Where the standard library and installed packages live."""
-    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, *sysconfig.get_paths().values()}
+    """Where the standard library and installed packages live (their folders, not the
+    prefixes: a project under /usr/src is the user's own even when Python's prefix is /usr)."""
+    found = sysconfig.get_paths()
+    paths = {found[k] for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in found}
     paths |= {*site.getsitepackages(), site.getusersitepackages()}
     paths |= {p for p in sys.path if Path(p).name in {"site-packages", "dist-packages"}}
     return tuple(Path(p).resolve() for p in paths if p)
