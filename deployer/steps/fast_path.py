@@ -397,7 +397,8 @@ class SourceCheck:
     globals come from, and those that implement custom operations (`op.<name>` registered with
     `Operations.implementation_for`). One of them catches exceptions (a statement must then
     fail where it stands), or reaches the database below SQLAlchemy's Connection or through
-    another connection (which would not see what is held). Each file is read once per run."""
+    another connection (which would not see what is held). Each file is read once per run, and
+    once more after its module is loaded."""
 
     def __init__(self) -> None:
         # Keyed on (file, whether its module is loaded): a file read before its module was
