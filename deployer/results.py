@@ -127,9 +127,8 @@ class MigrateResult:
     version_table_schema: str | None = None
     seconds: float = 0.0
     fast_path: bool = False  # the fast path was asked for (upgrades only)
-    fallbacks: dict[str, str] = field(
-        default_factory=dict
-    )  # revision → why (some of) it ran one by one
+    # revision → why (some of) its statements ran one by one (the fast path)
+    fallbacks: dict[str, str] = field(default_factory=dict)
 
     @property
     def version_table_name(self) -> str:

@@ -282,13 +282,15 @@ def test_process_entry_point_collects_garbage_as_alembic_does(
 
 
 def test_main_called_in_process_leaves_the_collector_alone(
-    clean_environ: pytest.MonkeyPatch, tmp_path: Path
+    clean_environ: pytest.MonkeyPatch, database: Database, tmp_path: Path
 ) -> None:
+    """A whole run through the pipeline (where the process entry point freezes the heap)."""
     from deployer.cli import main
 
     clean_environ.chdir(tmp_path)
     frozen = gc.get_freeze_count()
-    assert main(["smoke"]) == 2  # no database: refused as bad input, after the settings
+    assert main(["smoke", "--database-url", database.url]) == 0
+    assert json.loads((tmp_path / "db-deploy-report.json").read_text())["status"] == "success"
     assert gc.isenabled() and gc.get_freeze_count() == frozen
 
 

@@ -205,7 +205,7 @@ class FastPath:
                 fn = flush_before_end if event in _ENDS else flush_first
                 sa.event.listen(conn, event, fn)
                 self._listening.append((conn, event, fn))
-        if reason is None and (not conn.in_transaction() or _autocommit(conn)):
+        if reason is None and _outside_transaction(conn):
             return "the connection is not inside a transaction"
         return reason
 
@@ -229,7 +229,7 @@ class _Batch:
         """Hold `construct` (None) or say why it runs on its own."""
         if self.stopped:
             return self.stopped
-        if _autocommit(self.conn) or not self.conn.in_transaction():
+        if _outside_transaction(self.conn):
             return "a statement outside a transaction (after a commit, or in autocommit_block)"
         if self.conn.in_nested_transaction():
             # The revision may catch a failure and roll back to the savepoint: the statement
@@ -596,5 +596,8 @@ def _installed_roots() -> tuple[Path, ...]:
     return tuple(Path(p).resolve() for p in paths if p)
 
 
-def _autocommit(conn: sa.Connection) -> bool:
-    return bool(getattr(conn.connection.dbapi_connection, "autocommit", False))
+def _outside_transaction(conn: sa.Connection) -> bool:
+    """No transaction to hold statements in: none begun, or the DBAPI connection in autocommit."""
+    return not conn.in_transaction() or bool(
+        getattr(conn.connection.dbapi_connection, "autocommit", False)
+    )
