@@ -4,7 +4,7 @@ Each row: the exit code of the spec, exactly one `::error` line on a GitHub runn
 `error:` line on stderr on a terminal) carrying the message, no traceback, and the database
 as it was (no version table, no tables, no `db_deploy` history schema), unless the row is about
 a later step. The Slack rows are the other way round: the deploy's result is unchanged and the
-problem is one warning. the README's "Bad-input matrix" lists these rows 1:1 by
+problem is one warning. docs/safety.md's "Bad-input matrix" lists these rows 1:1 by
 test id; `test_the_matrix_doc_lists_every_row` keeps the two in step.
 
 Some rows repeat a focused test elsewhere (test_cli.py, test_seed_smoke.py, test_slack.py); here
@@ -39,7 +39,7 @@ from pgcluster import pg_cluster_fixture as pg_cluster_fixture  # the fixture pg
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
-DOC = REPO / "README.md"  # its "Bad-input matrix" section
+DOC = REPO / "docs" / "safety.md"  # its "Bad-input matrix" section
 HOOK_PATH = "/services/T0000/B0000/matrixHookSecret"
 SCHEMA = "op.create_table('items', sa.Column('id', sa.Integer, primary_key=True))"
 SEED = """
@@ -499,7 +499,7 @@ def test_bad_input_on_a_terminal(case: Case, ctx_for: Callable[[Case], Ctx]) -> 
 
 
 def test_the_matrix_doc_lists_every_row() -> None:
-    """The README's bad-input matrix maps 1:1 to the rows, exit codes included."""
+    """docs/safety.md's bad-input matrix maps 1:1 to the rows, exit codes included."""
     rows = {}
     for line in DOC.read_text(encoding="utf-8").splitlines():
         m = re.match(r"^\|\s*(.+?)\s*\|\s*(\d)\s*\|.*\|\s*`test_bad_input\[([\w-]+)\]`", line)

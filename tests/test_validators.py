@@ -21,6 +21,8 @@ from conftest import REPO
 
 BIN = Path(sys.executable).parent
 WORKFLOWS = sorted((REPO / ".github" / "workflows").glob("*.yml"))
+# Example workflows for users (they need a database's secrets, so they do not run here).
+EXAMPLES = sorted((REPO / "docs" / "examples").glob("*.yml"))
 
 
 def tool(name: str) -> str:
@@ -59,7 +61,7 @@ def test_action_yml_matches_the_action_schema():
 
 def test_workflows_match_the_workflow_schema():
     schema = ["--builtin-schema", "vendor.github-workflows"]
-    assert_ok(run(tool("check-jsonschema"), *schema, *map(str, WORKFLOWS)))
+    assert_ok(run(tool("check-jsonschema"), *schema, *map(str, WORKFLOWS + EXAMPLES)))
 
 
 def test_dependabot_config_matches_its_schema():
@@ -71,6 +73,7 @@ def test_actionlint():
     # Without arguments actionlint lints every workflow of the repository (and reads action.yml
     # for `uses: ./`). It must not be pointed at action.yml itself: that is not a workflow.
     assert_ok(run(tool("actionlint"), "-no-color"))
+    assert_ok(run(tool("actionlint"), "-no-color", *(str(p.relative_to(REPO)) for p in EXAMPLES)))
 
 
 def test_zizmor_offline():
@@ -83,6 +86,7 @@ def test_zizmor_offline():
             ".github/workflows",
             "action.yml",
             "python/action.yml",
+            *map(str, EXAMPLES),
         )
     )
 
@@ -144,7 +148,7 @@ _USES = re.compile(r"^\s*(?:-\s*)?uses:\s*(\S+)(.*)$", re.M)
 _PINNED = re.compile(r"^[\w.-]+/[\w./-]+@[0-9a-f]{40}$")
 
 
-@pytest.mark.parametrize("workflow", WORKFLOWS, ids=lambda p: p.name)
+@pytest.mark.parametrize("workflow", WORKFLOWS + EXAMPLES, ids=lambda p: p.name)
 def test_remote_actions_are_pinned_by_commit_sha(workflow: Path):
     """A tag can be moved to other code; a commit SHA cannot. The `# vX.Y.Z` comment says which
     release the SHA is, and Dependabot (.github/dependabot.yml) updates both."""
