@@ -289,7 +289,6 @@ class Run:
 
         s = self.settings
         applied: list[AppliedRevision] = []
-        fallbacks: dict[str, str] = {}
         previous: list[str] | None = None
         watch = self.engine(self.spec(s.direct_url))  # the blocker watch: no timeouts
         for attempt in range(s.lock_retries + 1):
@@ -307,11 +306,9 @@ class Run:
                 recorder=recorder,
                 watch_engine=watch,
                 client_check=self.spec(s.direct_url, migration=True).client_check,
-                fast_path=s.fast_path,
             )
             previous = m.previous if previous is None else previous
             applied += m.applied
-            fallbacks.update(m.fallbacks)
             if not (m.lock_timed_out and attempt < s.lock_retries):
                 break
             delay = min(30.0, 2.0 * 2**attempt)
@@ -320,7 +317,7 @@ class Run:
                 f"{attempt + 1} of {s.lock_retries} in {delay:g}s"
             )
             time.sleep(delay)
-        m.previous, m.applied, m.fallbacks = previous or [], applied, fallbacks
+        m.previous, m.applied = previous or [], applied
         if recorder is not None and not m.history_inline and m.applied:
             # env.py migrated on a connection of its own: record afterwards, on ours, in one go.
             history.record(

@@ -104,7 +104,6 @@ class AppliedRevision:
     revision: str
     description: str
     seconds: float
-    fast_path: bool = False  # all its statements held and sent together (the fast path)
 
 
 @dataclass
@@ -126,9 +125,6 @@ class MigrateResult:
     version_table: str = "alembic_version"
     version_table_schema: str | None = None
     seconds: float = 0.0
-    fast_path: bool = False  # the fast path was asked for (upgrades only)
-    # revision → why (some of) its statements ran one by one (the fast path)
-    fallbacks: dict[str, str] = field(default_factory=dict)
 
     @property
     def version_table_name(self) -> str:

@@ -362,14 +362,6 @@ class Settings(BaseSettings):
             "Retry a revision blocked by another session's lock this many times, with backoff",
         ),
     )
-    fast_path: bool = Field(
-        False,
-        json_schema_extra=_input(
-            "fast-path",
-            "DB_DEPLOY_FAST_PATH",
-            "Send a revision's DDL and plain SQL to the server together, in one round trip where its code allows (values, reads, COMMIT and SET run one by one, in place); experimental",
-        ),
-    )
     # Operations modes (issue 7).
     scratch_database_url: SecretStr = Field(
         SecretStr(""),
@@ -485,7 +477,6 @@ class Settings(BaseSettings):
         "dry_run",
         "allow_edited_migrations",
         "require_tls",
-        "fast_path",
         "backup_before",
         "confirm_rollback",
         "security_preflight",

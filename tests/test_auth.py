@@ -14,8 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import AlembicProject, GitHubRunner, Run
-from pgcluster import (
+from tests.helpers.pgcluster import (
     PLAIN_PASSWORD,
     PLAIN_ROLE,
     SPECIAL_PASSWORD,
@@ -27,8 +26,10 @@ from pgcluster import (
     mask_values,
     masks_come_first,
 )
-from pgcluster import cluster_db_fixture as cluster_db_fixture  # the fixture cluster_db
-from pgcluster import pg_cluster_fixture as pg_cluster_fixture  # the fixture pg_cluster
+from tests.helpers.pgcluster import cluster_db_fixture as cluster_db_fixture  # the fixture cluster_db
+from tests.helpers.pgcluster import pg_cluster_fixture as pg_cluster_fixture  # the fixture pg_cluster
+
+from tests.helpers import AlembicProject, GitHubRunner, Run
 
 WRONG_PASSWORD = "Wr0ng:p@ss/w%rd"
 

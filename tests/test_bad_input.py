@@ -22,7 +22,13 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from conftest import (
+from tests.helpers.pgcluster import ClusterDatabase, assert_no_leaks, closed_port
+from tests.helpers.pgcluster import cluster_db_fixture as cluster_db_fixture  # the fixture cluster_db
+from tests.helpers.pgcluster import pg_cluster_fixture as pg_cluster_fixture  # the fixture pg_cluster
+from pytest_httpserver import HTTPServer
+from werkzeug import Request, Response
+
+from tests.helpers import (
     REPO,
     AlembicProject,
     Database,
@@ -33,11 +39,6 @@ from conftest import (
     create_database,
     drop_database,
 )
-from pgcluster import ClusterDatabase, assert_no_leaks, closed_port
-from pgcluster import cluster_db_fixture as cluster_db_fixture  # the fixture cluster_db
-from pgcluster import pg_cluster_fixture as pg_cluster_fixture  # the fixture pg_cluster
-from pytest_httpserver import HTTPServer
-from werkzeug import Request, Response
 
 DOC = REPO / "docs" / "safety.md"  # its "Bad-input matrix" section
 HOOK_PATH = "/services/T0000/B0000/matrixHookSecret"

@@ -4,9 +4,9 @@ session settings surviving what SQLAlchemy does behind our back."""
 from __future__ import annotations
 
 import sqlalchemy as sa
-from conftest import Database
 
 from deployer import db
+from tests.helpers import Database
 
 
 def test_a_reconnected_session_keeps_its_timeouts(database: Database) -> None:

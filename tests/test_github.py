@@ -6,9 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import parse_env_file
-
 from deployer import github
+from tests.helpers import parse_env_file
 
 
 def unescape_data(data: str) -> str:

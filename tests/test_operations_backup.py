@@ -15,10 +15,17 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from conftest import AlembicProject, Database, EmbeddedServer, GitHubRunner, Run, alembic_upgrade
 
 from deployer import pgtools
 from deployer.errors import ConfigError
+from tests.helpers import (
+    AlembicProject,
+    Database,
+    EmbeddedServer,
+    GitHubRunner,
+    Run,
+    alembic_upgrade,
+)
 
 TABLE_A = "op.create_table('a', sa.Column('id', sa.Integer, primary_key=True))"
 

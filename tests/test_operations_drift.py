@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from conftest import (
+
+from deployer.steps.drift import describe_model_diff, embedded_major
+from tests.helpers import (
     REPO,
     AlembicProject,
     Database,
@@ -21,8 +23,6 @@ from conftest import (
     Run,
     alembic_upgrade,
 )
-
-from deployer.steps.drift import describe_model_diff, embedded_major
 
 SCHEMA = """
 op.execute("CREATE TYPE mood AS ENUM ('calm', 'busy')")

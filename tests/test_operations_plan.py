@@ -10,7 +10,8 @@ import socket
 from collections.abc import Callable
 
 import pytest
-from conftest import AlembicProject, Database, GitHubRunner, Run, alembic_upgrade
+
+from tests.helpers import AlembicProject, Database, GitHubRunner, Run, alembic_upgrade
 
 A = ("op.create_table('a', sa.Column('id', sa.Integer, primary_key=True))", "op.drop_table('a')")
 B = (

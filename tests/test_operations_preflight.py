@@ -12,9 +12,9 @@ from collections.abc import Callable, Iterator
 
 import pytest
 import sqlalchemy as sa
-from conftest import AlembicProject, Database, EmbeddedServer, GitHubRunner, Run
 
 from deployer.steps.security import _server_version, _tls
+from tests.helpers import AlembicProject, Database, EmbeddedServer, GitHubRunner, Run
 
 TABLE_A = "op.create_table('a', sa.Column('id', sa.Integer, primary_key=True))"
 

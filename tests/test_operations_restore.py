@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from conftest import AlembicProject, Database, GitHubRunner, Run, alembic_upgrade
 
 from deployer.steps.drift import compare, snapshot
 from deployer.steps.restore import parse_toc, read_header
+from tests.helpers import AlembicProject, Database, GitHubRunner, Run, alembic_upgrade
 
 SCHEMA = """
 op.execute("CREATE EXTENSION IF NOT EXISTS vector")

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from conftest import AlembicProject, Database, GitHubRunner, Run, alembic_upgrade
 
 from deployer import db
 from deployer.steps.rollback import irreversible
+from tests.helpers import AlembicProject, Database, GitHubRunner, Run, alembic_upgrade
 
 A = ("op.create_table('a', sa.Column('id', sa.Integer, primary_key=True))", "op.drop_table('a')")
 B = ("op.create_table('b', sa.Column('id', sa.Integer))", "op.drop_table('b')")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
-from conftest import AlembicProject, Database, GitHubRunner
+from tests.helpers import AlembicProject, Database, GitHubRunner
 
 TABLE_A = "op.create_table('a', sa.Column('id', sa.Integer, primary_key=True))"
 TABLE_B = (

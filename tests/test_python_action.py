@@ -3,8 +3,7 @@
 It must be interchangeable with the container action (`action.yml`): the same inputs and outputs
 (compared here), every input reaching the deployer under a name it reads, and a real deploy that
 writes the outputs. A small harness runs the composite's `run:` steps the way the runner runs a
-composite action, read from actions/runner @258d6c8 (see
-/work/shared/notes/github-runner-contract.md):
+composite action, read from actions/runner @258d6c8:
 
 - `src/Runner.Worker/Handlers/CompositeActionHandler.cs`: the steps run in order with the
   `inputs` context (the `with:` value, else the evaluated `default:`), the `steps` context of the
@@ -52,8 +51,9 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import REPO, Database, GitHubRunner, parse_env_file
-from test_action_contract import DEPLOY_INPUTS, assert_deployed, workflow_commands, write_project
+
+from tests.helpers import REPO, Database, GitHubRunner, parse_env_file
+from tests.helpers.action import DEPLOY_INPUTS, assert_deployed, workflow_commands, write_project
 
 PYTHON_ACTION = REPO / "python" / "action.yml"
 CONTAINER_ACTION = REPO / "action.yml"
@@ -729,7 +729,7 @@ def test_the_example_workflow_passes_actionlint_and_zizmor():
     """tests/test_validators.py globs .github/workflows/*.yml for the schema, actionlint (which
     checks `uses: ./python` inputs against python/action.yml), zizmor and SHA pinning; this file
     also runs them on the example directly."""
-    from test_validators import WORKFLOWS
+    from tests.test_validators import WORKFLOWS
 
     assert EXAMPLE_WORKFLOW in WORKFLOWS
     workflow = str(EXAMPLE_WORKFLOW.relative_to(REPO))

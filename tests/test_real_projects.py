@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from conftest import (
+
+from tests.helpers import (
     AlembicProject,
     Database,
     EmbeddedServer,

@@ -73,7 +73,7 @@ CONNECTOR_KINDS = [
 # table -> lists of its IVFFLAT index
 EMBEDDING_TABLES = {"brand_voices": 10, "messages": 100, "chunks": 100, "agent_memories": 100}
 
-# What the seed writes: the demo of ../shared/seed/ci-cd-db-deploy.md.
+# What the seed writes: the demo of the seed document the project grew from.
 SEED_COUNTS = {
     "organizations": 1,
     "users": 1,

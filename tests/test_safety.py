@@ -14,9 +14,9 @@ from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
-from conftest import AlembicProject, Database, GitHubRunner, alembic_upgrade
 
 from deployer import db
+from tests.helpers import AlembicProject, Database, GitHubRunner, alembic_upgrade
 
 TABLE_A = "op.create_table('a', sa.Column('id', sa.Integer, primary_key=True))"
 
@@ -88,7 +88,7 @@ def test_two_deploys_started_together_both_succeed(
                 ),
             )
         )
-    from conftest import parse_env_file
+    from tests.helpers import parse_env_file
 
     results = []
     for out, proc in procs:

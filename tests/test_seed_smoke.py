@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from conftest import AlembicProject, Database, GitHubRunner, Run
+
+from tests.helpers import AlembicProject, Database, GitHubRunner, Run
 
 SCHEMA = """
 op.create_table('kinds', sa.Column('code', sa.Text, primary_key=True), sa.Column('label', sa.Text))
@@ -304,7 +305,7 @@ def test_report_paths_outside_github(
     assert "db-deploy deploy: success" in run.stdout  # the terminal report
     assert "::group::" not in run.output  # no workflow commands outside GitHub
     assert "1 revision(s) applied" in (tmp_path / "s.md").read_text()
-    from conftest import parse_env_file
+    from tests.helpers import parse_env_file
 
     assert parse_env_file((tmp_path / "out.txt").read_text())["applied-count"] == "1"
     assert json.loads((tmp_path / "r.json").read_text())["status"] == "success"

@@ -8,9 +8,10 @@ import time
 from collections.abc import Callable
 
 import pytest
-from conftest import AlembicProject, Database, GitHubRunner, Run
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
+
+from tests.helpers import AlembicProject, Database, GitHubRunner, Run
 
 
 @pytest.fixture

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from deployer.render import operations
-from deployer.results import MigrateResult, RunResult, TableCheck, VectorIndex
+from deployer.results import RunResult, TableCheck, VectorIndex
 
 ICON = {"success": "✅", "noop": "✅", "failed": "❌"}
 
@@ -164,9 +164,6 @@ def render(r: RunResult) -> str:
             ),
             "",
         ]
-        fast = fast_path_summary(m, code=lambda s: f"`{s}`")
-        if fast:
-            lines += [fast, ""]
 
     st = r.status_check
     if st is not None:
@@ -327,16 +324,3 @@ def _advice(v: VectorIndex) -> str:
     if v.recommended_lists is None:
         return "too few rows to judge (build ivfflat after loading data)"
     return f"ok (pgvector suggests ~{v.recommended_lists})"
-
-
-def fast_path_summary(m: MigrateResult, code: Callable[[str], str] = str) -> str:
-    """What the fast path did: how many revisions had all their statements sent together, and
-    where statements ran one by one, and why. Empty when it was not asked for."""
-    if not m.fast_path or not (m.applied or m.fallbacks):
-        return ""
-    whole = sum(a.fast_path for a in m.applied)
-    line = f"Fast path: {whole} of {len(m.applied)} applied revision(s) sent whole"
-    if not m.fallbacks:
-        return line + "."
-    alone = "; ".join(f"{code(rev)}: {why}" for rev, why in m.fallbacks.items())
-    return f"{line}; statements run one by one in {alone}."

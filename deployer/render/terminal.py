@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from typing import TextIO
 
 from deployer.render import operations
-from deployer.render.markdown import fast_path_summary, fmt_bytes, row_count
+from deployer.render.markdown import fmt_bytes, row_count
 from deployer.results import RunResult
 
 
@@ -79,9 +79,6 @@ def render(r: RunResult) -> str:
                 out.append(f"  ✓ {a.revision:<28} {a.seconds:>8.3f}s  {a.description}")
             if m.failed_revision:
                 out.append(f"  ✗ {m.failed_revision:<28} failed: {m.error}")
-            fast = fast_path_summary(m)
-            if fast:
-                out.append(f"  {fast}")
     if r.seed:
         s = r.seed
         if s.error:

@@ -80,13 +80,11 @@ def migrate(
     recorder: Callable[[sa.Connection, RevisionStep, float], None] | None = None,
     watch_engine: sa.Engine | None = None,
     client_check: bool = False,
-    fast_path: bool = False,
 ) -> MigrateResult:
     """Upgrade (or, with `downgrade`, downgrade: the rollback command) to `target`.
     `recorder(connection, step, seconds)` is called inside each revision's transaction, on the
     migration's own connection, when that is the deployer's (the deploy history). Returns the record, with `error` and `failed_revision` set when a
     revision failed (the database is then at its last committed revision, read back from it).
-    `fast_path`: send an upgrade revision's DDL and plain SQL together (steps/fast_path.py).
     Raises ConfigError for bad targets and a broken env.py (nothing changed)."""
     started = time.perf_counter()
     destination = () if downgrade and target == "base" else resolve_target(project, target)
@@ -94,21 +92,12 @@ def migrate(
         script_location=str(project.script_location),
         target=target,
         dry_run=dry_run,
-        fast_path=fast_path and not downgrade,
     )
     tracker = _Tracker()
-    fast = None
-    if result.fast_path and not dry_run:
-        from deployer.steps.fast_path import FastPath
-
-        fast = FastPath()
 
     def tracked(steps: list[RevisionStep]) -> Iterator[RevisionStep]:
         if watch is not None and steps:
             watch.start()  # only when something will run
-        if fast is not None and tracker.context is not None:
-            for step in steps:
-                fast.install(step, tracker.context)
         for step in steps:
             tracker.running = step
             tracker.started = time.perf_counter()
@@ -117,7 +106,6 @@ def migrate(
                 revision=step.revision.revision,
                 description=(step.revision.doc or "").strip(),
                 seconds=round(time.perf_counter() - tracker.started, 4),
-                fast_path=fast is not None and step.revision.revision in fast.sent,
             )
             tracker.applied.append(done)
             tracker.running = None
@@ -189,10 +177,6 @@ def migrate(
                 detail=server_message(exc),
             ) from None
         error = exc
-    finally:
-        if fast is not None:
-            fast.close()
-            result.fallbacks = fast.fallbacks
 
     ctx = tracker.context
     if ctx is not None:

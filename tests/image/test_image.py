@@ -14,7 +14,6 @@ DB_DEPLOY_REQUIRE_DOCKER=1, which turns that skip into a failure: never silently
 from __future__ import annotations
 
 import os
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,10 +22,8 @@ from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: conftest and the harness
-
-from conftest import REPO, GitHubRunner, parse_env_file
-from test_action_contract import (
+from tests.helpers import REPO, GitHubRunner, parse_env_file
+from tests.helpers.action import (
     DEPLOY_INPUTS,
     ActionStep,
     assert_deployed,

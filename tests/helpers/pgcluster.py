@@ -10,8 +10,8 @@ uses, in a folder under /tmp that user owns.
 Usage in a test module (tests/conftest.py is not ours to extend; the `X as X` form is an
 explicit re-export, so linters keep it):
 
-    from pgcluster import cluster_db_fixture as cluster_db_fixture  # the fixture cluster_db
-    from pgcluster import pg_cluster_fixture as pg_cluster_fixture  # the fixture pg_cluster
+    from tests.helpers.pgcluster import cluster_db_fixture as cluster_db_fixture  # the fixture cluster_db
+    from tests.helpers.pgcluster import pg_cluster_fixture as pg_cluster_fixture  # the fixture pg_cluster
 
 The second half of this module finds secrets in artefacts (`find_leaks`, `assert_no_leaks`) and
 reads the `::add-mask::` lines, for test_auth.py, test_secrets.py and test_bad_input.py.
