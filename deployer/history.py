@@ -11,7 +11,6 @@ are baselined (recorded with kind `baseline`) without failing.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,7 +18,7 @@ from typing import TYPE_CHECKING
 import sqlalchemy as sa
 
 from deployer.errors import StepFailed
-from deployer.results import Telemetry
+from deployer.results import HistoryEntry, IntegrityReport, Telemetry
 
 if TYPE_CHECKING:
     from alembic.script import Script
@@ -37,26 +36,6 @@ def _q(name: str) -> str:
 
 def checksum(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-@dataclass
-class HistoryEntry:
-    revision: str
-    kind: str  # upgrade | downgrade | baseline | accepted-edit
-    checksum: str
-    applied_at: str
-    seconds: float | None
-    tool_version: str
-    actor: str
-    sha: str
-    run_url: str
-
-
-@dataclass
-class IntegrityReport:
-    checked: int = 0
-    baselined: list[str] | None = None
-    accepted: list[str] | None = None
 
 
 def exists(conn: sa.Connection, schema: str) -> bool:

@@ -24,7 +24,14 @@ from deployer import db
 from deployer.alembic_project import AlembicProject, read_heads
 from deployer.errors import ConfigError, StepFailed
 from deployer.pipeline import raise_if_failed
-from deployer.results import AppliedRevision, MigrateResult, utcnow
+from deployer.results import (
+    AppliedRevision,
+    BackupResult,
+    DriftResult,
+    MigrateResult,
+    RestoreResult,
+    utcnow,
+)
 from deployer.steps import security as security_step
 from deployer.steps import status as status_step
 from deployer.steps.migrate import EnvFacts, inspect_env, migrate, resolve_target
@@ -168,7 +175,7 @@ def take_backup(
                 connect_timeout=s.connect_timeout,
             )
         where.record_status(run, conn)
-        run.result.backup = rec = backup_step.BackupResult(
+        run.result.backup = rec = BackupResult(
             path=shown_path(run, target),
             file=str(target),
             size_bytes=size,
@@ -216,7 +223,7 @@ def restore(run: Run) -> None:
             step="restore",
         )
     file = restore_step.find_file(s.resolve(s.backup_path), repr(s.backup_path))
-    rec = restore_step.RestoreResult(path=shown_path(run, file))
+    rec = RestoreResult(path=shown_path(run, file))
     run.result.restore = rec
     with run.step("verify"):
         rec.sha256, rec.size_bytes = restore_step.verify_checksum(file)
@@ -301,7 +308,7 @@ def drift(run: Run) -> None:
     app = run.preflight()
     pf = run.result.preflight
     assert pf is not None
-    rec = drift_step.DriftResult(live_version=pf.server_version)
+    rec = DriftResult(live_version=pf.server_version)
     run.result.drift = rec
     live = run.connect(run.spec(s.direct_url))
     facts = inspect_env(project, live, url=s.direct_url, workspace=s.workspace_dir)

@@ -327,6 +327,5 @@ def terminal(r: RunResult) -> list[str]:
             if x.change == "differs":
                 out.append(f"      live:       {_short(x.live, 200)}")
                 out.append(f"      migrations: {_short(x.expected, 200)}")
-        for x in d.model_differences:
-            out.append(f"  models: {x}")
+        out += [f"  models: {m}" for m in d.model_differences]
     return out

@@ -12,7 +12,6 @@ import hashlib
 import os
 import re
 import time
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -21,20 +20,6 @@ from deployer.errors import ConfigError, StepFailed
 
 SUFFIX = ".dump"
 CHUNK = 1024 * 1024
-
-
-@dataclass
-class BackupResult:
-    path: str  # as shown: relative to the workspace when inside it
-    file: str  # absolute path
-    size_bytes: int = 0
-    sha256: str = ""
-    revision: str = ""  # comma-separated heads, "" = base (no version table)
-    database: str = ""
-    server_version: str = ""
-    tool: str = ""  # "pg_dump 18.4"
-    seconds: float = 0.0
-    reason: str = "backup"  # backup | before-deploy | before-rollback
 
 
 def sha256_file(path: Path) -> str:

