@@ -1,0 +1,172 @@
+"""Code checksums: what cannot change behaviour does not change the checksum; code does."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from deployer.checksums import PREFIX, code_checksum, raw_checksum
+from tests.helpers import REPO
+
+REVISION = '''\
+"""add the audit table
+
+Revision ID: 0005_audit
+Revises: 0004_agents
+"""
+from alembic import op
+import sqlalchemy as sa
+
+revision = "0005_audit"
+down_revision = "0004_agents"
+
+
+def upgrade():
+    """Create it."""
+    # a comment
+    op.create_table(
+        "audit",
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("what", sa.Text, server_default='none'),
+    )
+    op.execute(f"COMMENT ON TABLE audit IS '{revision}'")
+
+
+def downgrade():
+    op.drop_table("audit")
+'''
+
+
+def checksum_of(tmp_path: Path, text: str | bytes, name: str = "r.py") -> str:
+    path = tmp_path / name
+    path.write_bytes(text.encode() if isinstance(text, str) else text)
+    return code_checksum(path)
+
+
+SAME = {
+    "crlf": lambda s: s.replace("\n", "\r\n"),
+    "bom": lambda s: "\ufeff" + s,
+    "trailing-whitespace": lambda s: s.replace("\n", "   \n"),
+    "comment-edited": lambda s: s.replace("# a comment", "# another comment, longer"),
+    "comment-added": lambda s: s.replace("def downgrade():", "# why\ndef downgrade():  # x"),
+    "module-docstring": lambda s: s.replace("add the audit table", "add the audit table (fixed)"),
+    "function-docstring": lambda s: s.replace('"""Create it."""', '"""Create the table."""'),
+    "docstring-removed": lambda s: s.replace('    """Create it."""\n', ""),
+    "reformatted": lambda s: s.replace(
+        'op.create_table(\n        "audit",\n', 'op.create_table("audit",\n    '
+    ),
+    "quotes": lambda s: s.replace("server_default='none'", 'server_default="none"'),
+    "blank-lines": lambda s: s.replace("\n\n\ndef", "\n\n\n\n\ndef"),
+}
+DIFFERENT = {
+    "table-name": lambda s: s.replace('"audit",\n', '"audits",\n'),
+    "string-value": lambda s: s.replace("'none'", "'None'"),
+    "f-string": lambda s: s.replace("IS '{revision}'", "IS '{down_revision}'"),
+    "statement-added": lambda s: s.replace(
+        '    op.drop_table("audit")', '    op.drop_table("audit")\n    op.execute("SELECT 1")'
+    ),
+    "indentation": lambda s: s.replace(
+        '    op.execute(f"COMMENT', '    if True:\n        pass\n    op.execute(f"COMMENT'
+    ).replace('    op.execute(f"COMMENT', '    op.execute(f"COMMENT'),
+    "dedented-statement": lambda s: s.replace(
+        "def downgrade():\n    op.drop_table", "def downgrade():\n    pass\nop.drop_table"
+    ),
+    "non-docstring-string": lambda s: s.replace(
+        '    """Create it."""\n', '    """Create it."""\n    "a statement, not a docstring"\n'
+    ),
+}
+
+
+@pytest.mark.parametrize("change", SAME)
+def test_layout_changes_keep_the_checksum(tmp_path: Path, change: str) -> None:
+    changed = SAME[change](REVISION)
+    assert changed != REVISION
+    assert checksum_of(tmp_path, changed) == checksum_of(tmp_path, REVISION)
+
+
+@pytest.mark.parametrize("change", DIFFERENT)
+def test_code_changes_change_the_checksum(tmp_path: Path, change: str) -> None:
+    changed = DIFFERENT[change](REVISION)
+    assert changed != REVISION
+    assert checksum_of(tmp_path, changed) != checksum_of(tmp_path, REVISION)
+
+
+def test_checksums_are_marked_and_raw_hash_differs(tmp_path: Path) -> None:
+    value = checksum_of(tmp_path, REVISION)
+    assert value.startswith(PREFIX)
+    assert value.removeprefix(PREFIX) != raw_checksum(REVISION.encode())
+
+
+def test_a_file_that_is_not_python_falls_back_to_its_bytes(tmp_path: Path) -> None:
+    broken = "def upgrade(:\n"
+    assert checksum_of(tmp_path, broken) == checksum_of(tmp_path, broken)
+    assert checksum_of(tmp_path, broken) != checksum_of(tmp_path, broken + " ")
+
+
+SQL = "-- create\nCREATE TABLE t (\n  id int, -- key\n  v text DEFAULT 'a  b'\n);\n/* done */\n"
+
+
+def test_sql_ignores_comments_and_whitespace_but_not_literals(tmp_path: Path) -> None:
+    base = checksum_of(tmp_path, SQL, "m.sql")
+    relaid = "CREATE TABLE t (id int,\r\n v text DEFAULT 'a  b');"
+    assert checksum_of(tmp_path, relaid, "m.sql") == base
+    assert checksum_of(tmp_path, SQL.replace("'a  b'", "'a b'"), "m.sql") != base
+    assert checksum_of(tmp_path, SQL.replace("int", "bigint"), "m.sql") != base
+    assert checksum_of(tmp_path, "SELECT 'unterminated", "m.sql").startswith(PREFIX)
+
+
+def _other_pythons() -> list[str]:
+    """Python 3.12 and 3.13 where this machine has them (pyenv's, or on PATH) and they run."""
+    found = {}
+    for minor in ("3.12", "3.13"):
+        candidates = sorted(Path.home().glob(f".pyenv/versions/{minor}*/bin/python{minor}"))
+        candidates += [Path(p) for p in [shutil.which(f"python{minor}")] if p]
+        for exe in candidates:
+            ok = subprocess.run([str(exe), "-c", "pass"], capture_output=True).returncode == 0
+            if ok:
+                found[minor] = str(exe)
+                break
+    return list(found.values())
+
+
+OTHER_PYTHONS = _other_pythons()
+
+
+@pytest.mark.skipif(not OTHER_PYTHONS, reason="no Python 3.12/3.13 on this machine")
+@pytest.mark.parametrize("python", OTHER_PYTHONS, ids=lambda p: Path(p).name)
+def test_the_same_file_gives_the_same_checksum_on_other_pythons(tmp_path: Path, python: str):
+    """The token stream, not ast.dump: stable across interpreters (3.12 splits f-strings into
+    parts; they are put back together). Every revision of the reference schema and a file with
+    nested f-strings, on this Python and another one."""
+    files = sorted((REPO / "migrations" / "versions").glob("*.py"))
+    extra = tmp_path / "fstrings.py"
+    extra.write_text(
+        'x = 1\ny = f"a{x!r:>{x}}b" f\'{f"{x}"}\' rb"\\d" "plain"\n'
+        'def f():\n    """doc"""\n    return f"""{x}\n"""\n'
+    )
+    files.append(extra)
+    script = (
+        "import sys; sys.path.insert(0, sys.argv[1]);"
+        "import importlib.util as u;"
+        "s = u.spec_from_file_location('c', sys.argv[2]); m = u.module_from_spec(s);"
+        "s.loader.exec_module(m);"
+        "print('\\n'.join(m.code_checksum(p) for p in sys.argv[3:]))"
+    )
+    proc = subprocess.run(
+        [
+            python,
+            "-c",
+            script,
+            str(REPO),
+            str(REPO / "deployer" / "checksums.py"),
+            *map(str, files),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    here = [code_checksum(p) for p in files]
+    assert proc.stdout.split() == here
