@@ -1,29 +1,67 @@
-"""The job summary: GitHub-flavoured markdown from the run's record."""
+"""The job summary: GitHub-flavoured markdown from the run's record, one function per section.
+
+`render` places the sections in order; each section function takes the record it shows and
+returns its lines (a blank line after each block). The operations modes' sections are in
+deployer/render/operations.py.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from deployer.render import operations
-from deployer.results import RunResult, TableCheck, VectorIndex
+from deployer.render.tables import ICON, cell, details, fmt_bytes, mark, row_count, table
+from deployer.results import (
+    HistoryEntry,
+    InstallResult,
+    IntegrityReport,
+    MigrateResult,
+    PreflightResult,
+    RunResult,
+    SeedResult,
+    SmokeResult,
+    StatusResult,
+    VectorIndex,
+)
 
-ICON = {"success": "✅", "noop": "✅", "failed": "❌"}
+
+def render(r: RunResult) -> str:
+    lines = header(r) + run(r)
+    if r.install is not None:
+        lines += dependencies(r.install)
+    if r.migrate is not None:
+        lines += migrations(r.migrate, rollback=r.command == "rollback")
+    if r.status_check is not None:
+        lines += status(r.status_check)
+    if r.integrity is not None:
+        lines += integrity(r.integrity)
+    if r.history:
+        lines += history(r.history)
+    if r.seed is not None:
+        lines += seed(r.seed)
+    elif r.seed_requested and r.status != "failed" and not r.dry_run:
+        lines += ["### Seed", "", "Not run.", ""]
+    if r.smoke is not None:
+        lines += smoke(r.smoke)
+    if r.security is not None:
+        lines += operations.security(r.security, compact=r.command != "preflight")
+    if r.backup is not None:
+        lines += operations.backup(r.backup)
+    if r.restore is not None:
+        lines += operations.restore(r.restore, dry_run=r.dry_run)
+    if r.drift is not None:
+        lines += operations.drift(r.drift)
+    if r.command == "rollback" and r.migrate is not None:
+        lines += operations.rollback(r.migrate)
+    lines += warnings(r.warnings) + notes(r.notices)
+    if r.report_path:
+        lines += [f"<sub>JSON report: `{r.report_path}`</sub>", ""]
+    return "\n".join(lines)
 
 
-def cell(value: object) -> str:
-    text = "" if value is None else str(value)
-    return text.replace("|", "\\|").replace("\n", " ").replace("\r", " ")
-
-
-def table(headers: list[str], rows: Sequence[Sequence[object]], align: str = "") -> list[str]:
-    aligns = align or "l" * len(headers)
-    sep = ["---:" if a == "r" else "---" for a in aligns]
-    out = ["| " + " | ".join(headers) + " |", "| " + " | ".join(sep) + " |"]
-    out += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return out
+# --------------------------------------------------------------------------- the run
 
 
 def headline(r: RunResult) -> str:
+    """One line saying what happened, and where (the Slack message's title too)."""
     where = ""
     if r.preflight:
         where = f" on `{r.preflight.database}` ({r.preflight.target})"
@@ -41,282 +79,235 @@ def headline(r: RunResult) -> str:
     return f"{ICON[r.status]} db-deploy {r.command} {r.status}{where}"
 
 
-def row_count(t: TableCheck) -> str:
-    """`12`, `~25,000` (a catalog estimate) or `≥10,001` (large and never analysed)."""
-    if t.rows is None:
-        return ""
-    if t.lower_bound:
-        return f"≥{t.rows:,}"
-    return f"~{t.rows:,}" if t.estimated else f"{t.rows:,}"
-
-
-def fmt_bytes(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if size < 1024 or unit == "TB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
-
-
-def render(r: RunResult) -> str:
-    t = r.telemetry
+def header(r: RunResult) -> list[str]:
     lines = [f"## {headline(r)}", ""]
     if r.error:
         lines += [f"> **Error:** {cell(r.error)}", ""]
+    return lines
 
-    run = f"[{t.run_id}]({t.run_url})" if t.run_url else (t.run_id or "local")
-    telemetry = [
+
+def run(r: RunResult) -> list[str]:
+    """The run's facts: status, revisions, database, who, where, when, how long."""
+    t = r.telemetry
+    revision = (
+        f"`{r.previous_revision or 'base'}` → `{r.current_revision or 'base'}`"
+        if r.migrate is not None
+        else f"`{r.current_revision or 'base'}`"
+    ) + (f" (head `{r.head_revision}`)" if r.head_revision else "")
+    rows = [
         ["Status", f"`{r.status}`"],
-        [
-            "Revision",
-            (
-                f"`{r.previous_revision or 'base'}` → `{r.current_revision or 'base'}`"
-                if r.migrate is not None
-                else f"`{r.current_revision or 'base'}`"
-            )
-            + (f" (head `{r.head_revision}`)" if r.head_revision else ""),
-        ],
+        ["Revision", revision],
+        *([["Database", database(r.preflight)]] if r.preflight else []),
         ["Environment", t.environment or "—"],
         ["Actor", t.actor or "—"],
         ["Repository", t.repository or "—"],
         ["Ref", t.ref or "—"],
         ["Commit", f"`{t.sha[:12]}`" if t.sha else "—"],
-        ["Run", run],
+        ["Run", f"[{t.run_id}]({t.run_url})" if t.run_url else (t.run_id or "local")],
         ["Started", r.started_at.isoformat(timespec="seconds")],
         ["Finished", r.finished_at.isoformat(timespec="seconds") if r.finished_at else "—"],
         ["Duration", f"{r.duration:.2f} s"],
         ["Tool", f"db-deploy {t.tool_version}"],
     ]
-    if r.preflight:
-        p = r.preflight
-        telemetry.insert(
-            2,
-            [
-                "Database",
-                f"`{p.database}` on {p.target}, PostgreSQL "
-                f"{p.server_version}, user `{p.user}`, TLS {'on' if p.tls else 'off'}",
-            ],
-        )
     if r.steps:
-        telemetry.append(["Steps", ", ".join(f"{k} {v:.2f}s" for k, v in r.steps.items())])
-    lines += ["### Run", "", *table(["", ""], telemetry), ""]
+        rows.append(["Steps", ", ".join(f"{k} {v:.2f}s" for k, v in r.steps.items())])
+    return ["### Run", "", *table(["", ""], rows), ""]
 
-    if r.install is not None:
-        inst = r.install
-        lines += [
-            "### Dependencies",
-            "",
-            f"`{inst.requirements}` installed in {inst.seconds:.1f} s"
-            + (" (hash-checked)" if inst.hashes else "")
-            + (f": {', '.join(inst.installed)}" if inst.installed else ": nothing new")
-            + ".",
-            "",
+
+def database(p: PreflightResult) -> str:
+    return (
+        f"`{p.database}` on {p.target}, PostgreSQL "
+        f"{p.server_version}, user `{p.user}`, TLS {'on' if p.tls else 'off'}"
+    )
+
+
+def dependencies(inst: InstallResult) -> list[str]:
+    line = (
+        f"`{inst.requirements}` installed in {inst.seconds:.1f} s"
+        + (" (hash-checked)" if inst.hashes else "")
+        + (f": {', '.join(inst.installed)}" if inst.installed else ": nothing new")
+        + "."
+    )
+    return ["### Dependencies", "", line, ""]
+
+
+# --------------------------------------------------------------------------- migrations
+
+
+def migrations(m: MigrateResult, *, rollback: bool) -> list[str]:
+    """What a migrate (or rollback) applied, would apply, or why nothing."""
+    lines = ["### Migrations", ""]
+    if m.dry_run:
+        lines += planned(m)
+    elif m.applied or m.failed_revision:
+        lines += applied(m, rollback=rollback)
+    else:
+        lines += ["Nothing to apply: the database was already at the target.", ""]
+    transactions = (
+        "one transaction per revision."
+        if m.transaction_per_migration
+        else "one transaction for the whole upgrade."
+    )
+    where = f"Script folder `{m.script_location}`, version table `{m.version_table_name}`, "
+    return [*lines, where + transactions, ""]
+
+
+def planned(m: MigrateResult) -> list[str]:
+    """A dry run: the pending revisions and the SQL of each."""
+    lines = [f"Dry run: {len(m.pending)} revision(s) pending, nothing applied.", ""]
+    if m.pending:
+        rows = [[f"`{p.revision}`", p.description] for p in m.pending]
+        lines += [*table(["Revision", "Description"], rows), ""]
+    for revision, sql in m.sql.items():
+        lines += details(f"<code>{revision}</code> SQL", ["```sql", sql, "```"])
+    return lines
+
+
+def applied(m: MigrateResult, *, rollback: bool) -> list[str]:
+    """The revisions applied (or reverted), then the one that failed and its error."""
+    done = "↩️ reverted" if rollback else "✅ applied"
+    rows = [[f"`{a.revision}`", a.description, f"{a.seconds:.3f} s", done] for a in m.applied]
+    if m.failed_revision:
+        desc = next((p.description for p in m.pending if p.revision == m.failed_revision), "")
+        rows.append([f"`{m.failed_revision}`", desc, "", "❌ failed"])
+    lines = [*table(["Revision", "Description", "Time", "Result"], rows, "llrl"), ""]
+    if m.error:
+        lines += ["```", m.error, "```", ""]
+    return lines
+
+
+def status(st: StatusResult) -> list[str]:
+    line = (
+        f"Database at `{', '.join(st.database_heads) or 'base'}`; migrations head "
+        f"`{', '.join(st.script_heads) or 'base'}`; "
+        + ("up to date." if st.up_to_date else f"{len(st.pending)} pending.")
+    )
+    lines = ["### Status", "", line, ""]
+    if st.pending:
+        rows = [[f"`{p.revision}`", p.description] for p in st.pending]
+        lines += [*table(["Pending revision", "Description"], rows), ""]
+    return lines
+
+
+def integrity(ig: IntegrityReport) -> list[str]:
+    line = f"Integrity: {ig.checked} applied revision(s) checked against their recorded checksums"
+    if ig.baselined:
+        line += f"; {len(ig.baselined)} baselined (applied before the history existed)"
+    if ig.accepted:
+        line += f"; edited and accepted: {', '.join(ig.accepted)}"
+    return [line + ".", ""]
+
+
+def history(entries: list[HistoryEntry]) -> list[str]:
+    rows = [
+        [
+            f"`{h.revision}`",
+            h.kind,
+            h.applied_at,
+            "" if h.seconds is None else f"{h.seconds:.3f} s",
+            h.actor or "—",
+            f"`{h.sha[:12]}`" if h.sha else "—",
+            f"`{h.checksum[:12]}`",
         ]
+        for h in entries
+    ]
+    headers = ["Revision", "Kind", "Applied at", "Time", "Actor", "Commit", "Checksum"]
+    return details("Deploy history (latest first)", table(headers, rows))
 
-    m = r.migrate
-    if m is not None:
-        lines += ["### Migrations", ""]
-        if m.dry_run:
-            lines += [f"Dry run: {len(m.pending)} revision(s) pending, nothing applied.", ""]
-            if m.pending:
-                lines += table(
-                    ["Revision", "Description"],
-                    [[f"`{p.revision}`", p.description] for p in m.pending],
-                ) + [""]
-            for rev, sql in m.sql.items():
-                lines += [
-                    f"<details><summary><code>{rev}</code> SQL</summary>",
-                    "",
-                    "```sql",
-                    sql,
-                    "```",
-                    "",
-                    "</details>",
-                    "",
-                ]
-        elif m.applied or m.failed_revision:
-            rows: list[list[object]] = [
-                [
-                    f"`{a.revision}`",
-                    a.description,
-                    f"{a.seconds:.3f} s",
-                    "↩️ reverted" if r.command == "rollback" else "✅ applied",
-                ]
-                for a in m.applied
-            ]
-            if m.failed_revision:
-                desc = next(
-                    (p.description for p in m.pending if p.revision == m.failed_revision), ""
-                )
-                rows.append([f"`{m.failed_revision}`", desc, "", "❌ failed"])
-            lines += table(["Revision", "Description", "Time", "Result"], rows, "llrl") + [""]
-            if m.error:
-                lines += ["```", m.error, "```", ""]
-        else:
-            lines += ["Nothing to apply: the database was already at the target.", ""]
-        lines += [
-            f"Script folder `{m.script_location}`, version table `{m.version_table_name}`, "
-            + (
-                "one transaction per revision."
-                if m.transaction_per_migration
-                else "one transaction for the whole upgrade."
-            ),
-            "",
+
+# --------------------------------------------------------------------------- seed and smoke
+
+
+def seed(sd: SeedResult) -> list[str]:
+    lines = ["### Seed", ""]
+    if sd.error:
+        return [*lines, f"❌ `{sd.path}` failed and was rolled back: {cell(sd.error)}", ""]
+    lines += [
+        f"`{sd.path}` ({sd.kind}) in {sd.seconds:.2f} s: {sd.inserted} inserted, "
+        f"{sd.updated} updated, {sd.deleted} deleted.",
+        "",
+    ]
+    if sd.tables:
+        rows = [[t.table, t.inserted, t.updated, t.deleted] for t in sd.tables]
+        lines += [*table(["Table", "Inserted", "Updated", "Deleted"], rows, "lrrr"), ""]
+    return lines
+
+
+def smoke(sm: SmokeResult) -> list[str]:
+    lines = [
+        "### Smoke test",
+        "",
+        f"{len(sm.tables)} tables checked, {len(sm.failed_tables)} failed, "
+        f"{sm.total_rows:,} rows in {sm.seconds:.2f} s.",
+        "",
+    ]
+    if sm.expectations:
+        lines += expectations(sm)
+    if sm.extensions:
+        lines += extensions(sm)
+    if sm.tables:
+        lines += tables(sm)
+    if sm.vector_indexes:
+        lines += vector_indexes(sm.vector_indexes)
+    return lines
+
+
+def expectations(sm: SmokeResult) -> list[str]:
+    rows = [
+        [
+            f"`{x.table} >= {x.minimum}`",
+            x.counted if x.counted is not None else x.error,
+            mark(x.ok),
         ]
+        for x in sm.expectations
+    ]
+    return [*table(["Expectation", "Counted", "Result"], rows, "lrl"), ""]
 
-    st = r.status_check
-    if st is not None:
-        lines += [
-            "### Status",
-            "",
-            f"Database at `{', '.join(st.database_heads) or 'base'}`; migrations head "
-            f"`{', '.join(st.script_heads) or 'base'}`; "
-            + ("up to date." if st.up_to_date else f"{len(st.pending)} pending."),
-            "",
+
+def extensions(sm: SmokeResult) -> list[str]:
+    rows = [
+        [
+            e.name,
+            f">= {e.required}" if e.required else "any",
+            e.installed or "not installed",
+            mark(e.ok),
         ]
-        if st.pending:
-            lines += table(
-                ["Pending revision", "Description"],
-                [[f"`{p.revision}`", p.description] for p in st.pending],
-            ) + [""]
+        for e in sm.extensions
+    ]
+    return [*table(["Extension", "Required", "Installed", "Result"], rows), ""]
 
-    if r.integrity is not None:
-        ig = r.integrity
-        line = (
-            f"Integrity: {ig.checked} applied revision(s) checked against their recorded checksums"
-        )
-        if ig.baselined:
-            line += f"; {len(ig.baselined)} baselined (applied before the history existed)"
-        if ig.accepted:
-            line += f"; edited and accepted: {', '.join(ig.accepted)}"
-        lines += [line + ".", ""]
-    if r.history:
-        lines += ["<details><summary>Deploy history (latest first)</summary>", ""]
-        lines += table(
-            ["Revision", "Kind", "Applied at", "Time", "Actor", "Commit", "Checksum"],
-            [
-                [
-                    f"`{h.revision}`",
-                    h.kind,
-                    h.applied_at,
-                    "" if h.seconds is None else f"{h.seconds:.3f} s",
-                    h.actor or "—",
-                    f"`{h.sha[:12]}`" if h.sha else "—",
-                    f"`{h.checksum[:12]}`",
-                ]
-                for h in r.history
-            ],
-        )
-        lines += ["", "</details>", ""]
 
-    sd = r.seed
-    if sd is not None:
-        lines += ["### Seed", ""]
-        if sd.error:
-            lines += [f"❌ `{sd.path}` failed and was rolled back: {cell(sd.error)}", ""]
-        else:
-            lines += [
-                f"`{sd.path}` ({sd.kind}) in {sd.seconds:.2f} s: {sd.inserted} inserted, "
-                f"{sd.updated} updated, {sd.deleted} deleted.",
-                "",
-            ]
-            if sd.tables:
-                lines += table(
-                    ["Table", "Inserted", "Updated", "Deleted"],
-                    [[t.table, t.inserted, t.updated, t.deleted] for t in sd.tables],
-                    "lrrr",
-                ) + [""]
-    elif r.seed_requested and r.status != "failed" and not r.dry_run:
-        lines += ["### Seed", "", "Not run.", ""]
-
-    sm = r.smoke
-    if sm is not None:
-        lines += [
-            "### Smoke test",
+def tables(sm: SmokeResult) -> list[str]:
+    rows = [[t.qualified, row_count(t), "✅" if t.ok else f"❌ {t.error}"] for t in sm.tables]
+    return details(
+        "Tables",
+        [
+            *table(["Table", "Rows", "Result"], rows, "lrl"),
             "",
-            f"{len(sm.tables)} tables checked, {len(sm.failed_tables)} failed, "
-            f"{sm.total_rows:,} rows in {sm.seconds:.2f} s.",
-            "",
+            "Rows marked `~` are catalog estimates (large tables are not counted); `≥` marks "
+            "a large table never analysed, of which only a lower bound is known.",
+        ],
+    )
+
+
+def vector_indexes(indexes: list[VectorIndex]) -> list[str]:
+    rows = [
+        [
+            v.name,
+            v.table,
+            v.method,
+            fmt_bytes(v.size_bytes),
+            "" if v.rows is None else f"{v.rows:,}",
+            "" if v.lists is None else v.lists,
+            advice(v),
         ]
-        if sm.expectations:
-            lines += table(
-                ["Expectation", "Counted", "Result"],
-                [
-                    [
-                        f"`{x.table} >= {x.minimum}`",
-                        x.counted if x.counted is not None else x.error,
-                        "✅" if x.ok else "❌",
-                    ]
-                    for x in sm.expectations
-                ],
-                "lrl",
-            ) + [""]
-        if sm.extensions:
-            lines += table(
-                ["Extension", "Required", "Installed", "Result"],
-                [
-                    [
-                        e.name,
-                        f">= {e.required}" if e.required else "any",
-                        e.installed or "not installed",
-                        "✅" if e.ok else "❌",
-                    ]
-                    for e in sm.extensions
-                ],
-            ) + [""]
-        if sm.tables:
-            lines += ["<details><summary>Tables</summary>", ""]
-            lines += table(
-                ["Table", "Rows", "Result"],
-                [
-                    [
-                        t.qualified,
-                        "" if t.rows is None else row_count(t),
-                        "✅" if t.ok else f"❌ {t.error}",
-                    ]
-                    for t in sm.tables
-                ],
-                "lrl",
-            )
-            lines += [
-                "",
-                "Rows marked `~` are catalog estimates (large tables are not counted); `≥` marks "
-                "a large table never analysed, of which only a lower bound is known.",
-                "",
-                "</details>",
-                "",
-            ]
-        if sm.vector_indexes:
-            lines += ["#### Vector indexes", ""]
-            lines += table(
-                ["Index", "Table", "Method", "Size", "Rows", "lists", "Advice"],
-                [
-                    [
-                        v.name,
-                        v.table,
-                        v.method,
-                        fmt_bytes(v.size_bytes),
-                        "" if v.rows is None else f"{v.rows:,}",
-                        "" if v.lists is None else v.lists,
-                        _advice(v),
-                    ]
-                    for v in sm.vector_indexes
-                ],
-            )
-            lines += [""]
-
-    lines += operations.sections(r)
-    if r.warnings:
-        lines += ["### Warnings", "", *[f"- ⚠️ {cell(w)}" for w in r.warnings], ""]
-    if r.notices:
-        lines += ["### Notes", "", *[f"- {cell(n)}" for n in r.notices], ""]
-    if r.report_path:
-        lines += [f"<sub>JSON report: `{r.report_path}`</sub>", ""]
-    return "\n".join(lines)
+        for v in indexes
+    ]
+    headers = ["Index", "Table", "Method", "Size", "Rows", "lists", "Advice"]
+    return ["#### Vector indexes", "", *table(headers, rows), ""]
 
 
-def _advice(v: VectorIndex) -> str:
+def advice(v: VectorIndex) -> str:
     if v.advice:
         return f"`{v.advice}`"
     if v.method != "ivfflat":
@@ -324,3 +315,14 @@ def _advice(v: VectorIndex) -> str:
     if v.recommended_lists is None:
         return "too few rows to judge (build ivfflat after loading data)"
     return f"ok (pgvector suggests ~{v.recommended_lists})"
+
+
+# --------------------------------------------------------------------------- the end
+
+
+def warnings(items: list[str]) -> list[str]:
+    return ["### Warnings", "", *[f"- ⚠️ {cell(w)}" for w in items], ""] if items else []
+
+
+def notes(items: list[str]) -> list[str]:
+    return ["### Notes", "", *[f"- {cell(n)}" for n in items], ""] if items else []

@@ -1,21 +1,28 @@
-"""Rendering of the operations modes' records (backup, restore, drift, security, rollback, plan):
-markdown sections for the job summary, job outputs, and terminal lines.
+"""The operations modes' records (security, backup, restore, drift, rollback; plan's outputs):
+their sections of the job summary, their lines of the terminal report, their job outputs.
 
-deployer/render/markdown.py appends `sections(result)` before its warnings, and
+deployer/render/markdown.py and deployer/render/terminal.py place the sections and lines;
 deployer/render/outputs.py merges `outputs(result)` (names and meanings in `OUTPUTS`).
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
 
-from deployer.results import RunResult
+from deployer.render.tables import SEVERITY_ICON, cell, details, fmt_bytes, rev, short, table
+from deployer.results import (
+    BackupResult,
+    Difference,
+    DriftResult,
+    MigrateResult,
+    RestoreResult,
+    RunResult,
+    SecurityResult,
+)
 
 MAX_ROWS = 200  # differences listed in the summary; the JSON report has them all
 MAX_DIFF = 60_000  # characters of the catalog diff in the summary
 MAX_PLAN_SQL = 100_000  # characters of the plan-sql output
-SEVERITY_ICON = {"ok": "✅", "info": "ℹ️", "warning": "⚠️", "error": "❌"}
 
 OUTPUTS: dict[str, str] = {
     "backup-file": "backup: path of the dump (relative to the workspace when inside it)",
@@ -31,28 +38,6 @@ OUTPUTS: dict[str, str] = {
     '"description"}]',
     "plan-sql": "plan: the SQL of the pending revisions (Alembic offline mode)",
 }
-
-
-def _fmt_bytes(n: int) -> str:
-    from deployer.render.markdown import fmt_bytes
-
-    return fmt_bytes(n)
-
-
-def _cell(value: object) -> str:
-    from deployer.render.markdown import cell
-
-    return cell(value)
-
-
-def _table(headers: list[str], rows: list[list[object]], align: str = "") -> list[str]:
-    from deployer.render.markdown import table
-
-    return table(headers, rows, align)
-
-
-def _rev(text: str) -> str:
-    return f"`{text}`" if text else "`base`"
 
 
 # --------------------------------------------------------------------------- outputs
@@ -95,30 +80,14 @@ def outputs(result: RunResult) -> dict[str, str]:
 # --------------------------------------------------------------------------- markdown
 
 
-def sections(r: RunResult) -> list[str]:
-    """Markdown for the operations records present in `r`."""
-    lines: list[str] = []
-    if r.security is not None:
-        lines += _security(r.security, compact=r.command != "preflight")
-    if r.backup is not None:
-        lines += _backup(r.backup)
-    if r.restore is not None:
-        lines += _restore(r.restore, r.dry_run)
-    if r.drift is not None:
-        lines += _drift(r.drift)
-    if r.command == "rollback" and r.migrate is not None:
-        lines += _rollback(r)
-    return lines
-
-
-def _security(sec: Any, *, compact: bool) -> list[str]:
-    failing = sec.failing
+def security(sec: SecurityResult, *, compact: bool) -> list[str]:
+    """The findings; `compact` folds them away when nothing fails and nothing warns."""
     head = (
         f"{len(sec.findings)} checks: {sec.errors} error(s), {sec.warnings} warning(s)"
         + (f"; failing on {sec.fail_on}" if sec.fail_on != "error" else "")
         + "."
     )
-    rows: list[list[object]] = [
+    rows = [
         [
             f.check,
             f"{SEVERITY_ICON.get(f.severity, '')} {f.severity}",
@@ -127,42 +96,48 @@ def _security(sec: Any, *, compact: bool) -> list[str]:
         ]
         for f in sec.findings
     ]
-    body = _table(["Check", "Severity", "Finding", "Advice"], rows)
+    body = table(["Check", "Severity", "Finding", "Advice"], rows)
     lines = ["### Security preflight", "", head, ""]
-    if compact and not failing and not sec.warnings:
-        return [*lines, "<details><summary>Findings</summary>", "", *body, "", "</details>", ""]
+    if compact and not sec.failing and not sec.warnings:
+        return [*lines, *details("Findings", body)]
     return [*lines, *body, ""]
 
 
-def _backup(b: Any) -> list[str]:
-    title = {
-        "before-deploy": "### Backup before the deploy",
-        "before-rollback": "### Backup before the rollback",
-    }.get(b.reason, "### Backup")
-    rows: list[list[object]] = [
+BACKUP_TITLE = {
+    "before-deploy": "### Backup before the deploy",
+    "before-rollback": "### Backup before the rollback",
+}
+
+
+def backup(b: BackupResult) -> list[str]:
+    rows = [
         ["File", f"`{b.path}`"],
-        ["Size", f"{_fmt_bytes(b.size_bytes)} ({b.size_bytes:,} bytes)"],
+        ["Size", f"{fmt_bytes(b.size_bytes)} ({b.size_bytes:,} bytes)"],
         ["SHA-256", f"`{b.sha256}` (also in the `.sha256` file beside it)"],
-        ["Revision", _rev(b.revision)],
+        ["Revision", rev(b.revision)],
         ["Database", f"`{b.database}`, PostgreSQL {b.server_version}"],
         ["Duration", f"{b.seconds:.2f} s"],
         ["Tool", f"{b.tool}, custom format (`pg_restore` reads it)"],
     ]
-    return [title, "", *_table(["", ""], rows), ""]
+    return [BACKUP_TITLE.get(b.reason, "### Backup"), "", *table(["", ""], rows), ""]
 
 
-def _restore(rs: Any, dry_run: bool) -> list[str]:
+def restore(rs: RestoreResult, *, dry_run: bool) -> list[str]:
     lines = ["### Restore", ""]
     if dry_run:
         lines += [f"Dry run: `{rs.path}` verified, nothing restored.", ""]
     elif rs.restored_revision or rs.seconds:
         lines += [
-            f"Restored `{rs.path}` in {rs.seconds:.2f} s: revision {_rev(rs.previous_revision)} "
-            f"→ {_rev(rs.restored_revision)}.",
+            f"Restored `{rs.path}` in {rs.seconds:.2f} s: revision {rev(rs.previous_revision)} "
+            f"→ {rev(rs.restored_revision)}.",
             "",
         ]
+    return [*lines, *table(["", ""], _restore_rows(rs)), ""]
+
+
+def _restore_rows(rs: RestoreResult) -> list[list[object]]:
     rows: list[list[object]] = [
-        ["File", f"`{rs.path}` ({_fmt_bytes(rs.size_bytes)})"],
+        ["File", f"`{rs.path}` ({fmt_bytes(rs.size_bytes)})"],
         ["SHA-256", f"✅ `{rs.sha256}` matches its `.sha256` file" if rs.sha256 else "—"],
     ]
     if rs.archive_database:
@@ -179,62 +154,57 @@ def _restore(rs: Any, dry_run: bool) -> list[str]:
     if rs.skipped:
         rows.append(["Left out", "; ".join(rs.skipped)])
     if rs.left_in_place:
+        left = rs.left_in_place
+        more = f" and {len(left) - 20} more" if len(left) > 20 else ""
         rows.append(
-            [
-                "Newer than the backup, left in place",
-                ", ".join(f"`{n}`" for n in rs.left_in_place[:20])
-                + (f" and {len(rs.left_in_place) - 20} more" if len(rs.left_in_place) > 20 else ""),
-            ]
+            ["Newer than the backup, left in place", ", ".join(f"`{n}`" for n in left[:20]) + more]
         )
-    return [*lines, *_table(["", ""], rows), ""]
+    return rows
 
 
-def _drift(d: Any) -> list[str]:
-    where = f"at {', '.join(f'`{h}`' for h in d.revision) or '`base`'}"
-    lines = ["### Drift", ""]
-    if not d.count:
-        lines += [
-            f"✅ No drift: {d.objects} objects of the live database match the migrations "
-            f"replayed {where} on {d.scratch}" + (" and the models." if d.models_checked else "."),
-            "",
-        ]
-    else:
-        lines += [
-            f"❌ {d.count} difference(s) between the live database and the migrations replayed "
-            f"{where} on {d.scratch}"
-            + (f" (and {len(d.model_differences)} with the models)" if d.model_differences else "")
-            + ".",
-            "",
-        ]
+def drift(d: DriftResult) -> list[str]:
+    lines = ["### Drift", "", _drift_verdict(d), ""]
     if d.differences:
-        rows: list[list[object]] = [
-            [x.kind, f"`{x.name}`", x.change, *_pair(x.live, x.expected)]
-            for x in d.differences[:MAX_ROWS]
-        ]
-        lines += _table(["Kind", "Object", "Difference", "Live", "Migrations"], rows)
-        if len(d.differences) > MAX_ROWS:
-            lines += ["", f"… and {len(d.differences) - MAX_ROWS} more (see the JSON report)."]
-        lines += [""]
+        lines += _differences(d.differences)
     if d.diff:
         text = d.diff if len(d.diff) <= MAX_DIFF else d.diff[:MAX_DIFF].rsplit("\n", 1)[0]
-        lines += [
-            "<details><summary>Catalog diff (migrations → live)</summary>",
-            "",
-            "```diff",
-            text.replace("```", "'''"),
-            "```",
-            "",
-            "</details>",
-            "",
-        ]
+        lines += details(
+            "Catalog diff (migrations → live)", ["```diff", text.replace("```", "'''"), "```"]
+        )
     if d.model_differences:
         lines += ["#### Models (`target_metadata`) against the live database", ""]
-        lines += [f"- {_cell(x)}" for x in d.model_differences[:MAX_ROWS]] + [""]
+        lines += [f"- {cell(x)}" for x in d.model_differences[:MAX_ROWS]] + [""]
     if d.models_note:
-        lines += [_cell(d.models_note.rstrip(".")) + ".", ""]
+        lines += [cell(d.models_note.rstrip(".")) + ".", ""]
     for note in d.notes:
-        lines += [f"> {_cell(note)}", ""]
+        lines += [f"> {cell(note)}", ""]
     return lines
+
+
+def _drift_verdict(d: DriftResult) -> str:
+    where = f"at {', '.join(f'`{h}`' for h in d.revision) or '`base`'}"
+    if not d.count:
+        return (
+            f"✅ No drift: {d.objects} objects of the live database match the migrations "
+            f"replayed {where} on {d.scratch}" + (" and the models." if d.models_checked else ".")
+        )
+    return (
+        f"❌ {d.count} difference(s) between the live database and the migrations replayed "
+        f"{where} on {d.scratch}"
+        + (f" (and {len(d.model_differences)} with the models)" if d.model_differences else "")
+        + "."
+    )
+
+
+def _differences(differences: list[Difference]) -> list[str]:
+    rows = [
+        [x.kind, f"`{x.name}`", x.change, *_pair(x.live, x.expected)]
+        for x in differences[:MAX_ROWS]
+    ]
+    lines = table(["Kind", "Object", "Difference", "Live", "Migrations"], rows)
+    if len(differences) > MAX_ROWS:
+        lines += ["", f"… and {len(differences) - MAX_ROWS} more (see the JSON report)."]
+    return [*lines, ""]
 
 
 def _pair(live: str, expected: str, limit: int = 160) -> tuple[str, str]:
@@ -250,19 +220,10 @@ def _pair(live: str, expected: str, limit: int = 160) -> tuple[str, str]:
         start = max(0, same - 40)
         if start:
             a, b = "…" + a[start:], "…" + b[start:]
-    return _short(a, limit), _short(b, limit)
+    return short(a, limit), short(b, limit)
 
 
-def _short(text: str, limit: int = 160) -> str:
-    if not text:
-        return "—"
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _rollback(r: RunResult) -> list[str]:
-    m = r.migrate
-    assert m is not None
+def rollback(m: MigrateResult) -> list[str]:
     lines = ["### Rollback", ""]
     if m.dry_run:
         revs = ", ".join(f"`{p.revision}`" for p in m.pending) or "nothing"
@@ -274,8 +235,8 @@ def _rollback(r: RunResult) -> list[str]:
     elif m.applied:
         lines += [
             f"Reverted {len(m.applied)} revision(s), newest first: "
-            f"{', '.join(_rev(a.revision) for a in m.applied)}; the database went from "
-            f"{_rev(','.join(m.previous))} to {_rev(','.join(m.current))}.",
+            f"{', '.join(rev(a.revision) for a in m.applied)}; the database went from "
+            f"{rev(','.join(m.previous))} to {rev(','.join(m.current))}.",
             "",
         ]
     elif not m.error:
@@ -286,46 +247,44 @@ def _rollback(r: RunResult) -> list[str]:
 # --------------------------------------------------------------------------- terminal
 
 
-def terminal(r: RunResult) -> list[str]:
-    """Lines for the terminal report."""
-    out: list[str] = []
-    sec = r.security
-    if sec is not None:
-        out.append(
-            f"security   {len(sec.findings)} checks, {sec.errors} error(s), "
-            f"{sec.warnings} warning(s)"
-        )
-        for f in sec.findings:
-            if r.command == "preflight" or f.severity in ("warning", "error"):
-                out.append(f"  {SEVERITY_ICON.get(f.severity, '')} {f.check:<15} {f.message}")
-    b = r.backup
-    if b is not None:
-        out.append(
-            f"backup     {b.path} ({_fmt_bytes(b.size_bytes)}, {b.seconds:.2f}s, revision "
-            f"{b.revision or 'base'})"
-        )
-        out.append(f"  sha256 {b.sha256}")
-    rs = r.restore
-    if rs is not None:
-        if r.dry_run:
-            out.append(f"restore    {rs.path} verified (dry run, nothing restored)")
-        else:
-            out.append(
-                f"restore    {rs.path}: {rs.previous_revision or 'base'} → "
-                f"{rs.restored_revision or 'base'} ({rs.seconds:.2f}s)"
-            )
-        for name in rs.left_in_place:
-            out.append(f"  left in place (newer than the backup): {name}")
-    d = r.drift
-    if d is not None:
-        out.append(
-            f"drift      {d.count} difference(s) at {', '.join(d.revision) or 'base'} "
-            f"(scratch: {d.scratch})"
-        )
-        for x in d.differences:
-            out.append(f"  {x.change:<31} {x.kind} {x.name}")
-            if x.change == "differs":
-                out.append(f"      live:       {_short(x.live, 200)}")
-                out.append(f"      migrations: {_short(x.expected, 200)}")
-        out += [f"  models: {m}" for m in d.model_differences]
+def security_lines(sec: SecurityResult, *, every: bool) -> list[str]:
+    """The counts, and each finding that warns or fails (`every`: all of them)."""
+    out = [
+        f"security   {len(sec.findings)} checks, {sec.errors} error(s), {sec.warnings} warning(s)"
+    ]
+    for f in sec.findings:
+        if every or f.severity in ("warning", "error"):
+            out.append(f"  {SEVERITY_ICON.get(f.severity, '')} {f.check:<15} {f.message}")
     return out
+
+
+def backup_lines(b: BackupResult) -> list[str]:
+    return [
+        f"backup     {b.path} ({fmt_bytes(b.size_bytes)}, {b.seconds:.2f}s, revision "
+        f"{b.revision or 'base'})",
+        f"  sha256 {b.sha256}",
+    ]
+
+
+def restore_lines(rs: RestoreResult, *, dry_run: bool) -> list[str]:
+    if dry_run:
+        out = [f"restore    {rs.path} verified (dry run, nothing restored)"]
+    else:
+        out = [
+            f"restore    {rs.path}: {rs.previous_revision or 'base'} → "
+            f"{rs.restored_revision or 'base'} ({rs.seconds:.2f}s)"
+        ]
+    return out + [f"  left in place (newer than the backup): {name}" for name in rs.left_in_place]
+
+
+def drift_lines(d: DriftResult) -> list[str]:
+    out = [
+        f"drift      {d.count} difference(s) at {', '.join(d.revision) or 'base'} "
+        f"(scratch: {d.scratch})"
+    ]
+    for x in d.differences:
+        out.append(f"  {x.change:<31} {x.kind} {x.name}")
+        if x.change == "differs":
+            out.append(f"      live:       {short(x.live, 200)}")
+            out.append(f"      migrations: {short(x.expected, 200)}")
+    return out + [f"  models: {m}" for m in d.model_differences]

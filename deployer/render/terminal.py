@@ -1,4 +1,6 @@
-"""The terminal: live progress while running, and a readable report at the end."""
+"""The terminal: live progress while running (`TerminalConsole`), and a readable report at the
+end (`render`, one function per block of lines; the operations modes' blocks are in
+deployer/render/operations.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +11,8 @@ from contextlib import contextmanager
 from typing import TextIO
 
 from deployer.render import operations
-from deployer.render.markdown import fmt_bytes, row_count
-from deployer.results import RunResult
+from deployer.render.tables import ICON, fmt_bytes, mark, row_count
+from deployer.results import MigrateResult, RunResult, SeedResult, SmokeResult
 
 
 class TerminalConsole:
@@ -42,14 +44,15 @@ class TerminalConsole:
         self._say(f"error: {message}")
 
 
+RULE = "═" * 64
+
+
 def render(r: RunResult) -> str:
-    rule = "═" * 64
-    icon = {"success": "✅", "noop": "✅", "failed": "❌"}[r.status]
     out = [
-        rule,
-        f"{icon} db-deploy {r.command}: {r.status}"
+        RULE,
+        f"{ICON[r.status]} db-deploy {r.command}: {r.status}"
         + (f" (failed at {r.failed_step})" if r.failed_step else ""),
-        rule,
+        RULE,
     ]
     if r.error:
         out.append(f"error: {r.error}")
@@ -57,70 +60,81 @@ def render(r: RunResult) -> str:
         p = r.preflight
         out.append(f"database   {p.target} (PostgreSQL {p.server_version}, user {p.user})")
     if r.migrate or r.status_check:
-        out.append(
-            (
-                f"revision   {r.previous_revision or 'base'} → {r.current_revision or 'base'}"
-                if r.migrate
-                else f"revision   {r.current_revision or 'base'}"
-            )
-            + (f"   head {r.head_revision}" if r.head_revision else "")
-        )
-    m = r.migrate
-    if m:
-        if m.dry_run:
-            out.append(f"pending    {len(m.pending)} revision(s) (dry run, nothing applied)")
-            for rev_ in m.pending:
-                out.append(f"  · {rev_.revision:<28} {rev_.description}")
-            for rev, sql in m.sql.items():
-                out += [f"  -- {rev}", *("     " + line for line in sql.splitlines())]
-        else:
-            out.append(f"applied    {len(m.applied)} revision(s)")
-            for a in m.applied:
-                out.append(f"  ✓ {a.revision:<28} {a.seconds:>8.3f}s  {a.description}")
-            if m.failed_revision:
-                out.append(f"  ✗ {m.failed_revision:<28} failed: {m.error}")
+        out.append(revision(r))
+    if r.migrate:
+        out += planned(r.migrate) if r.migrate.dry_run else applied(r.migrate)
     if r.seed:
-        s = r.seed
-        if s.error:
-            out.append(f"seed       failed, rolled back: {s.error}")
-        else:
-            out.append(
-                f"seed       {s.inserted} inserted, {s.updated} updated, {s.deleted} deleted"
-                f" ({s.path})"
-            )
-            for t in s.tables:
-                out.append(f"  {t.table:<40} +{t.inserted} ~{t.updated} -{t.deleted}")
+        out += seed(r.seed)
     if r.smoke:
-        sm = r.smoke
-        out.append(
-            f"smoke      {len(sm.tables)} tables, {len(sm.failed_tables)} failed, "
-            f"{sm.total_rows:,} rows ({sm.seconds:.2f}s)"
-        )
-        for tc in sm.tables:
-            rows = row_count(tc)
-            mark = "✅" if tc.ok else "❌"
-            out.append(
-                f"  {mark} {tc.qualified:<44} {rows:>12}" + (f"  {tc.error}" if tc.error else "")
-            )
-        for x in sm.expectations:
-            got = x.counted if x.counted is not None else x.error
-            out.append(f"  {'✅' if x.ok else '❌'} expect {x.table} >= {x.minimum}: {got}")
-        for e in sm.extensions:
-            want = f" >= {e.required}" if e.required else ""
-            out.append(
-                f"  {'✅' if e.ok else '❌'} extension {e.name}{want}: "
-                f"{e.installed or 'not installed'}"
-            )
-        for v in sm.vector_indexes:
-            out.append(
-                f"  ◆ {v.method} {v.name} on {v.table}: {fmt_bytes(v.size_bytes)}"
-                + (f", lists={v.lists}" if v.lists is not None else "")
-            )
-    out += operations.terminal(r)
-    for w in r.warnings:
-        out.append(f"warning: {w}")
+        out += smoke(r.smoke)
+    if r.security is not None:
+        out += operations.security_lines(r.security, every=r.command == "preflight")
+    if r.backup is not None:
+        out += operations.backup_lines(r.backup)
+    if r.restore is not None:
+        out += operations.restore_lines(r.restore, dry_run=r.dry_run)
+    if r.drift is not None:
+        out += operations.drift_lines(r.drift)
+    out += [f"warning: {w}" for w in r.warnings]
     out.append(
         f"duration   {r.duration:.2f}s" + (f"   report {r.report_path}" if r.report_path else "")
     )
-    out.append(rule)
+    out.append(RULE)
     return "\n".join(out)
+
+
+def revision(r: RunResult) -> str:
+    return (
+        f"revision   {r.previous_revision or 'base'} → {r.current_revision or 'base'}"
+        if r.migrate
+        else f"revision   {r.current_revision or 'base'}"
+    ) + (f"   head {r.head_revision}" if r.head_revision else "")
+
+
+def planned(m: MigrateResult) -> list[str]:
+    out = [f"pending    {len(m.pending)} revision(s) (dry run, nothing applied)"]
+    out += [f"  · {p.revision:<28} {p.description}" for p in m.pending]
+    for name, sql in m.sql.items():
+        out += [f"  -- {name}", *("     " + line for line in sql.splitlines())]
+    return out
+
+
+def applied(m: MigrateResult) -> list[str]:
+    out = [f"applied    {len(m.applied)} revision(s)"]
+    out += [f"  ✓ {a.revision:<28} {a.seconds:>8.3f}s  {a.description}" for a in m.applied]
+    if m.failed_revision:
+        out.append(f"  ✗ {m.failed_revision:<28} failed: {m.error}")
+    return out
+
+
+def seed(s: SeedResult) -> list[str]:
+    if s.error:
+        return [f"seed       failed, rolled back: {s.error}"]
+    return [
+        f"seed       {s.inserted} inserted, {s.updated} updated, {s.deleted} deleted ({s.path})",
+        *(f"  {t.table:<40} +{t.inserted} ~{t.updated} -{t.deleted}" for t in s.tables),
+    ]
+
+
+def smoke(sm: SmokeResult) -> list[str]:
+    out = [
+        f"smoke      {len(sm.tables)} tables, {len(sm.failed_tables)} failed, "
+        f"{sm.total_rows:,} rows ({sm.seconds:.2f}s)"
+    ]
+    for t in sm.tables:
+        out.append(
+            f"  {mark(t.ok)} {t.qualified:<44} {row_count(t):>12}"
+            + (f"  {t.error}" if t.error else "")
+        )
+    for x in sm.expectations:
+        got = x.counted if x.counted is not None else x.error
+        out.append(f"  {mark(x.ok)} expect {x.table} >= {x.minimum}: {got}")
+    for e in sm.extensions:
+        want = f" >= {e.required}" if e.required else ""
+        out.append(f"  {mark(e.ok)} extension {e.name}{want}: {e.installed or 'not installed'}")
+    for v in sm.vector_indexes:
+        out.append(
+            f"  ◆ {v.method} {v.name} on {v.table}: {fmt_bytes(v.size_bytes)}"
+            + (f", lists={v.lists}" if v.lists is not None else "")
+        )
+    return out
