@@ -6,7 +6,7 @@ STAMP   = $(VENV)/.installed
 RUNTIME = $(VENV)/.runtime
 export XDG_RUNTIME_DIR ?= $(CURDIR)/.cache/xdg
 
-.PHONY: help venv demo test lint format lock bench act clean
+.PHONY: help venv demo test lint format lock bench act clean generate
 
 help:
 	@echo "make demo   deploy migrations/ with its seed to an embedded PostgreSQL and show the report"
@@ -14,6 +14,7 @@ help:
 	@echo "make lint   ruff, format check and mypy"
 	@echo "make bench  benchmarks against bare alembic and psql (see bench/README.md)"
 	@echo "make lock   re-lock the runtime dependencies (requirements.lock)"
+	@echo "make generate  write action.yml, python/action.yml, the reusable workflow and the docs' tables from deployer/settings.py and deployer/interface.py"
 
 # Two stages: the runtime and the embedded server (what `make demo` needs), then the dev tools.
 $(RUNTIME): pyproject.toml requirements.lock
@@ -60,6 +61,9 @@ format: $(STAMP)
 lock: $(STAMP)
 	$(BIN)/pip-compile --quiet --strip-extras --generate-hashes --no-emit-index-url \
 	  --no-emit-find-links --allow-unsafe -o requirements.lock pyproject.toml
+
+generate: $(STAMP)
+	$(BIN)/python scripts/generate.py
 
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)

@@ -25,9 +25,35 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_BAD_INPUT, f"db-deploy: error: {message} (see db-deploy --help)\n")
 
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        argv = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(_bare_before_command(argv), namespace)
+
+
+def _bare_before_command(argv: list[str]) -> list[str]:
+    """A boolean flag takes a value (`--run-seed true`), so in `--run-seed deploy` the command
+    would be read as its value: a bare boolean flag right before a command is given its value
+    here (`--run-seed=true deploy`, `--no-run-seed deploy` stays)."""
+    from deployer.settings import COMMANDS, Settings
+
+    flags = {
+        f"--{n.replace('_', '-')}" for n, f in Settings.model_fields.items() if f.annotation is bool
+    }
+    out = list(argv)
+    for i, token in enumerate(out[:-1]):
+        if token == "--":
+            break
+        if token in flags and out[i + 1] in COMMANDS:
+            out[i] = f"{token}=true"
+    return out
+
 
 def build_parser() -> argparse.ArgumentParser:
-    from deployer.settings import COMMANDS, Settings, _meta
+    """The flags, one per setting (deployer/settings.py): `--database-url URL`, `--run-seed
+    [true|false]` and `--no-run-seed`; the values are checked with the rest of the settings."""
+    from deployer.settings import COMMANDS, Settings, env_names
 
     parser = _Parser(
         prog="db-deploy",
@@ -46,39 +72,26 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"one of {', '.join(COMMANDS)} (default: deploy)",
     )
     for name, field in Settings.model_fields.items():
-        meta = _meta(field)
-        flag = meta["input"]
-        if name in {"embedded", "workspace", "command"}:
-            continue
-        help_text = meta.get("description") or {
-            "summary-file": "also write the markdown summary to this file",
-            "output-file": "also write the outputs (GITHUB_OUTPUT format) to this file",
-        }.get(flag, "")
-        if meta.get("env"):
-            help_text += f" [env {meta['env']}]"
-        if field.annotation is bool:
+        flag = "--" + name.replace("_", "-")
+        help_text = field.description or ""
+        if env := env_names(name):
+            help_text += f" [env {env[-1]}]"
+        if name == "command":  # the positional argument; the flag stays for symmetry
+            parser.add_argument(flag, dest=name, metavar="COMMAND", help=argparse.SUPPRESS)
+        elif name == "embedded":  # an optional value: the folder
+            parser.add_argument(flag, dest=name, nargs="?", const="", metavar="DIR", help=help_text)
+        elif field.annotation is bool:
+            no = f"--no-{flag[2:]}"
+            help_text += f" (bare: true; {no}: false)"
             parser.add_argument(
-                f"--{flag}", dest=name, action=argparse.BooleanOptionalAction, help=help_text
+                flag, dest=name, nargs="?", const=True, metavar="true|false", help=help_text
+            )
+            parser.add_argument(
+                no, dest=name, action="store_const", const=False, help=argparse.SUPPRESS
             )
         else:
-            parser.add_argument(f"--{flag}", dest=name, metavar="VALUE", help=help_text)
-    parser.add_argument("--command", dest="command", metavar="COMMAND", help=argparse.SUPPRESS)
-    parser.add_argument(
-        "--embedded",
-        dest="embedded",
-        nargs="?",
-        const="",
-        metavar="DIR",
-        help="with no database URL, deploy to a local PostgreSQL with pgvector "
-        "started in DIR (default: a temporary folder, removed at exit)",
-    )
-    parser.add_argument(
-        "--workspace",
-        dest="workspace",
-        metavar="DIR",
-        help="folder that relative paths start from (default: GITHUB_WORKSPACE "
-        "or the current folder)",
-    )
+            metavar = "DIR" if name == "workspace" else "VALUE"
+            parser.add_argument(flag, dest=name, metavar=metavar, help=help_text)
     parser.add_argument(
         "--debug",
         dest="debug",
@@ -90,19 +103,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def raw_secret_values(environ: Mapping[str, str]) -> list[str]:
-    """Every secret input's value as given (both INPUT_ spellings and the plain variable),
-    before validation: masked even when it fails to parse."""
+    """Every secret setting's value as given, wherever the environment holds it (its validation
+    aliases: both INPUT_ spellings and the plain variable), before validation: masked even when
+    it fails to parse."""
     from deployer.redact import url_secrets
-    from deployer.settings import Settings, _meta
+    from deployer.settings import env_names, secret_fields
 
     out: list[str] = []
-    for field in Settings.model_fields.values():
-        meta = _meta(field)
-        if not meta.get("secret"):
-            continue
-        name = meta["input"].upper()
-        for key in (f"INPUT_{name}", f"INPUT_{name.replace('-', '_')}", meta.get("env") or ""):
-            value = environ.get(key, "").strip() if key else ""
+    for name in secret_fields():
+        for key in env_names(name):
+            value = environ.get(key, "").strip()
             if value:
                 out += url_secrets(value)
     return out
@@ -156,9 +166,10 @@ def _main(argv: Sequence[str] | None, *, before_run: Callable[[str], None]) -> i
     from deployer.github import GitHubConsole, GitHubContext
     from deployer.redact import RedactingStream, Redactor, url_secrets
     from deployer.render.terminal import TerminalConsole
+    from deployer.settings import secret_fields
 
     redactor = Redactor(raw_secret_values(os.environ))
-    for key in ("database_url", "direct_database_url", "slack_webhook_url", "scratch_database_url"):
+    for key in secret_fields():
         if args.get(key):
             redactor.add(*url_secrets(str(args[key])))
     gh = GitHubContext.from_env()
@@ -242,26 +253,15 @@ def _refused(exc: ConfigError, args: dict[str, Any], inv: _Invocation, settings:
 
     from deployer.publish import publish
     from deployer.results import RunResult, Telemetry, utcnow
-    from deployer.settings import Settings
+    from deployer.settings import artefact_paths
 
     if settings is None:
-        # Where the artefacts go, read field by field with the usual precedence (flag > input >
-        # environment > default): these plain paths need no validation.
-        from deployer.settings import GitHubInputSource, PlainEnvSource
-
-        fallback: dict[str, Any] = {}
-        for name in ("workspace", "summary_file", "output_file", "report_file"):
-            field = Settings.model_fields[name]
-            value = args.get(name)
-            for source in (GitHubInputSource(Settings), PlainEnvSource(Settings)):
-                if value is None:
-                    value = source.get_field_value(field, name)[0]
-            if value is not None:
-                fallback[name] = str(value)
-        settings = Settings.model_construct(**fallback)
+        # Where the artefacts go: the path settings alone, read by the same fields and sources
+        # (flag > input > environment > default); the others at their defaults.
+        settings = artefact_paths(args)
     settings = settings.model_copy(update={"slack_webhook_url": SecretStr("")})
     result = RunResult(
-        command=str(args.get("command") or os.environ.get("INPUT_COMMAND") or "deploy"),
+        command=settings.command,
         telemetry=Telemetry.from_env(),
         status="failed",
         exit_code=exc.exit_code,

@@ -1,9 +1,25 @@
 """Settings: one immutable pydantic-settings model, read once at the edge and passed down.
 
-Precedence: command-line flag > GitHub input (`INPUT_<NAME>`) > plain environment > default.
-The runner spells input `database-url` as `INPUT_DATABASE-URL` (upper-cased, hyphens kept:
-actions/runner Handler.cs AddInputsToEnvironment); the underscore spelling is accepted too. The
-runner sets every declared input, `""` when the workflow left it out, so an empty input counts as
+Every setting is one field, and the field says everything the interface needs (the generator,
+scripts/generate.py, writes action.yml, python/action.yml, the reusable workflow and the docs'
+tables from it):
+
+- the input's name is the field's name in kebab-case (`database_url` → `database-url`), and the
+  command-line flag of the same name (deployer/cli.py builds the parser from these fields);
+- its validation aliases are where the environment holds it, in precedence order: the runner's
+  spelling `INPUT_DATABASE-URL` (upper-cased, hyphens kept: actions/runner Handler.cs
+  AddInputsToEnvironment), the underscore spelling `INPUT_DATABASE_URL`, then the plain variable
+  (`DATABASE_URL`, `DB_DEPLOY_…`). A field with `INPUT_` aliases is an action input; a field with
+  no alias is command-line only (never read from the environment);
+- its type parses and checks the text (`Duration`, `Flag`, `Literal` choices, URLs): a new field
+  of one of these types cannot miss its parser;
+- `SecretStr` marks a secret (masked, passed from `secrets.*` in the reusable workflow);
+- `description` and `default` (a duration's in seconds, written `10s`, `5m` by
+  `format_duration`).
+
+Precedence: command-line flag (init keyword arguments) > `INPUT_<NAME>` > plain environment >
+default, which is pydantic-settings' own order of sources and of `AliasChoices`. The runner sets
+every declared input, `""` when the workflow left it out, so an empty (or blank) value counts as
 "not given" and the next source is consulted.
 """
 
@@ -11,18 +27,47 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    AfterValidator,
+    AliasChoices,
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    create_model,
+)
 from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from deployer.errors import ConfigError
+from deployer.types import Expectation, ExtensionRequirement
 
-COMMANDS = (
+__all__ = [
+    "COMMANDS",
+    "Expectation",
+    "ExtensionRequirement",
+    "Settings",
+    "env_names",
+    "format_duration",
+    "input_fields",
+    "input_names",
+    "load_settings",
+    "parse_bool",
+    "parse_duration",
+    "secret_fields",
+]
+
+Command = Literal[
     "deploy",
     "plan",
     "status",
@@ -33,40 +78,14 @@ COMMANDS = (
     "restore",
     "preflight",
     "rollback",
-)
-URL_DRIVERS = ("psycopg", "psycopg_async", "asyncpg", "psycopg2")
-FAIL_ON = ("error", "warning")
-CHOICES = {"command": COMMANDS, "url_driver": URL_DRIVERS, "preflight_fail_on": FAIL_ON}
+]
+UrlDriver = Literal["psycopg", "psycopg_async", "asyncpg", "psycopg2"]
+FailOn = Literal["error", "warning"]
+COMMANDS: tuple[str, ...] = get_args(Command)
 URL_SCHEMES = ("postgres", "postgresql")
 TRUE = {"true", "1", "yes", "on"}
 FALSE = {"false", "0", "no", "off"}
 PG_MAX_SECONDS = 2147483.647  # lock_timeout/statement_timeout are int milliseconds
-
-
-def _input(name: str, env: str | None, description: str, *, secret: bool = False) -> Any:
-    return {"input": name, "env": env, "secret": secret, "description": description}
-
-
-@dataclass(frozen=True)
-class Expectation:
-    """`table>=N` from `smoke-expect`: `table` may be schema-qualified."""
-
-    table: str
-    minimum: int
-
-    def __str__(self) -> str:
-        return f"{self.table}>={self.minimum}"
-
-
-@dataclass(frozen=True)
-class ExtensionRequirement:
-    """`name` or `name>=version` from `required-extensions`."""
-
-    name: str
-    min_version: str = ""
-
-    def __str__(self) -> str:
-        return f"{self.name}>={self.min_version}" if self.min_version else self.name
 
 
 # --------------------------------------------------------------------------- value parsers
@@ -98,6 +117,29 @@ def parse_duration(value: object) -> float:
         raise ValueError(f"expected a duration such as 500ms, 10s, 5m or 1h, got {str(value)!r}")
     unit = m.group(2).lower() if m.group(2) else None
     return float(m.group(1)) * _UNITS[unit]
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest way to write `seconds` that parse_duration reads back (`5m` for 300.0)."""
+    if seconds == 0:
+        return "0"
+    for unit, size in (("h", 3600.0), ("m", 60.0), ("s", 1.0), ("ms", 0.001)):
+        count = seconds / size
+        if abs(count - round(count)) < 1e-9:
+            return f"{round(count)}{unit}"
+    return f"{seconds:f}".rstrip("0").rstrip(".")
+
+
+def _within_postgres_range(seconds: float) -> float:
+    if seconds > PG_MAX_SECONDS:
+        raise ValueError("at most 2147483s, about 596 hours (PostgreSQL's limit)")
+    return seconds
+
+
+def _above_zero(seconds: float) -> float:
+    if seconds <= 0:
+        raise ValueError("must be more than 0")
+    return seconds
 
 
 def _items(value: str) -> list[str]:
@@ -134,9 +176,13 @@ def parse_extensions(value: object) -> tuple[ExtensionRequirement, ...]:
     return tuple(result)
 
 
-def check_url(value: str) -> str:
+def _secret_text(value: object) -> str:
+    return value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+
+
+def check_url(value: object) -> str:
     """Refuse what is not a PostgreSQL URL; the message never repeats the value."""
-    value = value.strip()
+    value = _secret_text(value).strip()
     if not value:
         return value
     m = re.match(r"^([A-Za-z][A-Za-z0-9+.\-]*)://", value)
@@ -171,292 +217,73 @@ def check_url(value: str) -> str:
     return value
 
 
+def _check_webhook(value: object) -> str:
+    raw = _secret_text(value).strip()
+    if raw and not re.match(r"^https?://[^\s/]+", raw):
+        raise ValueError("expected an https:// incoming-webhook URL")
+    return raw
+
+
+def _not_empty(value: object) -> str:
+    text = str(value).strip()
+    if not text:
+        raise ValueError("must not be empty")
+    return text
+
+
+def _one_of(choices: tuple[str, ...]) -> Callable[[object], str]:
+    def pick(value: object) -> str:
+        text = str(value).strip().lower()
+        if text not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {str(value)!r}")
+        return text
+
+    return pick
+
+
+# --------------------------------------------------------------------------- the types
+
+Flag = Annotated[bool, BeforeValidator(parse_bool)]
+"""`true/false/1/0/yes/no/on/off`, any case; anything else is an error."""
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+"""`500ms`, `10s`, `5m`, `1h` or seconds."""
+PostgresDuration = Annotated[Duration, AfterValidator(_within_postgres_range)]
+"""A duration PostgreSQL takes as a setting in milliseconds (`lock_timeout`, …)."""
+Timeout = Annotated[Duration, AfterValidator(_above_zero)]
+"""A duration that must be more than 0."""
+PostgresUrl = Annotated[SecretStr, BeforeValidator(check_url)]
+WebhookUrl = Annotated[SecretStr, BeforeValidator(_check_webhook)]
+NonEmpty = Annotated[str, BeforeValidator(_not_empty)]
+Expectations = Annotated[tuple[Expectation, ...], NoDecode, BeforeValidator(parse_expectations)]
+Extensions = Annotated[
+    tuple[ExtensionRequirement, ...], NoDecode, BeforeValidator(parse_extensions)
+]
+CommandName = Annotated[Command, BeforeValidator(_one_of(get_args(Command)))]
+DriverName = Annotated[UrlDriver, BeforeValidator(_one_of(get_args(UrlDriver)))]
+Severity = Annotated[FailOn, BeforeValidator(_one_of(get_args(FailOn)))]
+
+
+def _env(name: str, plain: str) -> AliasChoices:
+    """An action input's places in the environment, first found wins: the runner's spelling
+    (`INPUT_DATABASE-URL`), the underscore one (`INPUT_DATABASE_URL`), the plain variable."""
+    upper = name.upper()
+    return AliasChoices(f"INPUT_{upper}", "INPUT_" + re.sub(r"[^A-Z0-9]", "_", upper), plain)
+
+
 # --------------------------------------------------------------------------- the model
 
 
-class Settings(BaseSettings):
-    """Every input of the action. Frozen: parsed once at the edge, then only read."""
+class _Base(BaseSettings):
+    """The configuration and the sources (shared with the lenient read of `artefact_paths`)."""
 
-    model_config = SettingsConfigDict(frozen=True, extra="ignore", validate_default=True)
-
-    command: str = Field(
-        "deploy",
-        json_schema_extra=_input(
-            "command", "DB_DEPLOY_COMMAND", "Sub-command: " + ", ".join(COMMANDS)
-        ),
+    model_config = SettingsConfigDict(
+        frozen=True,
+        extra="ignore",
+        validate_default=True,
+        populate_by_name=True,  # the flags come in by field name
+        case_sensitive=True,  # the runner upper-cases; DATABASE_URL is not database_url
+        env_ignore_empty=True,  # the runner passes "" for every input left out
     )
-    database_url: SecretStr = Field(
-        SecretStr(""),
-        json_schema_extra=_input(
-            "database-url", "DATABASE_URL", "PostgreSQL connection URL", secret=True
-        ),
-    )
-    direct_database_url: SecretStr = Field(
-        SecretStr(""),
-        json_schema_extra=_input(
-            "direct-database-url",
-            "DIRECT_DATABASE_URL",
-            "Connection for migrations (bypasses a pooler); defaults to database-url",
-            secret=True,
-        ),
-    )
-    run_seed: bool = Field(
-        False, json_schema_extra=_input("run-seed", "RUN_SEED", "Run the seed after migrating")
-    )
-    migrations_path: str = Field(
-        "migrations",
-        json_schema_extra=_input(
-            "migrations-path",
-            "DB_DEPLOY_MIGRATIONS_PATH",
-            "Folder holding alembic.ini or the Alembic script folder, relative to the workspace",
-        ),
-    )
-    target: str = Field(
-        "heads", json_schema_extra=_input("target", "DB_DEPLOY_TARGET", "Revision to upgrade to")
-    )
-    seed_path: str = Field(
-        "",
-        json_schema_extra=_input(
-            "seed-path",
-            "DB_DEPLOY_SEED_PATH",
-            "A .py file defining seed(connection) or a .sql file; default <migrations-path>/seed.py",
-        ),
-    )
-    environment: str = Field(
-        "",
-        json_schema_extra=_input(
-            "environment",
-            "DB_DEPLOY_ENVIRONMENT",
-            "Deployment environment name; `production` turns on the production guards",
-        ),
-    )
-    allow_production_seed: bool = Field(
-        False,
-        json_schema_extra=_input(
-            "allow-production-seed",
-            "DB_DEPLOY_ALLOW_PRODUCTION_SEED",
-            "Allow the seed to run when environment is production",
-        ),
-    )
-    required_extensions: tuple[ExtensionRequirement, ...] = Field(
-        (),
-        json_schema_extra=_input(
-            "required-extensions",
-            "DB_DEPLOY_REQUIRED_EXTENSIONS",
-            "Comma list of extensions, each `name` or `name>=version`, checked by the smoke step",
-        ),
-    )
-    smoke_expect: tuple[Expectation, ...] = Field(
-        (),
-        json_schema_extra=_input(
-            "smoke-expect",
-            "DB_DEPLOY_SMOKE_EXPECT",
-            "Lines or commas of `table>=N` (schema-qualified allowed)",
-        ),
-    )
-    lock_timeout: float = Field(
-        10.0,
-        json_schema_extra=_input(
-            "lock-timeout",
-            "DB_DEPLOY_LOCK_TIMEOUT",
-            "PostgreSQL lock_timeout for migration statements and the smoke's reads",
-        ),
-    )
-    statement_timeout: float = Field(
-        0.0,
-        json_schema_extra=_input(
-            "statement-timeout",
-            "DB_DEPLOY_STATEMENT_TIMEOUT",
-            "PostgreSQL statement_timeout for migration statements (0 = none)",
-        ),
-    )
-    deploy_lock_wait: float = Field(
-        300.0,
-        json_schema_extra=_input(
-            "deploy-lock-wait",
-            "DB_DEPLOY_LOCK_WAIT",
-            "How long to wait for another deploy of the same database to finish",
-        ),
-    )
-    connect_timeout: float = Field(
-        10.0,
-        json_schema_extra=_input(
-            "connect-timeout", "DB_DEPLOY_CONNECT_TIMEOUT", "Timeout of each connection attempt"
-        ),
-    )
-    connect_retries: int = Field(
-        5,
-        ge=1,
-        le=100,
-        json_schema_extra=_input(
-            "connect-retries",
-            "DB_DEPLOY_CONNECT_RETRIES",
-            "Connection attempts, with exponential backoff and jitter",
-        ),
-    )
-    slack_webhook_url: SecretStr = Field(
-        SecretStr(""),
-        json_schema_extra=_input(
-            "slack-webhook-url",
-            "SLACK_WEBHOOK_URL",
-            "Slack incoming-webhook URL; a notification on every outcome",
-            secret=True,
-        ),
-    )
-    slack_timeout: float = Field(
-        10.0,
-        json_schema_extra=_input(
-            "slack-timeout",
-            "DB_DEPLOY_SLACK_TIMEOUT",
-            "Timeout of each Slack request (one retry follows a failure)",
-        ),
-    )
-    dry_run: bool = Field(
-        False,
-        json_schema_extra=_input(
-            "dry-run",
-            "DB_DEPLOY_DRY_RUN",
-            "Report what would be applied, with its SQL; change nothing",
-        ),
-    )
-    history_schema: str = Field(
-        "db_deploy",
-        json_schema_extra=_input(
-            "history-schema",
-            "DB_DEPLOY_HISTORY_SCHEMA",
-            "Schema holding the tool's own tables (deploy history)",
-        ),
-    )
-    report_file: str = Field(
-        "db-deploy-report.json",
-        json_schema_extra=_input(
-            "report-file",
-            "DB_DEPLOY_REPORT_FILE",
-            "Where to write the JSON report, relative to the workspace",
-        ),
-    )
-    # Safety (issue 5).
-    allow_edited_migrations: bool = Field(
-        False,
-        json_schema_extra=_input(
-            "allow-edited-migrations",
-            "DB_DEPLOY_ALLOW_EDITED_MIGRATIONS",
-            "Accept (and re-record) applied revisions whose script changed since they ran",
-        ),
-    )
-    require_tls: bool = Field(
-        False,
-        json_schema_extra=_input(
-            "require-tls",
-            "DB_DEPLOY_REQUIRE_TLS",
-            "Fail when a non-local database is reached without TLS (otherwise a warning)",
-        ),
-    )
-    lock_retries: int = Field(
-        0,
-        ge=0,
-        le=10,
-        json_schema_extra=_input(
-            "lock-retries",
-            "DB_DEPLOY_LOCK_RETRIES",
-            "Retry a revision blocked by another session's lock this many times, with backoff",
-        ),
-    )
-    # Operations modes (issue 7).
-    scratch_database_url: SecretStr = Field(
-        SecretStr(""),
-        json_schema_extra=_input(
-            "scratch-database-url",
-            "DB_DEPLOY_SCRATCH_DATABASE_URL",
-            "drift: a server where a scratch database is created, migrated and dropped (the role needs CREATEDB; the database it names is only the maintenance connection). Default: an embedded server",
-            secret=True,
-        ),
-    )
-    backup_path: str = Field(
-        "",
-        json_schema_extra=_input(
-            "backup-path",
-            "DB_DEPLOY_BACKUP_PATH",
-            "backup: file or folder to write (default: backups/ in the workspace); restore: the file",
-        ),
-    )
-    backup_before: bool = Field(
-        False,
-        json_schema_extra=_input(
-            "backup-before", "DB_DEPLOY_BACKUP_BEFORE", "deploy: take a backup before migrating"
-        ),
-    )
-    confirm_restore: str = Field(
-        "",
-        json_schema_extra=_input(
-            "confirm-restore",
-            "DB_DEPLOY_CONFIRM_RESTORE",
-            "restore: must equal the target database's name",
-        ),
-    )
-    confirm_rollback: bool = Field(
-        False,
-        json_schema_extra=_input(
-            "confirm-rollback",
-            "DB_DEPLOY_CONFIRM_ROLLBACK",
-            "rollback: required on the production environment",
-        ),
-    )
-    preflight_fail_on: str = Field(
-        "error",
-        json_schema_extra=_input(
-            "preflight-fail-on",
-            "DB_DEPLOY_PREFLIGHT_FAIL_ON",
-            "preflight: fail on findings of this severity or worse (error or warning)",
-        ),
-    )
-    security_preflight: bool = Field(
-        True,
-        json_schema_extra=_input(
-            "security-preflight",
-            "DB_DEPLOY_SECURITY_PREFLIGHT",
-            "deploy: run the cheap security checks first",
-        ),
-    )
-    # Real-world Alembic projects (issue 8).
-    alembic_ini: str = Field(
-        "",
-        json_schema_extra=_input(
-            "alembic-ini",
-            "DB_DEPLOY_ALEMBIC_INI",
-            "Path of alembic.ini when it is not in migrations-path",
-        ),
-    )
-    script_location: str = Field(
-        "",
-        json_schema_extra=_input(
-            "script-location",
-            "DB_DEPLOY_SCRIPT_LOCATION",
-            "Alembic script folder (the one with env.py) when the ini's is wrong for the workspace",
-        ),
-    )
-    url_driver: str = Field(
-        "psycopg",
-        json_schema_extra=_input(
-            "url-driver",
-            "DB_DEPLOY_URL_DRIVER",
-            "Driver written into sqlalchemy.url for env.py: psycopg, psycopg_async, asyncpg, psycopg2",
-        ),
-    )
-    requirements: str = Field(
-        "",
-        json_schema_extra=_input(
-            "requirements",
-            "DB_DEPLOY_REQUIREMENTS",
-            "A requirements file in the workspace (or `.` for the workspace's project) to install "
-            "before running",
-        ),
-    )
-    # Command-line only (no action input).
-    summary_file: str = Field("", json_schema_extra=_input("summary-file", None, ""))
-    output_file: str = Field("", json_schema_extra=_input("output-file", None, ""))
-    embedded: str | None = Field(None, json_schema_extra=_input("embedded", None, ""))
-    workspace: str = Field("", json_schema_extra=_input("workspace", "GITHUB_WORKSPACE", ""))
 
     @classmethod
     def settings_customise_sources(
@@ -467,82 +294,269 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, GitHubInputSource(settings_cls), PlainEnvSource(settings_cls))
+        # No .env file and no secrets folder: the flags, then the environment.
+        return (init_settings, _Environment(settings_cls))
 
-    # -- validators: strings from the environment become typed values
 
-    @field_validator(
-        "run_seed",
-        "allow_production_seed",
-        "dry_run",
-        "allow_edited_migrations",
-        "require_tls",
-        "backup_before",
-        "confirm_rollback",
-        "security_preflight",
-        mode="before",
+class _Environment(EnvSettingsSource):
+    """pydantic-settings' environment source, read through the fields' validation aliases only:
+    a command-line-only field (no alias) is not read from the environment. A blank value counts
+    as not given, like an empty one."""
+
+    def __init__(self, settings_cls: type[BaseSettings]) -> None:
+        super().__init__(settings_cls)
+        self.env_vars = {k: v for k, v in self.env_vars.items() if v is None or v.strip()}
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        if field.validation_alias is None:
+            return None, field_name, False
+        return super().get_field_value(field, field_name)
+
+
+class Settings(_Base):
+    """Every input of the action. Frozen: parsed once at the edge, then only read."""
+
+    command: CommandName = Field(
+        "deploy",
+        description="Sub-command to run: deploy (the whole pipeline, the default), plan, status, "
+        "smoke, seed, drift, backup, restore, preflight or rollback.",
+        validation_alias=_env("command", "DB_DEPLOY_COMMAND"),
     )
-    @classmethod
-    def _bool(cls, v: object) -> bool:
-        return parse_bool(v)
-
-    @field_validator(
-        "lock_timeout",
-        "statement_timeout",
-        "deploy_lock_wait",
-        "connect_timeout",
-        "slack_timeout",
-        mode="before",
+    database_url: PostgresUrl = Field(
+        SecretStr(""),
+        description="PostgreSQL connection URL (postgres://, postgresql:// or "
+        "postgresql+psycopg://). Pass it from a secret. Empty: the DATABASE_URL environment "
+        "variable is used; one of the two must be set.",
+        validation_alias=_env("database-url", "DATABASE_URL"),
+        json_schema_extra={"workflow": {"required": True}},
     )
-    @classmethod
-    def _duration(cls, v: object, info: ValidationInfo) -> float:
-        seconds = parse_duration(v)
-        if info.field_name in {"lock_timeout", "statement_timeout"} and seconds > PG_MAX_SECONDS:
-            raise ValueError("at most 2147483s, about 596 hours (PostgreSQL's limit)")
-        if info.field_name in {"connect_timeout", "slack_timeout"} and seconds <= 0:
-            raise ValueError("must be more than 0")
-        return seconds
-
-    @field_validator("smoke_expect", mode="before")
-    @classmethod
-    def _expect(cls, v: object) -> tuple[Expectation, ...]:
-        return parse_expectations(v)
-
-    @field_validator("required_extensions", mode="before")
-    @classmethod
-    def _extensions(cls, v: object) -> tuple[ExtensionRequirement, ...]:
-        return parse_extensions(v)
-
-    @field_validator("database_url", "direct_database_url", "scratch_database_url", mode="before")
-    @classmethod
-    def _url(cls, v: object) -> str:
-        raw = v.get_secret_value() if isinstance(v, SecretStr) else str(v)
-        return check_url(raw)
-
-    @field_validator("slack_webhook_url", mode="before")
-    @classmethod
-    def _webhook(cls, v: object) -> str:
-        raw = (v.get_secret_value() if isinstance(v, SecretStr) else str(v)).strip()
-        if raw and not re.match(r"^https?://[^\s/]+", raw):
-            raise ValueError("expected an https:// incoming-webhook URL")
-        return raw
-
-    @field_validator("command", "url_driver", "preflight_fail_on", mode="before")
-    @classmethod
-    def _choice(cls, v: object, info: ValidationInfo) -> str:
-        choices = CHOICES[str(info.field_name)]
-        text = str(v).strip().lower()
-        if text not in choices:
-            raise ValueError(f"expected one of {', '.join(choices)}, got {str(v)!r}")
-        return text
-
-    @field_validator("target", "migrations_path", "history_schema", "report_file", mode="before")
-    @classmethod
-    def _strip(cls, v: object) -> str:
-        text = str(v).strip()
-        if not text:
-            raise ValueError("must not be empty")
-        return text
+    direct_database_url: PostgresUrl = Field(
+        SecretStr(""),
+        description="Connection used for migrations, bypassing a connection pooler. Empty: "
+        "DIRECT_DATABASE_URL, else database-url.",
+        validation_alias=_env("direct-database-url", "DIRECT_DATABASE_URL"),
+    )
+    run_seed: Flag = Field(
+        False,
+        description="Run the seed after migrating (true/false/1/0/yes/no, case-insensitive; "
+        "anything else is an error). Refused on production unless allow-production-seed is true.",
+        validation_alias=_env("run-seed", "RUN_SEED"),
+    )
+    migrations_path: NonEmpty = Field(
+        "migrations",
+        description="Folder holding alembic.ini, or the Alembic script folder (or the "
+        "alembic.ini file itself), relative to the workspace.",
+        validation_alias=_env("migrations-path", "DB_DEPLOY_MIGRATIONS_PATH"),
+    )
+    target: NonEmpty = Field(
+        "heads",
+        description="Revision to upgrade to.",
+        validation_alias=_env("target", "DB_DEPLOY_TARGET"),
+    )
+    seed_path: str = Field(
+        "",
+        description="A .py file defining seed(connection), or a .sql file, relative to the "
+        "workspace. Empty: <migrations-path>/seed.py.",
+        validation_alias=_env("seed-path", "DB_DEPLOY_SEED_PATH"),
+    )
+    environment: str = Field(
+        "",
+        description="Deployment environment name; `production` turns on the production guards.",
+        validation_alias=_env("environment", "DB_DEPLOY_ENVIRONMENT"),
+        json_schema_extra={
+            "workflow": {
+                # Also the job's GitHub environment there, which cannot be empty.
+                "default": "production",
+                "description": "GitHub environment of the job (its protection rules and "
+                "secrets) and the deployer's environment name; `production` turns on the "
+                "production guards.",
+            }
+        },
+    )
+    allow_production_seed: Flag = Field(
+        False,
+        description="Allow the seed to run when environment is production.",
+        validation_alias=_env("allow-production-seed", "DB_DEPLOY_ALLOW_PRODUCTION_SEED"),
+    )
+    required_extensions: Extensions = Field(
+        (),
+        description="Comma list of PostgreSQL extensions the smoke step checks, each `name` or "
+        "`name>=version` (e.g. `vector>=0.7`).",
+        validation_alias=_env("required-extensions", "DB_DEPLOY_REQUIRED_EXTENSIONS"),
+    )
+    smoke_expect: Expectations = Field(
+        (),
+        description="Smoke expectations, one per line or comma-separated, each `table>=N` "
+        "(schema-qualified allowed), e.g. `connectors>=16`.",
+        validation_alias=_env("smoke-expect", "DB_DEPLOY_SMOKE_EXPECT"),
+    )
+    lock_timeout: PostgresDuration = Field(
+        10.0,
+        description="PostgreSQL lock_timeout for migration statements and the smoke's reads "
+        "(500ms, 10s, 5m, 1h or seconds).",
+        validation_alias=_env("lock-timeout", "DB_DEPLOY_LOCK_TIMEOUT"),
+    )
+    statement_timeout: PostgresDuration = Field(
+        0.0,
+        description="PostgreSQL statement_timeout for migration statements (0 = none).",
+        validation_alias=_env("statement-timeout", "DB_DEPLOY_STATEMENT_TIMEOUT"),
+    )
+    deploy_lock_wait: Duration = Field(
+        300.0,
+        description="How long to wait for another deploy of the same database to finish.",
+        validation_alias=_env("deploy-lock-wait", "DB_DEPLOY_LOCK_WAIT"),
+    )
+    connect_timeout: Timeout = Field(
+        10.0,
+        description="Timeout of each connection attempt.",
+        validation_alias=_env("connect-timeout", "DB_DEPLOY_CONNECT_TIMEOUT"),
+    )
+    connect_retries: int = Field(
+        5,
+        ge=1,
+        le=100,
+        description="Connection attempts, with exponential backoff and jitter (serverless "
+        "databases wake up slowly).",
+        validation_alias=_env("connect-retries", "DB_DEPLOY_CONNECT_RETRIES"),
+    )
+    slack_webhook_url: WebhookUrl = Field(
+        SecretStr(""),
+        description="Slack incoming-webhook URL (pass it from a secret): a notification on every "
+        "outcome. Empty: SLACK_WEBHOOK_URL, else no notification.",
+        validation_alias=_env("slack-webhook-url", "SLACK_WEBHOOK_URL"),
+    )
+    slack_timeout: Timeout = Field(
+        10.0,
+        description="Timeout of each Slack request (one retry follows a failure).",
+        validation_alias=_env("slack-timeout", "DB_DEPLOY_SLACK_TIMEOUT"),
+    )
+    dry_run: Flag = Field(
+        False,
+        description="Report what would be applied, with its SQL; change nothing.",
+        validation_alias=_env("dry-run", "DB_DEPLOY_DRY_RUN"),
+    )
+    history_schema: NonEmpty = Field(
+        "db_deploy",
+        description="Schema holding the tool's own tables (the deploy history), created on "
+        "first use.",
+        validation_alias=_env("history-schema", "DB_DEPLOY_HISTORY_SCHEMA"),
+    )
+    report_file: NonEmpty = Field(
+        "db-deploy-report.json",
+        description="Where to write the JSON report, relative to the workspace.",
+        validation_alias=_env("report-file", "DB_DEPLOY_REPORT_FILE"),
+    )
+    # Safety (issue 5).
+    allow_edited_migrations: Flag = Field(
+        False,
+        description="Accept (and re-record) applied revisions whose script changed since they ran.",
+        validation_alias=_env("allow-edited-migrations", "DB_DEPLOY_ALLOW_EDITED_MIGRATIONS"),
+    )
+    require_tls: Flag = Field(
+        False,
+        description="Fail when a non-local database is reached without TLS (otherwise a warning).",
+        validation_alias=_env("require-tls", "DB_DEPLOY_REQUIRE_TLS"),
+    )
+    lock_retries: int = Field(
+        0,
+        ge=0,
+        le=10,
+        description="Retry a revision blocked by another session's lock this many times, with "
+        "backoff.",
+        validation_alias=_env("lock-retries", "DB_DEPLOY_LOCK_RETRIES"),
+    )
+    # Operations modes (issue 7).
+    scratch_database_url: PostgresUrl = Field(
+        SecretStr(""),
+        description="drift: a server where a scratch database is created, migrated and dropped "
+        "(the role needs CREATEDB; the database the URL names is only the maintenance "
+        "connection). Pass it from a secret. Empty: DB_DEPLOY_SCRATCH_DATABASE_URL, else an "
+        "embedded server.",
+        validation_alias=_env("scratch-database-url", "DB_DEPLOY_SCRATCH_DATABASE_URL"),
+        json_schema_extra={"area": "operations"},
+    )
+    backup_path: str = Field(
+        "",
+        description="backup: file or folder to write (empty: backups/ in the workspace); "
+        "restore: the file to restore.",
+        validation_alias=_env("backup-path", "DB_DEPLOY_BACKUP_PATH"),
+        json_schema_extra={"area": "operations"},
+    )
+    backup_before: Flag = Field(
+        False,
+        description="deploy: take a backup before migrating.",
+        validation_alias=_env("backup-before", "DB_DEPLOY_BACKUP_BEFORE"),
+        json_schema_extra={"area": "operations"},
+    )
+    confirm_restore: str = Field(
+        "",
+        description="restore: must equal the target database's name.",
+        validation_alias=_env("confirm-restore", "DB_DEPLOY_CONFIRM_RESTORE"),
+        json_schema_extra={"area": "operations"},
+    )
+    confirm_rollback: Flag = Field(
+        False,
+        description="rollback: required on the production environment.",
+        validation_alias=_env("confirm-rollback", "DB_DEPLOY_CONFIRM_ROLLBACK"),
+        json_schema_extra={"area": "operations"},
+    )
+    preflight_fail_on: Severity = Field(
+        "error",
+        description="preflight: fail on findings of this severity or worse (error or warning).",
+        validation_alias=_env("preflight-fail-on", "DB_DEPLOY_PREFLIGHT_FAIL_ON"),
+        json_schema_extra={"area": "operations"},
+    )
+    security_preflight: Flag = Field(
+        True,
+        description="deploy: run the cheap security checks first.",
+        validation_alias=_env("security-preflight", "DB_DEPLOY_SECURITY_PREFLIGHT"),
+        json_schema_extra={"area": "operations"},
+    )
+    # Real-world Alembic projects (issue 8).
+    alembic_ini: str = Field(
+        "",
+        description="Path of alembic.ini when it is not in migrations-path.",
+        validation_alias=_env("alembic-ini", "DB_DEPLOY_ALEMBIC_INI"),
+        json_schema_extra={"area": "project"},
+    )
+    script_location: str = Field(
+        "",
+        description="Alembic script folder (the one with env.py) when the ini's script_location "
+        "is wrong for the workspace.",
+        validation_alias=_env("script-location", "DB_DEPLOY_SCRIPT_LOCATION"),
+        json_schema_extra={"area": "project"},
+    )
+    url_driver: DriverName = Field(
+        "psycopg",
+        description="Driver written into sqlalchemy.url for env.py: psycopg, psycopg_async, "
+        "asyncpg or psycopg2.",
+        validation_alias=_env("url-driver", "DB_DEPLOY_URL_DRIVER"),
+        json_schema_extra={"area": "project"},
+    )
+    requirements: str = Field(
+        "",
+        description="A requirements file in the workspace (or `.` for the workspace's project) "
+        "to install before running, for an env.py that imports the application's models.",
+        validation_alias=_env("requirements", "DB_DEPLOY_REQUIREMENTS"),
+        json_schema_extra={"area": "project"},
+    )
+    # Command-line only: no alias, so never read from the environment.
+    summary_file: str = Field("", description="also write the markdown summary to this file")
+    output_file: str = Field(
+        "", description="also write the outputs (GITHUB_OUTPUT format) to this file"
+    )
+    embedded: str | None = Field(
+        None,
+        description="with no database URL, deploy to a local PostgreSQL with pgvector started "
+        "in DIR (default: a temporary folder, removed at exit)",
+    )
+    # Not an action input: the runner's own variable, or --workspace.
+    workspace: str = Field(
+        "",
+        description="folder that relative paths start from (default: GITHUB_WORKSPACE or the "
+        "current folder)",
+        validation_alias="GITHUB_WORKSPACE",
+    )
 
     # -- derived values
 
@@ -587,79 +601,59 @@ class Settings(BaseSettings):
     def secrets(self) -> list[str]:
         from deployer.redact import url_secrets
 
-        return [
-            *url_secrets(self.url),
-            *url_secrets(self.direct_database_url.get_secret_value()),
-            *url_secrets(self.scratch_database_url.get_secret_value()),
-            *url_secrets(self.webhook),
-        ]
+        out: list[str] = []
+        for name in secret_fields():
+            out += url_secrets(getattr(self, name).get_secret_value())
+        return out
 
 
-# --------------------------------------------------------------------------- sources
+# --------------------------------------------------------------------------- the fields, read
 
 
-def _meta(field: FieldInfo) -> dict[str, Any]:
-    extra = field.json_schema_extra
-    return extra if isinstance(extra, dict) else {}
+def env_names(field: str) -> tuple[str, ...]:
+    """Where the environment holds a setting, in precedence order (its validation aliases)."""
+    alias = Settings.model_fields[field].validation_alias
+    if isinstance(alias, AliasChoices):
+        return tuple(str(choice) for choice in alias.choices)
+    return (alias,) if isinstance(alias, str) else ()
 
 
-def input_names() -> dict[str, str]:
-    """Action inputs → field names (the command-line-only settings excluded)."""
+def input_fields() -> dict[str, str]:
+    """Action inputs → field names, in declaration order: the fields with an `INPUT_` alias."""
     return {
-        _meta(f)["input"]: name
-        for name, f in Settings.model_fields.items()
-        if _meta(f).get("description") and name not in {"workspace"}
+        name.replace("_", "-"): name
+        for name in Settings.model_fields
+        if any(e.startswith("INPUT_") for e in env_names(name))
     }
 
 
-class GitHubInputSource(PydanticBaseSettingsSource):
-    """`INPUT_DATABASE-URL` (runner spelling) or `INPUT_DATABASE_URL`; empty means not given."""
-
-    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str] | None = None):
-        super().__init__(settings_cls)
-        self.environ = os.environ if environ is None else environ
-
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        name = _meta(field).get("input", "")
-        for key in (
-            "INPUT_" + name.replace(" ", "_").upper(),
-            "INPUT_" + re.sub(r"[^A-Z0-9]", "_", name.upper()),
-        ):
-            value = self.environ.get(key, "")
-            if value.strip():
-                return value, field_name, False
-        return None, field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        data: dict[str, Any] = {}
-        for name, field in self.settings_cls.model_fields.items():
-            if not _meta(field).get("description"):
-                continue  # command-line-only settings are not action inputs
-            value, _, _ = self.get_field_value(field, name)
-            if value is not None:
-                data[name] = value
-        return data
+input_names = input_fields  # the older name, still read by tests
 
 
-class PlainEnvSource(PydanticBaseSettingsSource):
-    """Plain environment variables (`DATABASE_URL`, `RUN_SEED`, `DB_DEPLOY_*`); empty = unset."""
+def secret_fields() -> list[str]:
+    """The settings typed `SecretStr`: masked wherever they appear."""
+    return [name for name, field in Settings.model_fields.items() if field.annotation is SecretStr]
 
-    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str] | None = None):
-        super().__init__(settings_cls)
-        self.environ = os.environ if environ is None else environ
 
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        env = _meta(field).get("env")
-        value = self.environ.get(env, "") if env else ""
-        return (value if value.strip() else None), field_name, False
+_ARTEFACTS = ("workspace", "summary_file", "output_file", "report_file")
 
-    def __call__(self) -> dict[str, Any]:
-        data: dict[str, Any] = {}
-        for name, field in self.settings_cls.model_fields.items():
-            value, _, _ = self.get_field_value(field, name)
-            if value is not None:
-                data[name] = value
-        return data
+
+def artefact_paths(flags: Mapping[str, Any]) -> Settings:
+    """Where the artefacts go when the settings as a whole were refused: the path settings
+    alone, read by the same fields and sources (flag > input > environment > default), and the
+    other settings at their defaults. If even those are refused, every default."""
+    fields: dict[str, Any] = {name: (str, Settings.model_fields[name]) for name in _ARTEFACTS}
+    command = Settings.model_fields["command"]  # as given, unchecked: it may be what failed
+    fields["command"] = (str, Field(command.default, validation_alias=command.validation_alias))
+    paths = create_model("ArtefactPaths", __base__=_Base, **fields)
+    wanted = {k: v for k, v in flags.items() if k in fields and v is not None}
+    try:
+        values = paths(**wanted).model_dump()
+    except ValidationError:
+        values = {}
+    # Every field given its default as a keyword: the defaults, parsed, whatever the environment.
+    defaults = Settings(**{name: f.default for name, f in Settings.model_fields.items()})
+    return defaults.model_copy(update=values)
 
 
 def load_settings(flags: Mapping[str, Any] | None = None) -> Settings:
@@ -671,11 +665,11 @@ def load_settings(flags: Mapping[str, Any] | None = None) -> Settings:
 
 
 def describe_validation_error(exc: ValidationError) -> str:
+    by_alias = {alias: name for name in Settings.model_fields for alias in (name, *env_names(name))}
     lines = []
     for err in exc.errors(include_input=False, include_url=False):
-        field = str(err["loc"][0]) if err["loc"] else ""
-        info = Settings.model_fields.get(field)
-        name = _meta(info)["input"] if info is not None else field
+        loc = str(err["loc"][0]) if err["loc"] else ""
+        name = by_alias.get(loc, loc).replace("_", "-")
         msg = str(err.get("msg", "invalid value"))
         msg = msg.removeprefix("Value error, ")
         lines.append(f"invalid {name}: {msg}")

@@ -171,10 +171,10 @@ def test_action_outputs_are_exactly_the_outputs_the_deployer_writes():
 def test_secrets_and_computed_defaults_declare_an_empty_default():
     """Every declared input is always set, "" when absent (R ActionRunner.cs
     EvaluateDefaultInput), and the deployer reads an empty input as "not given"."""
-    from deployer.settings import Settings, _meta, input_names
+    from deployer.settings import input_names, secret_fields
 
     inputs = load_action()["inputs"]
-    secret = {k for k, f in input_names().items() if _meta(Settings.model_fields[f])["secret"]}
+    secret = {k for k, f in input_names().items() if f in secret_fields()}
     assert secret <= EMPTY_DEFAULT_INPUTS, "a secret input needs an empty default"
     for name in EMPTY_DEFAULT_INPUTS & set(inputs):
         assert inputs[name]["default"] == "", f"{name} must default to an empty string"

@@ -375,3 +375,82 @@ def test_commands_import_only_what_they_use(database: Database, tmp_path: Path) 
     unused = {"deployer.steps.backup", "deployer.steps.restore", "deployer.steps.drift"}
     assert not unused & modules, unused & modules
     assert not {"deployer.steps.rollback", "deployer.pgtools"} & modules
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def _parsed(*argv: str) -> dict[str, object]:
+    from deployer.cli import build_parser
+
+    return vars(build_parser().parse_args(list(argv)))
+
+
+@pytest.mark.parametrize(
+    "argv,command,run_seed",
+    [
+        (["--run-seed"], None, True),
+        (["--run-seed", "true"], None, True),
+        (["--run-seed", "false"], None, False),
+        (["--run-seed", "NO", "plan"], "plan", False),
+        (["--run-seed=yes"], None, True),
+        (["--run-seed", "deploy"], "deploy", True),  # bare before a command: the command stays
+        (["seed", "--run-seed"], "seed", True),
+        (["--no-run-seed"], None, False),
+        (["--no-run-seed", "status"], "status", False),
+        ([], None, False),
+    ],
+)
+def test_boolean_flags_take_a_value_or_stand_alone(
+    clean_environ: pytest.MonkeyPatch, argv: list[str], command: str | None, run_seed: bool
+) -> None:
+    from deployer.settings import load_settings
+
+    args = _parsed(*argv)
+    assert args.pop("command_arg") == command
+    assert load_settings(args).run_seed is run_seed
+
+
+def test_every_setting_has_a_flag_of_its_name() -> None:
+    from deployer.cli import build_parser
+    from deployer.settings import Settings
+
+    flags = {s for a in build_parser()._actions for s in a.option_strings}
+    for name, field in Settings.model_fields.items():
+        assert f"--{name.replace('_', '-')}" in flags, name
+        if field.annotation is bool:
+            assert f"--no-{name.replace('_', '-')}" in flags, name
+
+
+def test_a_flag_wins_over_the_input_and_the_environment(clean_environ: pytest.MonkeyPatch) -> None:
+    from deployer.settings import load_settings
+
+    clean_environ.setenv("INPUT_DRY-RUN", "true")
+    clean_environ.setenv("DB_DEPLOY_DRY_RUN", "true")
+    args = _parsed("--dry-run", "false", "--lock-timeout", "2s")
+    s = load_settings(args)
+    assert s.dry_run is False and s.lock_timeout == 2.0
+    assert load_settings(_parsed()).dry_run is True
+
+
+def test_a_bad_boolean_flag_value_is_one_line_exit_2(run_cli: Callable[..., Run]) -> None:
+    run = run_cli("--run-seed", "perhaps", "--database-url", "postgresql://u:p@h/db")
+    assert run.returncode == 2
+    assert "invalid run-seed: expected true/false/1/0/yes/no, got 'perhaps'" in run.output
+    assert "Traceback" not in run.output
+
+
+def test_raw_secret_values_come_from_every_alias_of_the_secret_settings() -> None:
+    from deployer.cli import raw_secret_values
+
+    environ = {
+        "INPUT_DATABASE-URL": "postgresql://a:pw-one@h/db",
+        "INPUT_DIRECT_DATABASE_URL": "postgresql://a:pw-two@h/db",
+        "SLACK_WEBHOOK_URL": "https://hooks.example/T/B/pw-three",
+        "DB_DEPLOY_SCRATCH_DATABASE_URL": "postgresql://a:pw-four@h/db",
+        "INPUT_TARGET": "not-a-secret",
+    }
+    found = raw_secret_values(environ)
+    for secret in ("pw-one", "pw-two", "https://hooks.example/T/B/pw-three", "pw-four"):
+        assert secret in found
+    assert "not-a-secret" not in found

@@ -8,12 +8,14 @@ from deployer.errors import ConfigError
 from deployer.settings import (
     Expectation,
     ExtensionRequirement,
-    GitHubInputSource,
-    PlainEnvSource,
     Settings,
-    input_names,
+    artefact_paths,
+    env_names,
+    format_duration,
+    input_fields,
     load_settings,
     parse_duration,
+    secret_fields,
 )
 
 URL = "postgresql://app:s3cr%40t-pw@db.example.com:5432/shop"
@@ -117,6 +119,12 @@ def test_durations(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
 
+@pytest.mark.parametrize("seconds", [0.0, 0.5, 10.0, 300.0, 3600.0, 1.25, 2147483.647])
+def test_a_formatted_duration_reads_back(seconds: float) -> None:
+    assert parse_duration(format_duration(seconds)) == seconds
+    assert format_duration(300.0) == "5m" and format_duration(10.0) == "10s"
+
+
 @pytest.mark.parametrize(
     "flags,message",
     [
@@ -180,11 +188,114 @@ def test_extensions_parse() -> None:
     )
 
 
-def test_every_input_has_sources() -> None:
-    names = input_names()
+def test_every_input_has_sources(monkeypatch: pytest.MonkeyPatch) -> None:
+    names = input_fields()
     assert {"database-url", "run-seed", "migrations-path", "slack-webhook-url", "dry-run"} <= set(
         names
     )
-    env = {"INPUT_DEPLOY-LOCK-WAIT": "1m", "DB_DEPLOY_CONNECT_RETRIES": "3"}
-    assert GitHubInputSource(Settings, env)()["deploy_lock_wait"] == "1m"
-    assert PlainEnvSource(Settings, env)()["connect_retries"] == "3"
+    monkeypatch.setenv("INPUT_DEPLOY-LOCK-WAIT", "1m")
+    monkeypatch.setenv("DB_DEPLOY_CONNECT_RETRIES", "3")
+    s = load_settings()
+    assert s.deploy_lock_wait == 60.0 and s.connect_retries == 3
+
+
+def test_aliases_are_the_runners_spellings_then_the_plain_variable() -> None:
+    """Each action input's validation aliases, in pydantic-settings' precedence order."""
+    for name, field in input_fields().items():
+        assert field == name.replace("-", "_"), "the input is the field's name in kebab-case"
+        runner, underscore, plain = env_names(field)
+        assert runner == "INPUT_" + name.upper()
+        assert underscore == "INPUT_" + name.upper().replace("-", "_")
+        assert plain and not plain.startswith("INPUT_")
+    assert env_names("database_url")[2] == "DATABASE_URL"
+    assert env_names("workspace") == ("GITHUB_WORKSPACE",)
+    for cli_only in ("summary_file", "output_file", "embedded"):
+        assert env_names(cli_only) == ()
+
+
+def test_command_line_only_settings_are_not_read_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for key in ("summary_file", "SUMMARY_FILE", "INPUT_SUMMARY-FILE", "embedded", "EMBEDDED"):
+        monkeypatch.setenv(key, "from-env")
+    s = load_settings()
+    assert s.summary_file == "" and s.embedded is None
+    assert load_settings({"summary_file": "s.md"}).summary_file == "s.md"
+
+
+def test_blank_input_counts_as_not_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INPUT_TARGET", "   ")
+    monkeypatch.setenv("DB_DEPLOY_TARGET", "from-env")
+    assert load_settings().target == "from-env"
+
+
+def test_underscore_spelling_yields_to_the_runners(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INPUT_TARGET", "underscore")
+    monkeypatch.setenv("INPUT_MIGRATIONS-PATH", "runner")
+    monkeypatch.setenv("INPUT_MIGRATIONS_PATH", "underscore")
+    s = load_settings()
+    assert s.target == "underscore" and s.migrations_path == "runner"
+
+
+def test_booleans_accept_on_and_off_and_refuse_the_rest(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings({"dry_run": "ON"}).dry_run is True
+    assert load_settings({"dry_run": "off"}).dry_run is False
+    with pytest.raises(ConfigError, match="invalid dry-run: expected true/false"):
+        load_settings({"dry_run": "2"})
+    monkeypatch.setenv("INPUT_DRY-RUN", "nope")
+    with pytest.raises(ConfigError, match=r"invalid dry-run: .*got 'nope'"):
+        load_settings()
+
+
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        ({"statement_timeout": "1000h"}, "invalid statement-timeout: at most 2147483s"),
+        ({"connect_timeout": "0"}, "invalid connect-timeout: must be more than 0"),
+        ({"slack_timeout": "0s"}, "invalid slack-timeout: must be more than 0"),
+        ({"deploy_lock_wait": "10 years"}, "invalid deploy-lock-wait: expected a duration"),
+        ({"preflight_fail_on": "info"}, "invalid preflight-fail-on: expected one of error"),
+        ({"target": " "}, "invalid target: must not be empty"),
+        ({"slack_webhook_url": "hooks"}, "invalid slack-webhook-url: expected an https://"),
+    ],
+)
+def test_each_type_checks_its_bounds(flags: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_settings(flags)
+    assert message in exc.value.message
+
+
+def test_an_error_from_the_environment_names_the_input(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DB_DEPLOY_LOCK_TIMEOUT", "soon")
+    with pytest.raises(ConfigError, match=r"^invalid lock-timeout: expected a duration"):
+        load_settings()
+
+
+def test_choices_are_read_case_insensitively() -> None:
+    s = load_settings({"command": " Plan ", "url_driver": "AsyncPG"})
+    assert s.command == "plan" and s.url_driver == "asyncpg"
+
+
+def test_secrets_are_the_secretstr_fields() -> None:
+    assert secret_fields() == [
+        "database_url",
+        "direct_database_url",
+        "slack_webhook_url",
+        "scratch_database_url",
+    ]
+    assert all(Settings.model_fields[f].annotation is not str for f in secret_fields())
+
+
+def test_artefact_paths_follow_the_same_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the settings are refused, the report still goes where the user asked."""
+    monkeypatch.setenv("INPUT_RUN-SEED", "perhaps")
+    monkeypatch.setenv("INPUT_REPORT-FILE", "from-input.json")
+    monkeypatch.setenv("DB_DEPLOY_REPORT_FILE", "from-env.json")
+    monkeypatch.setenv("GITHUB_WORKSPACE", "/ws")
+    monkeypatch.setenv("DB_DEPLOY_LOCK_TIMEOUT", "garbage")
+    with pytest.raises(ConfigError):
+        load_settings()
+    s = artefact_paths({"summary_file": "s.md", "run_seed": "perhaps"})
+    assert (s.report_file, s.summary_file, s.workspace) == ("from-input.json", "s.md", "/ws")
+    assert s.lock_timeout == 10.0 and s.run_seed is False  # the rest: the defaults
+    assert artefact_paths({"report_file": "flag.json"}).report_file == "flag.json"

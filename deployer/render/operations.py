@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 
+from deployer import interface
 from deployer.render.tables import SEVERITY_ICON, cell, details, fmt_bytes, rev, short, table
 from deployer.results import (
     BackupResult,
@@ -24,20 +25,8 @@ MAX_ROWS = 200  # differences listed in the summary; the JSON report has them al
 MAX_DIFF = 60_000  # characters of the catalog diff in the summary
 MAX_PLAN_SQL = 100_000  # characters of the plan-sql output
 
-OUTPUTS: dict[str, str] = {
-    "backup-file": "backup: path of the dump (relative to the workspace when inside it)",
-    "backup-size": "backup: size of the dump in bytes",
-    "backup-sha256": "backup: SHA-256 of the dump (also in <backup-file>.sha256)",
-    "backup-revision": "backup: the database's revision when it was taken (empty: base)",
-    "backup-seconds": "backup: how long pg_dump took",
-    "restored-revision": "restore: the database's revision after the restore",
-    "drift-count": "drift: number of differences found (0: none)",
-    "preflight-errors": "security preflight: findings of severity error",
-    "preflight-warnings": "security preflight: findings of severity warning",
-    "pending-revisions": 'plan: JSON list of the revisions a deploy would apply: [{"revision", '
-    '"description"}]',
-    "plan-sql": "plan: the SQL of the pending revisions (Alembic offline mode)",
-}
+# name → description: the registry's (deployer/interface.py).
+OUTPUTS: dict[str, str] = interface.descriptions(interface.OPERATIONS_OUTPUTS)
 
 
 # --------------------------------------------------------------------------- outputs

@@ -4,28 +4,12 @@ from __future__ import annotations
 
 import json
 
+from deployer import interface
 from deployer.render import operations
 from deployer.results import RunResult
 
-# name → description; action.yml declares exactly these.
-OUTPUTS: dict[str, str] = {
-    "status": "success, noop (nothing pending) or failed",
-    "failed-step": "The step that failed (preflight, migrate, seed, status, smoke, …); empty on success",
-    "error": "The failure's one-line message; empty on success",
-    "previous-revision": "Revision(s) before the deploy, comma-separated",
-    "current-revision": "Revision(s) after the deploy, comma-separated",
-    "head-revision": "Head revision(s) of the migrations folder",
-    "applied-count": "Number of revisions applied",
-    "applied": 'JSON list of applied revisions: [{"revision", "description", "seconds"}]',
-    "pending-count": "Revisions still pending after the run",
-    "seeded": "true when the seed ran and committed",
-    "smoke-tables": "Tables checked by the smoke step",
-    "smoke-failed": "Tables that could not be read",
-    "smoke-rows": "Rows counted over all tables (estimates included for large tables)",
-    "duration-seconds": "Wall time of the run",
-    "report-path": "Path of the JSON report",
-    **operations.OUTPUTS,
-}
+# name → description: the registry's (deployer/interface.py); action.yml declares exactly these.
+OUTPUTS: dict[str, str] = interface.descriptions()
 
 
 def outputs(result: RunResult) -> dict[str, str]:
