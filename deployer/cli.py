@@ -145,7 +145,7 @@ def _user_code_next(command: str) -> None:
     on again, as usual, for the user's code and the rest of the run; what the user's code
     leaves is collected at exit as under bare Alembic, so its finalizers still run (a file it
     left open is flushed, a connection it left in a pool is closed)."""
-    from deployer.pipeline import preload
+    from deployer.commands import preload
 
     preload(command)
     gc.freeze()
@@ -274,7 +274,7 @@ def _refused(exc: ConfigError, args: dict[str, Any], inv: _Invocation, settings:
 
 
 def _execute(settings: Any, inv: _Invocation) -> int:
-    from deployer.pipeline import execute
+    from deployer.commands import execute
     from deployer.publish import publish
 
     inv.before_run(settings.command)

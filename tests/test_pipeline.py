@@ -372,7 +372,8 @@ def test_sessions_without_timeouts_share_one_engine(
     are in its engine's connect arguments, has the other. In-process, to see the engines."""
     import io
 
-    from deployer.pipeline import Run as PipelineRun
+    from deployer.commands import deploy
+    from deployer.commands.context import Context
     from deployer.render.terminal import TerminalConsole
     from deployer.settings import load_settings
 
@@ -381,9 +382,8 @@ def test_sessions_without_timeouts_share_one_engine(
     settings = load_settings(
         {"database_url": database.url, "migrations_path": str(project.root), "lock_timeout": "3s"}
     )
-    run = PipelineRun(settings, TerminalConsole(io.StringIO()))
-    with run.stack:
-        run.deploy()
+    with Context(settings, TerminalConsole(io.StringIO())) as run:
+        deploy.run(run)
     assert run.result.migrate is not None and len(run.result.migrate.applied) == 3
     options = sorted(key[3] for key in run.engines)
     assert len(run.engines) == 2, run.engines.keys()

@@ -268,7 +268,8 @@ def test_history_schema_is_configurable(
 
 
 def test_tls_guard(database: Database) -> None:
-    from deployer.pipeline import Run as PipelineRun
+    from deployer.commands.context import Context as PipelineRun
+    from deployer.commands.shared import check_tls
     from deployer.render.terminal import TerminalConsole
     from deployer.results import PreflightResult
     from deployer.settings import load_settings
@@ -281,11 +282,11 @@ def test_tls_guard(database: Database) -> None:
         load_settings({"database_url": remote, "security_preflight": "false"}),
         TerminalConsole(io.StringIO()),
     )
-    run.check_tls(facts)
+    check_tls(run, facts)
     assert any("not encrypted" in w for w in run.result.warnings)
     # With the security preflight on, its TLS finding (for both URLs) is the one warning.
     quiet = PipelineRun(load_settings({"database_url": remote}), TerminalConsole(io.StringIO()))
-    quiet.check_tls(facts)
+    check_tls(quiet, facts)
     assert quiet.result.warnings == []
 
     strict = PipelineRun(
@@ -295,13 +296,13 @@ def test_tls_guard(database: Database) -> None:
     from deployer.errors import ConfigError
 
     with pytest.raises(ConfigError, match="require-tls"):
-        strict.check_tls(facts)
-    strict.check_tls(PreflightResult(target="db.example.com:5432/shop", tls=True))  # fine
+        check_tls(strict, facts)
+    check_tls(strict, PreflightResult(target="db.example.com:5432/shop", tls=True))  # fine
     local = PipelineRun(
         load_settings({"database_url": database.url, "require_tls": "true"}),
         TerminalConsole(io.StringIO()),
     )
-    local.check_tls(PreflightResult(target="socket", tls=False))  # a local socket is fine
+    check_tls(local, PreflightResult(target="socket", tls=False))  # a local socket is fine
 
 
 # --------------------------------------------------------------------------- a crash loses nothing

@@ -424,7 +424,7 @@ def _many_tables(database: Database, n: int) -> None:
 def test_smoke_shares_the_reads_of_many_tables_between_sessions(database: Database) -> None:
     """Above PARALLEL_MIN tables the helper session reads its share at the same time, with the
     same results as one session alone."""
-    from deployer.steps.smoke import PARALLEL_MIN, smoke
+    from deployer.steps.smoke import PARALLEL_MIN, SmokeOptions, smoke
 
     n = PARALLEL_MIN + 30
     _many_tables(database, n)
@@ -436,7 +436,7 @@ def test_smoke_shares_the_reads_of_many_tables_between_sessions(database: Databa
     sa.event.listen(database.engine, "before_cursor_execute", note)
     try:
         with database.engine.connect() as one, database.engine.connect() as two:
-            shared = smoke(one, helpers=[two], lock_timeout=2)
+            shared = smoke(one, SmokeOptions(lock_timeout=2), helpers=[two])
             alone = smoke(one)
             assert not one.in_transaction() and not two.in_transaction()
     finally:
@@ -481,7 +481,7 @@ def test_smoke_leaves_out_a_helper_acting_as_another_role(database: Database) ->
 def test_smoke_does_not_hang_on_a_locked_table(database: Database) -> None:
     """A table held in ACCESS EXCLUSIVE by another session (in the helper's share, with a
     vector index) fails after lock_timeout, named, and every other table is still read."""
-    from deployer.steps.smoke import PARALLEL_MIN, smoke
+    from deployer.steps.smoke import PARALLEL_MIN, SmokeOptions, smoke
 
     n = PARALLEL_MIN + 10
     _many_tables(database, n)
@@ -491,7 +491,7 @@ def test_smoke_does_not_hang_on_a_locked_table(database: Database) -> None:
     with database.engine.connect() as holder:
         holder.execute(sa.text(f"LOCK TABLE t{n:03d} IN ACCESS EXCLUSIVE MODE"))
         with database.engine.connect() as one, database.engine.connect() as two:
-            result = smoke(one, helpers=[two], lock_timeout=0.3)
+            result = smoke(one, SmokeOptions(lock_timeout=0.3), helpers=[two])
         holder.rollback()
     failed = [t for t in result.tables if not t.ok]
     assert [t.name for t in failed] == [f"t{n:03d}"]
@@ -502,7 +502,7 @@ def test_smoke_does_not_hang_on_a_locked_table(database: Database) -> None:
 
 def test_smoke_does_without_a_helper_that_is_gone(database: Database) -> None:
     """A helper session the server has dropped shares nothing; the smoke still reads it all."""
-    from deployer.steps.smoke import PARALLEL_MIN, smoke
+    from deployer.steps.smoke import PARALLEL_MIN, SmokeOptions, smoke
 
     n = PARALLEL_MIN + 5
     _many_tables(database, n)
@@ -510,5 +510,5 @@ def test_smoke_does_without_a_helper_that_is_gone(database: Database) -> None:
         pid = two.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
         two.commit()
         database.scalar("SELECT pg_terminate_backend(:pid)", pid=pid)
-        result = smoke(one, helpers=[two], lock_timeout=2)
+        result = smoke(one, SmokeOptions(lock_timeout=2), helpers=[two])
     assert len(result.tables) == n and all(t.ok for t in result.tables)

@@ -65,35 +65,89 @@ def resolve_target(project: AlembicProject, target: str) -> tuple[str, ...]:
     return tuple(sorted(r.revision for r in revs if r is not None))
 
 
+@dataclass(frozen=True)
+class MigrateOptions:
+    """How to migrate: the URL env.py is handed, the target, a dry run (plan: nothing applied,
+    the SQL rendered), a downgrade (the rollback command), the session's timeouts and, on
+    PostgreSQL 14+, `client_connection_check_interval` (`client_check`)."""
+
+    url: str
+    target: str = "heads"
+    dry_run: bool = False
+    downgrade: bool = False
+    lock_timeout: float | None = None
+    statement_timeout: float | None = None
+    workspace: Path | None = None
+    client_check: bool = False
+
+
+Recorder = Callable[[sa.Connection, RevisionStep, float], None]
+
+
 def migrate(
     project: AlembicProject,
     connection: sa.Connection,
+    options: MigrateOptions,
     *,
-    url: str,
-    target: str = "heads",
-    dry_run: bool = False,
-    lock_timeout: float | None = None,
-    statement_timeout: float | None = None,
-    workspace: Path | None = None,
     on_applied: Callable[[AppliedRevision], None] | None = None,
-    downgrade: bool = False,
-    recorder: Callable[[sa.Connection, RevisionStep, float], None] | None = None,
+    recorder: Recorder | None = None,
     watch_engine: sa.Engine | None = None,
-    client_check: bool = False,
 ) -> MigrateResult:
-    """Upgrade (or, with `downgrade`, downgrade: the rollback command) to `target`.
+    """Upgrade (or, with `options.downgrade`, downgrade) to `options.target`.
     `recorder(connection, step, seconds)` is called inside each revision's transaction, on the
-    migration's own connection, when that is the deployer's (the deploy history). Returns the record, with `error` and `failed_revision` set when a
-    revision failed (the database is then at its last committed revision, read back from it).
-    Raises ConfigError for bad targets and a broken env.py (nothing changed)."""
+    migration's own connection, when that is the deployer's (the deploy history).
+    `watch_engine`: where a watch of the sessions blocking ours connects. Returns the record,
+    with `error` and `failed_revision` set when a revision failed (the database is then at its
+    last committed revision, read back from it). Raises ConfigError for bad targets and a
+    broken env.py (nothing changed)."""
     started = time.perf_counter()
-    destination = () if downgrade and target == "base" else resolve_target(project, target)
+    o = options
+    destination = () if o.downgrade and o.target == "base" else resolve_target(project, o.target)
     result = MigrateResult(
-        script_location=str(project.script_location),
-        target=target,
-        dry_run=dry_run,
+        script_location=str(project.script_location), target=o.target, dry_run=o.dry_run
     )
     tracker = _Tracker()
+    watch = (
+        BlockerWatch(watch_engine, backend_pid(connection))
+        if watch_engine is not None and not o.dry_run
+        else None
+    )
+    work = _work_function(
+        project, connection, o, destination, result, tracker, watch, on_applied, recorder
+    )
+    error = _run(project, connection, o, work, tracker, watch)
+    ctx = tracker.context
+    if ctx is not None:
+        result.version_table = ctx.version_table
+        result.version_table_schema = ctx.version_table_schema
+        result.transaction_per_migration = bool(getattr(ctx, "_transaction_per_migration", False))
+    result.previous = sorted(tracker.previous)
+    result.current = _read_back(connection, result)
+    if error is not None:
+        _failed(project, result, tracker, watch, error, downgrade=o.downgrade)
+    else:
+        result.applied = list(tracker.applied)
+        if o.dry_run and not o.downgrade:
+            result.sql = offline_sql(project, o.url, result.previous, o.target, o.workspace)
+        elif not o.dry_run:
+            _check_version_table(result, destination)
+    result.seconds = round(time.perf_counter() - started, 4)
+    return result
+
+
+def _work_function(
+    project: AlembicProject,
+    connection: sa.Connection,
+    o: MigrateOptions,
+    destination: tuple[str, ...],
+    result: MigrateResult,
+    tracker: _Tracker,
+    watch: BlockerWatch | None,
+    on_applied: Callable[[AppliedRevision], None] | None,
+    recorder: Recorder | None,
+) -> Callable[[tuple[str, ...], MigrationContext], Any]:
+    """The function env.py's `run_migrations` calls: it plans the steps and hands them back
+    one by one, timing each."""
 
     def tracked(steps: list[RevisionStep]) -> Iterator[RevisionStep]:
         if watch is not None and steps:
@@ -124,45 +178,61 @@ def migrate(
 
             context.on_version_apply_callbacks = (*context.on_version_apply_callbacks, on_apply)
             result.history_inline = True
-        if downgrade:
-            _refuse_upgrade(project, heads, target, destination)
-        else:
-            _refuse_downgrade(project, heads, target, destination)
-        try:
-            steps = (
-                project.script._downgrade_revs(target, heads)  # type: ignore[arg-type]
-                if downgrade
-                else project.script._upgrade_revs(target, heads)  # type: ignore[arg-type]
-            )
-        except Exception as exc:  # noqa: BLE001
-            raise ConfigError(
-                f"cannot plan the {'downgrade' if downgrade else 'upgrade'} from {_fmt(heads)} "
-                f"to {target!r}: "
-                f"{describe_exception(exc)}"
-            ) from None
+        steps = _plan(project, heads, o, destination)
         result.pending = [project.describe(s.revision.revision) for s in steps]
-        return [] if dry_run else tracked(steps)
+        return [] if o.dry_run else tracked(steps)
 
+    return work
+
+
+def _plan(
+    project: AlembicProject,
+    heads: tuple[str, ...],
+    o: MigrateOptions,
+    destination: tuple[str, ...],
+) -> list[RevisionStep]:
+    """The steps from `heads` to the target, after refusing the wrong direction."""
+    if o.downgrade:
+        _refuse_upgrade(project, heads, o.target, destination)
+    else:
+        _refuse_downgrade(project, heads, o.target, destination)
+    try:
+        return (
+            project.script._downgrade_revs(o.target, heads)  # type: ignore[arg-type]
+            if o.downgrade
+            else project.script._upgrade_revs(o.target, heads)  # type: ignore[arg-type]
+        )
+    except Exception as exc:  # noqa: BLE001
+        raise ConfigError(
+            f"cannot plan the {'downgrade' if o.downgrade else 'upgrade'} from {_fmt(heads)} "
+            f"to {o.target!r}: "
+            f"{describe_exception(exc)}"
+        ) from None
+
+
+def _run(
+    project: AlembicProject,
+    connection: sa.Connection,
+    o: MigrateOptions,
+    work: Callable[[tuple[str, ...], MigrationContext], Any],
+    tracker: _Tracker,
+    watch: BlockerWatch | None,
+) -> BaseException | None:
+    """Run env.py with `work`; the error a revision raised, if one did."""
     environ = {
-        "PGOPTIONS": session_options(lock_timeout, statement_timeout, client_check),
+        "PGOPTIONS": session_options(o.lock_timeout, o.statement_timeout, o.client_check),
         "PGAPPNAME": APPLICATION_NAME,
     }
-    error: BaseException | None = None
-    watch = (
-        BlockerWatch(watch_engine, backend_pid(connection))
-        if watch_engine is not None and not dry_run
-        else None
-    )
     try:
         with watch or nullcontext():
             run_env(
                 project,
                 work,
                 connection=connection,
-                url=url,
+                url=o.url,
                 environ=environ,
-                workspace=workspace,
-                dont_mutate=dry_run,
+                workspace=o.workspace,
+                dont_mutate=o.dry_run,
             )
         if connection.in_transaction():
             connection.commit()
@@ -176,39 +246,32 @@ def migrate(
                 f"env.py failed before migrating: {describe_exception(exc)}",
                 detail=server_message(exc),
             ) from None
-        error = exc
+        return exc
+    return None
 
-    ctx = tracker.context
-    if ctx is not None:
-        result.version_table = ctx.version_table
-        result.version_table_schema = ctx.version_table_schema
-        result.transaction_per_migration = bool(getattr(ctx, "_transaction_per_migration", False))
-    result.previous = sorted(tracker.previous)
-    result.current = _read_back(connection, result)
 
-    if error is not None:
-        failed = tracker.running
-        result.failed_revision = failed.revision.revision if failed else ""
-        result.error = (
-            server_message(error)
-            if isinstance(error, sa.exc.DBAPIError)
-            else describe_exception(error)
-        )
-        result.lock_timed_out = is_lock_timeout(error)
-        if watch is not None and watch.blocker is not None:
-            result.blocked_by = str(watch.blocker)
-            result.error += f" (blocked by {watch.blocker})"
-        # Only what the database kept counts as applied (all-or-nothing rolls back everything).
-        kept = project.ancestors(result.current) if result.current else set()
-        result.applied = [a for a in tracker.applied if (a.revision in kept) != downgrade]
-    else:
-        result.applied = list(tracker.applied)
-        if dry_run and not downgrade:
-            result.sql = offline_sql(project, url, result.previous, target, workspace)
-        elif not dry_run:
-            _check_version_table(result, destination)
-    result.seconds = round(time.perf_counter() - started, 4)
-    return result
+def _failed(
+    project: AlembicProject,
+    result: MigrateResult,
+    tracker: _Tracker,
+    watch: BlockerWatch | None,
+    error: BaseException,
+    *,
+    downgrade: bool,
+) -> None:
+    """Fill the record of a revision that failed."""
+    failed = tracker.running
+    result.failed_revision = failed.revision.revision if failed else ""
+    result.error = (
+        server_message(error) if isinstance(error, sa.exc.DBAPIError) else describe_exception(error)
+    )
+    result.lock_timed_out = is_lock_timeout(error)
+    if watch is not None and watch.blocker is not None:
+        result.blocked_by = str(watch.blocker)
+        result.error += f" (blocked by {watch.blocker})"
+    # Only what the database kept counts as applied (all-or-nothing rolls back everything).
+    kept = project.ancestors(result.current) if result.current else set()
+    result.applied = [a for a in tracker.applied if (a.revision in kept) != downgrade]
 
 
 def up_to_date(

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from deployer.db import is_local_host
 from deployer.results import Finding, SecurityResult
-from deployer.settings import ExtensionRequirement
-from deployer.steps.smoke import version_tuple
+from deployer.types import ExtensionRequirement, version_tuple
 
 MIN_SERVER_VERSION = 130000  # PostgreSQL 13: gen_random_uuid() built in, DROP DATABASE … FORCE
 SEVERITIES = ("ok", "info", "warning", "error")
@@ -91,24 +91,35 @@ _EXTENSIONS = sa.text(
 _INSTALLED = sa.text("SELECT extname, extversion FROM pg_extension")
 
 
+@dataclass(frozen=True)
+class SecurityOptions:
+    """What the security preflight judges against: the two URLs (`direct_url` empty or equal
+    to `url` when the migrations use the application's), the TLS rule, the extensions the
+    application needs, the deploy history's schema and the severity that fails the run."""
+
+    url: str
+    direct_url: str = ""
+    require_tls: bool = False
+    required_extensions: tuple[ExtensionRequirement, ...] = ()
+    history_schema: str = "db_deploy"
+    fail_on: str = "error"
+
+
 def check(
     conn: sa.Connection,
+    options: SecurityOptions,
     *,
-    url: str,
     direct: sa.Connection | None = None,
-    direct_url: str = "",
-    require_tls: bool = False,
-    required_extensions: Sequence[ExtensionRequirement] = (),
     version_table_schema: str | None = None,
-    history_schema: str = "db_deploy",
     heads: Sequence[str] | None = None,
-    fail_on: str = "error",
 ) -> SecurityResult:
     """Run every check. `conn` is the application's connection (database-url); `direct`, when
     the migrations use another URL, is the migrations' (direct-database-url). TLS is checked on
     both; the role, its schemas and the extensions on the one that migrates. `heads` (the
     migrations' heads) adds the single-head check. Read-only: transactions are rolled back."""
     started = time.perf_counter()
+    url, direct_url, require_tls = options.url, options.direct_url, options.require_tls
+    fail_on = options.fail_on
     result = SecurityResult(fail_on=fail_on)
     # The role that migrates is the one to judge: the direct connection's when there is one.
     mig = direct if direct is not None else conn
@@ -134,10 +145,10 @@ def check(
                         f"role {user} has {' and '.join(powers)}: more than schema changes need",
                     )
                 )
-        schemas = _target_schemas(mig, current_schema, version_table_schema, history_schema)
+        schemas = _target_schemas(mig, current_schema, version_table_schema, options.history_schema)
         result.target_schemas = schemas
         result.findings += _schemas(mig, schemas, str(user), bool(is_super))
-        result.findings += _extensions(mig, required_extensions, bool(is_super))
+        result.findings += _extensions(mig, options.required_extensions, bool(is_super))
         if heads is not None:
             result.findings.append(_single_head(list(heads)))
     finally:

@@ -18,6 +18,7 @@ import math
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import sqlalchemy as sa
 
@@ -29,7 +30,7 @@ from deployer.results import (
     TableCheck,
     VectorIndex,
 )
-from deployer.settings import Expectation, ExtensionRequirement
+from deployer.types import Expectation, ExtensionRequirement, version_tuple
 
 EXACT_LIMIT = 10_000
 BATCH = 200  # tables per UNION ALL query
@@ -83,14 +84,6 @@ def qualified(schema: str, table: str) -> str:
     return f"{quote_ident(schema)}.{quote_ident(table)}"
 
 
-def version_tuple(v: str) -> tuple[int, ...]:
-    parts = []
-    for p in v.split("."):
-        digits = "".join(ch for ch in p if ch.isdigit())
-        parts.append(int(digits) if digits else 0)
-    return tuple(parts)
-
-
 def recommended_lists(rows: int) -> int:
     """pgvector's guidance: rows / 1000 up to 1M rows, sqrt(rows) above."""
     if rows <= 1_000_000:
@@ -98,33 +91,44 @@ def recommended_lists(rows: int) -> int:
     return int(math.sqrt(rows))
 
 
+@dataclass(frozen=True)
+class SmokeOptions:
+    """What the smoke checks. `exclude_schemas`: the tool's own (the deploy history), which is
+    not the application's. `lock_timeout`: how long a read waits for a lock, on every
+    session."""
+
+    expectations: tuple[Expectation, ...] = ()
+    extensions: tuple[ExtensionRequirement, ...] = ()
+    exclude_schemas: tuple[str, ...] = ()
+    lock_timeout: float | None = None
+
+
 def smoke(
     connection: sa.Connection,
+    options: SmokeOptions | None = None,
     *,
-    expectations: Sequence[Expectation] = (),
-    extensions: Sequence[ExtensionRequirement] = (),
-    exclude_schemas: Sequence[str] = (),
     helpers: Sequence[sa.Connection] = (),
-    lock_timeout: float | None = None,
 ) -> SmokeResult:
-    """`exclude_schemas`: the tool's own (the deploy history), which is not the application's.
-    `helpers`: other idle sessions on the same database that share the table reads (each in a
-    thread of its own) when they act as the same role. `lock_timeout`: how long a read waits
-    for a lock, on every session."""
+    """`helpers`: other idle sessions on the same database that share the table reads (each in
+    a thread of its own) when they act as the same role."""
     started = time.perf_counter()
+    options = options or SmokeOptions()
+    lock_timeout = options.lock_timeout
     result = SmokeResult()
     sessions = [connection, *helpers]
     try:
         role = _begin(connection, lock_timeout)
-        catalog = connection.execute(_TABLES, {"exclude": list(exclude_schemas)}).all()
+        catalog = connection.execute(_TABLES, {"exclude": list(options.exclude_schemas)}).all()
         sessions = [connection]
         if len(catalog) >= PARALLEL_MIN:
             sessions += [h for h in helpers if _helps(h, lock_timeout, role)]
         result.tables = _check_tables(sessions, catalog, lock_timeout)
         installed: dict[str, str] = dict(connection.execute(_EXTENSIONS).all())
-        result.extensions = [_check_extension(req, installed) for req in extensions]
+        result.extensions = [_check_extension(req, installed) for req in options.extensions]
         estimates = {f"{r[0]}.{r[1]}": r for r in catalog}
-        result.expectations = [_check_expectation(connection, x, estimates) for x in expectations]
+        result.expectations = [
+            _check_expectation(connection, x, estimates) for x in options.expectations
+        ]
         try:
             result.vector_indexes = _vector_indexes(connection, result.tables)
         except sa.exc.DBAPIError:  # an index locked by someone else: its table failed above

@@ -1,0 +1,84 @@
+"""The commands, one module each, and the registry that runs them.
+
+Each command is a function `run(ctx) -> RunResult` in its own module: it composes the steps
+(deployer/steps), fills the run's record and returns it. Steps never print or write GitHub
+files; progress goes to the context's observer (the GitHub or terminal console), results to
+the renderers afterwards. A command's module is imported when the command runs: Alembic (~0.1 s
+of imports) is imported by the commands that load a migrations folder, not by `smoke`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import traceback
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from deployer.errors import DeployError
+from deployer.results import RunResult, utcnow
+
+if TYPE_CHECKING:
+    from deployer.commands.context import Context, Observer
+    from deployer.settings import Settings
+
+# command → the module under deployer.commands that runs it (`plan` is `deploy` in dry-run
+# mode).
+COMMANDS: dict[str, str] = {
+    "deploy": "deploy",
+    "plan": "deploy",
+    "status": "status",
+    "smoke": "smoke",
+    "seed": "seed",
+    "drift": "drift",
+    "backup": "backup",
+    "restore": "restore",
+    "preflight": "preflight",
+    "rollback": "rollback",
+}
+
+
+def command(name: str) -> Callable[[Context], RunResult]:
+    """The function that runs command `name`."""
+    module = importlib.import_module(f"{__name__}.{COMMANDS[name]}")
+    run: Callable[[Context], RunResult] = module.run
+    return run
+
+
+def preload(name: str) -> None:
+    """Import now what command `name` imports on its way: its own module, the PostgreSQL driver
+    with SQLAlchemy's dialect for it and, for every command but `smoke` (which loads no
+    migrations folder), Alembic with the migrate step. For the process entry point, which
+    freezes what exists before the user's code runs (`deployer.cli.console_main`)."""
+    import psycopg  # noqa: F401
+    import sqlalchemy.dialects.postgresql.psycopg  # noqa: F401
+
+    command(name)
+    if name != "smoke":
+        from deployer import alembic_project  # noqa: F401
+        from deployer.steps import migrate, version_table  # noqa: F401
+
+
+def execute(settings: Settings, observer: Observer, *, debug: bool = False) -> RunResult:
+    """Run `settings.command` and return its record; failures become the record's status."""
+    from deployer.commands.context import Context
+
+    ctx = Context(settings, observer)
+    result = ctx.result
+    try:
+        with ctx:
+            command(settings.command)(ctx)
+    except DeployError as exc:
+        result.status = "failed"
+        result.exit_code = exc.exit_code
+        result.failed_step = exc.step or ctx.current_step
+        result.error = exc.message
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - the last line of defence: report, never crash
+        result.status = "failed"
+        result.exit_code = 1
+        result.failed_step = ctx.current_step
+        result.error = f"internal error: {type(exc).__name__}: {' '.join(str(exc).split())}"
+        if debug:
+            result.extra["traceback"] = traceback.format_exc()
+    finally:
+        result.finished_at = utcnow()
+    return result

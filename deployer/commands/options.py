@@ -1,0 +1,62 @@
+"""The steps' option records, built from the settings: the one place where what the user set
+becomes what a step is told (steps never read `Settings`)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from deployer.steps.security import SecurityOptions
+from deployer.steps.smoke import SmokeOptions
+from deployer.types import Expectation, ExtensionRequirement
+
+if TYPE_CHECKING:
+    from deployer.commands.context import Context
+    from deployer.settings import Settings
+    from deployer.steps.migrate import MigrateOptions
+
+
+def migrate_options(
+    ctx: Context, *, target: str | None = None, downgrade: bool = False
+) -> MigrateOptions:
+    """The migrate step's: on direct-database-url, with the migration session's timeouts."""
+    from deployer.steps.migrate import MigrateOptions
+
+    s = ctx.settings
+    return MigrateOptions(
+        url=s.direct_url,
+        target=target or s.target,
+        dry_run=ctx.result.dry_run,
+        downgrade=downgrade,
+        lock_timeout=s.lock_timeout,
+        statement_timeout=s.statement_timeout,
+        workspace=s.workspace_dir,
+        client_check=ctx.spec(s.direct_url, migration=True).client_check,
+    )
+
+
+def _expectations(s: Settings) -> tuple[Expectation, ...]:
+    return tuple(Expectation(x.table, x.minimum) for x in s.smoke_expect)
+
+
+def _extensions(s: Settings) -> tuple[ExtensionRequirement, ...]:
+    return tuple(ExtensionRequirement(x.name, x.min_version) for x in s.required_extensions)
+
+
+def smoke_options(s: Settings) -> SmokeOptions:
+    return SmokeOptions(
+        expectations=_expectations(s),
+        extensions=_extensions(s),
+        exclude_schemas=(s.history_schema,),
+        lock_timeout=s.lock_timeout,
+    )
+
+
+def security_options(s: Settings) -> SecurityOptions:
+    return SecurityOptions(
+        url=s.url,
+        direct_url=s.direct_url,
+        require_tls=s.require_tls,
+        required_extensions=_extensions(s),
+        history_schema=s.history_schema,
+        fail_on=s.preflight_fail_on,
+    )

@@ -1,0 +1,176 @@
+"""Steps more than one command runs, as the commands run them: loading the project, connecting
+(preflight, with the TLS rule), the status and smoke steps, and the refusals they share."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+import sqlalchemy as sa
+
+from deployer import db, history
+from deployer.commands.context import Context
+from deployer.commands.options import smoke_options
+from deployer.errors import ConfigError, StepFailed
+from deployer.results import MigrateResult, PreflightResult
+from deployer.steps.preflight import preflight as preflight_step
+from deployer.steps.seed import check_seed_file
+from deployer.steps.smoke import smoke as smoke_step
+from deployer.steps.status import status as status_step
+
+if TYPE_CHECKING:
+    from deployer.alembic_project import AlembicProject
+    from deployer.steps.version_table import VersionTable
+
+
+def require_url(ctx: Context) -> None:
+    if not ctx.settings.url:
+        raise ConfigError(
+            "no database: set the database-url input (or DATABASE_URL), or use --embedded"
+        )
+
+
+def project(ctx: Context) -> AlembicProject:
+    """The migrations folder, after installing `requirements` (once)."""
+    from deployer.alembic_project import find_project
+
+    s = ctx.settings
+    if s.requirements and ctx.result.install is None:
+        install(ctx)
+    found = find_project(
+        s.migrations_dir,
+        s.workspace_dir,
+        alembic_ini=s.resolve(s.alembic_ini) if s.alembic_ini else None,
+        script_location=s.resolve(s.script_location) if s.script_location else None,
+    )
+    found = dataclasses.replace(found, url_driver=s.url_driver)
+    where = f"ini {found.ini}" if found.ini else "no alembic.ini"
+    ctx.info(f"Alembic project: script folder {found.script_location} ({where})")
+    return found
+
+
+def install(ctx: Context) -> None:
+    from deployer.steps.install import install_requirements
+
+    s = ctx.settings
+    with ctx.step("install"):
+        ctx.result.install = inst = install_requirements(s.requirements, s.workspace_dir)
+        ctx.info(
+            f"installed {s.requirements} in {inst.seconds:.1f}s: "
+            + (" ".join(inst.installed) or "nothing new")
+        )
+
+
+def version_table(
+    ctx: Context, conn: sa.Connection, *, required: bool, quiet: bool = False
+) -> VersionTable:
+    """Where the revision lives (runs env.py once; see `steps.version_table.locate`)."""
+    from deployer.steps.version_table import locate
+
+    s = ctx.settings
+    return locate(
+        conn,
+        lambda: project(ctx),
+        url=s.direct_url,
+        workspace=s.workspace_dir,
+        required=required,
+        quiet=quiet,
+        warn=ctx.warn,
+    )
+
+
+def preflight(ctx: Context) -> sa.Connection:
+    """Connect with the application's URL and learn the server: the preflight step."""
+    with ctx.step("preflight"):
+        spec = ctx.spec(ctx.settings.url)
+        result, conn = preflight_step(spec, ctx.engine(spec), on_retry=ctx.retrying)
+        ctx.closing(conn)
+        ctx.result.preflight = result
+        check_tls(ctx, result)
+        ctx.info(
+            f"connected to {result.target} as {result.user} (PostgreSQL {result.server_version})"
+        )
+        return conn
+
+
+def check_tls(ctx: Context, result: PreflightResult) -> None:
+    """A non-local database reached without TLS: a warning, an error with require-tls."""
+    s = ctx.settings
+    if result.tls or db.is_local_host(s.url):
+        return
+    message = (
+        f"the connection to {result.target} is not encrypted (no TLS): add sslmode=require "
+        "(or verify-full) to the database URL"
+    )
+    if s.require_tls:
+        raise ConfigError(message + " (require-tls is on)", step="preflight")
+    if not (s.security_preflight and s.command in {"deploy", "plan"}):
+        ctx.warn(message)  # else the security checks report it, for both URLs
+
+
+def status(
+    ctx: Context,
+    project: AlembicProject,
+    conn: sa.Connection,
+    table: str,
+    schema: str | None,
+    *,
+    heads: list[str] | None = None,
+) -> None:
+    """The status step. `heads`: the database's heads when the caller has just read them on
+    `conn` (the migrate step reads them back after the last revision); else read here."""
+    s = ctx.settings
+    with ctx.step("status"):
+        ctx.result.status_check = st = status_step(
+            project, conn, version_table=table, version_table_schema=schema, heads=heads
+        )
+        try:
+            ctx.result.history = history.read(conn, s.history_schema)
+        except sa.exc.DBAPIError as exc:
+            conn.rollback()
+            ctx.notice(f"deploy history not shown: {db.server_message(exc)}")
+        if st.error:
+            raise ConfigError(st.error, step="status")  # nothing changed: exit 2
+        deployed = s.command == "deploy" and not ctx.result.dry_run
+        if st.pending and deployed and s.target in {"head", "heads"}:
+            raise StepFailed(
+                f"{len(st.pending)} revision(s) still pending after the deploy: "
+                + ", ".join(r.revision for r in st.pending),
+                step="status",
+            )
+
+
+def smoke(ctx: Context, conn: sa.Connection, *, helpers: list[sa.Connection] | None = None) -> None:
+    """The smoke step. `helpers`: idle sessions of this run that share the table reads."""
+    with ctx.step("smoke"):
+        ctx.result.smoke = sm = smoke_step(conn, smoke_options(ctx.settings), helpers=helpers or [])
+        for idx in sm.vector_indexes:
+            if idx.advice:
+                ctx.warn(
+                    f"ivfflat index {idx.name} has lists={idx.lists} for ~{idx.rows} rows; "
+                    f"pgvector suggests {idx.recommended_lists}: {idx.advice}"
+                )
+        if sm.problems:
+            raise StepFailed("smoke test failed: " + "; ".join(sm.problems), step="smoke")
+
+
+def check_seed(ctx: Context) -> None:
+    """Refuse a seed of production without allow-production-seed, or an unusable seed file."""
+    s = ctx.settings
+    if s.is_production and not s.allow_production_seed:
+        raise ConfigError(
+            "refusing to seed the production environment: set allow-production-seed "
+            "to true if this is intended",
+            step="seed",
+        )
+    check_seed_file(s.seed_file)
+
+
+def raise_if_failed(m: MigrateResult, *, step: str, verb: str = "failed") -> None:
+    """A revision failed: exit 1, naming it, the server's error and where the database is."""
+    if m.error:
+        what = f"revision {m.failed_revision}" if m.failed_revision else step
+        raise StepFailed(
+            f"{what} {verb}: {m.error} (database left at {', '.join(m.current) or 'base'})",
+            step=step,
+        )

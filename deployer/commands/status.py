@@ -1,0 +1,22 @@
+"""`status`: the database's revision against the migrations' heads, and the deploy history."""
+
+from __future__ import annotations
+
+from deployer.commands import shared
+from deployer.commands.context import Context
+from deployer.results import RunResult
+
+
+def run(ctx: Context) -> RunResult:
+    from deployer.steps.migrate import inspect_env
+
+    s = ctx.settings
+    shared.require_url(ctx)
+    project = shared.project(ctx)
+    shared.preflight(ctx)
+    mig = ctx.session(migration=True)
+    facts = inspect_env(project, mig, url=s.direct_url, workspace=s.workspace_dir)
+    shared.status(ctx, project, mig, facts.version_table, facts.version_table_schema)
+    st = ctx.result.status_check
+    ctx.result.status = "noop" if st and st.up_to_date else "success"
+    return ctx.result
