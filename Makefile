@@ -11,7 +11,7 @@ export XDG_RUNTIME_DIR ?= $(CURDIR)/.cache/xdg
 help:
 	@echo "make demo   deploy migrations/ with its seed to an embedded PostgreSQL and show the report"
 	@echo "make test   run the test suite (real PostgreSQL with pgvector, embedded)"
-	@echo "make lint   ruff, format check and mypy"
+	@echo "make lint   ruff, format check, mypy and the import layers (lint-imports)"
 	@echo "make bench  benchmarks against bare alembic and psql (see bench/README.md)"
 	@echo "make lock   re-lock the runtime dependencies (requirements.lock)"
 	@echo "make generate  write action.yml, python/action.yml, the reusable workflow and the docs' tables from deployer/settings.py and deployer/interface.py"
@@ -53,6 +53,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 format: $(STAMP)
 	$(BIN)/ruff format .

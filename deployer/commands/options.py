@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING
 
 from deployer.steps.security import SecurityOptions
 from deployer.steps.smoke import SmokeOptions
-from deployer.types import Expectation, ExtensionRequirement
 
 if TYPE_CHECKING:
     from deployer.commands.context import Context
@@ -34,18 +33,10 @@ def migrate_options(
     )
 
 
-def _expectations(s: Settings) -> tuple[Expectation, ...]:
-    return tuple(Expectation(x.table, x.minimum) for x in s.smoke_expect)
-
-
-def _extensions(s: Settings) -> tuple[ExtensionRequirement, ...]:
-    return tuple(ExtensionRequirement(x.name, x.min_version) for x in s.required_extensions)
-
-
 def smoke_options(s: Settings) -> SmokeOptions:
     return SmokeOptions(
-        expectations=_expectations(s),
-        extensions=_extensions(s),
+        expectations=s.smoke_expect,
+        extensions=s.required_extensions,
         exclude_schemas=(s.history_schema,),
         lock_timeout=s.lock_timeout,
     )
@@ -56,7 +47,7 @@ def security_options(s: Settings) -> SecurityOptions:
         url=s.url,
         direct_url=s.direct_url,
         require_tls=s.require_tls,
-        required_extensions=_extensions(s),
+        required_extensions=s.required_extensions,
         history_schema=s.history_schema,
         fail_on=s.preflight_fail_on,
     )
