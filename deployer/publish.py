@@ -1,11 +1,16 @@
-"""Publishing a finished run: Slack, the JSON report, GitHub outputs and summary, the terminal.
+"""Publishing a finished run: where its record goes.
 
-Every renderer reads the same RunResult; every byte written passes through the Redactor.
+In order: Slack (when a webhook is set), the JSON report, then on GitHub the job's outputs,
+step summary, report group and annotations, elsewhere the terminal report on stdout; and last
+the summary and outputs files asked for on the command line. Every renderer reads the same
+RunResult; every byte written passes through the Redactor. What the GitHub runner expects
+(workflow commands, the outputs file's format, the summary's size) is deployer/github.py's.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
@@ -13,103 +18,115 @@ from deployer import github, notify
 from deployer.redact import Redactor, redact_record
 from deployer.render import json_report, markdown, outputs, slack, terminal
 from deployer.results import RunResult
-from deployer.settings import Settings
+
+Console = github.GitHubConsole | terminal.TerminalConsole
 
 
-def report_location(settings: Settings) -> tuple[Path, str]:
-    """Where the JSON report goes, and how to name it in outputs: relative to the workspace
-    when inside it (a later step on the host sees the workspace at another path)."""
-    path = settings.resolve(settings.report_file)
-    try:
-        shown = str(path.relative_to(settings.workspace_dir))
-    except ValueError:
-        shown = str(path)
-    return path, shown
+@dataclass(frozen=True)
+class PublishOptions:
+    """Where the results go: absolute paths, built once by the caller from the settings."""
+
+    workspace: Path  # the report's path is shown relative to it when inside it
+    report_file: Path
+    summary_file: Path | None = None  # the markdown summary, also outside GitHub
+    output_file: Path | None = None  # the job outputs, also outside GitHub
+    slack_webhook: str = field(default="", repr=False)  # a secret: never in a repr
+    slack_timeout: float = notify.TIMEOUT
 
 
 def publish(
     result: RunResult,
-    settings: Settings,
+    options: PublishOptions,
     redactor: Redactor,
     *,
     gh: github.GitHubContext | None,
-    console: github.GitHubConsole | terminal.TerminalConsole,
+    console: Console,
     stdout: TextIO,
 ) -> None:
-    path, shown = report_location(settings)
-    result.report_path = shown
+    result.report_path = shown_path(options.report_file, options.workspace)
     # Redact the record itself first: renderers cut long texts, and a secret cut in half would
     # no longer match in the final pass over each artefact.
     redact_record(result, redactor)
-
-    if settings.webhook:
-        payload = redactor.obj(slack.render(result))
-        try:
-            failure = notify.post_slack(
-                settings.webhook,
-                payload,  # type: ignore[arg-type]
-                timeout=settings.slack_timeout,
-            )
-        except Exception as exc:  # noqa: BLE001 - Slack never changes the deploy's result
-            failure = f"Slack notification failed: {type(exc).__name__}"
-        if failure:
-            result.warnings.append(redactor(failure))
-            console.warning(redactor(failure))
-
+    if options.slack_webhook:
+        _notify_slack(result, options, redactor, console)
+    # The record is redacted; `_write` redacts the text as well.
     _write(
-        path,
-        json_report.render(result),  # the record is redacted; `_write` redacts the text
-        redactor,
-        what="JSON report",
-        result=result,
-        console=console,
+        options.report_file, json_report.render(result), "JSON report", result, redactor, console
     )
 
     summary = redactor(markdown.render(result))
     values = {k: redactor(v) for k, v in outputs.outputs(result).items()}
-
     if gh is not None:
-        if gh.output:
-            github.write_outputs(gh.output, values)
-        if gh.summary:
-            github.append_summary(gh.summary, summary)
-        if isinstance(console, github.GitHubConsole):
-            with console.step("report"):
-                console.info(redactor(terminal.render(result)))
-            if result.status == "failed":
-                console.error(redactor(result.error), title=f"db-deploy {result.failed_step}")
-            elif result.status == "noop":
-                console.notice("nothing to migrate: the database is at the target revision")
+        _to_github(result, gh, console, redactor, summary=summary, values=values)
     else:
-        stdout.write(redactor(terminal.render(result)) + "\n")
-        stdout.flush()
-        if result.status == "failed" and isinstance(console, terminal.TerminalConsole):
-            console.error(redactor(result.error))
+        _to_terminal(result, console, redactor, stdout)
 
-    if settings.summary_file:
-        _write(
-            settings.resolve(settings.summary_file),
-            github.fit_summary(summary),
-            redactor,
-            what="summary",
-            result=result,
-            console=console,
-        )
-    if settings.output_file:
-        target = settings.resolve(settings.output_file)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        github.write_outputs(target, values)
+    if options.summary_file:
+        text = github.fit_summary(summary)
+        _write(options.summary_file, text, "summary", result, redactor, console)
+    if options.output_file:
+        options.output_file.parent.mkdir(parents=True, exist_ok=True)
+        github.write_outputs(options.output_file, values)
+
+
+def shown_path(path: Path, workspace: Path) -> str:
+    """`path` as outputs name it: relative to the workspace when inside it (a later step on
+    the host sees the workspace at another path)."""
+    try:
+        return str(path.relative_to(workspace))
+    except ValueError:
+        return str(path)
+
+
+def _notify_slack(
+    result: RunResult, options: PublishOptions, redactor: Redactor, console: Console
+) -> None:
+    """Post the message; a failure only adds a warning (Slack never changes the result)."""
+    payload = redactor.obj(slack.render(result))
+    try:
+        failure = notify.post_slack(options.slack_webhook, payload, timeout=options.slack_timeout)
+    except Exception as exc:  # noqa: BLE001 - Slack never changes the deploy's result
+        failure = f"Slack notification failed: {type(exc).__name__}"
+    if failure:
+        result.warnings.append(redactor(failure))
+        console.warning(redactor(failure))
+
+
+def _to_github(
+    result: RunResult,
+    gh: github.GitHubContext,
+    console: Console,
+    redactor: Redactor,
+    *,
+    summary: str,
+    values: dict[str, str],
+) -> None:
+    """The job's outputs and step summary, the report in a log group, an annotation."""
+    if gh.output:
+        github.write_outputs(gh.output, values)
+    if gh.summary:
+        github.append_summary(gh.summary, summary)
+    if isinstance(console, github.GitHubConsole):
+        with console.step("report"):
+            console.info(redactor(terminal.render(result)))
+        if result.status == "failed":
+            console.error(redactor(result.error), title=f"db-deploy {result.failed_step}")
+        elif result.status == "noop":
+            console.notice("nothing to migrate: the database is at the target revision")
+
+
+def _to_terminal(result: RunResult, console: Console, redactor: Redactor, stdout: TextIO) -> None:
+    """The report on stdout; a failure's one line on the console (stderr) as well."""
+    stdout.write(redactor(terminal.render(result)) + "\n")
+    stdout.flush()
+    if result.status == "failed" and isinstance(console, terminal.TerminalConsole):
+        console.error(redactor(result.error))
 
 
 def _write(
-    path: Path,
-    text: str,
-    redactor: Redactor,
-    *,
-    what: str,
-    result: RunResult,
-    console: github.GitHubConsole | terminal.TerminalConsole,
+    path: Path, text: str, what: str, result: RunResult, redactor: Redactor, console: Console
 ) -> None:
+    """Write `text` redacted, atomically; a failure becomes a warning of the run."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

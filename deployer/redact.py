@@ -11,7 +11,7 @@ import io
 import re
 import threading
 from collections.abc import Iterable
-from typing import TextIO
+from typing import Any, TextIO, overload
 from urllib.parse import quote, quote_plus, unquote, urlsplit
 
 MASK = "***"
@@ -120,8 +120,13 @@ class Redactor:
             return text
         return self._pattern.sub(MASK, text)
 
+    @overload
+    def obj(self, value: dict[str, Any]) -> dict[str, Any]: ...
+    @overload
+    def obj(self, value: object) -> object: ...
+
     def obj(self, value: object) -> object:
-        """Redact every string inside a JSON-like structure."""
+        """Redact every string inside a JSON-like structure (a new one: dicts stay dicts)."""
         if isinstance(value, str):
             return self(value)
         if isinstance(value, dict):

@@ -7,6 +7,9 @@ import json
 from pathlib import Path
 
 from deployer import github
+from deployer.publish import PublishOptions, publish
+from deployer.redact import Redactor
+from deployer.results import RunResult, Telemetry
 from tests.helpers import parse_env_file
 
 
@@ -88,3 +91,87 @@ def test_console_masks_and_groups() -> None:
     assert lines[2] == "::warning title=db-deploy::lists, far: off"
     assert lines[3] == "::endgroup::"
     assert len(lines) == 4  # empty secrets are not masked (the runner only warns on them)
+
+
+# --------------------------------------------------------------------------- publish
+
+
+def _failed_record(secret: str) -> RunResult:
+    result = RunResult(
+        command="deploy",
+        telemetry=Telemetry(actor="octo"),
+        status="failed",
+        exit_code=1,
+        failed_step="migrate",
+        error=f"cannot connect with {secret}",
+    )
+    result.finished_at = result.started_at
+    return result
+
+
+def test_publish_on_github_writes_outputs_summary_and_an_annotation(tmp_path: Path) -> None:
+    import io
+
+    secret = "s3cr3t-password"
+    gh = github.GitHubContext(
+        output=tmp_path / "output", summary=tmp_path / "summary.md", workspace=tmp_path
+    )
+    out = io.StringIO()
+    options = PublishOptions(workspace=tmp_path, report_file=tmp_path / "reports" / "r.json")
+    publish(
+        _failed_record(secret),
+        options,
+        Redactor([secret]),
+        gh=gh,
+        console=github.GitHubConsole(out),
+        stdout=io.StringIO(),
+    )
+    outputs = parse_env_file((tmp_path / "output").read_text())
+    assert outputs["status"] == "failed" and outputs["report-path"] == "reports/r.json"
+    assert outputs["error"] == "cannot connect with ***"
+    summary = (tmp_path / "summary.md").read_text()
+    assert summary.startswith("## ❌ db-deploy deploy **failed** at **migrate**")
+    report = json.loads((tmp_path / "reports" / "r.json").read_text())
+    assert report["error"] == "cannot connect with ***"
+    log = out.getvalue()
+    assert "::group::report" in log
+    assert log.splitlines()[-1] == "::error title=db-deploy migrate::cannot connect with ***"
+    everything = log + summary + (tmp_path / "output").read_text() + json.dumps(report)
+    assert secret not in everything
+
+
+def test_publish_outside_github_writes_the_files_asked_for(tmp_path: Path) -> None:
+    import io
+
+    from deployer.render.terminal import TerminalConsole
+
+    secret = "s3cr3t-password"
+    elsewhere = tmp_path / "elsewhere"
+    options = PublishOptions(
+        workspace=tmp_path / "ws",
+        report_file=elsewhere / "r.json",
+        summary_file=tmp_path / "ws" / "summary.md",
+        output_file=tmp_path / "ws" / "out" / "outputs",
+    )
+    stdout, stderr = io.StringIO(), io.StringIO()
+    publish(
+        _failed_record(secret),
+        options,
+        Redactor([secret]),
+        gh=None,
+        console=TerminalConsole(stderr),
+        stdout=stdout,
+    )
+    assert "❌ db-deploy deploy: failed (failed at migrate)" in stdout.getvalue()
+    assert f"report {elsewhere / 'r.json'}" in stdout.getvalue()  # outside the workspace
+    assert stderr.getvalue() == "error: cannot connect with ***\n"
+    assert (tmp_path / "ws" / "summary.md").read_text().startswith("## ❌")
+    outputs = parse_env_file((tmp_path / "ws" / "out" / "outputs").read_text())
+    assert outputs["failed-step"] == "migrate"
+    assert secret not in stdout.getvalue() + json.dumps(outputs)
+
+
+def test_publish_options_never_show_the_webhook(tmp_path: Path) -> None:
+    hook = "https://hooks.slack.com/services/T000/B000/XXXXXXXX"
+    options = PublishOptions(workspace=tmp_path, report_file=tmp_path / "r", slack_webhook=hook)
+    assert hook not in repr(options)

@@ -76,3 +76,38 @@ def test_redact_record_masks_values_and_keys() -> None:
         "ok": {"deep": "***"},
         "pair": ("***", 1),
     }
+
+
+def test_each_section_renders_its_own_record() -> None:
+    from deployer.render import markdown, operations, terminal
+    from deployer.results import Difference, DriftResult, RestoreResult
+
+    result = filled_record()
+    assert result.migrate is not None and result.smoke is not None
+    assert markdown.migrations(result.migrate, rollback=False)[:4] == [
+        "### Migrations",
+        "",
+        "| Revision | Description | Time | Result |",
+        "| --- | --- | ---: | --- |",
+    ]
+    assert markdown.smoke(result.smoke)[2] == "1 tables checked, 0 failed, 3 rows in 0.00 s."
+    assert terminal.applied(result.migrate)[0] == "applied    2 revision(s)"
+    whole = markdown.render(result)
+    assert whole.index("### Migrations") < whole.index("### Smoke test")
+
+    drift = DriftResult(
+        revision=["0003"],
+        scratch="scratch",
+        differences=[Difference("table", f"t{i}", "differs", "a|b", "c") for i in range(205)],
+    )
+    lines = operations.drift(drift)
+    assert lines[2].startswith("❌ 205 difference(s)")
+    assert "| table | `t0` | differs | a\\|b | c |" in lines  # cells escaped
+    assert "… and 5 more (see the JSON report)." in lines
+
+    left = [f"t{i}" for i in range(25)]
+    rows = "\n".join(
+        operations.restore(RestoreResult(path="b.dump", left_in_place=left), dry_run=True)
+    )
+    assert "Dry run: `b.dump` verified, nothing restored." in rows
+    assert "`t19` and 5 more" in rows
