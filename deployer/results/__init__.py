@@ -15,6 +15,16 @@ from deployer.results.operations import (
     RestoreResult,
     SecurityResult,
 )
+from deployer.results.risk import (
+    LEVELS,
+    LockHeld,
+    RiskFinding,
+    RiskResult,
+    RiskRevision,
+    SessionInfo,
+    StatementTrace,
+    TableStats,
+)
 from deployer.results.run import (
     SCHEMA_VERSION,
     AppliedRevision,
@@ -36,6 +46,7 @@ from deployer.results.run import (
 )
 
 __all__ = [
+    "LEVELS",
     "SCHEMA_VERSION",
     "AppliedRevision",
     "BackupResult",
@@ -47,17 +58,24 @@ __all__ = [
     "HistoryEntry",
     "InstallResult",
     "IntegrityReport",
+    "LockHeld",
     "MigrateResult",
     "PreflightResult",
     "RestoreResult",
     "Revision",
+    "RiskFinding",
+    "RiskResult",
+    "RiskRevision",
     "RunResult",
     "SecurityResult",
     "SeedResult",
+    "SessionInfo",
     "SmokeResult",
+    "StatementTrace",
     "StatusResult",
     "TableCheck",
     "TableDelta",
+    "TableStats",
     "Telemetry",
     "VectorIndex",
     "plain",

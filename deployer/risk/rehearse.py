@@ -1,0 +1,496 @@
+"""The rehearsal: the pending revisions run on a scratch database holding the live schema, and
+every statement measured as it runs.
+
+The scratch database is created on a server the caller names (`scratch-database-url`'s, or the
+embedded one) and dropped afterwards. It gets the live database's schema from `pg_dump
+--schema-only` (restored by `psql`; objects the scratch server cannot create, such as an
+extension it lacks, are noted and skipped) and the version table's rows, not a replay of the
+history. Then the user's env.py runs the pending revisions on it, exactly as a deploy would.
+
+Statements are seen through SQLAlchemy's `before_cursor_execute`/`after_cursor_execute` events,
+listened to on every Engine while the rehearsal runs and kept for connections to the scratch
+database: env.py may use the connection it is handed or build its own engine. Around each
+statement, on the same session and straight on the driver's connection (no event, no
+SQLAlchemy state), two catalog reads: the relation locks the session holds (`pg_locks`), each
+table's `relfilenode` (changed: the table was rewritten) and the scans counted in this
+transaction (`pg_stat_xact_user_tables`: a constraint or NOT NULL validated by a scan, an
+index built). Python revisions are rehearsed the same way: nothing is guessed from source text.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import re
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic.runtime.migration import MigrationContext, RevisionStep
+from sqlalchemy.engine import make_url
+
+from deployer.alembic_project import AlembicProject, run_env
+from deployer.db import APPLICATION_NAME, ConnectionSpec, server_message, session_options
+from deployer.errors import DeployError, describe_exception
+from deployer.pgtools import child_env, error_line, find_tool, redactor_for, run_tool
+from deployer.redact import Redactor
+from deployer.results.risk import LockHeld, StatementTrace
+
+STATEMENT_CHARS = 400
+
+_USER = "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'"
+_SNAPSHOT = f"""
+    SELECT 'rel', format('%I.%I', n.nspname, c.relname), c.relfilenode::text,
+           (coalesce(s.seq_scan, 0) + coalesce(s.idx_scan, 0))::text
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    LEFT JOIN pg_stat_xact_user_tables s ON s.relid = c.oid
+    WHERE c.relkind IN ('r', 'm', 'p') AND {_USER}
+    UNION ALL
+    SELECT 'lock', format('%I.%I', n.nspname, c.relname), l.mode, ''
+    FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+    JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE l.pid = pg_backend_pid() AND l.locktype = 'relation' AND l.granted
+      AND c.relkind IN ('r', 'm', 'p') AND {_USER}
+"""
+# Strength order of the table lock modes (PostgreSQL docs, "Table-Level Locks").
+MODES = (
+    "AccessShareLock",
+    "RowShareLock",
+    "RowExclusiveLock",
+    "ShareUpdateExclusiveLock",
+    "ShareLock",
+    "ShareRowExclusiveLock",
+    "ExclusiveLock",
+    "AccessExclusiveLock",
+)
+_TXN_CONTROL = re.compile(
+    r"^\s*(BEGIN|START|COMMIT|END|ROLLBACK|ABORT|SAVEPOINT|RELEASE|PREPARE\s+TRANSACTION|"
+    r"SET\s+(LOCAL\s+|SESSION\s+)?TRANSACTION|SET\s+SESSION\s+CHARACTERISTICS)\b",
+    re.IGNORECASE,
+)
+_PASSWORD = re.compile(r"(?i)(\bpassword\s+)'(?:[^']|'')*'")
+
+
+def mode_rank(mode: str) -> int:
+    return MODES.index(mode) if mode in MODES else -1
+
+
+class RehearsalUnavailable(Exception):
+    """No rehearsal (the schema could not be copied, no scratch server): the review falls back
+    to the rules and the live statistics and says why."""
+
+
+def shown_sql(sql: str, redact: Callable[[str], str], limit: int = STATEMENT_CHARS) -> str:
+    """A statement for people: on one line, password literals and secrets masked, cut at
+    `limit` characters on a word boundary."""
+    text = redact(_PASSWORD.sub(r"\1'***'", " ".join(sql.split())))
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1]
+    space = cut.rfind(" ")
+    return (cut[:space] if space > limit // 2 else cut) + " …"
+
+
+@dataclass
+class Rehearsal:
+    """What ran: per revision its statements (shown) and their raw SQL for the rules."""
+
+    server: str = ""
+    traces: dict[str, list[StatementTrace]] = field(default_factory=dict)
+    raw: dict[str, list[tuple[str, bool]]] = field(default_factory=dict)  # sql, in transaction
+    errors: dict[str, str] = field(default_factory=dict)
+    existing: set[str] = field(default_factory=set)  # tables there before the revisions ran
+    copy_warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+# --------------------------------------------------------------------------- scratch database
+
+
+def server_major(conn: sa.Connection) -> int:
+    return int(str(conn.execute(sa.text("SHOW server_version_num")).scalar())) // 10000
+
+
+@contextlib.contextmanager
+def scratch_database(server_url: str) -> Iterator[str]:
+    """A fresh database on the server of `server_url` (its role needs CREATEDB), dropped
+    afterwards; yields its URL."""
+    admin_engine = ConnectionSpec(server_url, retries=1).engine(isolation_level="AUTOCOMMIT")
+    name = f"db_deploy_risk_{uuid.uuid4().hex[:12]}"
+    try:
+        with admin_engine.connect() as admin:
+            try:
+                admin.execute(sa.text(f'CREATE DATABASE "{name}"'))
+            except sa.exc.DBAPIError as exc:
+                raise RehearsalUnavailable(
+                    f"cannot create a scratch database: {server_message(exc)} (its role needs "
+                    "CREATEDB)"
+                ) from None
+            url = (
+                make_url(server_url)
+                .difference_update_query(["dbname"])
+                .set(database=name)
+                .render_as_string(hide_password=False)
+            )
+            try:
+                yield url
+            finally:
+                with contextlib.suppress(sa.exc.DBAPIError):
+                    admin.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    except sa.exc.OperationalError as exc:
+        raise RehearsalUnavailable(
+            f"cannot reach the scratch server: {server_message(exc)}"
+        ) from None
+    finally:
+        admin_engine.dispose()
+
+
+def copy_schema(
+    target_url: str, target_major: int, scratch_url: str, *, lock_wait: float = 1.0
+) -> list[str]:
+    """The live schema into the scratch database: `pg_dump --schema-only` (no owners, no
+    grants; it takes pg_dump's ACCESS SHARE locks, waiting at most `lock_wait` seconds for any)
+    restored by `psql`. Returns what the scratch server could not create. RehearsalUnavailable
+    when pg_dump fails."""
+    try:
+        dump = find_tool("pg_dump", target_major)
+        psql = find_tool("psql", dump.major)
+    except DeployError as exc:
+        raise RehearsalUnavailable(exc.message) from None
+    redact: Redactor = redactor_for(target_url, [*redactor_for(scratch_url).secrets])
+    with tempfile.TemporaryDirectory(prefix="db-deploy-risk-") as tmp:
+        path = Path(tmp) / "schema.sql"
+        uri, env = child_env(target_url, connect_timeout=10)
+        ran = run_tool(
+            dump,
+            [
+                "--schema-only",
+                "--no-owner",
+                "--no-privileges",
+                f"--lock-wait-timeout={max(1, round(lock_wait * 1000))}",
+                "-f",
+                str(path),
+                f"--dbname={uri}",
+            ],
+            env,
+            redact=redact,
+            timeout=300,
+        )
+        if ran.returncode != 0:
+            raise RehearsalUnavailable(
+                f"pg_dump --schema-only failed: {error_line(ran.stderr, redact)}"
+            )
+        uri, env = child_env(scratch_url)
+        ran = run_tool(
+            psql,
+            ["-X", "-q", "-v", "ON_ERROR_STOP=0", "-f", str(path), f"--dbname={uri}"],
+            env,
+            redact=redact,
+            timeout=300,
+        )
+    errors = [ln.split("ERROR:", 1)[1].strip() for ln in ran.stderr.splitlines() if "ERROR:" in ln]
+    return list(dict.fromkeys(errors))
+
+
+def seed_version_table(
+    scratch_url: str, heads: list[str], version_table: str, schema: str | None
+) -> None:
+    """The live version table's rows in the scratch database (the table created if the schema
+    copy has none, as Alembic creates it)."""
+    engine = ConnectionSpec(scratch_url, retries=1).engine()
+    try:
+        with engine.begin() as conn:
+            ctx = MigrationContext.configure(
+                conn, opts={"version_table": version_table, "version_table_schema": schema}
+            )
+            ctx._ensure_version_table()
+            table = ctx._version
+            conn.execute(table.delete())
+            if heads:
+                conn.execute(table.insert(), [{"version_num": h} for h in heads])
+    finally:
+        engine.dispose()
+
+
+# --------------------------------------------------------------------------- the tracer
+
+
+@dataclass
+class _Pending:
+    sql: str
+    started: float
+    line: int
+    in_transaction: bool
+    before: tuple[dict[str, tuple[str, int]], dict[str, str]] | None
+
+
+class Tracer:
+    """Listens to every Engine's cursor events while active; keeps the scratch database's."""
+
+    def __init__(self, database: str, version_table: str, redact: Callable[[str], str]) -> None:
+        self.database = database
+        self.version = re.compile(rf"\b{re.escape(version_table)}\b", re.IGNORECASE)
+        self.redact = redact
+        self.revision = ""
+        self.path = ""
+        self.pending: dict[int, _Pending] = {}  # by connection: one statement at a time
+        self.traces: dict[str, list[StatementTrace]] = {}
+        self.raw: dict[str, list[tuple[str, bool]]] = {}
+        self.existing: set[str] = set()
+
+    # ---- events
+    def _ours(self, conn: sa.Connection, statement: str) -> bool:
+        return (
+            bool(self.revision)
+            and conn.engine.url.database == self.database
+            and not self.version.search(statement)
+        )
+
+    def before(self, conn: sa.Connection, cursor: Any, statement: str, *_: Any) -> None:
+        if not self._ours(conn, statement):
+            return
+        raw = conn.connection.driver_connection
+        in_txn = _in_transaction(raw)
+        before = None if _TXN_CONTROL.match(statement) else _snapshot(raw)
+        self.pending[id(conn)] = _Pending(
+            sql=statement,
+            started=time.perf_counter(),
+            line=self._line(),
+            in_transaction=in_txn,
+            before=before,
+        )
+
+    def after(self, conn: sa.Connection, cursor: Any, statement: str, *_: Any) -> None:
+        p = self.pending.pop(id(conn), None)
+        if p is None:
+            return
+        seconds = time.perf_counter() - p.started
+        trace = self._trace(p, seconds)
+        raw = conn.connection.driver_connection
+        after = _snapshot(raw) if p.before is not None else None
+        if p.before is not None and after is not None:
+            (rels0, locks0), (rels1, locks1) = p.before, after
+            trace.locks = [
+                LockHeld(relation=name, mode=mode, existed=name in self.existing)
+                for name, mode in sorted(locks1.items())
+            ]
+            # Only the locks this statement took or strengthened count as its own.
+            trace.locks = [
+                lk
+                for lk in trace.locks
+                if mode_rank(lk.mode) > mode_rank(locks0.get(lk.relation, ""))
+            ]
+            for name, (node, scans) in rels1.items():
+                old = rels0.get(name)
+                if old is None or name not in self.existing:
+                    continue
+                if old[0] != node and node != "0":
+                    trace.rewritten.append(name)
+                elif p.in_transaction and scans > old[1]:
+                    trace.scanned.append(name)
+
+    def error(self, ctx: Any) -> None:
+        conn = ctx.connection
+        p = self.pending.pop(id(conn), None) if conn is not None else None
+        if p is None:
+            return
+        trace = self._trace(p, time.perf_counter() - p.started)
+        trace.error = self.redact(server_message(ctx.original_exception))
+
+    def _trace(self, p: _Pending, seconds: float) -> StatementTrace:
+        traces = self.traces.setdefault(self.revision, [])
+        self.raw.setdefault(self.revision, []).append((p.sql, p.in_transaction))
+        trace = StatementTrace(
+            revision=self.revision,
+            index=len(traces) + 1,
+            sql=shown_sql(p.sql, self.redact),
+            line=p.line,
+            seconds=round(seconds, 4),
+            in_transaction=p.in_transaction,
+        )
+        traces.append(trace)
+        return trace
+
+    def _line(self) -> int:
+        """The line of the revision file that sent the statement (its frame on the stack)."""
+        if not self.path:
+            return 0
+        frame = sys._getframe(2)
+        while frame is not None:
+            if frame.f_code.co_filename == self.path:
+                return frame.f_lineno
+            frame = frame.f_back  # type: ignore[assignment]
+        return 0
+
+    @contextlib.contextmanager
+    def listening(self) -> Iterator[None]:
+        events = (
+            ("before_cursor_execute", self.before),
+            ("after_cursor_execute", self.after),
+            ("handle_error", self.error),
+        )
+        for name, fn in events:
+            sa.event.listen(sa.engine.Engine, name, fn)
+        try:
+            yield
+        finally:
+            for name, fn in events:
+                sa.event.remove(sa.engine.Engine, name, fn)
+
+
+def _in_transaction(raw: Any) -> bool:
+    """Whether a statement sent now runs inside a transaction block (psycopg 3: a connection
+    not in autocommit opens one; in autocommit, only an explicit BEGIN does)."""
+    from psycopg.pq import TransactionStatus
+
+    return (not raw.autocommit) or raw.info.transaction_status != TransactionStatus.IDLE
+
+
+def _snapshot(raw: Any) -> tuple[dict[str, tuple[str, int]], dict[str, str]] | None:
+    """Tables (relfilenode, scans in this transaction) and this session's table locks, read on
+    the driver's connection (no SQLAlchemy event). None when the transaction has failed."""
+    from psycopg.pq import TransactionStatus
+
+    if raw.info.transaction_status == TransactionStatus.INERROR:
+        return None
+    rels: dict[str, tuple[str, int]] = {}
+    locks: dict[str, str] = {}
+    for kind, name, a, b in raw.execute(_SNAPSHOT).fetchall():
+        if kind == "rel":
+            rels[name] = (a, int(b))
+        elif mode_rank(a) > mode_rank(locks.get(name, "")):
+            locks[name] = a
+    return rels, locks
+
+
+# --------------------------------------------------------------------------- the rehearsal
+
+
+def rehearse(
+    project: AlembicProject,
+    scratch_url: str,
+    *,
+    heads: list[str],
+    target: str = "heads",
+    redact: Callable[[str], str] = lambda s: s,
+    workspace: Path | None = None,
+    version_table: str = "alembic_version",
+    version_table_schema: str | None = None,
+    lock_timeout: float | None = None,
+    statement_timeout: float | None = None,
+) -> Rehearsal:
+    """Run the revisions from `heads` (the live database's) to `target` on `scratch_url` (a
+    database holding the live schema), tracing every statement. A revision that fails ends the
+    rehearsal: its error is recorded (the same deploy would fail there)."""
+    started = time.perf_counter()
+    seed_version_table(scratch_url, heads, version_table, version_table_schema)
+    spec = ConnectionSpec(
+        scratch_url, retries=1, lock_timeout=lock_timeout, statement_timeout=statement_timeout
+    )
+    engine = spec.engine()
+    database = str(make_url(scratch_url).database)
+    tracer = Tracer(database, version_table, redact)
+    out = Rehearsal()
+    try:
+        with engine.connect() as conn:
+            tracer.existing = set(_snapshot(conn.connection.driver_connection)[0])  # type: ignore[index]
+            conn.rollback()
+            out.existing = set(tracer.existing)
+
+            def steps(planned: list[RevisionStep]) -> Iterator[RevisionStep]:
+                for step in planned:
+                    tracer.revision = step.revision.revision
+                    tracer.path = str(Path(step.revision.path).resolve())
+                    tracer.traces.setdefault(tracer.revision, [])
+                    yield step
+                tracer.revision = tracer.path = ""
+
+            def work(current: tuple[str, ...], context: MigrationContext) -> Any:
+                planned = project.script._upgrade_revs(target, current)  # type: ignore[arg-type]
+                return steps(list(planned))
+
+            environ = {
+                "PGOPTIONS": session_options(lock_timeout, statement_timeout),
+                "PGAPPNAME": APPLICATION_NAME,
+            }
+            try:
+                with tracer.listening():
+                    run_env(
+                        project,
+                        work,
+                        connection=conn,
+                        url=scratch_url,
+                        environ=environ,
+                        workspace=workspace,
+                    )
+                if conn.in_transaction():
+                    conn.commit()
+            except Exception as exc:  # noqa: BLE001 - user code: recorded, the review goes on
+                failed = tracer.revision or "env.py"
+                message = (
+                    server_message(exc)
+                    if isinstance(exc, sa.exc.DBAPIError)
+                    else describe_exception(exc)
+                )
+                out.errors[failed] = redact(message)
+                with contextlib.suppress(sa.exc.DBAPIError):
+                    conn.rollback()
+    finally:
+        engine.dispose()
+    out.traces, out.raw = tracer.traces, tracer.raw
+    out.seconds = round(time.perf_counter() - started, 4)
+    return out
+
+
+def offline_statements(
+    project: AlembicProject,
+    url: str,
+    heads: list[str],
+    target: str = "heads",
+    workspace: Path | None = None,
+) -> tuple[dict[str, str], str]:
+    """Without a rehearsal: each pending revision's SQL from Alembic's offline (`--sql`) mode,
+    cut at the step boundaries. ({revision: sql}, "" or why it is not available: a revision
+    that reads data cannot render offline)."""
+    import io
+
+    buf = io.StringIO()
+    marks: list[tuple[str, int]] = []
+
+    def steps(planned: list[RevisionStep]) -> Iterator[RevisionStep]:
+        for step in planned:
+            marks.append((step.revision.revision, buf.tell()))
+            yield step
+        marks.append(("", buf.tell()))
+
+    def work(current: tuple[str, ...], context: MigrationContext) -> Any:
+        return steps(list(project.script._upgrade_revs(target, current)))  # type: ignore[arg-type]
+
+    if len(heads) > 1:
+        return {}, "offline SQL needs a single current revision"
+    try:
+        run_env(
+            project,
+            work,
+            connection=None,
+            url=url,
+            workspace=workspace,
+            as_sql=True,
+            output_buffer=buf,
+            starting_rev=heads[0] if heads else None,
+            destination_rev=target,
+        )
+    except Exception as exc:  # noqa: BLE001 - user code that cannot run offline
+        return {}, f"offline SQL unavailable: {describe_exception(exc)}"
+    text = buf.getvalue()
+    out: dict[str, str] = {}
+    for (rev, start), (_, end) in itertools.pairwise(marks):
+        if rev:
+            out[rev] = text[start:end]
+    return out, ""
