@@ -110,6 +110,7 @@ def review(
     heads: list[str],
     target: str = "heads",
     live: sa.Connection | None = None,
+    snapshot: LiveSnapshot | None = None,
     target_url: str = "",
     scratch_server_url: str = "",
     scratch_label: str = "",
@@ -123,17 +124,22 @@ def review(
 ) -> RiskResult:
     """Review the revisions from `heads` (the live database's) to `target`.
 
-    `live`: a connection to the target (read before anything else runs; None: no live
-    statistics). `scratch_server_url`: a server on which a scratch database may be created
+    `live`: a connection to the target (its statistics are read first, unless `snapshot`
+    holds them already: read before env.py ran on the target; neither: no live statistics). `scratch_server_url`: a server on which a scratch database may be created
     (with `target_url` for the schema copy); empty: no rehearsal, the rules then read
     `offline_sql` (revision → Alembic's `--sql` text) where given."""
     started = time.perf_counter()
     result = RiskResult(lock_timeout=lock_timeout)
     pending = project.upgrade_path(heads, target)
     accepts = {r.revision: accepted_findings(project, r.revision) for r in pending}
-    snapshot = read_live(live, redact=redact) if live is not None else LiveSnapshot()
+    notes: list[str] = []
+    if snapshot is None:
+        if live is not None:
+            snapshot = read_live(live, redact=redact)
+        else:
+            snapshot = LiveSnapshot()
+            notes.append("no live statistics (no target connection)")
     result.long_transactions = snapshot.long_transactions
-    notes: list[str] = [] if live is not None else ["no live statistics (no target connection)"]
 
     rehearsal: Rehearsal | None = None
     if pending and scratch_server_url:

@@ -81,6 +81,10 @@ def mode_rank(mode: str) -> int:
     return MODES.index(mode) if mode in MODES else -1
 
 
+class ForeignDatabase(RuntimeError):
+    """Raised before a statement reaches any database but the scratch copy."""
+
+
 class RehearsalUnavailable(Exception):
     """No rehearsal (the schema could not be copied, no scratch server): the review falls back
     to the rules and the live statistics and says why."""
@@ -121,34 +125,33 @@ def server_major(conn: sa.Connection) -> int:
 def scratch_database(server_url: str) -> Iterator[str]:
     """A fresh database on the server of `server_url` (its role needs CREATEDB), dropped
     afterwards; yields its URL."""
-    admin_engine = ConnectionSpec(server_url, retries=1).engine(isolation_level="AUTOCOMMIT")
+    engine = ConnectionSpec(server_url, retries=1).engine(isolation_level="AUTOCOMMIT")
     name = f"db_deploy_risk_{uuid.uuid4().hex[:12]}"
     try:
-        with admin_engine.connect() as admin:
-            try:
-                admin.execute(sa.text(f'CREATE DATABASE "{name}"'))
-            except sa.exc.DBAPIError as exc:
-                raise RehearsalUnavailable(
-                    f"cannot create a scratch database: {server_message(exc)} (its role needs "
-                    "CREATEDB)"
-                ) from None
-            url = (
-                make_url(server_url)
-                .difference_update_query(["dbname"])
-                .set(database=name)
-                .render_as_string(hide_password=False)
-            )
-            try:
-                yield url
-            finally:
-                with contextlib.suppress(sa.exc.DBAPIError):
-                    admin.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    except sa.exc.OperationalError as exc:
+        admin = engine.connect()
+    except sa.exc.DBAPIError as exc:
+        engine.dispose()
         raise RehearsalUnavailable(
             f"cannot reach the scratch server: {server_message(exc)}"
         ) from None
+    try:
+        try:
+            admin.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        except sa.exc.DBAPIError as exc:
+            raise RehearsalUnavailable(
+                f"cannot create a scratch database: {server_message(exc)} (its role needs CREATEDB)"
+            ) from None
+        yield (
+            make_url(server_url)
+            .difference_update_query(["dbname"])
+            .set(database=name)
+            .render_as_string(hide_password=False)
+        )
     finally:
-        admin_engine.dispose()
+        with contextlib.suppress(sa.exc.DBAPIError):
+            admin.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.close()
+        engine.dispose()
 
 
 def copy_schema(
@@ -173,6 +176,10 @@ def copy_schema(
                 "--schema-only",
                 "--no-owner",
                 "--no-privileges",
+                "--no-publications",
+                "--no-subscriptions",
+                "--no-tablespaces",
+                "--no-security-labels",
                 f"--lock-wait-timeout={max(1, round(lock_wait * 1000))}",
                 "-f",
                 str(path),
@@ -243,6 +250,7 @@ class Tracer:
         self.traces: dict[str, list[StatementTrace]] = {}
         self.raw: dict[str, list[tuple[str, bool]]] = {}
         self.existing: set[str] = set()
+        self.foreign = ""  # a database other than the scratch one that env.py tried to use
 
     # ---- events
     def _ours(self, conn: sa.Connection, statement: str) -> bool:
@@ -253,6 +261,14 @@ class Tracer:
         )
 
     def before(self, conn: sa.Connection, cursor: Any, statement: str, *_: Any) -> None:
+        database = conn.engine.url.database
+        if database != self.database:
+            # env.py built its own engine on another database (its own environment variable,
+            # say): nothing may reach it during a rehearsal.
+            self.foreign = self.foreign or str(database or "?")
+            raise ForeignDatabase(
+                f"env.py connected to database {database!r}, not to the scratch copy"
+            )
         if not self._ours(conn, statement):
             return
         raw = conn.connection.driver_connection
@@ -443,6 +459,12 @@ def rehearse(
                     conn.rollback()
     finally:
         engine.dispose()
+    if tracer.foreign:
+        raise RehearsalUnavailable(
+            f"env.py connected to database {redact(tracer.foreign)!r} instead of the scratch "
+            "copy (does it read its URL from a variable of its own? it should use "
+            "sqlalchemy.url or DATABASE_URL); no statement of the revisions reached it"
+        )
     out.traces, out.raw = tracer.traces, tracer.raw
     out.seconds = round(time.perf_counter() - started, 4)
     return out

@@ -337,3 +337,33 @@ def test_twenty_revisions_review_in_a_few_seconds(
     result = _review(project, database, pg_server)
     assert len(result.revisions) == 20 and result.rehearsed
     assert time.perf_counter() - started < 15  # generous: a shared, loaded test machine
+
+
+def test_an_env_py_that_connects_elsewhere_is_stopped_before_sending_anything(
+    make_project: Callable[..., AlembicProject],
+    database: Database,
+    pg_server: EmbeddedServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    database.execute("CREATE TABLE t (id int PRIMARY KEY, x int)")
+    project = make_project()
+    project.add("e1", 'op.create_index("ix_t_x", "t", ["x"])')
+    env = project.root / "env.py"
+    # An env.py that ignores the connection and URL it is given, and reads its own variable.
+    env.write_text(
+        env.read_text()
+        .replace('connection = config.attributes.get("connection")', "connection = None")
+        .replace(
+            "engine = engine_from_config(config.get_section(config.config_ini_section, {}),\n"
+            '                                prefix="sqlalchemy.", poolclass=pool.NullPool)',
+            "import os, sqlalchemy\n"
+            '    engine = sqlalchemy.create_engine(os.environ["APP_DB_URL"], poolclass=pool.NullPool)',
+        )
+    )
+    assert "APP_DB_URL" in env.read_text()
+    monkeypatch.setenv("APP_DB_URL", database.url.replace("postgresql://", "postgresql+psycopg://"))
+    result = _review(project, database, pg_server)
+    assert not result.rehearsed
+    assert "instead of the scratch copy" in result.note
+    assert [f.rule for f in result.findings] == ["index-not-concurrent"]  # the rules still ran
+    assert database.rows("SELECT indexname FROM pg_indexes WHERE tablename = 't'") == [("t_pkey",)]
