@@ -295,7 +295,14 @@ def _findings(
         )
     if rehearsal is not None:
         out += _measured_findings(revision, path, traces, covered, live, lock_timeout)
-    out += _contention(out, live, lock_timeout)
+    candidates = [(f.table, f.lock, f.statement, f.line) for f in out if f.table]
+    if rehearsal is not None:
+        # Every strong lock measured on a live table counts, a plain ADD COLUMN's too: behind a
+        # long transaction, it is the lock queue that makes the outage, not the statement.
+        candidates += [
+            (lk.relation, lk.mode, t.sql, t.line) for t in traces for lk in t.locks if lk.existed
+        ]
+    out += _contention(revision, path, candidates, live, lock_timeout)
     return out
 
 
@@ -408,28 +415,32 @@ def _measured_finding(
 
 
 def _contention(
-    findings: list[RiskFinding], live: LiveSnapshot, lock_timeout: float | None
+    revision: str,
+    path: str,
+    candidates: list[tuple[str, str, str, int]],
+    live: LiveSnapshot,
+    lock_timeout: float | None,
 ) -> list[RiskFinding]:
-    """`lock-contention`: a table the revision locks strongly has sessions on it right now
-    that the statement would wait for. One finding per table, on its strongest lock."""
+    """`lock-contention`: a table the revision locks so that reads or writes wait has sessions
+    on it right now that the statement would queue behind. One finding per table, on its
+    strongest lock. `candidates`: (table, lock, statement, line)."""
     from deployer.risk.level import blocks, contention
 
-    strongest: dict[str, RiskFinding] = {}
-    for f in findings:
-        if not f.table or not blocks(f.lock):
-            continue
-        best = strongest.get(f.table)
-        if best is None or mode_rank(f.lock) > mode_rank(best.lock):
-            strongest[f.table] = f
-    out: list[RiskFinding] = []
-    for table, f in strongest.items():
+    strongest: dict[str, tuple[str, str, str, int]] = {}
+    for table, lock, statement, line in candidates:
         stats = live.find(table)
-        waiting = contention(stats, f.lock) if stats.exists else []
+        if not stats.exists or not blocks(lock):
+            continue
+        best = strongest.get(stats.table)
+        if best is None or mode_rank(lock) > mode_rank(best[1]):
+            strongest[stats.table] = (table, lock, statement, line)
+    out: list[RiskFinding] = []
+    for table, (_, lock, statement, line) in strongest.items():
+        stats = live.find(table)
+        waiting = contention(stats, lock)
         if not waiting:
             continue
-        level, outage = weigh(
-            "lock-contention", f.lock, "instant", stats, lock_timeout=lock_timeout
-        )
+        level, outage = weigh("lock-contention", lock, "instant", stats, lock_timeout=lock_timeout)
         who = ", ".join(
             f"pid {s.pid} ({s.application_name or '?'}, {s.mode}"
             f"{'' if s.granted else ' waiting'}, transaction open {s.transaction_seconds:.0f} s)"
@@ -437,17 +448,17 @@ def _contention(
         )
         out.append(
             RiskFinding(
-                revision=f.revision,
+                revision=revision,
                 rule="lock-contention",
                 level=level,
                 table=table,
-                lock=f.lock,
+                lock=lock,
                 message=f"{MEASURED_RULES['lock-contention']} Now: {who}.",
                 safe="Deploy when those transactions have ended (or end them), and keep a short "
                 "lock_timeout with retries (the lock-timeout-ladder input)",
-                statement=f.statement,
-                path=f.path,
-                line=f.line,
+                statement=statement,
+                path=path,
+                line=line,
                 source="live",
                 outage=outage,
             )

@@ -125,6 +125,10 @@ def weigh(
         )
     if not stats.exists:
         return "low", "none: the table is not in the live database (new in this plan)"
+    if rule == "not-null-without-default":
+        if stats.rows > 0 or stats.bytes > 8192:
+            return "high", f"the revision fails: {stats.table} has rows (~{max(stats.rows, 1):,})"
+        return "low", f"none while {stats.table} is empty (it is now)"
     blocked = blocks(lock)
     rate = {"rewrite": REWRITE_BPS, "build": BUILD_BPS, "scan": SCAN_BPS}.get(effect)
     duration = stats.bytes / rate if rate else 0.0

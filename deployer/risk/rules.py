@@ -196,6 +196,15 @@ RULES: dict[str, Rule] = {
             "op.execute('CREATE INDEX CONCURRENTLY ...')`",
         ),
         Rule(
+            "not-null-without-default",
+            ACCESS_EXCLUSIVE,
+            INSTANT,
+            "ADD COLUMN ... NOT NULL without a DEFAULT fails on a table that has rows (every "
+            "existing row would be NULL): the revision fails, and the deploy with it.",
+            "ALTER TABLE t ADD COLUMN c type DEFAULT value NOT NULL (a constant default: no "
+            "rewrite), or add it nullable, backfill, then SET NOT NULL the safe way",
+        ),
+        Rule(
             "missing-lock-timeout",
             ACCESS_EXCLUSIVE,
             INSTANT,
@@ -473,6 +482,18 @@ class RuleChecker:
             col = cmd.def_
             type_name = _names(col.typeName.names)[-1].lower() if col.typeName else ""
             volatile = type_name in SERIAL_TYPES
+            kinds = {con.contype for con in col.constraints or ()}
+            if (
+                ConstrType.CONSTR_NOTNULL in kinds
+                and not kinds
+                & {
+                    ConstrType.CONSTR_DEFAULT,
+                    ConstrType.CONSTR_IDENTITY,
+                    ConstrType.CONSTR_GENERATED,
+                }
+                and type_name not in SERIAL_TYPES
+            ):
+                hit("not-null-without-default", table)
             for con in col.constraints or ():
                 if con.contype == ConstrType.CONSTR_DEFAULT:
                     volatile |= bool(VOLATILE_FUNCTIONS & set(_funcs(con.raw_expr)))

@@ -367,3 +367,45 @@ def test_an_env_py_that_connects_elsewhere_is_stopped_before_sending_anything(
     assert "instead of the scratch copy" in result.note
     assert [f.rule for f in result.findings] == ["index-not-concurrent"]  # the rules still ran
     assert database.rows("SELECT indexname FROM pg_indexes WHERE tablename = 't'") == [("t_pkey",)]
+
+
+def test_a_harmless_alter_behind_an_open_transaction_is_a_contention_finding(
+    make_project: Callable[..., AlembicProject],
+    database: Database,
+    pg_server: EmbeddedServer,
+    holder: Callable[[str], None],
+) -> None:
+    """squawk sees nothing wrong with ADD COLUMN; the live database shows the lock queue it
+    would start."""
+    database.execute("CREATE TABLE orders (id int PRIMARY KEY)")
+    project = make_project()
+    project.add("h1", 'op.add_column("orders", sa.Column("note", sa.Text()))')
+    holder("SELECT * FROM orders")  # a reader, idle in its transaction
+    result = _review(project, database, pg_server)
+    (finding,) = result.findings
+    assert (finding.rule, finding.source, finding.table) == (
+        "lock-contention",
+        "live",
+        "public.orders",
+    )
+    assert finding.lock == "AccessExclusiveLock" and finding.level == "medium"
+    assert "AccessShareLock" in finding.message and "queues behind it" in finding.outage
+    assert finding.statement.startswith("ALTER TABLE orders ADD COLUMN note")
+
+
+def test_a_required_column_on_a_table_with_rows_is_high(
+    make_project: Callable[..., AlembicProject],
+    database: Database,
+    pg_server: EmbeddedServer,
+) -> None:
+    """The scratch copy is empty, so the rehearsal passes; the live row count says the deploy
+    would fail."""
+    database.execute("CREATE TABLE users (id int PRIMARY KEY)")
+    database.execute("INSERT INTO users SELECT generate_series(1, 1000)")
+    database.execute("ANALYZE users")
+    project = make_project()
+    project.add("n1", 'op.add_column("users", sa.Column("email", sa.Text(), nullable=False))')
+    result = _review(project, database, pg_server)
+    (finding,) = result.findings
+    assert (finding.rule, finding.level) == ("not-null-without-default", "high")
+    assert "the revision fails" in finding.outage
