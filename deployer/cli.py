@@ -59,8 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="db-deploy",
         description="Deploy PostgreSQL schema changes with Alembic: preflight, migrate, seed, "
         "status, smoke; report to GitHub, Slack, JSON and the terminal.",
-        epilog="Every flag is also an action input (INPUT_<NAME>) and a plain environment "
-        "variable; flags win. Exit codes: 0 ok, 1 deploy failed, 2 bad input, 3 unreachable.",
+        epilog="A flag wins over the action input of its name (INPUT_<NAME>), which wins over "
+        "the environment variable shown as [env NAME]. Exit codes: 0 ok, 1 deploy failed, "
+        "2 bad input, 3 unreachable.",
         argument_default=argparse.SUPPRESS,
     )
     parser.add_argument(

@@ -267,7 +267,10 @@ def _env(name: str, plain: str) -> AliasChoices:
     """An action input's places in the environment, first found wins: the runner's spelling
     (`INPUT_DATABASE-URL`), the underscore one (`INPUT_DATABASE_URL`), the plain variable."""
     upper = name.upper()
-    return AliasChoices(f"INPUT_{upper}", "INPUT_" + re.sub(r"[^A-Z0-9]", "_", upper), plain)
+    spellings = dict.fromkeys(
+        [f"INPUT_{upper}", "INPUT_" + re.sub(r"[^A-Z0-9]", "_", upper), plain]
+    )
+    return AliasChoices(*spellings)  # `target`: one INPUT_ spelling
 
 
 # --------------------------------------------------------------------------- the model

@@ -372,8 +372,10 @@ def _md(text: str) -> str:
     return "`".join(p if k % 2 else p.replace("<", "&lt;") for k, p in enumerate(parts))
 
 
-def _first_sentence(text: str) -> str:
-    return re.split(r"(?<=[.;])\s+(?=[A-Z])", text, maxsplit=1)[0].rstrip(".")
+def _short(text: str) -> str:
+    """README's compact cell: the first sentence, without a closing parenthesis."""
+    first = re.split(r"(?<=[.;])\s+(?=[A-Z])", text, maxsplit=1)[0].rstrip(".")
+    return re.sub(r"\s*\([^()]*\)$", "", first)
 
 
 def _code(text: str) -> str:
@@ -387,7 +389,7 @@ def readme_inputs(inputs: Sequence[Input]) -> list[str]:
         if i.area in AREAS:
             grouped.setdefault(i.area, []).append(i)
             continue
-        cells = [_code(i.name), _code(i.env), _code(i.default), _md(_first_sentence(i.description))]
+        cells = [_code(i.name), _code(i.env), _code(i.default), _md(_short(i.description))]
         rows.append("| " + " | ".join(cells) + " |")
     for area, members in grouped.items():
         names = ", ".join(_code(i.name) for i in members)
