@@ -24,6 +24,7 @@ import itertools
 import re
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -251,6 +252,7 @@ class Tracer:
         self.raw: dict[str, list[tuple[str, bool]]] = {}
         self.existing: set[str] = set()
         self.foreign = ""  # a database other than the scratch one that env.py tried to use
+        self.thread = threading.get_ident()  # env.py's (async engines run on it too)
 
     # ---- events
     def _ours(self, conn: sa.Connection, statement: str) -> bool:
@@ -261,6 +263,8 @@ class Tracer:
         )
 
     def before(self, conn: sa.Connection, cursor: Any, statement: str, *_: Any) -> None:
+        if threading.get_ident() != self.thread:
+            return  # another thread of the process (a watcher): not the rehearsal's
         database = conn.engine.url.database
         if database != self.database:
             # env.py built its own engine on another database (its own environment variable,
@@ -346,6 +350,7 @@ class Tracer:
 
     @contextlib.contextmanager
     def listening(self) -> Iterator[None]:
+        self.thread = threading.get_ident()
         events = (
             ("before_cursor_execute", self.before),
             ("after_cursor_execute", self.after),
