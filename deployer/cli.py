@@ -217,10 +217,12 @@ class _Invocation:
 def _run(args: dict[str, Any], inv: _Invocation) -> int:
     from pydantic import SecretStr
 
+    from deployer.compat import check_versions
     from deployer.settings import load_settings
 
     try:
         settings = load_settings(args)
+        check_versions()  # Alembic and SQLAlchemy in their supported ranges (deployer/compat.py)
     except ConfigError as exc:
         return _refused(exc, args, inv)
     console = inv.console

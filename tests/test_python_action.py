@@ -22,9 +22,10 @@ composite action, read from actions/runner @258d6c8:
   reads `${{ github.action_path }}` and `${{ runner.temp }}` through `env:` only (actions/runner
   issues 716 and 2185: `github.action_path` inside `run:` is the host's path in container jobs).
 
-The harness evaluates only what the action uses (`inputs.*`, `github.action_path`,
-`runner.temp`, `steps.<id>.outputs.<name>`) and only in `env:` values; anything else
-(`uses:` steps, `if:`, an expression inside `run:`) is refused, never silently ignored.
+The harness evaluates only what the action uses (`inputs.*`, `toJSON(inputs)`,
+`github.action_path`, `runner.temp`, `steps.<id>.outputs.<name>`) and only in `env:` values;
+anything else (`uses:` steps, `if:`, an expression inside `run:`) is refused, never silently
+ignored.
 
 The "job's Python" is real: a standalone copy of the interpreter the tests run on (what
 actions/setup-python puts on PATH: a plain CPython, not a virtual environment), or a virtual
@@ -59,6 +60,7 @@ PYTHON_ACTION = REPO / "python" / "action.yml"
 CONTAINER_ACTION = REPO / "action.yml"
 EXAMPLE_WORKFLOW = REPO / ".github" / "workflows" / "db-deploy-python.yml"
 BIN = Path(sys.executable).parent
+PY_VERSION = ".".join(str(p) for p in sys.version_info[:3])
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -67,10 +69,6 @@ def load(path: Path) -> dict[str, Any]:
 
 def composite_step(step_id: str) -> dict[str, Any]:
     return next(s for s in load(PYTHON_ACTION)["runs"]["steps"] if s.get("id") == step_id)
-
-
-def input_env_key(name: str) -> str:
-    return "INPUT_" + name.upper().replace("-", "_")
 
 
 # --------------------------------------------------------------------------- (a) same interface
@@ -94,14 +92,21 @@ def test_same_outputs_as_the_container_action():
         assert spec["value"] == f"${{{{ steps.deploy.outputs.{name} }}}}", name
 
 
-def test_the_composite_is_a_composite_of_bash_steps():
+def test_the_composite_is_a_composite_of_bash_steps_that_call_python():
+    """The logic is in deployer/bootstrap.py: each step's script ends by handing over to it
+    (finding the job's `python` is the only thing bash does)."""
     composite = load(PYTHON_ACTION)
     assert composite["runs"]["using"] == "composite"
     steps = composite["runs"]["steps"]
-    assert [s["id"] for s in steps] == ["python", "install", "deploy"]
+    assert [s["id"] for s in steps] == ["install", "deploy"]
     for step in steps:
         assert step["shell"] == "bash", "a composite's run step must name its shell"
         assert "${{" not in step["run"], f"{step['id']}: expressions go through env:, not run:"
+    last = [s["run"].strip().splitlines()[-1] for s in steps]
+    assert last == [
+        'exec "$python" -I "$DB_DEPLOY_ACTION_ROOT/deployer/bootstrap.py" install',
+        'exec "$DB_DEPLOY_ACTION_PYTHON" -I -m deployer.bootstrap run',
+    ]
 
 
 # --------------------------------------------------------------------------- (b) inputs reach it
@@ -109,26 +114,26 @@ def test_the_composite_is_a_composite_of_bash_steps():
 
 def test_every_input_reaches_db_deploy_under_a_name_the_deployer_reads():
     """Composite inputs are not exported as INPUT_* (R CompositeActionHandler.cs): the deploy step
-    maps each one explicitly, `INPUT_<NAME with - as _>: ${{ inputs.<name> }}`, a spelling the
-    deployer's GitHubInputSource reads (its second form, besides the runner's hyphenated one)."""
-    from deployer.settings import GitHubInputSource, Settings, input_names
+    hands them over at once, `DB_DEPLOY_ACTION_INPUTS: ${{ toJSON(inputs) }}`, and
+    deployer/bootstrap.py sets each as the runner does for a container action
+    (`INPUT_DATABASE-URL`): the first spelling the deployer reads for that setting, and one no
+    other setting reads."""
+    from deployer.bootstrap import INPUTS_VARIABLE, input_variable
+    from deployer.settings import Settings, env_names, input_fields
 
+    assert composite_step("deploy")["env"][INPUTS_VARIABLE] == "${{ toJSON(inputs) }}"
     inputs = load(CONTAINER_ACTION)["inputs"]
-    env = composite_step("deploy")["env"]
-    passed = {k: v for k, v in env.items() if k.startswith("INPUT_")}
-    assert passed == {input_env_key(n): f"${{{{ inputs.{n} }}}}" for n in inputs}
-
-    fields = input_names()
+    fields = input_fields()
     assert set(fields) == set(inputs)
+    readers: dict[str, set[str]] = {}
+    for name in Settings.model_fields:
+        for variable in env_names(name):
+            readers.setdefault(variable, set()).add(name)
     for name in inputs:
-        field = Settings.model_fields[fields[name]]
-        value = f"probe-{name}"
-        source = GitHubInputSource(Settings, environ={input_env_key(name): value})
-        assert source.get_field_value(field, fields[name])[0] == value, name
-        # …and no other input's key feeds this setting.
-        others = {input_env_key(n): "x" for n in inputs if n != name}
-        source = GitHubInputSource(Settings, environ=others)
-        assert source.get_field_value(field, fields[name])[0] is None, name
+        variable = input_variable(name)
+        assert variable == "INPUT_" + name.upper(), "the runner keeps the hyphens"
+        assert env_names(fields[name])[0] == variable, name
+        assert readers[variable] == {fields[name]}, name
 
 
 def test_inputs_appear_only_in_the_deploy_steps_env():
@@ -138,22 +143,21 @@ def test_inputs_appear_only_in_the_deploy_steps_env():
     runs_text = text[text.index("\nruns:") :]
     composite = load(PYTHON_ACTION)
     for step in composite["runs"]["steps"]:
-        assert "inputs." not in step["run"]
+        assert "inputs" not in step["run"]
         if step["id"] != "deploy":
-            assert "inputs." not in json.dumps(step.get("env", {})), step["id"]
-    mentions = re.findall(r"\$\{\{\s*inputs\.([\w-]+)\s*\}\}", runs_text)
-    assert sorted(mentions) == sorted(composite["inputs"]), "each input once, in the deploy env"
+            assert "inputs" not in json.dumps(step.get("env", {})), step["id"]
+    mentions = re.findall(r"\$\{\{[^}]*\binputs\b[^}]*\}\}", runs_text)
+    assert mentions == ["${{ toJSON(inputs) }}"], "all inputs once, in the deploy step's env"
 
 
 def test_the_actions_own_variables_are_not_deployer_settings():
-    """The steps' helper variables must not be read by the deployer as settings."""
-    from deployer.settings import Settings, _meta
+    """The steps' helper variables must not be read by the deployer as settings (and
+    bootstrap.run drops them before db-deploy starts)."""
+    from deployer.settings import Settings, env_names
 
-    settings_env = {_meta(f).get("env") for f in Settings.model_fields.values()} - {None}
+    settings_env = {variable for name in Settings.model_fields for variable in env_names(name)}
     for step in load(PYTHON_ACTION)["runs"]["steps"]:
         for key in step.get("env", {}):
-            if key.startswith("INPUT_"):
-                continue
             assert key.startswith("DB_DEPLOY_ACTION_"), key
             assert key not in settings_env, key
 
@@ -190,6 +194,8 @@ def evaluate(template: str, ctx: Contexts) -> str:
         if match := _INPUT.fullmatch(expr):
             lowered = {k.lower(): v for k, v in ctx.inputs.items()}
             return lowered[match.group(1).lower()]
+        if expr == "toJSON(inputs)":  # the runner's toJSON: indented JSON of the context
+            return json.dumps(ctx.inputs, indent=2)
         if expr == "github.action_path":
             return ctx.action_path
         if expr == "runner.temp":
@@ -306,6 +312,7 @@ def test_harness_refuses_what_it_does_not_model(tmp_path: Path, github: GitHubRu
     ctx = Contexts(inputs={"Database-URL": "u"}, action_path="/a", runner_temp="/t")
     assert evaluate("${{ inputs.database-url }}|${{ runner.temp }}/x", ctx) == "u|/t/x"
     assert evaluate("${{ steps.nope.outputs.x }}", ctx) == ""
+    assert json.loads(evaluate("${{ toJSON(inputs) }}", ctx)) == {"Database-URL": "u"}
     with pytest.raises(NotImplementedError):
         evaluate("${{ github.token }}", ctx)
     action = load(PYTHON_ACTION)
@@ -495,8 +502,9 @@ def test_deploy_in_the_jobs_python(
         action_file=action_checkout,
     )
     assert run.returncode == 0, run.log
-    assert run.step("python").outputs["python"] == str(job_python)
-    assert run.step("install").env["DB_DEPLOY_ACTION_ROOT"] == f"{action_checkout.parent}/.."
+    install = run.step("install")
+    assert f"db-deploy runs on the job's Python {PY_VERSION}: {job_python}\n" in install.stdout
+    assert install.env["DB_DEPLOY_ACTION_ROOT"] == f"{action_checkout.parent}/.."
     deploy = run.step("deploy")
     assert set(deploy.outputs) == set(load(CONTAINER_ACTION)["outputs"]), "written = declared"
     assert run.outputs == deploy.outputs
@@ -505,17 +513,19 @@ def test_deploy_in_the_jobs_python(
     assert database.scalar("SELECT count(*) FROM connectors") == 3
     assert database.version() == {"0002_connectors"}
     assert_no_secret_in_logs(run, password)
-    assert deploy.env["INPUT_DATABASE_URL"] == url and "INPUT_DATABASE-URL" not in deploy.env
+    assert json.loads(deploy.env["DB_DEPLOY_ACTION_INPUTS"])["database-url"] == url
+    assert not any(k.startswith("INPUT_") for k in deploy.env), "set by bootstrap.run only"
 
     # What made the app importable: a venv over the job's Python with its site-packages…
     venv = deployer_venv(job_runner_temp)
     cfg = (venv / "pyvenv.cfg").read_text(encoding="utf-8")
     assert re.search(r"^include-system-site-packages = true$", cfg, re.M)
-    assert Path(run.step("install").outputs["bin"]) == venv / "bin"
+    assert Path(install.outputs["bin"]) == venv / "bin"
+    assert Path(install.outputs["python"]) == venv / "bin" / "python"
     assert not list(venv.glob("lib/*/site-packages/_db_deploy_job_python.pth")), "plain Python"
     where = probe(venv / "bin" / "python", "import shopapp, deployer; print(shopapp.__file__)")
     assert Path(where).is_relative_to(job_python.parent.parent)
-    # …and the deployer's own locked packages first, from that venv.
+    # …and what the job's Python lacks (here every locked package) from that venv.
     alembic = probe(venv / "bin" / "python", "import alembic; print(alembic.__file__)")
     assert Path(alembic).is_relative_to(venv)
     # Without the system site-packages the application would not be found (a negative control).
@@ -538,7 +548,7 @@ def test_deploy_in_the_jobs_python(
     assert again.returncode == 0, again.log
     assert "Reusing the deployer's environment" in again.step("install").stdout
     assert "Locked runtime dependencies" not in again.step("install").stdout
-    assert again.step("deploy").env["INPUT_DATABASE_URL"] == ""
+    assert json.loads(again.step("deploy").env["DB_DEPLOY_ACTION_INPUTS"])["database-url"] == ""
     assert again.outputs["status"] == "noop"
     assert again.outputs["applied-count"] == "0"
 
@@ -600,9 +610,10 @@ def test_a_job_python_that_is_a_virtual_environment(
         probe(venv / "bin" / "python", "import sys, json; print(json.dumps(sys.path))")
     )
     own = next(i for i, p in enumerate(order) if Path(p).is_relative_to(venv))
-    assert own < order.index(site_packages), "the deployer's locked packages come first"
-    # Whatever the job's base interpreter holds (other versions of pydantic, certifi…), every
-    # locked distribution resolves from the deployer's environment at its locked version.
+    assert own < order.index(site_packages), "what the action installs comes first"
+    # The job's venv holds none of the locked packages; its base interpreter does (other
+    # versions of pydantic, certifi…), but the job does not see them: every locked
+    # distribution resolves from the deployer's environment at its locked version.
     locked = dict(
         re.findall(
             r"^([A-Za-z0-9._-]+)==(\S+)",
@@ -625,6 +636,126 @@ def test_a_job_python_that_is_a_virtual_environment(
     for name, (version, location) in json.loads(proc.stdout).items():
         assert version == locked[name], name
         assert Path(location).is_relative_to(venv), f"{name} comes from {location}"
+
+
+def pinned_job_python(folder: Path, app_wheel: Path, *requirements: str) -> Path:
+    """actions/setup-python, then an application that pins its own SQLAlchemy and Alembic
+    (`pip install shopapp SQLAlchemy==… alembic==…`, their dependencies included)."""
+    python = copy_interpreter(folder)
+    pip_install(python, app_wheel)
+    argv = [sys.executable, "-m", "pip", "--python", str(python), "install"]
+    argv += ["--disable-pip-version-check", "--only-binary=:all:", *requirements]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return python
+
+
+def write_version_probe(workspace: Path) -> Path:
+    """env.py (run for the plan, the migration, the status…) and the seed record the versions
+    of SQLAlchemy and Alembic they run with, and where these come from."""
+    record = workspace / "versions.jsonl"
+    probe_code = (
+        "import json as _json, alembic as _alembic, sqlalchemy as _sa\n"
+        f"with open({str(record)!r}, 'a', encoding='utf-8') as _out:\n"
+        "    _out.write(_json.dumps({'sqlalchemy': [_sa.__version__, _sa.__file__], "
+        "'alembic': [_alembic.__version__, _alembic.__file__]}) + '\\n')\n"
+    )
+    for name in ("env.py", "seed.py"):
+        path = workspace / "migrations" / name
+        path.write_text(probe_code + path.read_text(encoding="utf-8"), encoding="utf-8")
+    return record
+
+
+def locked_versions() -> dict[str, str]:
+    lock = (REPO / "requirements.lock").read_text(encoding="utf-8")
+    return {n.lower(): v for n, v in re.findall(r"^([A-Za-z0-9._-]+)==(\S+)", lock, re.M)}
+
+
+@pytest.mark.slow
+def test_the_applications_own_sqlalchemy_and_alembic_win(
+    github: GitHubRunner, database: Database, action_checkout: Path, app_wheel: Path, tmp_path: Path
+):
+    """An application pinning other versions than requirements.lock (the oldest supported
+    ones, deployer/compat.py's floors) deploys with its own: the action installs into its
+    environment only what the job's Python lacks, so env.py, the revisions and the seed import
+    the application's SQLAlchemy and Alembic, and so does the deployer. A package the
+    deployer needs newer than the application's (its pydantic-settings needs a newer pydantic)
+    comes from the lock after all, found by `pip check`."""
+    from deployer.compat import SUPPORTED
+
+    pins = {spec.name.lower(): ".".join(map(str, spec.floor)) + ".0" for spec in SUPPORTED}
+    assert pins == {"sqlalchemy": "2.0.0", "alembic": "1.13.0"}
+    locked = locked_versions()
+    assert all(locked[name] != version for name, version in pins.items()), "pins differ"
+    old_pydantic = "pydantic==2.6.0"  # pydantic-settings 2.4 and later need 2.7
+    python = pinned_job_python(
+        tmp_path / "toolcache", app_wheel, *(f"{n}=={v}" for n, v in pins.items()), old_pydantic
+    )
+    write_app_project(github.workspace)
+    record = write_version_probe(github.workspace)
+    runner_temp = tmp_path / "runner_temp"
+    run = run_composite(
+        github,
+        with_={"database-url": database.url, **DEPLOY_INPUTS},
+        job_python=python,
+        runner_temp=runner_temp,
+        action_file=action_checkout,
+    )
+    assert run.returncode == 0, run.log
+    assert_deployed(run.outputs, github.workspace)
+    assert database.scalar("SELECT count(*) FROM connectors") == 3
+
+    seen = [json.loads(line) for line in record.read_text(encoding="utf-8").splitlines()]
+    assert len(seen) >= 2, "env.py and the seed ran"
+    for entry in seen:
+        for name, (version, module_file) in entry.items():
+            assert version == pins[name], entry
+            assert Path(module_file).is_relative_to(python.parent.parent), entry
+    # The deployer's environment holds neither; what the job lacks (pydantic…) comes from it.
+    venv = deployer_venv(runner_temp)
+    (site_packages,) = venv.glob("lib/*/site-packages")
+    assert not [
+        p.name
+        for p in site_packages.iterdir()
+        if p.name.lower().startswith(("sqlalchemy", "alembic"))
+    ]
+    install = run.step("install").stdout
+    kept = next(line for line in install.splitlines() if line.startswith("From the job's Python"))
+    assert "alembic" in kept and "sqlalchemy" in kept, kept
+    needed = "::group::Needed in another version than the job's: "
+    fixed = [n for line in install.splitlines() if line.startswith(needed)
+             for n in line.removeprefix(needed).split(", ")]  # fmt: skip
+    assert sorted(fixed) == ["pydantic", "pydantic-core"], install
+    pydantic = probe(venv / "bin" / "python", "import pydantic; print(pydantic.VERSION)")
+    assert pydantic == locked["pydantic"]
+    assert probe(python, "import pydantic; print(pydantic.VERSION)") == "2.6.0", "job's intact"
+
+
+@pytest.mark.slow
+def test_an_application_with_an_unsupported_sqlalchemy_stops_with_exit_2(
+    github: GitHubRunner, database: Database, action_checkout: Path, app_wheel: Path, tmp_path: Path
+):
+    """The application's SQLAlchemy is not replaced by the lock's: when it is outside the
+    supported range, db-deploy says so in one line and exits 2, before reaching the database."""
+    python = pinned_job_python(tmp_path / "toolcache", app_wheel, "SQLAlchemy==1.4.54")
+    write_app_project(github.workspace)
+    run = run_composite(
+        github,
+        with_={"database-url": database.url, **DEPLOY_INPUTS},
+        job_python=python,
+        runner_temp=tmp_path / "runner_temp",
+        action_file=action_checkout,
+    )
+    assert run.returncode == 2, run.log
+    assert run.step("install").returncode == 0
+    expected = "SQLAlchemy 1.4.54 is not supported: db-deploy needs SQLAlchemy >=2.0,<3"
+    assert run.outputs["status"] == "failed"
+    assert run.outputs["failed-step"] == "config"
+    assert run.outputs["error"].startswith(expected), run.outputs["error"]
+    errors = [c for c in workflow_commands(run.step("deploy").stdout) if c.name == "error"]
+    assert [e.data.startswith(expected) for e in errors] == [True], run.log
+    assert "Traceback" not in run.text
+    assert database.tables() == set()
 
 
 def newest_older_python() -> Path | None:
@@ -668,8 +799,8 @@ def test_an_older_python_fails_fast_with_a_clear_message(
         action_file=action_checkout,
     )
     assert run.returncode == 2, run.log
-    assert [s.id for s in run.steps] == ["python"], "nothing after the check runs"
-    (error,) = [c for c in workflow_commands(run.step("python").stdout) if c.name == "error"]
+    assert [s.id for s in run.steps] == ["install"], "nothing after the check runs"
+    (error,) = [c for c in workflow_commands(run.step("install").stdout) if c.name == "error"]
     version = probe(folder / "python", "import sys; print('%d.%d' % sys.version_info[:2])")
     assert f"The job's Python is {version}" in error.data
     assert "actions/setup-python" in error.data and "3.11" in error.properties["title"]
@@ -715,10 +846,10 @@ def test_zizmor_finds_nothing_in_the_composite(tmp_path: Path):
     broken = tmp_path / "python" / "action.yml"
     broken.parent.mkdir()
     text = PYTHON_ACTION.read_text(encoding="utf-8")
-    old = 'run: exec "$DB_DEPLOY_ACTION_BIN/db-deploy"'
+    old = "-m deployer.bootstrap run"
     assert old in text
     broken.write_text(
-        text.replace(old, 'run: exec "$DB_DEPLOY_ACTION_BIN/db-deploy" ${{ inputs.target }}'),
+        text.replace(old, f"{old} ${{{{ inputs.target }}}}"),
         encoding="utf-8",
     )
     proc = run_tool(*argv, str(broken), cwd=tmp_path)
