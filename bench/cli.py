@@ -34,7 +34,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--repeat",
         type=int,
         help="rounds per size (default 5; quick 2), rounded up to a multiple of the commands "
-        "in a round (4: db-deploy, --fast-path, alembic, psql; 5 with --candidate)",
+        "in a round (3: db-deploy, alembic, psql; 4 with --candidate)",
     )
     p.add_argument(
         "--smoke-rows",
@@ -56,7 +56,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--latency-repeat",
         type=int,
-        help="network suite: rounds (default 4; quick 1), rounded up to a multiple of 4",
+        help="network suite: rounds (default 3; quick 1), rounded up to a multiple of the "
+        f"commands in a round ({len(deploy.FULL)})",
     )
     p.add_argument("--only", help=f"comma-separated suites among {','.join(SUITES)} (default all)")
     p.add_argument("--skip", default="", help="comma-separated suites to leave out")
@@ -88,6 +89,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="byte-compile the chains' revision files before timing (a developer re-running "
         "locally); default: compiled on every run, as in the image on a fresh CI checkout",
     )
+    p.add_argument(
+        "--deployer-ref",
+        help="measure deployer/ as committed at this git ref (e.g. HEAD) instead of the working "
+        "tree as it is at start",
+    )
     p.add_argument("--keep-work", action="store_true", help="keep the work folder (logs, chains)")
     a = p.parse_args(argv)
     q = a.quick
@@ -102,7 +108,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     a.startup_repeat = a.startup_repeat or (3 if q else 10)
     a.profile_size = a.profile_size or (40 if q else 200)
     a.latency_size = a.latency_size or (40 if q else 200)
-    a.latency_repeat = -(-(a.latency_repeat or (1 if q else 4)) // len(deploy.FULL)) * len(
+    a.latency_repeat = -(-(a.latency_repeat or (1 if q else 3)) // len(deploy.FULL)) * len(
         deploy.FULL
     )
     chosen = [s for s in (a.only or ",".join(SUITES)).split(",") if s]
@@ -128,19 +134,22 @@ def machine() -> str:
     return f"{platform.machine()} Linux, {cpus} cores, {mem:.0f} GiB, load {load:.1f} at start"
 
 
-def deployer_state() -> str:
-    """The commit, and a digest of deployer/ as measured (others edit it concurrently)."""
+def deployer_state(measured: Path, ref: str | None) -> str:
+    """The commit, and a digest of the deployer/ measured (others edit the tree concurrently)."""
     import hashlib
     import subprocess
 
-    root = Path(__file__).resolve().parents[1]
     head = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
+        ["git", "rev-parse", "--short", ref or "HEAD"],
+        cwd=proc.REPO,
+        capture_output=True,
+        text=True,
     ).stdout.strip()
     digest = hashlib.sha256()
-    for f in sorted((root / "deployer").rglob("*.py")):
+    for f in sorted(measured.rglob("*.py")):
         digest.update(f.read_bytes())
-    return f"commit {head or '?'}, deployer/ sha256 {digest.hexdigest()[:12]}"
+    tree = f"deployer/ at {ref}" if ref else "deployer/ of the working tree"
+    return f"commit {head or '?'}, {tree}, sha256 {digest.hexdigest()[:12]}"
 
 
 def measure(a: argparse.Namespace) -> dict[str, Any]:
@@ -155,12 +164,15 @@ def measure(a: argparse.Namespace) -> dict[str, Any]:
             "repeat": a.repeat,
             "smoke_rows": a.smoke_rows,
             "suites": a.suites,
-            "deployer": deployer_state(),
             "revision_bytecode": "warm" if a.warm_revisions else "cold (as in CI)",
         }
     }
     # db-deploy runs from a byte-compiled snapshot of deployer/ taken now (see proc.snapshot).
-    proc.BASELINE = proc.snapshot(proc.REPO / "deployer", work / "baseline")
+    source = (
+        proc.export(a.deployer_ref, work / "export") if a.deployer_ref else proc.REPO / "deployer"
+    )
+    proc.BASELINE = proc.snapshot(source, work / "baseline")
+    results["meta"]["deployer"] = deployer_state(proc.BASELINE / "deployer", a.deployer_ref)
     deploy.WARM_REVISIONS = a.warm_revisions
     candidate = Path(a.candidate).resolve() if a.candidate else None
     if a.candidate == "proposals":

@@ -5,13 +5,12 @@ round to round (each tool goes first in turn):
 
 - `db-deploy deploy --database-url URL --migrations-path DIR` (preflight, lock, migrate,
   status, smoke, reports), as a user runs it;
-- the same with `--fast-path` (a revision's DDL and plain SQL sent together);
 - bare `alembic -c DIR/alembic.ini upgrade head` (DATABASE_URL set);
 - `psql -X -q -v ON_ERROR_STOP=1 -f FILE` of what `alembic upgrade head --sql` emitted (once per
   size, untimed): the floor, the same SQL with a transaction per revision;
 
 then, on the databases now at head, a no-op `db-deploy deploy` and `alembic current`.
-Ratios are taken within each round. The four databases must end with the same catalog.
+Ratios are taken within each round. The three databases must end with the same catalog.
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ from bench.proc import VENV_BIN, child_env, deployer_env, run
 from bench.server import Server
 from bench.stats import ratios, rotate, summary
 
-FULL = ("deploy", "fast", "alembic", "psql")
+FULL = ("deploy", "alembic", "psql")
 WARM_REVISIONS = False  # byte-compile the chains before timing (--warm-revisions)
 NOOP = ("noop", "current")
 
@@ -86,8 +85,6 @@ def tool_command(
     project = files["project"]
     if tool in {"deploy", "noop"}:
         return deploy_cmd(project, url), deployer_env()
-    if tool == "fast":
-        return deploy_cmd(project, url, "--fast-path"), deployer_env()
     if tool in {"candidate", "candidate_noop"}:
         return deploy_cmd(project, url, candidate=candidate), candidate_env(candidate)
     if tool == "alembic":
@@ -215,7 +212,7 @@ def run_suite(
     try:
         for size in sizes:
             files = prepare(work, size, server)
-            # An untimed warm-up round first (it also checks that the four commands build the
+            # An untimed warm-up round first (it also checks that the three commands build the
             # same schema): the first commands on a new chain ran up to 45 % slower.
             one_round(server, work, files, size, 0, check=True, candidate=candidate, keep=keep)
             rounds = []
@@ -246,8 +243,6 @@ def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         ("deploy", "alembic"),
         ("alembic", "psql"),
         ("deploy", "psql"),
-        ("fast", "psql"),
-        ("fast", "deploy"),
         ("noop", "current"),
         ("noop_first", "current"),
         ("candidate", "alembic"),
@@ -268,7 +263,6 @@ def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
             f"{a}/{b}": ratios(cpu_rounds, a, b)
             for a, b in [
                 ("deploy", "alembic"),
-                ("fast", "deploy"),
                 ("noop", "current"),
                 ("candidate", "alembic"),
                 ("candidate", "deploy"),

@@ -6,8 +6,9 @@ database costs 1-50 ms per round trip. `DelayProxy` stands in for the network: a
 direction, in order (so each request/response pair pays `rtt` once, as over a real link).
 
 The suite runs, on fresh databases through the proxy and in rotated order: `db-deploy deploy`,
-`db-deploy deploy --fast-path`, bare `alembic upgrade head` and `psql -f` (which also sends one
-statement per round trip). The four must build the same catalog.
+bare `alembic upgrade head` and `psql -f` (which also sends one statement per round trip). The
+three must build the same catalog. What it shows is what the deployer's own statements (lock,
+preflight, history, status, smoke) cost once each round trip costs milliseconds.
 """
 
 from __future__ import annotations

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import sysconfig
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -48,6 +51,54 @@ def snapshot(source: Path, dest: Path) -> Path:
     shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
     compileall.compile_dir(str(target), quiet=1)
     return dest
+
+
+def _portable_rules() -> list[tuple[re.Pattern[str], str]]:
+    paths = sysconfig.get_paths()
+    stdlib = sorted({paths["stdlib"], paths["platstdlib"]}, key=len, reverse=True)
+    return [
+        # installed packages by their own path: sqlalchemy/sql/compiler.py
+        (re.compile(r"/[^\s:\"']*?/(?:site|dist)-packages/"), ""),
+        *((re.compile(re.escape(p.rstrip("/")) + "/"), "<stdlib>/") for p in stdlib),
+        # the bench's work folder (a temporary one): baseline/deployer/cli.py
+        (re.compile(r"/[^\s:\"']*?/bench-work-[^/\s]+/"), ""),
+        (re.compile(re.escape(str(REPO)) + "/?"), ""),
+        (re.compile(re.escape(tempfile.gettempdir().rstrip("/")) + "/"), "<tmp>/"),
+        (re.compile(re.escape(str(Path.home()).rstrip("/")) + "/"), "<home>/"),
+    ]
+
+
+_PORTABLE = _portable_rules()
+
+
+def portable(text: str) -> str:
+    """`text` with this machine's folders taken out, so that no results file names a path
+    outside the repository: installed packages by their own path, the standard library as
+    `<stdlib>/`, the bench's work folder and the repository's root left out, the temporary and
+    home folders as `<tmp>/` and `<home>/`."""
+    for pattern, replacement in _PORTABLE:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def export(ref: str, dest: Path) -> Path:
+    """deployer/ as committed at the git `ref`, written under `dest` (for `snapshot`): the
+    measured tree stays what was committed while others edit the working tree."""
+    import io
+    import tarfile
+
+    got = subprocess.run(
+        ["git", "archive", "--format=tar", ref, "deployer"],
+        cwd=REPO,
+        capture_output=True,
+        timeout=120,
+    )
+    if got.returncode != 0:
+        raise SystemExit(f"--deployer-ref {ref}: {got.stderr.decode(errors='replace').strip()}")
+    dest.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(got.stdout)) as tar:
+        tar.extractall(dest, filter="data")
+    return dest / "deployer"
 
 
 def deployer_env(**extra: str) -> dict[str, str]:

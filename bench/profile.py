@@ -18,45 +18,55 @@ from pathlib import Path
 from typing import Any
 
 from bench.deploy import alembic_cmd, candidate_env, deploy_cmd, prepare
-from bench.proc import VENV_BIN, child_env, deployer_env, run
+from bench.proc import VENV_BIN, child_env, deployer_env, portable, run
 from bench.server import Server
 
-# (label, file suffix, function name): cumulative seconds of one function (summed over entries).
-BUCKETS: list[tuple[str, str, str]] = [
-    ("imports (importlib)", "<frozen importlib._bootstrap>", "_find_and_load"),
-    ("settings (load_settings)", "deployer/settings.py", "load_settings"),
-    ("argument parser (build_parser)", "deployer/cli.py", "build_parser"),
-    ("load the migrations folder (find_project)", "deployer/alembic_project.py", "find_project"),
-    ("revision map: load every revision file", "alembic/script/revision.py", "_revision_map"),
-    ("preflight step", "deployer/pipeline.py", "preflight"),
-    ("env.py runs (all)", "alembic/script/base.py", "run_env"),
-    ("  inspect_env (env.py, no-op work)", "deployer/steps/migrate.py", "inspect_env"),
-    ("  migrations loop (run_migrations)", "alembic/runtime/migration.py", "run_migrations"),
-    ("    revision upgrade() bodies (alembic ops)", "alembic/operations/base.py", "invoke"),
-    ("    version table updates", "alembic/runtime/migration.py", "update_to_step"),
-    ("status step", "deployer/pipeline.py", "status"),
-    ("smoke step", "deployer/pipeline.py", "smoke"),
-    ("reports (publish)", "deployer/publish.py", "publish"),
-    ("SQL/DDL compile (SQLAlchemy Compiled)", "sqlalchemy/sql/compiler.py", "__init__"),
-    ("server round trips (psycopg wait + send)", "psycopg/connection.py", "wait"),
-    ("", "psycopg/_cursor_base.py", "_execute_send"),
-    ("connect (psycopg)", "psycopg/connection.py", "connect"),
+#: Where the deployer's commands live: the pipeline before issue 14, deployer/commands/ after.
+_COMMANDS = ("deployer/pipeline.py", "deployer/commands/shared.py", "deployer/commands/deploy.py")
+
+# (label, file suffixes, function name): cumulative seconds of one function (summed over
+# entries), in the first of the files that has it (the code moves; the bucket stays).
+BUCKETS: list[tuple[str, tuple[str, ...], str]] = [
+    ("imports (importlib)", ("<frozen importlib._bootstrap>",), "_find_and_load"),
+    ("settings (load_settings)", ("deployer/settings.py",), "load_settings"),
+    ("argument parser (build_parser)", ("deployer/cli.py",), "build_parser"),
+    (
+        "load the migrations folder (find_project)",
+        ("deployer/alembic_project.py",),
+        "find_project",
+    ),
+    ("revision map: load every revision file", ("alembic/script/revision.py",), "_revision_map"),
+    ("preflight step", (*_COMMANDS, "deployer/steps/preflight.py"), "preflight"),
+    ("env.py runs (all)", ("alembic/script/base.py",), "run_env"),
+    ("  inspect_env (env.py, no-op work)", ("deployer/steps/migrate.py",), "inspect_env"),
+    ("  migrations loop (run_migrations)", ("alembic/runtime/migration.py",), "run_migrations"),
+    ("    revision upgrade() bodies (alembic ops)", ("alembic/operations/base.py",), "invoke"),
+    ("    version table updates", ("alembic/runtime/migration.py",), "update_to_step"),
+    ("status step", (*_COMMANDS, "deployer/steps/status.py"), "status"),
+    ("smoke step", (*_COMMANDS, "deployer/steps/smoke.py"), "smoke"),
+    ("reports (publish)", ("deployer/publish.py",), "publish"),
+    ("SQL/DDL compile (SQLAlchemy Compiled)", ("sqlalchemy/sql/compiler.py",), "__init__"),
+    ("server round trips (psycopg wait + send)", ("psycopg/connection.py",), "wait"),
+    ("", ("psycopg/_cursor_base.py",), "_execute_send"),
+    ("connect (psycopg)", ("psycopg/connection.py",), "connect"),
 ]
 
 
-def _cum(stats: dict[Any, Any], suffix: str, name: str) -> tuple[float, int]:
-    """Cumulative seconds and calls of the function(s) matching; for `__init__` in a module
-    the largest entry (the base class every call goes through)."""
-    hits = [
-        (v[3], v[1])
-        for (f, _line, n), v in stats.items()
-        if n == name and (f.endswith(suffix) or f == suffix)
-    ]
-    if not hits:
-        return 0.0, 0
-    if name == "__init__":
-        return max(hits)
-    return sum(h[0] for h in hits), sum(h[1] for h in hits)
+def _cum(stats: dict[Any, Any], suffixes: tuple[str, ...], name: str) -> tuple[float, int]:
+    """Cumulative seconds and calls of the function(s) matching, in the first of `suffixes`
+    that has one; for `__init__` in a module the largest entry (the base class every call goes
+    through)."""
+    for suffix in suffixes:
+        hits = [
+            (v[3], v[1])
+            for (f, _line, n), v in stats.items()
+            if n == name and (f.endswith(suffix) or f == suffix)
+        ]
+        if hits:
+            if name == "__init__":
+                return max(hits)
+            return sum(h[0] for h in hits), sum(h[1] for h in hits)
+    return 0.0, 0
 
 
 def summarise_profile(path: Path, size: int, top: int = 12) -> dict[str, Any]:
@@ -65,8 +75,8 @@ def summarise_profile(path: Path, size: int, top: int = 12) -> dict[str, Any]:
     total = max(v[3] for v in stats.values())
     buckets: dict[str, Any] = {}
     last = ""
-    for label, suffix, name in BUCKETS:
-        sec, calls = _cum(stats, suffix, name)
+    for label, suffixes, name in BUCKETS:
+        sec, calls = _cum(stats, suffixes, name)
         if not label:  # continuation of the previous bucket
             buckets[last]["seconds"] = round(buckets[last]["seconds"] + sec, 4)
             continue
@@ -92,10 +102,8 @@ def summarise_profile(path: Path, size: int, top: int = 12) -> dict[str, Any]:
 
 
 def _short(f: str) -> str:
-    for mark in ("site-packages/", "/work/main/", "/bench-", "/tmp/"):
-        if mark in f:
-            return f.split(mark, 1)[1]
-    return f
+    """A profiled file named without the machine's folders (see `report.portable`)."""
+    return portable(f)
 
 
 # --------------------------------------------------------------------------- round trips
@@ -240,7 +248,7 @@ def run_suite(
 
     # round trips, as the server saw them
     with statement_logging(server):
-        dbs = [server.create_database("r") for _ in range(5 if candidate else 4)]
+        dbs = [server.create_database("r") for _ in range(4 if candidate else 3)]
         try:
             u = [server.url(d) for d in dbs]
             plans = {
@@ -258,17 +266,14 @@ def run_suite(
                     [server.psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", u[2], "-f", str(sql)],
                     child_env(),
                 ),
-                # A simple-protocol query is one log entry however many statements it holds:
-                # the count is of round trips.
-                "fast path": (dbs[3], deploy_cmd(project, u[3], "--fast-path"), deployer_env()),
             }
             if candidate:
-                cand = (deploy_cmd(project, u[4], candidate=candidate), candidate_env(candidate))
-                plans["candidate"] = (dbs[4], *cand)
-                plans["candidate noop"] = (dbs[4], *cand)
+                cand = (deploy_cmd(project, u[3], candidate=candidate), candidate_env(candidate))
+                plans["candidate"] = (dbs[3], *cand)
+                plans["candidate noop"] = (dbs[3], *cand)
             for name, (db, cmd, env) in plans.items():
                 res = count_statements(server, db, cmd, env, work)
-                full = name in {"deploy", "alembic", "psql", "fast path", "candidate"}
+                full = name in {"deploy", "alembic", "psql", "candidate"}
                 res["per_revision"] = round(res["statements"] / size, 2) if full else None
                 out["round_trips"][name] = res
                 progress(

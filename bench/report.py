@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bench.proc import portable
 from bench.stats import fmt_s, fmt_x
 
 README = Path(__file__).resolve().parent / "README.md"
@@ -60,26 +61,6 @@ def table(results: dict[str, Any]) -> str:
                 f"| {fmt_x(x['alembic/psql'])} | {fmt_x(x['deploy/alembic'])} | {goal} "
                 f"| {'yes' if r.get('schemas_identical') else 'NO'} |"
             )
-        fast = [(size, r) for size, r in dep.items() if "fast" in r["seconds"]]
-        if fast:
-            out += [
-                "",
-                "**Fast path** (`db-deploy deploy --fast-path`: a revision's DDL and plain SQL sent "
-                "together; same rounds; seconds)",
-                "",
-                "| revisions | psql -f | db-deploy deploy | db-deploy --fast-path | fast / psql "
-                "| stretch goal ≤ 1.2× psql | fast / deploy | client CPU fast / deploy |",
-                "| ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |",
-            ]
-            for size, r in fast:
-                s, x = r["seconds"], r["ratios"]
-                cpu = r.get("cpu_ratios", {}).get("fast/deploy")
-                goal = _verdict(x["fast/psql"], 1.2) if int(size) >= 500 else "(n/a, at 500)"
-                out.append(
-                    f"| {size} | {fmt_s(s['psql'])} | {fmt_s(s['deploy'])} | {fmt_s(s['fast'])} "
-                    f"| {fmt_x(x['fast/psql'])} | {goal} | {fmt_x(x['fast/deploy'])} "
-                    f"| {fmt_x(cpu) if cpu else '–'} |"
-                )
         if any("cpu_seconds" in r for r in dep.values()):
             out += [
                 "",
@@ -254,12 +235,12 @@ def table(results: dict[str, Any]) -> str:
             f"**On a database {net['rtt_ms']:g} ms away** ({net['size']} revisions, fresh "
             "databases, through a proxy adding that round-trip time; seconds)",
             "",
-            "| psql -f | alembic upgrade head | db-deploy deploy | db-deploy --fast-path "
-            "| db-deploy / alembic | fast / psql | fast / deploy | same schema |",
-            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+            "| psql -f | alembic upgrade head | db-deploy deploy | alembic / psql "
+            "| db-deploy / alembic | same schema |",
+            "| ---: | ---: | ---: | ---: | ---: | --- |",
             f"| {fmt_s(s['psql'])} | {fmt_s(s['alembic'])} | {fmt_s(s['deploy'])} "
-            f"| {fmt_s(s['fast'])} | {fmt_x(x['deploy/alembic'])} | {fmt_x(x['fast/psql'])} "
-            f"| {fmt_x(x['fast/deploy'])} | {'yes' if net.get('schemas_identical') else 'NO'} |",
+            f"| {fmt_x(x['alembic/psql'])} | {fmt_x(x['deploy/alembic'])} "
+            f"| {'yes' if net.get('schemas_identical') else 'NO'} |",
         ]
     return "\n".join(out)
 
@@ -282,13 +263,6 @@ def goals(results: dict[str, Any]) -> list[str]:
             f"no-op ≤ 1.2× alembic current at {size}: {fmt_x(x)} → {_verdict(x, 1.2)}"
             + (f" (client CPU {fmt_x(cpu)})" if cpu else "")
         )
-    for size, r in dep.items():
-        x = r["ratios"].get("fast/psql")
-        if x and int(size) >= 500:
-            lines.append(
-                f"stretch: fast path ≤ 1.2× psql -f at {size}: {fmt_x(x)} → {_verdict(x, 1.2)} "
-                f"(fast path / normal deploy {fmt_x(r['ratios']['fast/deploy'])})"
-            )
     sm = results.get("smoke")
     if sm:
         x = sm["ratios"]["full/empty (step)"]
@@ -363,9 +337,21 @@ def profile_markdown(prof: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def _portable(value: Any) -> Any:
+    """`value` with every string's machine paths taken out (`proc.portable`)."""
+    if isinstance(value, str):
+        return portable(value)
+    if isinstance(value, dict):
+        return {portable(str(k)): _portable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_portable(v) for v in value]
+    return value
+
+
 def write_json(results: dict[str, Any], path: Path) -> None:
+    """The results, with no path of this machine in them (they are committed)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=1, sort_keys=False) + "\n")
+    path.write_text(json.dumps(_portable(results), indent=1, sort_keys=False) + "\n")
 
 
 def _replace(text: str, start: str, end: str, body: str) -> str:
