@@ -389,3 +389,16 @@ def test_sessions_without_timeouts_share_one_engine(
     assert len(run.engines) == 2, run.engines.keys()
     assert options[0] == ""  # application, lock, watch
     assert "lock_timeout=3000" in options[1]  # migration
+
+
+def test_every_command_has_its_module() -> None:
+    """The registry runs every command the settings accept, each from a module of its own that
+    returns the run's record."""
+    from deployer.commands import COMMANDS, command
+    from deployer.settings import COMMANDS as ACCEPTED
+
+    assert set(COMMANDS) == set(ACCEPTED)
+    for name in ACCEPTED:
+        run = command(name)
+        assert run.__module__ == f"deployer.commands.{'deploy' if name == 'plan' else name}"
+        assert run.__annotations__["return"] == "RunResult"
