@@ -112,6 +112,7 @@ def review(
     live: sa.Connection | None = None,
     snapshot: LiveSnapshot | None = None,
     target_url: str = "",
+    target_major: int = 0,
     scratch_server_url: str = "",
     scratch_label: str = "",
     offline_sql: dict[str, str] | None = None,
@@ -126,7 +127,8 @@ def review(
 
     `live`: a connection to the target (its statistics are read first, unless `snapshot`
     holds them already: read before env.py ran on the target; neither: no live statistics). `scratch_server_url`: a server on which a scratch database may be created
-    (with `target_url` for the schema copy); empty: no rehearsal, the rules then read
+    (with `target_url` for the schema copy, made by a pg_dump for `target_major`, read from
+    `live` when 0); empty: no rehearsal, the rules then read
     `offline_sql` (revision → Alembic's `--sql` text) where given."""
     started = time.perf_counter()
     result = RiskResult(lock_timeout=lock_timeout)
@@ -144,7 +146,7 @@ def review(
     rehearsal: Rehearsal | None = None
     if pending and scratch_server_url:
         try:
-            major = server_major(live) if live is not None else 0
+            major = target_major or (server_major(live) if live is not None else 0)
             if live is not None and live.in_transaction():
                 live.rollback()
             with scratch_database(scratch_server_url) as scratch:

@@ -150,8 +150,9 @@ def weigh(
         else:
             level = "low" if duration < 5 else "medium" if duration < 60 else "high"
         if rate:
+            about = "under 1 s" if duration < 1 else f"about {fmt_seconds(duration)}"
             outage = (
-                f"about {fmt_seconds(duration)} of blocked {blocked} on {stats.table} "
+                f"{about} of blocked {blocked} on {stats.table} "
                 f"({size} {verb[effect]} at ~{rate / 1e6:.0f} MB/s)"
             )
         else:
