@@ -49,6 +49,10 @@ DEPLOYER = "db-deploy-action"
 # Never replaced by the lock's copy when the job holds them: env.py and the models run with the
 # application's own versions, checked at start against deployer/compat.py's ranges.
 APPLICATION_WINS = frozenset({"sqlalchemy", "alembic"})
+# Parts of another distribution, installed only with it: a job holding psycopg has an
+# implementation of its own (psycopg-c, psycopg-binary at its version, or the system's libpq);
+# the lock's psycopg-binary, of another release, would be loaded in its place.
+COMPANIONS = {"psycopg-binary": "psycopg"}
 INPUTS_VARIABLE = "DB_DEPLOY_ACTION_INPUTS"
 PIP = ("-m", "pip", "install", "--disable-pip-version-check", "--no-input", "--progress-bar", "off")
 
@@ -214,9 +218,9 @@ class Installer:
             )
         self.add_job_site(site_dirs)
         held = {canonical(n) for n in dists}
-        missing = [n for n in self.lock if n not in held]
+        missing = [n for n in self.lock if n not in held and COMPANIONS.get(n, n) not in held]
         with group("Locked runtime dependencies (requirements.lock, hash-checked)"):
-            kept = sorted(n for n in self.lock if n in held)
+            kept = sorted(n for n in self.lock if n not in missing)
             if kept:
                 print("From the job's Python (its own versions):", ", ".join(kept))
             self.pip_lock(missing)

@@ -678,7 +678,7 @@ def test_the_applications_own_sqlalchemy_and_alembic_win(
     """An application pinning other versions than requirements.lock (the oldest supported
     ones, deployer/compat.py's floors) deploys with its own: the action installs into its
     environment only what the job's Python lacks, so env.py, the revisions and the seed import
-    the application's SQLAlchemy and Alembic, and so does the deployer. A package the
+    the application's SQLAlchemy and Alembic, and the deployer its psycopg. A package the
     deployer needs newer than the application's (its pydantic-settings needs a newer pydantic)
     comes from the lock after all, found by `pip check`."""
     from deployer.compat import SUPPORTED
@@ -686,10 +686,14 @@ def test_the_applications_own_sqlalchemy_and_alembic_win(
     pins = {spec.name.lower(): ".".join(map(str, spec.floor)) + ".0" for spec in SUPPORTED}
     assert pins == {"sqlalchemy": "2.0.0", "alembic": "1.13.0"}
     locked = locked_versions()
+    pins["psycopg"] = pins["psycopg-binary"] = "3.2.3"
     assert all(locked[name] != version for name, version in pins.items()), "pins differ"
     old_pydantic = "pydantic==2.6.0"  # pydantic-settings 2.4 and later need 2.7
     python = pinned_job_python(
-        tmp_path / "toolcache", app_wheel, *(f"{n}=={v}" for n, v in pins.items()), old_pydantic
+        tmp_path / "toolcache",
+        app_wheel,
+        *(f"{n}=={v}" for n, v in pins.items()),
+        old_pydantic,
     )
     write_app_project(github.workspace)
     record = write_version_probe(github.workspace)
@@ -711,22 +715,31 @@ def test_the_applications_own_sqlalchemy_and_alembic_win(
         for name, (version, module_file) in entry.items():
             assert version == pins[name], entry
             assert Path(module_file).is_relative_to(python.parent.parent), entry
-    # The deployer's environment holds neither; what the job lacks (pydantic…) comes from it.
+    # The deployer's process imports the application's psycopg too.
     venv = deployer_venv(runner_temp)
+    venv_python = venv / "bin" / "python"
+    code = (
+        "import json, psycopg, psycopg_binary\nfrom importlib.metadata import version\n"
+        "print(json.dumps([version('psycopg'), version('psycopg-binary'), psycopg.__file__, "
+        "psycopg_binary.__file__]))"
+    )
+    found = json.loads(probe(venv_python, code))
+    versions, files = found[:2], found[2:]
+    assert versions == ["3.2.3", "3.2.3"]
+    assert all(Path(f).is_relative_to(python.parent.parent) for f in files), files
+    # The deployer's environment holds none of them; what the job lacks comes from it.
     (site_packages,) = venv.glob("lib/*/site-packages")
-    assert not [
-        p.name
-        for p in site_packages.iterdir()
-        if p.name.lower().startswith(("sqlalchemy", "alembic"))
-    ]
+    ours = [p.name for p in site_packages.iterdir()]
+    assert not [n for n in ours if n.lower().startswith(("sqlalchemy", "alembic", "psycopg"))]
     install = run.step("install").stdout
     kept = next(line for line in install.splitlines() if line.startswith("From the job's Python"))
-    assert "alembic" in kept and "sqlalchemy" in kept, kept
+    for name in pins:
+        assert name in kept.split(": ")[1].split(", "), kept
     needed = "::group::Needed in another version than the job's: "
     fixed = [n for line in install.splitlines() if line.startswith(needed)
              for n in line.removeprefix(needed).split(", ")]  # fmt: skip
     assert sorted(fixed) == ["pydantic", "pydantic-core"], install
-    pydantic = probe(venv / "bin" / "python", "import pydantic; print(pydantic.VERSION)")
+    pydantic = probe(venv_python, "import pydantic; print(pydantic.VERSION)")
     assert pydantic == locked["pydantic"]
     assert probe(python, "import pydantic; print(pydantic.VERSION)") == "2.6.0", "job's intact"
 
