@@ -272,7 +272,8 @@ def _refused(exc: ConfigError, args: dict[str, Any], inv: _Invocation, settings:
         error=exc.message,
     )
     result.finished_at = utcnow()
-    publish(result, settings, inv.redactor, gh=inv.gh, console=inv.console, stdout=sys.stdout)
+    options = _publish_options(settings)
+    publish(result, options, inv.redactor, gh=inv.gh, console=inv.console, stdout=sys.stdout)
     return exc.exit_code
 
 
@@ -282,7 +283,22 @@ def _execute(settings: Any, inv: _Invocation) -> int:
 
     inv.before_run(settings.command)
     result = execute(settings, inv.console, debug=inv.debug)
-    publish(result, settings, inv.redactor, gh=inv.gh, console=inv.console, stdout=sys.stdout)
+    options = _publish_options(settings)
+    publish(result, options, inv.redactor, gh=inv.gh, console=inv.console, stdout=sys.stdout)
     if inv.debug and result.extra.get("traceback"):
         sys.stderr.write(str(result.extra["traceback"]))
     return result.exit_code
+
+
+def _publish_options(settings: Any) -> Any:
+    """Where publish() sends the run's results, read once from the settings."""
+    from deployer.publish import PublishOptions
+
+    return PublishOptions(
+        workspace=settings.workspace_dir,
+        report_file=settings.resolve(settings.report_file),
+        summary_file=settings.resolve(settings.summary_file) if settings.summary_file else None,
+        output_file=settings.resolve(settings.output_file) if settings.output_file else None,
+        slack_webhook=settings.webhook,
+        slack_timeout=settings.slack_timeout,
+    )
