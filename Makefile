@@ -6,14 +6,16 @@ STAMP   = $(VENV)/.installed
 RUNTIME = $(VENV)/.runtime
 export XDG_RUNTIME_DIR ?= $(CURDIR)/.cache/xdg
 
-.PHONY: help venv demo test lint format lock bench act clean generate
+.PHONY: help venv demo test lint format lock bench act image-test clean generate
 
 help:
 	@echo "make demo   deploy migrations/ with its seed to an embedded PostgreSQL and show the report"
 	@echo "make test   run the test suite (real PostgreSQL with pgvector, embedded)"
 	@echo "make lint   ruff, format check, mypy and the import layers (lint-imports)"
 	@echo "make bench  benchmarks against bare alembic and psql (see bench/README.md)"
-	@echo "make lock   re-lock the runtime dependencies (requirements.lock)"
+	@echo "make lock   re-lock the runtime dependencies (requirements.lock, requirements-build.lock)"
+	@echo "make image-test  build the container image (no registry needed) and run it as the runner does"
+	@echo "make act    run .github/workflows/db-deploy.yml with act (offline where no registry answers)"
 	@echo "make generate  write action.yml, python/action.yml, the reusable workflow and the docs' tables from deployer/settings.py and deployer/interface.py"
 
 # Two stages: the runtime and the embedded server (what `make demo` needs), then the dev tools.
@@ -62,6 +64,9 @@ format: $(STAMP)
 lock: $(STAMP)
 	$(BIN)/pip-compile --quiet --strip-extras --generate-hashes --no-emit-index-url \
 	  --no-emit-find-links --allow-unsafe -o requirements.lock pyproject.toml
+	$(BIN)/pip-compile --quiet --strip-extras --generate-hashes --no-emit-index-url \
+	  --no-emit-find-links --allow-unsafe --only-build-deps --all-build-deps \
+	  -o requirements-build.lock pyproject.toml
 
 generate: $(STAMP)
 	$(BIN)/python scripts/generate.py
@@ -70,7 +75,10 @@ bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 act:
-	@bash scripts/act.sh
+	@bash scripts/act.sh $(ACT_ARGS)
+
+image-test: $(STAMP)
+	@bash scripts/image-test.sh $(IMAGE_TEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache
