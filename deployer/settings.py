@@ -57,6 +57,7 @@ __all__ = [
     "Expectation",
     "ExtensionRequirement",
     "Settings",
+    "SettingsBase",
     "env_names",
     "format_duration",
     "input_fields",
@@ -276,8 +277,9 @@ def _env(name: str, plain: str) -> AliasChoices:
 # --------------------------------------------------------------------------- the model
 
 
-class _Base(BaseSettings):
-    """The configuration and the sources (shared with the lenient read of `artefact_paths`)."""
+class SettingsBase(BaseSettings):
+    """The configuration and the sources: Settings', the lenient read of `artefact_paths`, and
+    any model the generator is tried on (tests/test_interface.py)."""
 
     model_config = SettingsConfigDict(
         frozen=True,
@@ -316,7 +318,7 @@ class _Environment(EnvSettingsSource):
         return super().get_field_value(field, field_name)
 
 
-class Settings(_Base):
+class Settings(SettingsBase):
     """Every input of the action. Frozen: parsed once at the edge, then only read."""
 
     command: CommandName = Field(
@@ -648,7 +650,7 @@ def artefact_paths(flags: Mapping[str, Any]) -> Settings:
     fields: dict[str, Any] = {name: (str, Settings.model_fields[name]) for name in _ARTEFACTS}
     command = Settings.model_fields["command"]  # as given, unchecked: it may be what failed
     fields["command"] = (str, Field(command.default, validation_alias=command.validation_alias))
-    paths = create_model("ArtefactPaths", __base__=_Base, **fields)
+    paths = create_model("ArtefactPaths", __base__=SettingsBase, **fields)
     wanted = {k: v for k, v in flags.items() if k in fields and v is not None}
     try:
         values = paths(**wanted).model_dump()

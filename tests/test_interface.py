@@ -18,8 +18,7 @@ import yaml
 from pydantic import AliasChoices, Field, SecretStr
 
 from deployer.interface import OUTPUTS, Output
-from deployer.settings import Flag, Settings
-from deployer.settings import _Base as SettingsBase
+from deployer.settings import Flag, Settings, SettingsBase
 from tests.helpers import REPO
 
 FILES = (
