@@ -92,7 +92,7 @@ class Input:
 
 
 @dataclass(frozen=True)
-class Flag:
+class CliFlag:
     """A command-line-only setting."""
 
     name: str
@@ -155,10 +155,10 @@ def inputs_of(model: type[BaseModel]) -> list[Input]:
     return found
 
 
-def flags_of(model: type[BaseModel]) -> list[Flag]:
+def flags_of(model: type[BaseModel]) -> list[CliFlag]:
     """The command-line-only settings: no alias at all."""
     return [
-        Flag(name.replace("_", "-"), str(info.description or ""))
+        CliFlag(name.replace("_", "-"), str(info.description or ""))
         for name, info in model.model_fields.items()
         if not _aliases(info)
     ]
@@ -403,7 +403,9 @@ def readme_outputs(outputs: Sequence[Output]) -> list[str]:
     return rows
 
 
-def docs_inputs(inputs: Sequence[Input], flags: Sequence[Flag], outputs: Sequence[Output]) -> str:
+def docs_inputs(
+    inputs: Sequence[Input], flags: Sequence[CliFlag], outputs: Sequence[Output]
+) -> str:
     lines = [
         "# Inputs and outputs",
         "",
