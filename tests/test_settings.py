@@ -300,3 +300,18 @@ def test_artefact_paths_follow_the_same_precedence(monkeypatch: pytest.MonkeyPat
     assert (s.report_file, s.summary_file, s.workspace) == ("from-input.json", "s.md", "/ws")
     assert s.lock_timeout == 10.0 and s.run_seed is False  # the rest: the defaults
     assert artefact_paths({"report_file": "flag.json"}).report_file == "flag.json"
+
+
+def test_every_float_is_a_duration_and_every_bool_a_flag() -> None:
+    """The parser comes with the type: a field typed `float` or `bool` without `Duration` or
+    `Flag` would refuse `10s` or accept only pydantic's own spellings."""
+    from pydantic.functional_validators import BeforeValidator
+
+    from deployer.settings import parse_bool
+
+    for name, field in Settings.model_fields.items():
+        parsers = {m.func for m in field.metadata if isinstance(m, BeforeValidator)}
+        if field.annotation is float:
+            assert parse_duration in parsers, name
+        if field.annotation is bool:
+            assert parse_bool in parsers, name
