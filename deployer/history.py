@@ -1,22 +1,26 @@
 """The deploy history: what was applied, by whom, from which script — and proof it wasn't edited.
 
 `<history-schema>.db_deploy_history` (schema `db_deploy` by default, never beside Alembic's
-version table: autogenerate would propose dropping it) records every applied revision with the
-SHA-256 of its script file. Before a deploy applies anything, every revision the database already
-has is checked against its recorded checksum: an edited migration fails the run (exit 1) unless
-`allow-edited-migrations` accepts and re-records it. Revisions applied before the history existed
-are baselined (recorded with kind `baseline`) without failing.
+version table: autogenerate would propose dropping it) records every applied revision with two
+checksums of its script file: `code_checksum`, of what the code does (deployer/checksums.py: line
+endings, a BOM, comments, docstrings and layout left out), which is compared, and `checksum`, the
+SHA-256 of its bytes, kept for audit. Before a deploy applies anything, every revision the
+database already has is checked against its recorded code checksum: an edited migration fails the
+run (exit 1) unless `allow-edited-migrations` accepts and re-records it. Rows written before code
+checksums existed are compared by their bytes, and re-keyed with the code checksum when the bytes
+still match. Revisions applied before the history existed are baselined (recorded with kind
+`baseline`) without failing.
 """
 
 from __future__ import annotations
 
-import hashlib
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
+from deployer.checksums import PREFIX, code_checksum, raw_checksum
 from deployer.errors import StepFailed
 from deployer.results import HistoryEntry, IntegrityReport, Telemetry
 
@@ -25,7 +29,7 @@ if TYPE_CHECKING:
 
     from deployer.alembic_project import AlembicProject
 
-Entry = tuple[str, str, str, float | None]  # revision, kind, checksum, seconds
+Entry = tuple[str, str, "Checksums", float | None]  # revision, kind, checksums, seconds
 
 TABLE = "db_deploy_history"
 
@@ -34,8 +38,12 @@ def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def checksum(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+Checksums = tuple[str, str]  # (raw: SHA-256 of the bytes, code: deployer.checksums)
+
+
+def checksums(path: str | Path) -> Checksums:
+    data = Path(path).read_bytes()
+    return raw_checksum(data), code_checksum(path, data)
 
 
 def exists(conn: sa.Connection, schema: str) -> bool:
@@ -47,8 +55,22 @@ def exists(conn: sa.Connection, schema: str) -> bool:
 
 
 def ensure(conn: sa.Connection, schema: str) -> None:
-    """Create the schema and table on first use (idempotent, committed at once)."""
-    if exists(conn, schema):  # one round trip; the caller's transaction goes on
+    """Create the schema and table on first use, or add what a table of an older version lacks
+    (idempotent, committed at once)."""
+    state = conn.execute(
+        sa.text(
+            "SELECT to_regclass(:t) IS NOT NULL, EXISTS (SELECT FROM pg_attribute "
+            "WHERE attrelid = to_regclass(:t) AND attname = 'code_checksum' AND NOT attisdropped)"
+        ),
+        {"t": f"{_q(schema)}.{TABLE}"},
+    ).one()
+    if state[0] and state[1]:  # one round trip; the caller's transaction goes on
+        return
+    if state[0]:
+        conn.execute(
+            sa.text(f"ALTER TABLE {_q(schema)}.{TABLE} ADD COLUMN IF NOT EXISTS code_checksum text")
+        )
+        conn.commit()
         return
     conn.execute(sa.text(f"CREATE SCHEMA IF NOT EXISTS {_q(schema)}"))
     conn.execute(
@@ -60,6 +82,7 @@ def ensure(conn: sa.Connection, schema: str) -> None:
                 kind text NOT NULL CHECK (kind IN ('upgrade', 'downgrade', 'baseline',
                                                    'accepted-edit')),
                 checksum text NOT NULL,
+                code_checksum text,
                 applied_at timestamptz NOT NULL DEFAULT now(),
                 seconds double precision,
                 tool_version text NOT NULL DEFAULT '',
@@ -79,12 +102,12 @@ def ensure(conn: sa.Connection, schema: str) -> None:
 
 
 def entry(script: Script, upgrade: bool, seconds: float | None) -> Entry:
-    """The history entry of a revision just applied (or reverted): its script's checksum now."""
+    """The history entry of a revision just applied (or reverted): its script's checksums now."""
     kind = "upgrade" if upgrade else "downgrade"
     return (
         script.revision,
         kind,
-        checksum(script.path),
+        checksums(script.path),
         None if seconds is None else round(seconds, 4),
     )
 
@@ -96,7 +119,7 @@ def record(
     *,
     telemetry: Telemetry,
 ) -> None:
-    """Insert entries `(revision, kind, checksum, seconds)` on `conn`, inside whatever transaction
+    """Insert entries `(revision, kind, checksums, seconds)` on `conn`, inside whatever transaction
     it is in (the migration's own: an entry commits or rolls back with its revision). Several
     go as one executemany, which psycopg sends as one pipeline, not a round trip per row."""
     if not entries:
@@ -105,32 +128,40 @@ def record(
         {
             "r": revision,
             "k": kind,
-            "c": digest,
+            "c": digests[0],
+            "cc": digests[1],
             "s": seconds,
             "v": telemetry.tool_version,
             "a": telemetry.actor,
             "sha": telemetry.sha,
             "u": telemetry.run_url,
         }
-        for revision, kind, digest, seconds in entries
+        for revision, kind, digests, seconds in entries
     ]
     conn.execute(
         sa.text(
-            f"INSERT INTO {_q(schema)}.{TABLE} (revision, kind, checksum, seconds, tool_version, "
-            "actor, sha, run_url) VALUES (:r, :k, :c, :s, :v, :a, :sha, :u)"
+            f"INSERT INTO {_q(schema)}.{TABLE} (revision, kind, checksum, code_checksum, seconds, "
+            "tool_version, actor, sha, run_url) VALUES (:r, :k, :c, :cc, :s, :v, :a, :sha, :u)"
         ),
         rows if len(rows) > 1 else rows[0],
     )
 
 
-def latest_checksums(conn: sa.Connection, schema: str) -> dict[str, str]:
+def latest_checksums(conn: sa.Connection, schema: str) -> dict[str, tuple[int, str, str | None]]:
+    """revision → (row id, raw checksum, code checksum or None for rows of older versions)."""
     rows = conn.execute(
         sa.text(
-            f"SELECT DISTINCT ON (revision) revision, checksum FROM {_q(schema)}.{TABLE} "
-            "WHERE kind <> 'downgrade' ORDER BY revision, id DESC"
+            f"SELECT DISTINCT ON (revision) revision, id, checksum, to_jsonb(h) ->> 'code_checksum' "
+            f"FROM {_q(schema)}.{TABLE} h WHERE kind <> 'downgrade' ORDER BY revision, id DESC"
         )
     )
-    return dict(rows.all())
+    return {r[0]: (r[1], r[2], r[3]) for r in rows}
+
+
+def _same(recorded: tuple[int, str, str | None], now: Checksums) -> bool:
+    """Compared by code checksum; a row without one (written by an older version) by bytes."""
+    _, raw, code = recorded
+    return code == now[1] if code else raw == now[0]
 
 
 def verify(
@@ -149,26 +180,37 @@ def verify(
     applied = sorted(project.ancestors(heads)) if heads else []
     recorded = latest_checksums(conn, schema)
     report = IntegrityReport(checked=len(applied), baselined=[], accepted=[])
-    edited: list[tuple[str, str, str]] = []
+    edited: list[tuple[str, str, Checksums]] = []
     baseline: list[Entry] = []
+    rekey: list[dict[str, object]] = []
     for rev in applied:
-        now = checksum(project.revision(rev).path)
+        now = checksums(project.revision(rev).path)
         before = recorded.get(rev)
         if before is None:
             report.baselined.append(rev)  # type: ignore[union-attr]
             baseline.append((rev, "baseline", now, None))
-        elif before != now:
-            edited.append((rev, before, now))
+        elif not _same(before, now):
+            edited.append((rev, before[2] or before[1], now))
+        elif before[2] is None:
+            rekey.append({"id": before[0], "cc": now[1]})
     if write:
         record(conn, schema, baseline, telemetry=telemetry)
+        if rekey:
+            conn.execute(
+                sa.text(f"UPDATE {_q(schema)}.{TABLE} SET code_checksum = :cc WHERE id = :id"),
+                rekey,
+            )
     if edited and not allow_edited:
         conn.rollback()
-        details = "; ".join(f"{r}: recorded {b[:12]}…, now {n[:12]}…" for r, b, n in edited)
+        details = "; ".join(
+            f"{r}: recorded {_short(b)}…, now {_short(n[1] if b.startswith(PREFIX) else n[0])}…"
+            for r, b, n in edited
+        )
         raise StepFailed(
             f"{len(edited)} already applied migration(s) changed since they ran ({details}). "
             "Restore the original file(s), or set allow-edited-migrations: true to accept them",
             step="migrate",
-            detail=str([{"revision": r, "recorded": b, "current": n} for r, b, n in edited]),
+            detail=str([{"revision": r, "recorded": b, "current": n[1]} for r, b, n in edited]),
         )
     if not write:
         conn.rollback()
@@ -185,13 +227,18 @@ def verify(
     return report
 
 
+def _short(digest: str) -> str:
+    return digest.removeprefix(PREFIX)[:12]
+
+
 def read(conn: sa.Connection, schema: str, limit: int = 20) -> list[HistoryEntry]:
     if not exists(conn, schema):
         return []
     rows = conn.execute(
         sa.text(
             f"SELECT revision, kind, checksum, applied_at, seconds, tool_version, actor, sha, "
-            f"run_url FROM {_q(schema)}.{TABLE} ORDER BY id DESC LIMIT :n"
+            f"run_url, to_jsonb(h) ->> 'code_checksum' FROM {_q(schema)}.{TABLE} h "
+            "ORDER BY id DESC LIMIT :n"
         ),
         {"n": limit},
     ).all()
@@ -210,6 +257,7 @@ def read(conn: sa.Connection, schema: str, limit: int = 20) -> list[HistoryEntry
             actor=r[6],
             sha=r[7],
             run_url=r[8],
+            code_checksum=r[9] or "",
         )
         for r in rows
     ]

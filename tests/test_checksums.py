@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from deployer.checksums import PREFIX, code_checksum, raw_checksum
-from tests.helpers import REPO
+from tests.helpers import REPO, AlembicProject, Database, GitHubRunner
 
 REVISION = '''\
 """add the audit table
@@ -170,3 +170,78 @@ def test_the_same_file_gives_the_same_checksum_on_other_pythons(tmp_path: Path, 
     )
     here = [code_checksum(p) for p in files]
     assert proc.stdout.split() == here
+
+
+# --------------------------------------------------------------------------- in the deploy history
+
+TABLE_A = "op.create_table('a', sa.Column('id', sa.Integer, primary_key=True))"
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        pytest.param(lambda s: s.replace("\n", "\r\n"), id="crlf-checkout"),
+        pytest.param(
+            lambda s: s.replace('"""0001_a"""', '"""0001_a: the first table"""'), id="docstring"
+        ),
+        pytest.param(lambda s: s + "\n# a note for readers\n", id="comment"),
+        pytest.param(lambda s: s.replace("primary_key=True", "primary_key = True"), id="spacing"),
+    ],
+)
+def test_layout_edits_of_an_applied_revision_never_block(
+    project: AlembicProject, database: Database, deploy, edit
+) -> None:
+    path = project.add("0001_a", TABLE_A)
+    assert deploy(project).returncode == 0
+    path.write_bytes(edit(path.read_text()).encode())
+    for command in ("status", "plan"):
+        run = deploy(project, command=command)
+        assert run.returncode == 0, (command, run.output)
+    project.add("0002_b", "op.create_table('b', sa.Column('id', sa.Integer))")
+    run = deploy(project)
+    assert run.returncode == 0, run.output
+    assert database.version() == {"0002_b"}
+
+
+def test_a_code_edit_fails_status_plan_and_deploy_alike(
+    project: AlembicProject, database: Database, github: GitHubRunner, deploy
+) -> None:
+    path = project.add("0001_a", TABLE_A)
+    assert deploy(project).returncode == 0
+    path.write_text(path.read_text().replace("primary_key=True", "primary_key=False"))
+    errors = {}
+    for command in ("status", "plan", "deploy"):
+        run = deploy(project, command=command)
+        assert run.returncode == 1, (command, run.output)
+        errors[command] = github.outputs()["error"]
+    assert all("0001_a" in e and "changed since they ran" in e for e in errors.values()), errors
+    assert len(set(errors.values())) == 1, errors
+
+
+def test_a_history_of_an_older_version_is_compared_by_bytes_and_rekeyed(
+    project: AlembicProject, database: Database, deploy
+) -> None:
+    """Rows written before code checksums existed (no column): compared by their bytes, re-keyed
+    with the code checksum while the bytes still match, so later layout edits pass."""
+    path = project.add("0001_a", TABLE_A)
+    assert deploy(project).returncode == 0
+    database.execute("ALTER TABLE db_deploy.db_deploy_history DROP COLUMN code_checksum")
+    project.add("0002_b", "op.create_table('b', sa.Column('id', sa.Integer))")
+    assert deploy(project).returncode == 0  # old table: the column is added, 0001_a re-keyed
+    keys = database.rows(
+        "SELECT revision, code_checksum FROM db_deploy.db_deploy_history ORDER BY id"
+    )
+    assert [r[0] for r in keys] == ["0001_a", "0002_b"] and all(r[1] for r in keys)
+    path.write_bytes(path.read_text().replace("\n", "\r\n").encode())
+    assert deploy(project, command="plan").returncode == 0
+
+
+def test_an_old_row_whose_bytes_changed_is_still_an_edit(
+    project: AlembicProject, database: Database, deploy
+) -> None:
+    path = project.add("0001_a", TABLE_A)
+    assert deploy(project).returncode == 0
+    database.execute("UPDATE db_deploy.db_deploy_history SET code_checksum = NULL")
+    path.write_text(path.read_text() + "\n# edited after an older version recorded it\n")
+    run = deploy(project, command="plan")
+    assert run.returncode == 1 and "changed since they ran" in run.output

@@ -201,7 +201,11 @@ def test_history_records_every_applied_revision(
     assert [(r[0], r[1]) for r in rows] == [("0001_a", "upgrade"), ("0002_b", "upgrade")]
     import hashlib
 
+    from deployer.checksums import code_checksum
+
     assert rows[0][2] == hashlib.sha256((project.versions / "0001_a.py").read_bytes()).hexdigest()
+    code = database.scalar("SELECT code_checksum FROM db_deploy.db_deploy_history ORDER BY id")
+    assert code == code_checksum(project.versions / "0001_a.py")
     assert rows[0][3] >= 0 and rows[0][4] == "octocat" and rows[0][5].startswith("0123456789")
     assert rows[0][6].endswith("/actions/runs/4242") and rows[0][7]
     # Not beside the version table: autogenerate would propose dropping it.
@@ -427,7 +431,7 @@ def test_plan_fails_on_an_edited_migration_like_deploy_would(
 ) -> None:
     path = project.add("0001_a", TABLE_A)
     assert deploy(project).returncode == 0
-    path.write_text(path.read_text() + "\n# edited\n")
+    path.write_text(path.read_text().replace("primary_key=True", "primary_key=True, comment='x'"))
     project.add("0002_b", "op.create_table('b', sa.Column('id', sa.Integer))")
     rows = database.scalar("SELECT count(*) FROM db_deploy.db_deploy_history")
     run = deploy(project, command="plan")

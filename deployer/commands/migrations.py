@@ -78,20 +78,29 @@ def run_migrate(
 
 def applied_message(ctx: Context, verb: str = "applied") -> Callable[[AppliedRevision], None]:
     def say(rev: AppliedRevision) -> None:
-        ctx.info(f"{verb} {rev.revision} ({rev.seconds:.3f}s)")
+        if rev.committed:
+            ctx.info(f"{verb} {rev.revision} ({rev.seconds:.3f}s)")
+        else:  # an all-or-nothing upgrade: it commits, or rolls back, with the last revision
+            ctx.info(f"ran {rev.revision} ({rev.seconds:.3f}s; commits with the whole upgrade)")
 
     return say
 
 
 def check_history(
-    ctx: Context, project: AlembicProject, mig: sa.Connection, facts: EnvFacts, heads: list[str]
+    ctx: Context,
+    project: AlembicProject,
+    mig: sa.Connection,
+    facts: EnvFacts,
+    heads: list[str],
+    *,
+    read_only: bool = False,
 ) -> Recorder | None:
     """Create the history on first use and verify applied scripts against it (before
     anything is applied). `heads`: the database's, read under the deploy lock. Returns the
-    per-revision recorder, or None without a history. A dry run (plan) verifies an existing
-    history without writing anything."""
+    per-revision recorder, or None without a history. A dry run (plan) and `read_only` (status)
+    verify an existing history without writing anything."""
     s = ctx.settings
-    dry = ctx.result.dry_run
+    dry = ctx.result.dry_run or read_only
     try:
         if dry and not history.exists(mig, s.history_schema):
             mig.rollback()

@@ -118,6 +118,7 @@ class HistoryEntry:
     actor: str
     sha: str
     run_url: str
+    code_checksum: str = ""  # of what the code does (deployer/checksums.py); "" on old rows
 
 
 @dataclass
