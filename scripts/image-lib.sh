@@ -42,13 +42,12 @@ die() {
   say "FAILED: $*"
   exit 1
 }
-now() { date +%s; }
+now() { printf '%(%s)T\n' -1; }
 
 # apt-get install, once per run, as root only (never sudo behind the user's back).
+can_install() { [ "$EUID" = 0 ] && command -v apt-get >/dev/null 2>&1; }
 apt_install() {
-  if [ "$(id -u)" != 0 ]; then
-    die "$* missing and not root: install it (apt-get install $*) and run again"
-  fi
+  can_install || die "$* missing, and it cannot be installed here (apt-get, as root): install it"
   if [ -z "${_APT_UPDATED:-}" ]; then
     say "apt-get update"
     apt-get update -qq >/dev/null || die "apt-get update failed"
@@ -59,17 +58,26 @@ apt_install() {
     || die "apt-get install $* failed"
 }
 
-# A Docker engine that answers: the running one, else dockerd started here (installed with
-# docker.io when missing). Never a silent skip: a machine where it cannot start fails here.
+# A Docker engine that answers: the running one, else dockerd started here (as root; installed
+# with docker.io when missing). Never a silent skip: where it cannot start, this says why and
+# exits non-zero.
 # Storage: overlay2 where the kernel lets us mount overlays (containers start in under a second),
 # else vfs (every container and layer a full copy: about 10 s per container here).
 ensure_engine() {
-  if ! command -v docker >/dev/null 2>&1 || ! command -v dockerd >/dev/null 2>&1; then
-    if ! docker info >/dev/null 2>&1; then apt_install docker.io; fi
+  if ! command -v docker >/dev/null 2>&1; then
+    can_install || die "cannot run: no 'docker' command on PATH, and it cannot be installed" \
+      "here (apt-get, as root). Install Docker (https://docs.docker.com/engine/install/) and start it."
+    apt_install docker.io
   fi
-  if docker info >/dev/null 2>&1; then
+  local problem
+  if problem="$(docker info --format '{{.ServerVersion}}' 2>&1 >/dev/null)"; then
     return 0
   fi
+  if [ "$EUID" != 0 ] || ! { command -v dockerd >/dev/null 2>&1 || can_install; }; then
+    die "cannot run: the Docker engine does not answer ('docker info' failed:" \
+      "${problem%%$'\n'*}), and dockerd cannot be started here. Start Docker (or set DOCKER_HOST)."
+  fi
+  command -v dockerd >/dev/null 2>&1 || apt_install docker.io
   mkdir -p "$IMAGE_CACHE"
   local net="--iptables=false --ip-masq=false --bridge=none" driver
   if [ -n "${DB_DEPLOY_DOCKERD_ARGS:-}" ]; then

