@@ -254,6 +254,7 @@ def _refused(exc: ConfigError, args: dict[str, Any], inv: _Invocation, settings:
     webhook is among the input that could not be trusted."""
     from pydantic import SecretStr
 
+    from deployer.errors import classify
     from deployer.publish import publish
     from deployer.results import RunResult, Telemetry, utcnow
     from deployer.settings import artefact_paths
@@ -270,6 +271,7 @@ def _refused(exc: ConfigError, args: dict[str, Any], inv: _Invocation, settings:
         exit_code=exc.exit_code,
         failed_step=exc.step or "config",
         error=exc.message,
+        error_class=classify(exc, exc.step or "config"),
     )
     result.finished_at = utcnow()
     options = _publish_options(settings)

@@ -290,6 +290,7 @@ def deploy_lock(
                 f"another deploy of this database is running{who}; gave up after {wait:g}s "
                 "(deploy-lock-wait)",
                 step="lock",
+                obj=str(holder) if holder else "",
             )
         time.sleep(min(poll, max(0.05, wait - (time.monotonic() - started))))
     try:

@@ -102,6 +102,29 @@ class GitHubContext:
         )
 
 
+def annotation_place(
+    failure: object, workspace: Path | None, repository: Path | None
+) -> tuple[str, int | None]:
+    """`file` and `line` for an annotation on the failing line: `failure.file` (relative to the
+    run's `workspace`, or absolute) made relative to the repository (GITHUB_WORKSPACE: inside a
+    container action the runner mounts the repository there and maps the path back). ("", None)
+    when the file is not in the repository."""
+    name = str(getattr(failure, "file", "") or "")
+    if not name or repository is None:
+        return "", None
+    path = Path(name)
+    if not path.is_absolute():
+        if workspace is None:
+            return "", None
+        path = workspace / path
+    try:
+        shown = path.resolve().relative_to(repository.resolve()).as_posix()
+    except ValueError:
+        return "", None
+    line = getattr(failure, "line", None)
+    return shown, line if isinstance(line, int) else None
+
+
 class GitHubConsole:
     """The run's progress as workflow commands: a group per step, annotations for problems."""
 
@@ -132,8 +155,12 @@ class GitHubConsole:
     def warning(self, message: str, title: str = "db-deploy") -> None:
         self.emit(command("warning", message, title=title))
 
-    def error(self, message: str, title: str = "db-deploy") -> None:
-        self.emit(command("error", message, title=title))
+    def error(
+        self, message: str, title: str = "db-deploy", *, file: str = "", line: int | None = None
+    ) -> None:
+        """An error annotation; with `file` (relative to the repository) and `line` GitHub
+        shows it on that line of the file."""
+        self.emit(command("error", message, title=title, file=file or None, line=line))
 
     def notice(self, message: str, title: str = "db-deploy") -> None:
         self.emit(command("notice", message, title=title))

@@ -211,6 +211,8 @@ def verify(
             "Restore the original file(s), or set allow-edited-migrations: true to accept them",
             step="migrate",
             detail=str([{"revision": r, "recorded": b, "current": n[1]} for r, b, n in edited]),
+            error_class="checksum-mismatch",
+            obj=", ".join(r for r, _, _ in edited),
         )
     if not write:
         conn.rollback()

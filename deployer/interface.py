@@ -32,6 +32,14 @@ RUN_OUTPUTS: tuple[Output, ...] = (
         "The step that failed (preflight, migrate, seed, status, smoke, …); empty on success.",
     ),
     Output("error", "The failure's one-line message, secrets masked; empty on success."),
+    Output(
+        "error-class",
+        "The failure's class, for a workflow to branch on: `config`, `unreachable`, `auth`, "
+        "`lock-busy`, `lock-timeout`, `sql-error`, `python-error`, `checksum-mismatch`, "
+        "`seed-error`, `smoke-failed`, `risk-gate`, `cancelled`, `security-gate`, "
+        "`backup-failed`, `restore-failed`, `drift`, `internal` (more may be added, none "
+        "renamed); empty on success. The report's `failure` names the failing object.",
+    ),
     Output("previous-revision", "Database revision(s) before the deploy."),
     Output("current-revision", "Database revision(s) after the deploy."),
     Output("head-revision", "Head revision(s) of the migration scripts."),

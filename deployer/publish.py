@@ -57,7 +57,9 @@ def publish(
     summary = redactor(markdown.render(result))
     values = {k: redactor(v) for k, v in outputs.outputs(result).items()}
     if gh is not None:
-        _to_github(result, gh, console, redactor, summary=summary, values=values)
+        _to_github(
+            result, gh, console, redactor, summary=summary, values=values, where=options.workspace
+        )
     else:
         _to_terminal(result, console, redactor, stdout)
 
@@ -100,8 +102,10 @@ def _to_github(
     *,
     summary: str,
     values: dict[str, str],
+    where: Path | None = None,
 ) -> None:
-    """The job's outputs and step summary, the report in a log group, an annotation."""
+    """The job's outputs and step summary, the report in a log group, an annotation (on the
+    failing line of the file when known; `where`: the run's workspace)."""
     if gh.output:
         github.write_outputs(gh.output, values)
     if gh.summary:
@@ -110,7 +114,9 @@ def _to_github(
         with console.step("report"):
             console.info(redactor(terminal.render(result)))
         if result.status == "failed":
-            console.error(redactor(result.error), title=f"db-deploy {result.failed_step}")
+            file, line = github.annotation_place(result.failure, where, gh.workspace)
+            title = f"db-deploy {result.failed_step}"
+            console.error(redactor(result.error), title=title, file=file, line=line)
         elif result.status == "noop":
             console.notice("nothing to migrate: the database is at the target revision")
 

@@ -44,6 +44,7 @@ def test_plain_is_asdict_without_the_copy() -> None:
         "revision": "0003",
         "description": "three",
         "seconds": 0.02,
+        "committed": True,
     }
     assert ours["extra"]["tuple"] == [1, "two"]
     # no copy of the leaves, and the record is not shared: changing one changes not the other

@@ -14,8 +14,8 @@ import traceback
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from deployer.errors import DeployError
-from deployer.results import RunResult, utcnow
+from deployer.errors import DeployError, classify
+from deployer.results import Failure, RunResult, utcnow
 
 if TYPE_CHECKING:
     from deployer.commands.context import Context, Observer
@@ -72,13 +72,32 @@ def execute(settings: Settings, observer: Observer, *, debug: bool = False) -> R
         result.exit_code = exc.exit_code
         result.failed_step = exc.step or ctx.current_step
         result.error = exc.message
+        result.error_class = classify(exc, result.failed_step)
+        failed(result, exc.failure, exc.obj, debug=debug)
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - the last line of defence: report, never crash
         result.status = "failed"
         result.exit_code = 1
         result.failed_step = ctx.current_step
         result.error = f"internal error: {type(exc).__name__}: {' '.join(str(exc).split())}"
+        result.error_class = classify(exc, result.failed_step)
         if debug:
             result.extra["traceback"] = traceback.format_exc()
     finally:
         result.finished_at = utcnow()
     return result
+
+
+def failed(result: RunResult, failure: Failure | None, obj: str, *, debug: bool) -> None:
+    """The run's `failure`: where a revision failed (the migrate step's record), or the failing
+    object alone; the traceback only with --debug."""
+    if failure is None and obj:
+        failure = Failure(object=obj)
+    if failure is None:
+        return
+    if obj and not failure.object:
+        failure.object = obj
+    if debug and failure.traceback:
+        result.extra["traceback"] = failure.traceback
+    elif not debug:
+        failure.traceback = ""
+    result.failure = failure

@@ -110,5 +110,7 @@ def run_seed(ctx: Context, mig: sa.Connection) -> None:
     with ctx.step("seed"):
         ctx.result.seed = sd = seed(mig, ctx.settings.seed_file)
         if sd.error:
-            raise StepFailed(f"seed failed and was rolled back: {sd.error}", step="seed")
+            raise StepFailed(
+                f"seed failed and was rolled back: {sd.error}", step="seed", obj=sd.path
+            )
         ctx.info(f"seed: {sd.inserted} inserted, {sd.updated} updated, {sd.deleted} deleted")

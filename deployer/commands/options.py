@@ -18,6 +18,7 @@ def migrate_options(
     ctx: Context, *, target: str | None = None, downgrade: bool = False
 ) -> MigrateOptions:
     """The migrate step's: on direct-database-url, with the migration session's timeouts."""
+    from deployer.redact import Redactor
     from deployer.steps.migrate import MigrateOptions
 
     s = ctx.settings
@@ -30,6 +31,7 @@ def migrate_options(
         statement_timeout=s.statement_timeout,
         workspace=s.workspace_dir,
         client_check=ctx.spec(s.direct_url, migration=True).client_check,
+        redact=Redactor(s.secrets),
     )
 
 

@@ -151,7 +151,14 @@ def smoke(ctx: Context, conn: sa.Connection, *, helpers: list[sa.Connection] | N
                     f"pgvector suggests {idx.recommended_lists}: {idx.advice}"
                 )
         if sm.problems:
-            raise StepFailed("smoke test failed: " + "; ".join(sm.problems), step="smoke")
+            failing = [t.qualified for t in sm.failed_tables]
+            failing += [x.table for x in sm.expectations if not x.ok]
+            failing += [e.name for e in sm.extensions if not e.ok]
+            raise StepFailed(
+                "smoke test failed: " + "; ".join(sm.problems),
+                step="smoke",
+                obj=", ".join(failing),
+            )
 
 
 def check_seed(ctx: Context) -> None:
@@ -173,4 +180,5 @@ def raise_if_failed(m: MigrateResult, *, step: str, verb: str = "failed") -> Non
         raise StepFailed(
             f"{what} {verb}: {m.error} (database left at {', '.join(m.current) or 'base'})",
             step=step,
+            failure=m.failure,
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 from deployer.render import operations
 from deployer.render.tables import ICON, cell, details, fmt_bytes, mark, row_count, table
 from deployer.results import (
+    Failure,
     HistoryEntry,
     InstallResult,
     IntegrityReport,
@@ -24,7 +25,7 @@ from deployer.results import (
 
 
 def render(r: RunResult) -> str:
-    lines = header(r) + run(r)
+    lines = header(r) + failure(r) + run(r)
     if r.install is not None:
         lines += dependencies(r.install)
     if r.migrate is not None:
@@ -84,6 +85,51 @@ def header(r: RunResult) -> list[str]:
     if r.error:
         lines += [f"> **Error:** {cell(r.error)}", ""]
     return lines
+
+
+def failure(r: RunResult) -> list[str]:
+    """Where the run failed: its class, the file and line (linked to the commit on GitHub),
+    the exception or the server's words, the position, the failing object, the statement."""
+    if r.status != "failed" or not (r.error_class or r.failure):
+        return []
+    f = r.failure or Failure()
+    rows: list[list[object]] = []
+    if r.error_class:
+        rows.append(["Class", f"`{r.error_class}`"])
+    if f.file:
+        rows.append(["Where", where(f, r)])
+    if f.exception:
+        rows.append(["Exception", f"`{f.exception}`"])
+    if f.message or f.sqlstate:
+        state = f" (SQLSTATE `{f.sqlstate}`)" if f.sqlstate else ""
+        rows.append(["Server", f"{f.message}{state}"])
+    rows += [
+        [k, v] for k, v in (("Detail", f.detail), ("Hint", f.hint), ("Context", f.context)) if v
+    ]
+    if f.position:
+        at = (
+            f"line {f.statement_line}, column {f.statement_column} of the statement (shown below), "
+            if f.statement_line
+            else ""
+        )
+        rows.append(["Position", f"{at}character {f.position}"])
+    if f.object:
+        rows.append(["Object", f.object])
+    lines = ["### Failure", "", *table(["", ""], rows), ""]
+    if f.statement:
+        lines += ["```sql", f.statement.replace("```", "` ` `"), "```", ""]
+    return lines
+
+
+def where(f: Failure, r: RunResult) -> str:
+    """`file` line N, linked to the line at the run's commit when on GitHub."""
+    t = r.telemetry
+    text = f"`{f.file}`" + (f" line {f.line}" if f.line else "")
+    if t.repository and t.sha and not f.file.startswith("/"):
+        server = t.run_url.split(f"/{t.repository}/", 1)[0] if t.run_url else "https://github.com"
+        anchor = f"#L{f.line}" if f.line else ""
+        text = f"[{text}]({server}/{t.repository}/blob/{t.sha}/{f.file}{anchor})"
+    return text + (f" (revision `{f.revision}`)" if f.revision else "")
 
 
 def run(r: RunResult) -> list[str]:
@@ -167,10 +213,17 @@ def applied(m: MigrateResult, *, rollback: bool) -> list[str]:
     """The revisions applied (or reverted), then the one that failed and its error."""
     done = "↩️ reverted" if rollback else "✅ applied"
     rows = [[f"`{a.revision}`", a.description, f"{a.seconds:.3f} s", done] for a in m.applied]
+    rows += [[f"`{rev}`", "", "", "↩️ rolled back"] for rev in m.rolled_back]
     if m.failed_revision:
         desc = next((p.description for p in m.pending if p.revision == m.failed_revision), "")
         rows.append([f"`{m.failed_revision}`", desc, "", "❌ failed"])
     lines = [*table(["Revision", "Description", "Time", "Result"], rows, "llrl"), ""]
+    if m.rolled_back:
+        lines += [
+            f"Rolled back with the failure (one transaction for the whole upgrade): "
+            f"{', '.join(f'`{x}`' for x in m.rolled_back)}.",
+            "",
+        ]
     if m.error:
         lines += ["```", m.error, "```", ""]
     return lines

@@ -18,6 +18,7 @@ def outputs(result: RunResult) -> dict[str, str]:
         "status": result.status,
         "failed-step": result.failed_step,
         "error": result.error,
+        "error-class": result.error_class,
         "previous-revision": result.previous_revision,
         "current-revision": result.current_revision,
         "head-revision": result.head_revision,

@@ -12,7 +12,7 @@ from typing import TextIO
 
 from deployer.render import operations
 from deployer.render.tables import ICON, fmt_bytes, mark, row_count
-from deployer.results import MigrateResult, RunResult, SeedResult, SmokeResult
+from deployer.results import Failure, MigrateResult, RunResult, SeedResult, SmokeResult
 
 
 class TerminalConsole:
@@ -56,6 +56,7 @@ def render(r: RunResult) -> str:
     ]
     if r.error:
         out.append(f"error: {r.error}")
+    out += failure(r)
     if r.preflight:
         p = r.preflight
         out.append(f"database   {p.target} (PostgreSQL {p.server_version}, user {p.user})")
@@ -104,6 +105,47 @@ def applied(m: MigrateResult) -> list[str]:
     out += [f"  ✓ {a.revision:<28} {a.seconds:>8.3f}s  {a.description}" for a in m.applied]
     if m.failed_revision:
         out.append(f"  ✗ {m.failed_revision:<28} failed: {m.error}")
+    if m.rolled_back:
+        out.append(
+            f"  ↩ rolled back with it: {', '.join(m.rolled_back)} "
+            "(one transaction for the whole upgrade)"
+        )
+    return out
+
+
+def failure(r: RunResult) -> list[str]:
+    """Where the run failed: the class, the file and line, the statement with a caret under
+    the server's position, the server's words, the failing object."""
+    out = [f"class      {r.error_class}"] if r.error_class else []
+    f = r.failure
+    if f is None:
+        return out
+    if f.file:
+        line = f":{f.line}" if f.line else ""
+        out.append(
+            f"at         {f.file}{line}" + (f" (revision {f.revision})" if f.revision else "")
+        )
+    if f.exception:
+        out.append(f"exception  {f.exception}")
+    if f.statement:
+        out += statement(f)
+    if f.message or f.sqlstate:
+        out.append(f"server     {f.message}" + (f" (SQLSTATE {f.sqlstate})" if f.sqlstate else ""))
+    for label, value in (("detail", f.detail), ("hint", f.hint), ("context", f.context)):
+        if value:
+            lines = value.splitlines()
+            out += [f"{label:<10} {lines[0]}", *(f"{'':<10} {x}" for x in lines[1:])]
+    if f.object:
+        out.append(f"object     {f.object}")
+    return out
+
+
+def statement(f: Failure) -> list[str]:
+    out = []
+    for i, text in enumerate(f.statement.splitlines(), 1):
+        out.append(f"{'statement' if i == 1 else '':<10} │ {text}")
+        if i == f.statement_line and f.statement_column:
+            out.append(f"{'':<10} │ {' ' * (f.statement_column - 1)}^ position {f.position}")
     return out
 
 

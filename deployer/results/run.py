@@ -114,6 +114,37 @@ class AppliedRevision:
     revision: str
     description: str
     seconds: float
+    # False while it ran inside a transaction still open (an all-or-nothing env.py: one
+    # transaction for the whole upgrade), which commits or rolls back later.
+    committed: bool = True
+
+
+@dataclass
+class Failure:
+    """Where a run failed and why, as precisely as known (the report's `failure`; stable keys).
+
+    `file`/`line`: the revision's file (relative to the workspace when inside it) and the line
+    of the deepest traceback frame inside it; `statement`: the failing SQL (secrets and password
+    literals masked, then cut); `position`: the server's 1-based character position in it
+    (`statement_line`/`statement_column`: the same as line and column); `detail`, `hint`,
+    `context`, `sqlstate`: the server's; `exception`: a Python exception (type: message);
+    `object`: the blocker or the failing object (a session, a table, a file, revisions)."""
+
+    revision: str = ""
+    file: str = ""
+    line: int | None = None
+    statement: str = ""
+    position: int | None = None
+    statement_line: int | None = None
+    statement_column: int | None = None
+    message: str = ""  # the server's primary message
+    detail: str = ""
+    hint: str = ""
+    context: str = ""
+    sqlstate: str = ""
+    exception: str = ""
+    object: str = ""
+    traceback: str = ""  # only with --debug
 
 
 @dataclass
@@ -126,6 +157,8 @@ class MigrateResult:
     applied: list[AppliedRevision] = field(default_factory=list)
     failed_revision: str = ""
     error: str = ""
+    failure: Failure | None = None  # where the failed revision failed
+    rolled_back: list[str] = field(default_factory=list)  # ran, then undone with the failure
     lock_timed_out: bool = False
     history_inline: bool = False  # history rows written inside each revision's transaction
     blocked_by: str = ""  # the session that held the lock a failed revision waited for
@@ -267,6 +300,8 @@ class RunResult:
     exit_code: int = 0
     failed_step: str = ""
     error: str = ""
+    error_class: str = ""  # deployer.errors.ERROR_CLASSES; "" on success
+    failure: Failure | None = None  # where it failed: the revision's file and line, the SQL…
     dry_run: bool = False
     seed_requested: bool = False
     started_at: datetime = field(default_factory=utcnow)
@@ -334,6 +369,8 @@ class RunResult:
         data["duration_seconds"] = self.duration
         data["schema_version"] = SCHEMA_VERSION
         data["status_check"] = data.pop("status_check")
+        if self.migrate is not None and self.migrate.failure is self.failure:
+            data["migrate"].pop("failure", None)  # the run's `failure` holds it
         if self.seed is not None:
             data["seed"]["totals"] = {
                 "inserted": self.seed.inserted,

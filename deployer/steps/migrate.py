@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import re
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ from deployer.db import (
     session_options,
 )
 from deployer.errors import ConfigError, DeployError, StepFailed, describe_exception
-from deployer.results import AppliedRevision, MigrateResult
+from deployer.results import AppliedRevision, Failure, MigrateResult
 
 HEAD_TARGETS = {"head", "heads"}
 
@@ -79,6 +80,8 @@ class MigrateOptions:
     statement_timeout: float | None = None
     workspace: Path | None = None
     client_check: bool = False
+    # Masks the run's secrets in a failing statement before it is cut (see `_failure`).
+    redact: Callable[[str], str] = field(default=lambda text: text, repr=False, compare=False)
 
 
 Recorder = Callable[[sa.Connection, RevisionStep, float], None]
@@ -124,8 +127,10 @@ def migrate(
     result.previous = sorted(tracker.previous)
     result.current = _read_back(connection, result)
     if error is not None:
-        _failed(project, result, tracker, watch, error, downgrade=o.downgrade)
+        _failed(project, result, tracker, watch, error, options=o)
     else:
+        for a in tracker.applied:
+            a.committed = True  # the last transaction (all-or-nothing's only one) committed
         result.applied = list(tracker.applied)
         if o.dry_run and not o.downgrade:
             result.sql = offline_sql(project, o.url, result.previous, o.target, o.workspace)
@@ -160,6 +165,7 @@ def _work_function(
                 revision=step.revision.revision,
                 description=(step.revision.doc or "").strip(),
                 seconds=round(time.perf_counter() - tracker.started, 4),
+                committed=not _in_transaction(tracker.context),
             )
             tracker.applied.append(done)
             tracker.running = None
@@ -257,21 +263,191 @@ def _failed(
     watch: BlockerWatch | None,
     error: BaseException,
     *,
-    downgrade: bool,
+    options: MigrateOptions,
 ) -> None:
     """Fill the record of a revision that failed."""
+    downgrade = options.downgrade
     failed = tracker.running
     result.failed_revision = failed.revision.revision if failed else ""
+    result.failure = _failure(project, error, failed, options)
     result.error = (
         server_message(error) if isinstance(error, sa.exc.DBAPIError) else describe_exception(error)
     )
+    result.error = _PASSWORD.sub(r"\1'***'", result.error)  # the server echoes the statement
     result.lock_timed_out = is_lock_timeout(error)
     if watch is not None and watch.blocker is not None:
         result.blocked_by = str(watch.blocker)
         result.error += f" (blocked by {watch.blocker})"
+        result.failure.object = result.blocked_by
     # Only what the database kept counts as applied (all-or-nothing rolls back everything).
     kept = project.ancestors(result.current) if result.current else set()
     result.applied = [a for a in tracker.applied if (a.revision in kept) != downgrade]
+    for a in result.applied:
+        a.committed = True
+    result.rolled_back = [a.revision for a in tracker.applied if (a.revision in kept) == downgrade]
+
+
+def _in_transaction(context: MigrationContext | None) -> bool:
+    """Whether env.py's connection is inside a transaction still open (between revisions: an
+    all-or-nothing upgrade, or env.py's own outer transaction)."""
+    conn = context.connection if context is not None else None
+    try:
+        return bool(conn is not None and conn.in_transaction())
+    except Exception:  # noqa: BLE001 - a closed or odd connection: treat as committed
+        return False
+
+
+# --------------------------------------------------------------------------- where it failed
+
+STATEMENT_CHARS = 1500  # a failing statement is shown up to this size…
+STATEMENT_LINES = 30  # …and this many lines (around the error's position when it is known)
+LINE_CHARS = 240
+_PASSWORD = re.compile(r"(?i)(\bpassword\s+)'(?:[^']|'')*'")
+
+
+def _failure(
+    project: AlembicProject,
+    error: BaseException,
+    failed: RevisionStep | None,
+    o: MigrateOptions,
+) -> Failure:
+    """Where `error` happened: the revision's file and line (the deepest traceback frame inside
+    it, else inside the script folder: env.py), and for a server error the statement (secrets
+    masked before it is cut), the position and the server's message, detail, hint and
+    context; for a Python error the exception."""
+    f = Failure(revision=failed.revision.revision if failed else "")
+    path = Path(failed.revision.path) if failed is not None and failed.revision.path else None
+    frame = _frame_in(error, path, Path(project.script_location))
+    workspace = (o.workspace or Path.cwd()).resolve()
+    if frame is not None:
+        f.file, f.line = _shown(Path(frame.filename), workspace), frame.lineno
+    elif path is not None:
+        f.file = _shown(path, workspace)
+    f.traceback = "".join(traceback.format_exception(error))
+    server = _server_error(error)
+    if server is None:
+        f.exception = describe_exception(error)
+        return f
+    orig = getattr(server, "orig", None) or server
+    diag = getattr(orig, "diag", None)
+
+    def text(name: str) -> str:
+        value = getattr(diag, name, None) if diag is not None else None
+        return " ".join(str(value).split()) if value else ""
+
+    f.message = text("message_primary") or server_message(server)
+    f.detail, f.hint = text("message_detail"), text("message_hint")
+    f.context = (getattr(diag, "context", None) or "").strip() if diag is not None else ""
+    f.sqlstate = text("sqlstate") or str(getattr(orig, "sqlstate", "") or "")
+    position = text("statement_position")
+    statement = getattr(server, "statement", None)
+    if isinstance(statement, str) and statement.strip():
+        pos = int(position) if position.isdigit() else None
+        f.statement, f.statement_line, f.statement_column = _statement(statement, pos, o.redact)
+        f.position = pos
+    return f
+
+
+def _frame_in(
+    error: BaseException, path: Path | None, folder: Path
+) -> traceback.FrameSummary | None:
+    """The deepest frame of `error`'s traceback inside `path`, else inside `folder`."""
+    frames = traceback.extract_tb(error.__traceback__)
+    resolved = [(fr, Path(fr.filename).resolve()) for fr in frames if fr.filename]
+    if path is not None:
+        target = path.resolve()
+        inside = [fr for fr, p in resolved if p == target]
+        if inside:
+            return inside[-1]
+    top = folder.resolve()
+    inside = [fr for fr, p in resolved if p.is_relative_to(top)]
+    return inside[-1] if inside else None
+
+
+def _shown(path: Path, workspace: Path) -> str:
+    """Relative to the workspace when inside it (the repository's path on GitHub)."""
+    try:
+        return path.resolve().relative_to(workspace).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def _server_error(error: BaseException) -> BaseException | None:
+    """The server error behind `error` (SQLAlchemy's wrapper, or the driver's own), if any."""
+    seen: set[int] = set()
+    exc: BaseException | None = error
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, sa.exc.DBAPIError) or getattr(exc, "diag", None) is not None:
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _statement(
+    sql: str, position: int | None, redact: Callable[[str], str]
+) -> tuple[str, int | None, int | None]:
+    """The statement for people: secrets and password literals masked first, then cut to a
+    window of lines (around `position`, the server's 1-based character, when known). Returns
+    it with the position's line and column in what is shown."""
+    line = column = None
+    if position is not None and 0 < position <= len(sql) + 1:
+        before = sql[: position - 1]
+        line, column = before.count("\n") + 1, len(before) - (before.rfind("\n") + 1) + 1
+    masked = _PASSWORD.sub(r"\1'***'", redact(sql))
+    lines = [ln.rstrip() for ln in masked.expandtabs(4).splitlines()]
+    while lines and not lines[0].strip():
+        lines.pop(0)
+        line = line - 1 if line is not None else None
+    while lines and not lines[-1].strip():
+        lines.pop()
+    indent = min((len(ln) - len(ln.lstrip()) for ln in lines if ln.strip()), default=0)
+    lines = [ln[indent:] for ln in lines]
+    if column is not None:
+        column = max(1, column - indent)
+    at = (line or 1) - 1
+    if sum(len(ln) + 1 for ln in lines) <= STATEMENT_CHARS and len(lines) <= STATEMENT_LINES:
+        return "\n".join(lines), line, column
+    # A window of lines around the position (or the start), each line cut, the statement's
+    # first line kept for what it is.
+    half = STATEMENT_LINES // 2
+    start = max(0, min(at - half, len(lines) - STATEMENT_LINES)) if line else 0
+    window = list(range(start, min(len(lines), start + STATEMENT_LINES)))
+    shown: list[str] = []
+    if start > 0:
+        shown.append(_cut_line(lines[0], None))
+    if start > 1:
+        shown.append(f"… ({start - 1} line(s) left out)")
+    prefix = len(shown)
+    budget = STATEMENT_CHARS - sum(len(x) + 1 for x in shown)
+    last = start - 1
+    for i in window:
+        piece = _cut_line(lines[i], column if i == at and line else None)
+        if budget - len(piece) - 1 < 0 and shown:
+            break
+        budget -= len(piece) + 1
+        shown.append(piece)
+        last = i
+    if last + 1 < len(lines):
+        shown.append(f"… ({len(lines) - last - 1} line(s) left out)")
+    if line is not None:
+        line = prefix + (at - start) + 1 if start <= at <= last else None
+    long = at < len(lines) and len(lines[at]) > LINE_CHARS
+    if column is not None and long and column > LINE_CHARS - 20:
+        column = LINE_CHARS // 2 + 2  # `_cut_line` centred the line on it
+    if line is None:
+        column = None
+    return "\n".join(shown), line, column
+
+
+def _cut_line(text: str, column: int | None) -> str:
+    """One line at most LINE_CHARS long, around `column` when given."""
+    if len(text) <= LINE_CHARS:
+        return text
+    if column is None or column <= LINE_CHARS - 20:
+        return text[: LINE_CHARS - 1] + "…"
+    start = column - LINE_CHARS // 2
+    return "…" + text[start : start + LINE_CHARS - 2] + "…"
 
 
 def up_to_date(
