@@ -110,6 +110,7 @@ _STEP_CLASSES = {
     "restore": "restore-failed",
     "drift": "drift",
     "status": "config",  # env.py migrated elsewhere: the project's configuration
+    "migrate": "config",  # …said by the version table (a revision's own failure has `failure`)
     "lock": "lock-busy",
 }
 

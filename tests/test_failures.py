@@ -404,3 +404,22 @@ def test_auth_class(
     assert run.returncode == 3, run.output
     assert github.outputs()["error-class"] == "auth"
     assert report(github)["error_class"] == "auth"
+
+
+def test_failing_downgrade_points_at_its_line(
+    ws_project: AlembicProject, github: GitHubRunner, deploy: Callable[..., Run], database: Database
+) -> None:
+    ws_project.add("0001_t", TABLE_T, "op.drop_table('t')")
+    path = ws_project.add("0002_w", "pass", "op.execute('DROP TABLE no_such_table')")
+    alembic_upgrade(ws_project.root, database)
+    run = deploy(ws_project, command="rollback", target="base")
+    assert run.returncode == 1, run.output
+    assert github.outputs()["error-class"] == "sql-error"
+    failure = report(github)["failure"]
+    assert failure["revision"] == "0002_w"
+    assert (failure["file"], failure["line"]) == (
+        "migrations/versions/0002_w.py",
+        line_of(path, "no_such_table"),
+    )
+    assert failure["sqlstate"] == "42P01" and failure["statement"] == "DROP TABLE no_such_table"
+    assert database.version() == {"0002_w"}

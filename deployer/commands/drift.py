@@ -96,6 +96,7 @@ def replay(
                     f"the migrations fail on the scratch database at revision "
                     f"{m.failed_revision or '?'}: {m.error}{hint}",
                     step="scratch",
+                    failure=m.failure,
                 )
         ctx.info(f"replayed the migrations to {', '.join(heads) or 'base'} on {rec.scratch}")
     return scratch
