@@ -26,7 +26,11 @@ class Output:
 
 
 RUN_OUTPUTS: tuple[Output, ...] = (
-    Output("status", "`success`, `noop` (nothing pending) or `failed`."),
+    Output(
+        "status",
+        "`success`, `noop` (nothing pending) or `failed`; for a fleet `success`, `partial` "
+        "(some targets failed or were not reached) or `failed`.",
+    ),
     Output(
         "failed-step",
         "The step that failed (preflight, migrate, seed, status, smoke, …); empty on success.",
@@ -106,7 +110,26 @@ OPERATIONS_OUTPUTS: tuple[Output, ...] = (
     ),
 )
 
-OUTPUTS: tuple[Output, ...] = RUN_OUTPUTS + OPERATIONS_OUTPUTS
+FLEET = ("fleet", "fleet-report")
+FLEET_OUTPUTS: tuple[Output, ...] = (
+    Output("targets-total", "fleet: targets in the fleet (or in this shard).", FLEET),
+    Output(
+        "targets-succeeded", "fleet: targets deployed (at least one revision applied).", FLEET
+    ),
+    Output(
+        "targets-failed",
+        "fleet: targets whose deploy failed or was cancelled (not counting those not reached).",
+        FLEET,
+    ),
+    Output("targets-noop", "fleet: targets already at the target revision.", FLEET),
+    Output(
+        "failed-targets",
+        'fleet: JSON list of the names of the failed targets, e.g. ["tenant_b"].',
+        FLEET,
+    ),
+)
+
+OUTPUTS: tuple[Output, ...] = RUN_OUTPUTS + OPERATIONS_OUTPUTS + FLEET_OUTPUTS
 
 
 def descriptions(outputs: tuple[Output, ...] = OUTPUTS) -> dict[str, str]:

@@ -79,6 +79,8 @@ Command = Literal[
     "restore",
     "preflight",
     "rollback",
+    "fleet",
+    "fleet-report",
 ]
 UrlDriver = Literal["psycopg", "psycopg_async", "asyncpg", "psycopg2"]
 FailOn = Literal["error", "warning"]
@@ -324,7 +326,7 @@ class Settings(SettingsBase):
     command: CommandName = Field(
         "deploy",
         description="Sub-command to run: deploy (the whole pipeline, the default), plan, status, "
-        "smoke, seed, drift, backup, restore, preflight or rollback.",
+        "smoke, seed, drift, backup, restore, preflight, rollback, fleet or fleet-report.",
         validation_alias=_env("command", "DB_DEPLOY_COMMAND"),
     )
     database_url: PostgresUrl = Field(
@@ -544,6 +546,46 @@ class Settings(SettingsBase):
         "to install before running, for an env.py that imports the application's models.",
         validation_alias=_env("requirements", "DB_DEPLOY_REQUIREMENTS"),
         json_schema_extra={"area": "project"},
+    )
+    # Fleets (issue 20): deployer/fleet, docs/fleets.md.
+    fleet_file: str = Field(
+        "",
+        description="fleet, fleet-report: the fleet file (YAML or JSON) listing the targets, "
+        "relative to the workspace (docs/fleets.md).",
+        validation_alias=_env("fleet-file", "DB_DEPLOY_FLEET_FILE"),
+        json_schema_extra={"area": "fleet"},
+    )
+    max_parallel: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description="fleet: targets deployed at once inside one job, one process each (0: the "
+        "CPU count).",
+        validation_alias=_env("max-parallel", "DB_DEPLOY_MAX_PARALLEL"),
+        json_schema_extra={"area": "fleet"},
+    )
+    fail_fast: Flag = Field(
+        False,
+        description="fleet: after a failed target start no other target of its wave (later "
+        "waves never start after a failure).",
+        validation_alias=_env("fail-fast", "DB_DEPLOY_FAIL_FAST"),
+        json_schema_extra={"area": "fleet"},
+    )
+    shards: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="Reusable fleet workflow: shards (matrix jobs) per wave job.",
+        validation_alias=_env("shards", "DB_DEPLOY_SHARDS"),
+        json_schema_extra={"area": "fleet"},
+    )
+    max_parallel_jobs: int = Field(
+        4,
+        ge=1,
+        le=256,
+        description="Reusable fleet workflow: shard jobs running at once (strategy.max-parallel).",
+        validation_alias=_env("max-parallel-jobs", "DB_DEPLOY_MAX_PARALLEL_JOBS"),
+        json_schema_extra={"area": "fleet"},
     )
     # Command-line only: no alias, so never read from the environment.
     summary_file: str = Field("", description="also write the markdown summary to this file")

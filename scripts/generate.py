@@ -57,6 +57,7 @@ WORKFLOW_ONLY_INPUTS: dict[str, dict[str, Any]] = {
 AREAS = {
     "operations": "operations modes: [docs/operations.md](docs/operations.md)",
     "project": "your own Alembic project: [docs/alembic-projects.md](docs/alembic-projects.md)",
+    "fleet": "fleets, one deploy to many databases: [docs/fleets.md](docs/fleets.md)",
 }
 
 

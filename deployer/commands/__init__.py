@@ -34,6 +34,8 @@ COMMANDS: dict[str, str] = {
     "restore": "restore",
     "preflight": "preflight",
     "rollback": "rollback",
+    "fleet": "fleet",
+    "fleet-report": "fleet_report",
 }
 
 
@@ -53,7 +55,7 @@ def preload(name: str) -> None:
     import sqlalchemy.dialects.postgresql.psycopg  # noqa: F401
 
     command(name)
-    if name != "smoke":
+    if name not in ("smoke", "fleet", "fleet-report"):
         from deployer import alembic_project  # noqa: F401
         from deployer.steps import migrate, version_table  # noqa: F401
 

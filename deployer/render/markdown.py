@@ -7,7 +7,7 @@ deployer/render/operations.py.
 
 from __future__ import annotations
 
-from deployer.render import operations
+from deployer.render import fleet, operations
 from deployer.render.tables import ICON, cell, details, fmt_bytes, mark, row_count, table
 from deployer.results import (
     Failure,
@@ -25,6 +25,8 @@ from deployer.results import (
 
 
 def render(r: RunResult) -> str:
+    if (fleet_result := fleet.of(r)) is not None:
+        return fleet.markdown(r, fleet_result)
     lines = header(r) + failure(r) + run(r)
     if r.install is not None:
         lines += dependencies(r.install)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from deployer.render import fleet
 from deployer.render.markdown import headline
 from deployer.results import AppliedRevision, RunResult, Telemetry
 
@@ -15,6 +16,8 @@ Block = dict[str, Any]  # one Block Kit block, as JSON
 
 
 def render(r: RunResult) -> dict[str, Any]:
+    if (fleet_result := fleet.of(r)) is not None:
+        return fleet.slack(r, fleet_result)
     title = _strip_md(headline(r))
     blocks: list[Block] = [
         {"type": "header", "text": {"type": "plain_text", "text": title[:150], "emoji": True}},

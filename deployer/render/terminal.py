@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TextIO
 
-from deployer.render import operations
+from deployer.render import fleet, operations
 from deployer.render.tables import ICON, fmt_bytes, mark, row_count
 from deployer.results import Failure, MigrateResult, RunResult, SeedResult, SmokeResult
 
@@ -48,6 +48,8 @@ RULE = "═" * 64
 
 
 def render(r: RunResult) -> str:
+    if (fleet_result := fleet.of(r)) is not None:
+        return fleet.terminal(r, fleet_result)
     out = [
         RULE,
         f"{ICON[r.status]} db-deploy {r.command}: {r.status}"

@@ -4,6 +4,7 @@ that every renderer reads. Nothing here does I/O."""
 
 from __future__ import annotations
 
+from deployer.results.fleet import FleetResult, TargetResult
 from deployer.results.operations import (
     BackupResult,
     Difference,
@@ -57,6 +58,7 @@ __all__ = [
     "ExtensionCheck",
     "Failure",
     "Finding",
+    "FleetResult",
     "HistoryEntry",
     "InstallResult",
     "IntegrityReport",
@@ -78,6 +80,7 @@ __all__ = [
     "TableCheck",
     "TableDelta",
     "TableStats",
+    "TargetResult",
     "Telemetry",
     "VectorIndex",
     "plain",
