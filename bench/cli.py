@@ -17,7 +17,7 @@ from typing import Any
 from bench import deploy, latency, proc, profile, proposals, report, smoke, startup
 from bench.server import embedded
 
-SUITES = ("startup", "deploy", "network", "smoke", "profile")
+SUITES = ("startup", "deploy", "network", "smoke", "profile", "fleet")
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
 DIFF = RESULTS.with_name("proposals.diff")
 
@@ -214,6 +214,13 @@ def measure(a: argparse.Namespace) -> dict[str, Any]:
             if "profile" in a.suites:
                 say("profile …")
                 results["profile"] = profile.run_suite(server, work, a.profile_size, say, candidate)
+            if "fleet" in a.suites:
+                from bench import fleet as fleet_suite
+
+                say("fleet …")
+                results["fleet"] = fleet_suite.run_suite(
+                    server, work, say, targets=10 if a.quick else fleet_suite.TARGETS
+                )
     finally:
         if a.keep_work:
             say(f"work folder kept: {work}")
@@ -234,6 +241,10 @@ def main(argv: list[str] | None = None) -> int:
             report.write_json(results, target)
             say(f"results written to {target}")
     print(report.table(results))
+    from bench import fleet as fleet_suite
+
+    for line in fleet_suite.table(results):
+        print(line)
     print("\nGoals:")
     for line in report.goals(results):
         print(f"- {line}")

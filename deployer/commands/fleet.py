@@ -112,14 +112,18 @@ def read_fleet(ctx: Context) -> Fleet:
 def command_inputs(settings: Settings, environ: Mapping[str, str]) -> dict[str, str]:
     """The inputs the command was given (flags, `INPUT_*`), kebab-case → text: they win over
     the fleet file. A value from a plain environment variable does not count (the child
-    inherits it, below the file)."""
+    inherits it, below the file), nor does a value equal to the input's default: the runner
+    sets every input of action.yml, at its default when the workflow left it out."""
     out: dict[str, str] = {}
     for name in sorted(settings.model_fields_set):
         if name in FLEET_SETTINGS or name in PER_TARGET or name not in Settings.model_fields:
             continue
         if not env_names(name) or _origin(name, environ) == "env":
             continue
-        out[name.replace("_", "-")] = _text(getattr(settings, name))
+        value = getattr(settings, name)
+        if _text(value) == _text(Settings.model_fields[name].default):
+            continue  # the runner passes every input, at its default when left out
+        out[name.replace("_", "-")] = _text(value)
     return out
 
 

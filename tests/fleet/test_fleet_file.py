@@ -140,3 +140,26 @@ def test_precedence_command_over_target_over_defaults(tmp_path: Path) -> None:
     assert a["INPUT_DATABASE-URL"] == "postgresql://u@h/a"
     assert "INPUT_COMMAND" not in a and "INPUT_FLEET-FILE" not in a and "GITHUB_OUTPUT" not in a
     assert a["DB_DEPLOY_LOCK_TIMEOUT"] == "1s"  # plain variables stay, below the file's inputs
+
+
+def test_command_inputs_are_flags_and_inputs_off_their_defaults(clean_environ) -> None:
+    from deployer.commands.fleet import command_inputs
+    from deployer.settings import Settings
+
+    env = {
+        "INPUT_COMMAND": "fleet",
+        "INPUT_FLEET-FILE": "fleet.yml",
+        "INPUT_MIGRATIONS-PATH": "migrations",  # the runner passes action.yml's default
+        "INPUT_LOCK-TIMEOUT": "10s",
+        "INPUT_DRY-RUN": "true",
+        "INPUT_ENVIRONMENT": "staging",
+        "DB_DEPLOY_STATEMENT_TIMEOUT": "5s",  # a plain variable: below the file
+    }
+    for key, value in env.items():
+        clean_environ.setenv(key, value)
+    settings = Settings(connect_retries=2)  # a flag
+    assert command_inputs(settings, env) == {
+        "dry-run": "true",
+        "environment": "staging",
+        "connect-retries": "2",
+    }

@@ -136,3 +136,59 @@ def test_summary_is_cut_cleanly_for_thousands_of_targets() -> None:
     message = render.slack(result, fleet)
     assert len(json.dumps(message)) < 40_000
     assert "and 6652 more" in json.dumps(message)
+
+
+def test_one_slack_message_for_the_fleet(github: GitHubRunner, run_cli, httpserver) -> None:
+    folder = github.workspace / "db-deploy-fleet"
+    folder.mkdir()
+    for i in range(30):
+        write_record(folder, record(f"t{i}", "failed" if i < 3 else "success", error="boom"))
+    httpserver.expect_request("/services/T0/B0/fleetSecretToken").respond_with_data("ok")
+    url = httpserver.url_for("/services/T0/B0/fleetSecretToken")
+    run = run_cli(
+        env=github.with_inputs(command="fleet-report", **{"slack-webhook-url": url}),
+        cwd=github.workspace,
+    )
+    assert run.returncode == 1, run.stderr
+    assert len(httpserver.log) == 1
+    message = json.loads(httpserver.log[0][0].get_data())
+    text = json.dumps(message)
+    assert "27/30 targets ok" in text and "`t0`" in text
+
+
+def test_planner_runs_on_the_standard_library_alone(tmp_path: Path) -> None:
+    """As the plan job runs it: the runner's python3, nothing installed (-S: no site-packages)."""
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO
+
+    (tmp_path / "fleet.yml").write_text("targets:\n  - a\n  - {name: b, wave: 1}\n  - c\n")
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-S",
+            "-m",
+            "deployer.fleet.shards",
+            "--fleet-file",
+            "fleet.yml",
+            "--shards",
+            "2",
+            "--github-output",
+            str(out),
+        ],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    planned = parse_env_file(out.read_text())
+    assert json.loads(planned["canary-matrix"])["include"] == [
+        {"shard": "canary-1", "targets": "a"},
+        {"shard": "canary-2", "targets": "c"},
+    ]
+    assert planned["early-count"] == "1" and planned["rest-count"] == "0"
+    assert json.loads(planned["rest-matrix"]) == {"include": []}

@@ -182,3 +182,29 @@ def test_sigterm_reaches_every_child(
     outputs = github.output_file.read_text()
     assert "cancelled" in outputs
     assert "0003_slow" not in {r[0] for r in dbs[0].rows("SELECT version_num FROM alembic_version")}
+
+
+def test_template_secret_is_masked_everywhere(
+    pg_server, databases, fleet_project, run_fleet, github
+) -> None:
+    (db,) = databases(1)
+    password = "Sup3r:s3cr3t@pw/x"
+    text = (
+        "defaults:\n"
+        f"  database-url: postgresql://postgres:${{FLEET_PASSWORD}}@/{{name}}?host={pg_server.dir}\n"
+        f"targets:\n  - {db.name}\n  - name: gone\n"
+        "    database-url: postgresql://postgres:${FLEET_PASSWORD}@/gone?host=/nonexistent/dir\n"
+        "    connect-retries: 1\n"
+    )
+    out = run_fleet(text, env={"FLEET_PASSWORD": password})
+    assert out.status(db.name) == "success", out.record(db.name)
+    assert out.status("gone") == "failed"
+    logs = "\n".join(
+        line for line in out.run.output.splitlines() if not line.startswith("::add-mask::")
+    )
+    assert "::add-mask::" in out.run.output  # the runner is told first
+    seen = [logs, out.summary, json.dumps(out.outputs), json.dumps(out.report)]
+    seen += [p.read_text() for p in out.folder.iterdir()]
+    encoded = "Sup3r%3As3cr3t%40pw%2Fx"
+    for text in seen:
+        assert password not in text and encoded not in text and "s3cr3t" not in text
