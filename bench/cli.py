@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import deploy, latency, proc, profile, proposals, report, smoke, startup
+from bench import deploy, latency, masking, proc, profile, proposals, report, smoke, startup
 from bench.server import embedded
 
-SUITES = ("startup", "deploy", "network", "smoke", "profile", "fleet")
+SUITES = ("startup", "deploy", "network", "smoke", "profile", "fleet", "masking")
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
 DIFF = RESULTS.with_name("proposals.diff")
 
@@ -44,6 +44,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--smoke-repeat", type=int, help="smoke rounds (default 5; quick 2)")
     p.add_argument("--startup-repeat", type=int, help="start-up rounds (default 10; quick 3)")
     p.add_argument("--profile-size", type=int, help="chain size profiled (default 200; quick 40)")
+    p.add_argument(
+        "--masking-chunks",
+        type=int,
+        help="masking suite: writes of 100 characters (default 1000000; quick 100000)",
+    )
+    p.add_argument("--masking-repeat", type=int, help="masking rounds (default 5; quick 2)")
     p.add_argument(
         "--latency-ms",
         type=float,
@@ -107,6 +113,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     a.smoke_repeat = a.smoke_repeat or (2 if q else 5)
     a.startup_repeat = a.startup_repeat or (3 if q else 10)
     a.profile_size = a.profile_size or (40 if q else 200)
+    a.masking_chunks = a.masking_chunks or (100_000 if q else 1_000_000)
+    a.masking_repeat = a.masking_repeat or (2 if q else 5)
     a.latency_size = a.latency_size or (40 if q else 200)
     a.latency_repeat = -(-(a.latency_repeat or (1 if q else 3)) // len(deploy.FULL)) * len(
         deploy.FULL
@@ -214,6 +222,9 @@ def measure(a: argparse.Namespace) -> dict[str, Any]:
             if "profile" in a.suites:
                 say("profile …")
                 results["profile"] = profile.run_suite(server, work, a.profile_size, say, candidate)
+            if "masking" in a.suites:
+                say("masking …")
+                results["masking"] = masking.run_suite(a.masking_chunks, a.masking_repeat, say)
             if "fleet" in a.suites:
                 from bench import fleet as fleet_suite
 
@@ -240,13 +251,13 @@ def main(argv: list[str] | None = None) -> int:
         if target:
             report.write_json(results, target)
             say(f"results written to {target}")
-    print(report.table(results))
+    print("\n".join([report.table(results), *masking.table(results)]))
     from bench import fleet as fleet_suite
 
     for line in fleet_suite.table(results):
         print(line)
     print("\nGoals:")
-    for line in report.goals(results):
+    for line in [*report.goals(results), *masking.goals(results)]:
         print(f"- {line}")
     if results.get("profile"):
         print()

@@ -165,11 +165,12 @@ def _main(argv: Sequence[str] | None, *, before_run: Callable[[str], None]) -> i
         args["command"] = positional
 
     from deployer.github import GitHubConsole, GitHubContext
-    from deployer.redact import RedactingStream, Redactor, url_secrets
+    from deployer.redact import RedactingStream, Redactor, activate, url_secrets
     from deployer.render.terminal import TerminalConsole
     from deployer.settings import secret_fields
 
     redactor = Redactor(raw_secret_values(os.environ))
+    activate(redactor)  # for every place that cuts text: redacted first (redact.cut)
     for key in secret_fields():
         if args.get(key):
             redactor.add(*url_secrets(str(args[key])))
@@ -196,8 +197,8 @@ def _main(argv: Sequence[str] | None, *, before_run: Callable[[str], None]) -> i
         return 1
     finally:
         with contextlib.suppress(Exception):
-            sys.stdout.flush()
-            sys.stderr.flush()
+            for stream in (sys.stdout, sys.stderr):
+                getattr(stream, "drain", stream.flush)()  # all of it, held-back text too
         sys.stdout, sys.stderr = real_stdout, sys.__stderr__ or sys.stderr
 
 
@@ -226,8 +227,9 @@ def _run(args: dict[str, Any], inv: _Invocation) -> int:
     except ConfigError as exc:
         return _refused(exc, args, inv)
     console = inv.console
-    new = [s for s in settings.secrets if s not in inv.redactor.to_mask]
-    inv.redactor.add(*new)
+    known = set(inv.redactor.to_mask)
+    inv.redactor.add(*settings.secrets)
+    new = [s for s in inv.redactor.to_mask if s not in known]  # every form of each
     if hasattr(console, "mask"):
         console.mask(*new)
 

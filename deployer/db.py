@@ -24,6 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, make_url
 
 from deployer.errors import ConfigError, UnreachableError
+from deployer.redact import cut
 
 APPLICATION_NAME = "db-deploy"
 
@@ -315,7 +316,8 @@ class Blocker:
     query: str
 
     def __str__(self) -> str:
-        query = f": {self.query}" if self.query else ""
+        # Redacted before it is cut: a secret crossing the cut would no longer be recognised.
+        query = f": {cut(self.query, 80)}" if self.query else ""
         return (
             f"pid {self.pid} ({self.application_name or '?'}, user {self.user}, query started "
             f"{self.query_start}, {self.state}{query})"
@@ -326,7 +328,7 @@ _BLOCKERS = sa.text(
     """
     SELECT a.pid, coalesce(a.application_name, ''), coalesce(a.usename, ''),
            coalesce(to_char(a.query_start, 'YYYY-MM-DD"T"HH24:MI:SSOF'), '?'),
-           coalesce(a.state, '?'), left(regexp_replace(coalesce(a.query, ''), '\\s+', ' ', 'g'), 80)
+           coalesce(a.state, '?'), left(regexp_replace(coalesce(a.query, ''), '\\s+', ' ', 'g'), 4000)
     FROM pg_stat_activity a
     WHERE a.pid = ANY (pg_blocking_pids(:pid))
     ORDER BY a.query_start

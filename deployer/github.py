@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from deployer.redact import neutralise
+
 SUMMARY_LIMIT = 1024 * 1024  # bytes, the runner's AttachmentSizeLimit
 SUMMARY_BUDGET = SUMMARY_LIMIT - 16 * 1024  # room for what other steps of the job append
 
@@ -36,7 +38,11 @@ def command(name: str, message: str = "", **properties: str | int | None) -> str
     props = ",".join(
         f"{k}={escape_property(str(v))}" for k, v in properties.items() if v not in (None, "")
     )
-    return f"::{name}{' ' + props if props else ''}::{escape_data(message)}"
+    # `##[` in the data too (the legacy parser looks for it anywhere): data, never a command.
+    data = escape_data(message)
+    if name != "add-mask":  # a secret is registered exactly as it is
+        data = data.replace("##[", "##\u200b[")
+    return f"::{name}{' ' + props if props else ''}::{data}"
 
 
 def format_output(name: str, value: str) -> str:
@@ -131,7 +137,13 @@ class GitHubConsole:
     def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream or sys.stdout
 
-    def emit(self, line: str) -> None:
+    def emit(self, line: str, *, redact: bool = True) -> None:
+        """Our own workflow command `line`, on a line of its own (through the redacting
+        stream's `write_command` when there is one: it redacts but never neutralises it)."""
+        write_command = getattr(self.stream, "write_command", None)
+        if write_command is not None:
+            write_command(line, redact=redact)
+            return
         self.stream.write(line + "\n")
         self.stream.flush()
 
@@ -139,7 +151,7 @@ class GitHubConsole:
         """`::add-mask::` each secret, before anything else is printed."""
         for secret in secrets:
             if secret and secret.strip():
-                self.emit(command("add-mask", secret))
+                self.emit(command("add-mask", secret), redact=False)
 
     @contextmanager
     def step(self, name: str) -> Iterator[None]:
@@ -150,7 +162,10 @@ class GitHubConsole:
             self.emit("::endgroup::")
 
     def info(self, message: str) -> None:
-        self.emit(message)
+        """Text, not a command: no line of it (names from the database, a docstring, a server
+        message) can start a workflow command (`neutralise`)."""
+        self.stream.write(neutralise(message) + "\n")
+        self.stream.flush()
 
     def warning(self, message: str, title: str = "db-deploy") -> None:
         self.emit(command("warning", message, title=title))

@@ -18,6 +18,7 @@ from deployer import github, notify
 from deployer.redact import Redactor, redact_record
 from deployer.render import json_report, markdown, outputs, slack, terminal
 from deployer.results import RunResult
+from deployer.steps.backup import give_to_owner
 
 Console = github.GitHubConsole | terminal.TerminalConsole
 
@@ -69,6 +70,10 @@ def publish(
     if options.output_file:
         options.output_file.parent.mkdir(parents=True, exist_ok=True)
         github.write_outputs(options.output_file, values)
+    # Running as root in a container: what we wrote in the workspace is its owner's.
+    for path in (options.report_file, options.summary_file, options.output_file):
+        if path is not None:
+            give_to_owner(path, options.workspace)
 
 
 def shown_path(path: Path, workspace: Path) -> str:

@@ -160,8 +160,36 @@ def parse_expectations(value: object) -> tuple[Expectation, ...]:
         m = _EXPECT.match(item)
         if not m:
             raise ValueError(f"expected `table>=N` (e.g. connectors>=16), got {item!r}")
-        result.append(Expectation(m.group(1), int(m.group(2))))
+        digits = m.group(2).lstrip("0") or "0"
+        if len(digits) > len(str(BIGINT_MAX)) or int(digits) > BIGINT_MAX:
+            shown = item if len(item) <= 60 else item[:59] + "…"
+            raise ValueError(
+                f"{shown!r} is out of range: at most {BIGINT_MAX} rows (PostgreSQL's bigint)"
+            )
+        result.append(Expectation(m.group(1), int(digits)))
     return tuple(result)
+
+
+BIGINT_MAX = 2**63 - 1
+RESERVED_SCHEMAS = {"public", "information_schema"}
+
+
+def _history_schema(value: object) -> str:
+    """The history's schema: a schema of its own (interface.md: never beside the version table,
+    which lives in `public` by default, nor where the application's tables are), a name
+    PostgreSQL accepts unchanged (not `pg_…`, at most 63 bytes)."""
+    name = _not_empty(value)
+    if name.lower() in RESERVED_SCHEMAS:
+        raise ValueError(
+            f"{name!r} is refused: the deploy history lives in a schema of its own, apart from "
+            "the version table and the application's tables (public by default); use the "
+            "default db_deploy or another dedicated schema"
+        )
+    if name.lower().startswith("pg_"):
+        raise ValueError(f"{name!r} is refused: names starting with pg_ are reserved by PostgreSQL")
+    if len(name.encode("utf-8")) > 63:
+        raise ValueError(f"{name!r} is longer than PostgreSQL's 63-byte limit for a name")
+    return name
 
 
 _EXTENSION = re.compile(r"^([A-Za-z_][\w-]*)\s*(?:>=\s*(\d+(?:\.\d+)*))?$")
@@ -252,11 +280,12 @@ Duration = Annotated[float, BeforeValidator(parse_duration)]
 """`500ms`, `10s`, `5m`, `1h` or seconds."""
 PostgresDuration = Annotated[Duration, AfterValidator(_within_postgres_range)]
 """A duration PostgreSQL takes as a setting in milliseconds (`lock_timeout`, …)."""
-Timeout = Annotated[Duration, AfterValidator(_above_zero)]
+Timeout = Annotated[Duration, AfterValidator(_above_zero), AfterValidator(_within_postgres_range)]
 """A duration that must be more than 0."""
 PostgresUrl = Annotated[SecretStr, BeforeValidator(check_url)]
 WebhookUrl = Annotated[SecretStr, BeforeValidator(_check_webhook)]
 NonEmpty = Annotated[str, BeforeValidator(_not_empty)]
+HistorySchema = Annotated[str, BeforeValidator(_history_schema)]
 Expectations = Annotated[tuple[Expectation, ...], NoDecode, BeforeValidator(parse_expectations)]
 Extensions = Annotated[
     tuple[ExtensionRequirement, ...], NoDecode, BeforeValidator(parse_extensions)
@@ -408,7 +437,7 @@ class Settings(SettingsBase):
         description="PostgreSQL statement_timeout for migration statements (0 = none).",
         validation_alias=_env("statement-timeout", "DB_DEPLOY_STATEMENT_TIMEOUT"),
     )
-    deploy_lock_wait: Duration = Field(
+    deploy_lock_wait: PostgresDuration = Field(
         300.0,
         description="How long to wait for another deploy of the same database to finish.",
         validation_alias=_env("deploy-lock-wait", "DB_DEPLOY_LOCK_WAIT"),
@@ -442,7 +471,7 @@ class Settings(SettingsBase):
         description="Report what would be applied, with its SQL; change nothing.",
         validation_alias=_env("dry-run", "DB_DEPLOY_DRY_RUN"),
     )
-    history_schema: NonEmpty = Field(
+    history_schema: HistorySchema = Field(
         "db_deploy",
         description="Schema holding the tool's own tables (the deploy history), created on "
         "first use.",
@@ -646,11 +675,16 @@ class Settings(SettingsBase):
 
     @property
     def secrets(self) -> list[str]:
-        from deployer.redact import url_secrets
+        """Every secret of the run: the secret inputs (URLs: their passwords too), and the
+        passwords libpq would use for the database URL (`PGPASSWORD`, a `.pgpass` entry)."""
+        import os
+
+        from deployer.redact import libpq_passwords, url_secrets
 
         out: list[str] = []
         for name in secret_fields():
             out += url_secrets(getattr(self, name).get_secret_value())
+        out += libpq_passwords(self.database_url.get_secret_value(), os.environ)
         return out
 
 

@@ -60,6 +60,7 @@ def take_backup(
                 tool=tool,
                 lock_timeout=s.lock_timeout,
                 connect_timeout=s.connect_timeout,
+                workspace=s.workspace_dir,
             )
         ctx.result.status_check = where.status(conn) or ctx.result.status_check
         ctx.result.backup = rec = BackupResult(

@@ -77,6 +77,7 @@ def migrate_locked(
         ctx.at("migrate")
         mig = ctx.session(migration=True)
         facts = inspect_env(project, mig, url=s.direct_url, workspace=s.workspace_dir)
+        shared.check_history_schema(ctx, facts.version_table_schema)
         locked.enter_context(ctx.deploy_lock(VersionTable.of(project, facts)))
         heads = read_heads(mig, facts.version_table, facts.version_table_schema)
         mig.rollback()
@@ -111,6 +112,6 @@ def run_seed(ctx: Context, mig: sa.Connection) -> None:
         ctx.result.seed = sd = seed(mig, ctx.settings.seed_file)
         if sd.error:
             raise StepFailed(
-                f"seed failed and was rolled back: {sd.error}", step="seed", obj=sd.path
+                f"seed failed and {sd.outcome}: {sd.error}", step="seed", obj=sd.path
             )
         ctx.info(f"seed: {sd.inserted} inserted, {sd.updated} updated, {sd.deleted} deleted")

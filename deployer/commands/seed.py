@@ -21,6 +21,6 @@ def run(ctx: Context) -> RunResult:
         ctx.result.seed = sd = seed(conn, s.seed_file)
         if sd.error:
             raise StepFailed(
-                f"seed failed and was rolled back: {sd.error}", step="seed", obj=sd.path
+                f"seed failed and {sd.outcome}: {sd.error}", step="seed", obj=sd.path
             )
     return ctx.result

@@ -182,3 +182,17 @@ def raise_if_failed(m: MigrateResult, *, step: str, verb: str = "failed") -> Non
             step=step,
             failure=m.failure,
         )
+
+
+def check_history_schema(ctx: Context, version_table_schema: str | None) -> None:
+    """The deploy history is kept apart from the version table (interface.md): a history-schema
+    that is the schema env.py puts the version table in is bad input (exit 2, before anything
+    is written). `public`, the default place of both, is refused with the settings."""
+    schema = ctx.settings.history_schema
+    if version_table_schema and version_table_schema == schema:
+        raise ConfigError(
+            f"invalid history-schema: {schema!r} is the version table's schema (env.py's "
+            "version_table_schema): the deploy history lives in a schema of its own, apart "
+            "from the version table; use the default db_deploy or another dedicated schema",
+            step="config",
+        )

@@ -276,7 +276,7 @@ def history(entries: list[HistoryEntry]) -> list[str]:
 def seed(sd: SeedResult) -> list[str]:
     lines = ["### Seed", ""]
     if sd.error:
-        return [*lines, f"❌ `{sd.path}` failed and was rolled back: {cell(sd.error)}", ""]
+        return [*lines, f"❌ `{sd.path}` failed and {sd.outcome}: {cell(sd.error)}", ""]
     lines += [
         f"`{sd.path}` ({sd.kind}) in {sd.seconds:.2f} s: {sd.inserted} inserted, "
         f"{sd.updated} updated, {sd.deleted} deleted.",

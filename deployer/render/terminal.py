@@ -153,7 +153,7 @@ def statement(f: Failure) -> list[str]:
 
 def seed(s: SeedResult) -> list[str]:
     if s.error:
-        return [f"seed       failed, rolled back: {s.error}"]
+        return [f"seed       failed, {s.outcome}: {s.error}"]
     return [
         f"seed       {s.inserted} inserted, {s.updated} updated, {s.deleted} deleted ({s.path})",
         *(f"  {t.table:<40} +{t.inserted} ~{t.updated} -{t.deleted}" for t in s.tables),

@@ -190,6 +190,14 @@ class SeedResult:
     tables: list[TableDelta] = field(default_factory=list)
     error: str = ""
     seconds: float = 0.0
+    # False only when the seed ended the deployer's transaction itself: then what it wrote
+    # afterwards may have been committed, and no report may say "rolled back".
+    rolled_back: bool = True
+
+    @property
+    def outcome(self) -> str:
+        """What became of a failed seed's work, as reports say it."""
+        return "was rolled back" if self.rolled_back else "may have committed part of its work"
 
     @property
     def inserted(self) -> int:

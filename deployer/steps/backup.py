@@ -30,6 +30,36 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def give_to_owner(path: Path, workspace: Path | None) -> None:
+    """Running as root (a container action: root inside, the workspace owned by the runner's
+    user on the host), `path` and the folders between it and `workspace` go to the workspace
+    folder's owner (uid and gid), so that later steps (upload-artifact) can read them and the
+    runner can clean them. Modes are kept (a dump stays 0600). Outside the workspace, or not
+    root, or a workspace owned by root: nothing to do. Best effort: never fails the run."""
+    if workspace is None or not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return
+    try:
+        root = workspace.resolve()
+        st = root.stat()
+        if st.st_uid == 0 and st.st_gid == 0:
+            return
+        full = path.absolute()
+        rel = full.parent.resolve().relative_to(root)
+    except (OSError, ValueError):
+        return
+    chain = [full]
+    parent = root
+    for part in rel.parts:
+        parent = parent / part
+        chain.append(parent)
+    for item in chain:
+        try:
+            if item.exists() or item.is_symlink():
+                os.chown(item, st.st_uid, st.st_gid, follow_symlinks=False)
+        except OSError:
+            pass
+
+
 def sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
@@ -74,9 +104,12 @@ def dump(
     tool: pgtools.Tool,
     lock_timeout: float,
     connect_timeout: float,
+    workspace: Path | None = None,
 ) -> tuple[str, int, str, float]:
     """pg_dump -Fc of `url` into `target` (which must not exist). Returns (tool, size, sha256,
-    seconds). Raises ConfigError (bad path) or StepFailed (pg_dump failed)."""
+    seconds). Raises ConfigError (bad path) or StepFailed (pg_dump failed). Inside `workspace`,
+    the dump, its sidecar and the folders made for them go to the workspace's owner
+    (`give_to_owner`)."""
     if target.exists():
         raise ConfigError(f"backup file {target} exists already: backups are never overwritten")
     try:
@@ -117,5 +150,7 @@ def dump(
     digest = sha256_file(partial)
     size = partial.stat().st_size
     os.replace(partial, target)
-    write_sidecar(target, digest)
+    side = write_sidecar(target, digest)
+    give_to_owner(target, workspace)
+    give_to_owner(side, workspace)
     return f"pg_dump {tool.version}", size, digest, seconds
