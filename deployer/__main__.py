@@ -2,6 +2,6 @@
 
 import sys
 
-from deployer.cli import console_main
+from deployer.supervise import main
 
-sys.exit(console_main())
+sys.exit(main())

@@ -133,9 +133,60 @@ def console_main() -> int:
     settings allocate long-lived objects by the hundred thousand, and every full collection
     walks all of them again. Before the pipeline runs anything of the user's (env.py, the
     revisions, an install, the seed), `_user_code_next` imports the libraries the command uses,
-    freezes what exists and turns the collector back on."""
+    freezes what exists and turns the collector back on.
+
+    The process's entry point is a small parent (deployer/supervise.py: standard library only)
+    that runs this as its child, forwards SIGINT/SIGTERM to it, and has `report_unfinished`
+    write the failed outputs, summary and report (exit 1) when the child ended without
+    finishing. Here SIGINT/SIGTERM cancel the run (deployer/cancel.py): status `cancelled`,
+    exit 130/143."""
+    from deployer import cancel
+
     gc.disable()
-    return _main(None, before_run=_user_code_next)
+    cancellation = cancel.Cancellation()
+    cancellation.hooks.append(_cancel_on_server)
+    cancellation.install()
+    try:
+        return _main(None, before_run=_user_code_next)
+    finally:
+        cancel.finished()
+
+
+def _cancel_on_server() -> None:
+    """From the cancel thread: cancel the statements the run has running (a driver blocked in
+    C has not let the main thread take the signal)."""
+    from deployer import db
+
+    db.cancel_running()
+
+
+def report_unfinished(message: str, signum: int = 0) -> int:
+    """In the parent, when the deployer ended without finishing (`message` says how): the
+    outputs, summary and report written here, status failed, one line, exit 1 (or, when the
+    parent forwarded SIGINT/SIGTERM `signum`, status cancelled, exit 130/143)."""
+
+    def run(args: dict[str, Any], inv: _Invocation) -> int:
+        from deployer.publish import publish
+        from deployer.results import RunResult, Telemetry, utcnow
+        from deployer.settings import artefact_paths
+
+        settings = artefact_paths(args)
+        cancelled = signum in (2, 15)
+        result = RunResult(
+            command=settings.command,
+            telemetry=Telemetry.from_env(),
+            status="cancelled" if cancelled else "failed",
+            exit_code=128 + signum if cancelled else 1,
+            failed_step=settings.command,
+            error=message,
+            error_class="cancelled" if cancelled else "internal",
+        )
+        result.finished_at = utcnow()
+        options = _publish_options(settings)
+        publish(result, options, inv.redactor, gh=inv.gh, console=inv.console, stdout=sys.stdout)
+        return result.exit_code
+
+    return _main(None, before_run=_nothing, run=run)
 
 
 def _user_code_next(command: str) -> None:
@@ -157,7 +208,12 @@ def _nothing(command: str) -> None:
     pass
 
 
-def _main(argv: Sequence[str] | None, *, before_run: Callable[[str], None]) -> int:
+def _main(
+    argv: Sequence[str] | None,
+    *,
+    before_run: Callable[[str], None],
+    run: Callable[[dict[str, Any], _Invocation], int] | None = None,
+) -> int:
     args = vars(build_parser().parse_args(argv))
     debug = bool(args.pop("debug", False))
     positional = args.pop("command_arg", None)
@@ -187,7 +243,7 @@ def _main(argv: Sequence[str] | None, *, before_run: Callable[[str], None]) -> i
     else:
         console.stream = sys.stderr
     try:
-        return _run(args, _Invocation(redactor, gh, console, debug, before_run))
+        return (run or _run)(args, _Invocation(redactor, gh, console, debug, before_run))
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - never a traceback for the user, unless asked
         console.error(redactor(f"internal error: {type(exc).__name__}: {exc}"))
         if debug:
@@ -282,11 +338,13 @@ def _refused(exc: ConfigError, args: dict[str, Any], inv: _Invocation, settings:
 
 
 def _execute(settings: Any, inv: _Invocation) -> int:
+    from deployer.cancel import cancellable
     from deployer.commands import execute
     from deployer.publish import publish
 
     inv.before_run(settings.command)
-    result = execute(settings, inv.console, debug=inv.debug)
+    with cancellable():  # SIGINT/SIGTERM cancel the run while it runs, not its report
+        result = execute(settings, inv.console, debug=inv.debug)
     options = _publish_options(settings)
     publish(result, options, inv.redactor, gh=inv.gh, console=inv.console, stdout=sys.stdout)
     if inv.debug and result.extra.get("traceback"):

@@ -330,7 +330,8 @@ _BLOCKERS = sa.text(
            coalesce(to_char(a.query_start, 'YYYY-MM-DD"T"HH24:MI:SSOF'), '?'),
            coalesce(a.state, '?'), left(regexp_replace(coalesce(a.query, ''), '\\s+', ' ', 'g'), 4000)
     FROM pg_stat_activity a
-    WHERE a.pid = ANY (pg_blocking_pids(:pid))
+    WHERE a.pid IN (SELECT unnest(pg_blocking_pids(p)) FROM unnest(CAST(:pids AS int[])) p)
+      AND NOT a.pid = ANY (CAST(:pids AS int[]))
     ORDER BY a.query_start
     LIMIT 1
     """
@@ -346,6 +347,7 @@ class BlockerWatch:
     def __init__(self, engine: sa.Engine, pid: int, interval: float = 0.2) -> None:
         self.engine = engine
         self.pid = pid
+        self.pids = [pid]  # ours, and the sessions env.py opens (`add`)
         self.interval = interval
         self.blocker: Blocker | None = None
         self._stop = threading.Event()
@@ -353,15 +355,23 @@ class BlockerWatch:
             target=self._run, name="db-deploy-blocker-watch", daemon=True
         )
 
+    def add(self, pid: int) -> None:
+        """Watch session `pid` too (one env.py opened)."""
+        if pid not in self.pids:
+            self.pids = [*self.pids, pid]
+
     def start(self) -> None:
         """Start watching (once; later calls do nothing)."""
         if not self._thread.is_alive() and not self._stop.is_set():
             self._thread.start()
 
     def __enter__(self) -> BlockerWatch:
+        _WATCHES.append(self)
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self in _WATCHES:
+            _WATCHES.remove(self)
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=5)
@@ -370,16 +380,53 @@ class BlockerWatch:
         try:
             with self.engine.execution_options(isolation_level="AUTOCOMMIT").connect() as conn:
                 while not self._stop.wait(self.interval):
-                    row = conn.execute(_BLOCKERS, {"pid": self.pid}).first()
+                    row = conn.execute(_BLOCKERS, {"pids": list(self.pids)}).first()
                     if row is not None:
                         self.blocker = Blocker(*row)
         except sa.exc.DBAPIError:
             pass  # best effort: the migration's own error still tells what happened
 
 
+_WATCHES: list[BlockerWatch] = []  # the watches of the migrations running now
+
+
+def cancel_running() -> None:
+    """Cancel, from a session of its own, the statement each running migration (ours and
+    env.py's sessions) has on the server: for a cancel the main thread cannot deliver itself."""
+    for watch in list(_WATCHES):
+        try:
+            with watch.engine.execution_options(isolation_level="AUTOCOMMIT").connect() as conn:
+                conn.execute(
+                    sa.text("SELECT pg_cancel_backend(p) FROM unnest(CAST(:pids AS int[])) p"),
+                    {"pids": list(watch.pids)},
+                )
+        except sa.exc.DBAPIError:
+            pass
+
+
 def is_lock_timeout(exc: BaseException) -> bool:
-    orig = getattr(exc, "orig", None)
-    return getattr(orig, "sqlstate", None) == "55P03"  # lock_not_available
+    """lock_not_available (55P03), raised by `exc` or by an error it wraps or came from."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        for candidate in (getattr(current, "orig", None), current):
+            if getattr(candidate, "sqlstate", None) == "55P03":
+                return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def dbapi_backend_pid(dbapi_connection: Any) -> int:
+    """The server pid of a driver's connection (psycopg 3 or psycopg2), 0 when unknown."""
+    try:
+        info = getattr(dbapi_connection, "info", None)
+        pid = getattr(info, "backend_pid", None)
+        if pid is None and hasattr(dbapi_connection, "get_backend_pid"):
+            pid = dbapi_connection.get_backend_pid()
+        return int(pid or 0)
+    except Exception:  # noqa: BLE001 - best effort
+        return 0
 
 
 def backend_pid(conn: sa.Connection) -> int:

@@ -101,6 +101,28 @@ def ensure(conn: sa.Connection, schema: str) -> None:
     conn.commit()
 
 
+def baseline(
+    conn: sa.Connection,
+    schema: str,
+    project: AlembicProject,
+    heads: list[str],
+    *,
+    telemetry: Telemetry,
+) -> list[str]:
+    """First use: create the history and record the revisions the database already has (kind
+    `baseline`: applied before the history existed), committed. Returns them."""
+    ensure(conn, schema)
+    applied = sorted(project.ancestors(heads)) if heads else []
+    record(
+        conn,
+        schema,
+        [(rev, "baseline", checksums(project.revision(rev).path), None) for rev in applied],
+        telemetry=telemetry,
+    )
+    conn.commit()
+    return applied
+
+
 def entry(script: Script, upgrade: bool, seconds: float | None) -> Entry:
     """The history entry of a revision just applied (or reverted): its script's checksums now."""
     kind = "upgrade" if upgrade else "downgrade"

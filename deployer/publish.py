@@ -118,7 +118,7 @@ def _to_github(
     if isinstance(console, github.GitHubConsole):
         with console.step("report"):
             console.info(redactor(terminal.render(result)))
-        if result.status == "failed":
+        if result.status in ("failed", "cancelled"):
             file, line = github.annotation_place(result.failure, where, gh.workspace)
             title = f"db-deploy {result.failed_step}"
             console.error(redactor(result.error), title=title, file=file, line=line)
@@ -130,7 +130,7 @@ def _to_terminal(result: RunResult, console: Console, redactor: Redactor, stdout
     """The report on stdout; a failure's one line on the console (stderr) as well."""
     stdout.write(redactor(terminal.render(result)) + "\n")
     stdout.flush()
-    if result.status == "failed" and isinstance(console, terminal.TerminalConsole):
+    if result.status in ("failed", "cancelled") and isinstance(console, terminal.TerminalConsole):
         console.error(redactor(result.error))
 
 

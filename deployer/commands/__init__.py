@@ -76,6 +76,12 @@ def execute(settings: Settings, observer: Observer, *, debug: bool = False) -> R
         result.error = exc.message
         result.error_class = classify(exc, result.failed_step)
         failed(result, exc.failure, exc.obj, debug=debug)
+    except KeyboardInterrupt as exc:  # SIGINT/SIGTERM (deployer/cancel.py): the run cancelled
+        result.status = "cancelled"
+        result.exit_code = int(getattr(exc, "exit_code", 130))
+        result.failed_step = ctx.current_step
+        result.error = cancelled_message(str(exc) or "cancelled by SIGINT", result)
+        result.error_class = "cancelled"
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - the last line of defence: report, never crash
         result.status = "failed"
         result.exit_code = 1
@@ -87,6 +93,16 @@ def execute(settings: Settings, observer: Observer, *, debug: bool = False) -> R
     finally:
         result.finished_at = utcnow()
     return result
+
+
+def cancelled_message(what: str, result: RunResult) -> str:
+    """`cancelled by SIGINT at migrate: revision X rolled back, database at Y`."""
+    text = f"{what} at {result.failed_step}" if result.failed_step else what
+    m = result.migrate
+    if m is None or m.dry_run:
+        return text
+    rolled = f"revision {m.failed_revision} rolled back, " if m.failed_revision else ""
+    return f"{text}: {rolled}database at {result.current_revision or 'base'}"
 
 
 def failed(result: RunResult, failure: Failure | None, obj: str, *, debug: bool) -> None:

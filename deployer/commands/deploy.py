@@ -85,10 +85,12 @@ def migrate_locked(
         if s.backup_before:
             backup_before(ctx, project, facts)
         with ctx.step("migrate"):
-            recorder = check_history(ctx, project, mig, facts, heads)
             # Nothing pending: env.py has run once already (inspect_env), as it runs once
             # for `alembic upgrade head`; it is not run again to apply nothing.
             m = up_to_date(project, heads, s.target, facts, dry_run=ctx.result.dry_run)
+            # A history that does not exist yet is created just before the first revision
+            # (a no-op deploy creates nothing).
+            recorder = check_history(ctx, project, mig, facts, heads, pending=m is None)
             if m is None:
                 m = run_migrate(ctx, project, mig, recorder=recorder)
             ctx.result.migrate = m

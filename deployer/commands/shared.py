@@ -178,7 +178,12 @@ def raise_if_failed(m: MigrateResult, *, step: str, verb: str = "failed") -> Non
     if m.error:
         what = f"revision {m.failed_revision}" if m.failed_revision else step
         raise StepFailed(
-            f"{what} {verb}: {m.error} (database left at {', '.join(m.current) or 'base'})",
+            f"{what} {verb}: {m.error} (database left at "
+            + (
+                f"unknown (connection lost: {m.current_unknown}))"
+                if m.current_unknown
+                else f"{', '.join(m.current) or 'base'})"
+            ),
             step=step,
             failure=m.failure,
         )

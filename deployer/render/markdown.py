@@ -68,9 +68,9 @@ def headline(r: RunResult) -> str:
     where = ""
     if r.preflight:
         where = f" on `{r.preflight.database}` ({r.preflight.target})"
-    if r.status == "failed":
+    if r.status in ("failed", "cancelled"):
         step = f" at **{r.failed_step}**" if r.failed_step else ""
-        return f"{ICON['failed']} db-deploy {r.command} **failed**{step}{where}"
+        return f"{ICON[r.status]} db-deploy {r.command} **{r.status}**{step}{where}"
     if r.dry_run and r.migrate:
         n = len(r.migrate.pending)
         verb = "reverted" if r.command == "rollback" else "applied"

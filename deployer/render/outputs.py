@@ -20,7 +20,7 @@ def outputs(result: RunResult) -> dict[str, str]:
         "error": result.error,
         "error-class": result.error_class,
         "previous-revision": result.previous_revision,
-        "current-revision": result.current_revision,
+        "current-revision": "" if result.revision_unknown else result.current_revision,
         "head-revision": result.head_revision,
         "applied-count": str(len(result.applied)),
         "applied": json.dumps(

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from deployer.results import TableCheck
 
-ICON = {"success": "✅", "noop": "✅", "failed": "❌"}  # a run's status
+ICON = {"success": "✅", "noop": "✅", "failed": "❌", "cancelled": "🛑"}  # a run's status
 SEVERITY_ICON = {"ok": "✅", "info": "ℹ️", "warning": "⚠️", "error": "❌"}  # a finding's
 
 

@@ -153,6 +153,9 @@ class MigrateResult:
     target: str = "heads"
     previous: list[str] = field(default_factory=list)
     current: list[str] = field(default_factory=list)
+    # Why `current` could not be read (the connection was lost and no new one read it): the
+    # revision the database is at is then unknown, never guessed.
+    current_unknown: str = ""
     pending: list[Revision] = field(default_factory=list)  # what was to be applied
     applied: list[AppliedRevision] = field(default_factory=list)
     failed_revision: str = ""
@@ -297,6 +300,9 @@ class SmokeResult:
         return out
 
 
+UNKNOWN_REVISION = "unknown (connection lost)"
+
+
 @dataclass
 class RunResult:
     """Everything one run did: the only input of the renderers (markdown, terminal, JSON, Slack,
@@ -304,7 +310,7 @@ class RunResult:
 
     command: str
     telemetry: Telemetry
-    status: str = "success"  # success | noop | failed
+    status: str = "success"  # success | noop | failed | cancelled
     exit_code: int = 0
     failed_step: str = ""
     error: str = ""
@@ -340,7 +346,7 @@ class RunResult:
 
     @property
     def ok(self) -> bool:
-        return self.status != "failed"
+        return self.status not in ("failed", "cancelled")
 
     @property
     def applied(self) -> list[AppliedRevision]:
@@ -354,7 +360,16 @@ class RunResult:
     def current_revision(self) -> str:
         if self.status_check and self.status_check.database_heads:
             return ",".join(self.status_check.database_heads)
+        if self.revision_unknown:
+            return UNKNOWN_REVISION
         return ",".join(self.migrate.current) if self.migrate else ""
+
+    @property
+    def revision_unknown(self) -> str:
+        """Why the revision the database is at is unknown (the connection was lost), or ""."""
+        if self.status_check and self.status_check.database_heads:
+            return ""
+        return self.migrate.current_unknown if self.migrate else ""
 
     @property
     def head_revision(self) -> str:
@@ -398,4 +413,6 @@ class RunResult:
             "head": self.head_revision,
             "pending_count": self.pending_count,
         }
+        if self.revision_unknown:
+            data["revisions"]["current_unknown"] = self.revision_unknown
         return data

@@ -12,23 +12,26 @@ from __future__ import annotations
 
 import io
 import re
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from alembic.runtime.migration import MigrationContext, RevisionStep
+from sqlalchemy import event
 
 from deployer.alembic_project import AlembicProject, read_heads, run_env
 from deployer.db import (
     APPLICATION_NAME,
     BlockerWatch,
     backend_pid,
+    dbapi_backend_pid,
     is_lock_timeout,
     server_message,
     session_options,
@@ -84,7 +87,14 @@ class MigrateOptions:
     redact: Callable[[str], str] = field(default=lambda text: text, repr=False, compare=False)
 
 
-Recorder = Callable[[sa.Connection, RevisionStep, float], None]
+class Recorder(Protocol):
+    """The deploy history's writer (deployer/commands/migrations.py: HistoryRecorder)."""
+
+    def prepare(self) -> None:
+        """Called once something is about to be applied, before the first revision runs."""
+
+    def __call__(self, conn: sa.Connection, step: RevisionStep, seconds: float) -> None:
+        """Record `step` on `conn`, inside the revision's own transaction."""
 
 
 def migrate(
@@ -95,14 +105,18 @@ def migrate(
     on_applied: Callable[[AppliedRevision], None] | None = None,
     recorder: Recorder | None = None,
     watch_engine: sa.Engine | None = None,
+    reconnect: Callable[[], sa.Connection] | None = None,
 ) -> MigrateResult:
     """Upgrade (or, with `options.downgrade`, downgrade) to `options.target`.
-    `recorder(connection, step, seconds)` is called inside each revision's transaction, on the
-    migration's own connection, when that is the deployer's (the deploy history).
-    `watch_engine`: where a watch of the sessions blocking ours connects. Returns the record,
-    with `error` and `failed_revision` set when a revision failed (the database is then at its
-    last committed revision, read back from it). Raises ConfigError for bad targets and a
-    broken env.py (nothing changed)."""
+    `recorder(conn, step, seconds)` (the deploy history) is called inside each revision's
+    transaction, on the connection the revision ran on, whichever env.py uses (Alembic's
+    `on_version_apply`), so a row commits with its revision or not at all.
+    `watch_engine`: where a watch of the sessions blocking ours (and env.py's) connects.
+    `reconnect`: a new session, when ours was lost, to read the revision the database is at
+    (else `current_unknown` says why it is unknown). Returns the record, with `error` and
+    `failed_revision` set when a revision (or env.py, waiting on a lock) failed (the database
+    is then at its last committed revision, read back from it). Raises ConfigError for bad
+    targets and a broken env.py (nothing changed)."""
     started = time.perf_counter()
     o = options
     destination = () if o.downgrade and o.target == "base" else resolve_target(project, o.target)
@@ -125,7 +139,7 @@ def migrate(
         result.version_table_schema = ctx.version_table_schema
         result.transaction_per_migration = bool(getattr(ctx, "_transaction_per_migration", False))
     result.previous = sorted(tracker.previous)
-    result.current = _read_back(connection, result)
+    result.current = _read_back(connection, result, reconnect)
     if error is not None:
         _failed(project, result, tracker, watch, error, options=o)
     else:
@@ -134,9 +148,12 @@ def migrate(
         result.applied = list(tracker.applied)
         if o.dry_run and not o.downgrade:
             result.sql = offline_sql(project, o.url, result.previous, o.target, o.workspace)
-        elif not o.dry_run:
+        elif not o.dry_run and not result.current_unknown:
             _check_version_table(result, destination)
     result.seconds = round(time.perf_counter() - started, 4)
+    if isinstance(error, KeyboardInterrupt):
+        error.migrate_result = result  # type: ignore[attr-defined]  # the record, for the report
+        raise error
     return result
 
 
@@ -157,6 +174,8 @@ def _work_function(
     def tracked(steps: list[RevisionStep]) -> Iterator[RevisionStep]:
         if watch is not None and steps:
             watch.start()  # only when something will run
+        if recorder is not None and steps:
+            recorder.prepare()  # the history created (first use) just before the first revision
         for step in steps:
             tracker.running = step
             tracker.started = time.perf_counter()
@@ -176,11 +195,13 @@ def _work_function(
         tracker.called = True
         tracker.previous = tuple(heads)
         tracker.context = context
-        if recorder is not None and context.connection is connection:
-
+        if recorder is not None:
+            # Called by Alembic inside the revision's transaction, after its version row is
+            # written, on whatever connection env.py migrates on (its own engine's too).
             def on_apply(**_: Any) -> None:
                 if tracker.running is not None:
-                    recorder(connection, tracker.running, time.perf_counter() - tracker.started)
+                    seconds = time.perf_counter() - tracker.started
+                    _record(recorder, context.connection, connection, tracker.running, seconds)
 
             context.on_version_apply_callbacks = (*context.on_version_apply_callbacks, on_apply)
             result.history_inline = True
@@ -189,6 +210,28 @@ def _work_function(
         return [] if o.dry_run else tracked(steps)
 
     return work
+
+
+def _record(
+    recorder: Recorder,
+    conn: sa.Connection | None,
+    ours: sa.Connection,
+    step: RevisionStep,
+    seconds: float,
+) -> None:
+    """The history row of `step` on `conn`, in the revision's transaction. On a connection of
+    env.py's own, inside a savepoint: a role that cannot write the history must not fail the
+    revision (its row is then written after the migrate step, on ours)."""
+    if conn is None:
+        return
+    if conn is ours:
+        recorder(conn, step, seconds)
+        return
+    try:
+        with conn.begin_nested() if conn.in_transaction() else nullcontext():
+            recorder(conn, step, seconds)
+    except sa.exc.DBAPIError:
+        pass
 
 
 def _plan(
@@ -230,7 +273,9 @@ def _run(
         "PGAPPNAME": APPLICATION_NAME,
     }
     try:
-        with watch or nullcontext():
+        with watch or nullcontext(), _env_sessions(watch):
+            if watch is not None:
+                watch.start()  # env.py itself may wait on a lock (the version table's creation)
             run_env(
                 project,
                 work,
@@ -245,15 +290,42 @@ def _run(
     except DeployError:
         _rollback(connection)
         raise
+    except KeyboardInterrupt as exc:  # cancelled (deployer/cancel.py): recorded, then raised
+        _rollback(connection)
+        return exc
     except Exception as exc:  # noqa: BLE001 - user code: report, don't crash
         _rollback(connection)
-        if not tracker.called:
+        if not tracker.called and not is_lock_timeout(exc):
+            # A lock wait inside env.py (e.g. on the version table another `alembic upgrade`
+            # is creating) is a lock wait like a revision's: retried, then exit 1, blocker named.
             raise ConfigError(
                 f"env.py failed before migrating: {describe_exception(exc)}",
                 detail=server_message(exc),
             ) from None
         return exc
     return None
+
+
+@contextmanager
+def _env_sessions(watch: BlockerWatch | None) -> Iterator[None]:
+    """While env.py runs, every session it opens on this thread (its own engine too) is
+    watched for blockers beside ours."""
+    if watch is None:
+        yield
+        return
+    thread = threading.get_ident()
+
+    def connected(dbapi_connection: Any, _record: Any) -> None:
+        if threading.get_ident() == thread:
+            pid = dbapi_backend_pid(dbapi_connection)
+            if pid:
+                watch.add(pid)
+
+    event.listen(sa.pool.Pool, "connect", connected)
+    try:
+        yield
+    finally:
+        event.remove(sa.pool.Pool, "connect", connected)
 
 
 def _failed(
@@ -279,6 +351,11 @@ def _failed(
         result.blocked_by = str(watch.blocker)
         result.error += f" (blocked by {watch.blocker})"
         result.failure.object = result.blocked_by
+    if result.current_unknown:
+        # The connection was lost and the database could not be read: what committed before
+        # the failure is known, the rest is not (never guessed as rolled back).
+        result.applied = [a for a in tracker.applied if a.committed]
+        return
     # Only what the database kept counts as applied (all-or-nothing rolls back everything).
     kept = project.ancestors(result.current) if result.current else set()
     result.applied = [a for a in tracker.applied if (a.revision in kept) != downgrade]
@@ -537,12 +614,31 @@ def _check_version_table(result: MigrateResult, destination: tuple[str, ...]) ->
     )
 
 
-def _read_back(connection: sa.Connection, result: MigrateResult) -> list[str]:
+def _read_back(
+    connection: sa.Connection,
+    result: MigrateResult,
+    reconnect: Callable[[], sa.Connection] | None = None,
+) -> list[str]:
+    """The revision(s) the database is at, read on our connection; when that was lost, on a
+    new one (`reconnect`, bounded). When neither can read it, `result.current_unknown` says
+    why and nothing is guessed."""
     try:
         heads = read_heads(connection, result.version_table, result.version_table_schema)
-    except sa.exc.DBAPIError:
+    except sa.exc.SQLAlchemyError as exc:
         _rollback(connection)
-        return []
+        lost = server_message(exc)
+        if reconnect is None:
+            result.current_unknown = lost
+            return []
+        try:
+            fresh = reconnect()
+            heads = read_heads(fresh, result.version_table, result.version_table_schema)
+            _rollback(fresh)
+        except (DeployError, sa.exc.SQLAlchemyError) as again:
+            why = again.message if isinstance(again, DeployError) else server_message(again)
+            result.current_unknown = f"{lost}; reconnecting: {why}"
+            return []
+        return heads
     if connection.in_transaction():
         connection.rollback()
     return heads
@@ -552,7 +648,7 @@ def _rollback(connection: sa.Connection) -> None:
     try:
         if connection.in_transaction():
             connection.rollback()
-    except sa.exc.DBAPIError:
+    except sa.exc.SQLAlchemyError:
         pass
 
 
