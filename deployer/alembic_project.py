@@ -9,8 +9,10 @@ function (what `alembic.command.upgrade` does), handing env.py the deployer's co
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,6 +30,45 @@ from deployer.errors import ConfigError, describe_exception
 from deployer.results import Revision
 
 
+class AlembicLog(logging.Filter):
+    """Alembic's own INFO lines (`alembic.runtime.migration`, which a project's env.py usually
+    prints through `fileConfig`): its set-up lines ("Context impl", "Will assume … DDL",
+    "Generating static SQL") once a run, although the deployer configures a migration context
+    several times; in a dry run (`plan`) none, nor "Running upgrade …", for nothing is applied.
+    A filter on the logger itself, which `fileConfig` leaves in place."""
+
+    SETUP = ("Context impl", "Will assume", "Generating static SQL")
+    RUNNING = ("Running ",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.run = 0
+        self.quiet = False
+        self.seen: set[str] = set()
+
+    def start(self, run: object, *, quiet: bool) -> None:
+        """A new run (`run`: any object standing for it) begins: show the set-up lines again
+        once, none at all when `quiet` (a dry run)."""
+        if id(run) != self.run:  # its id: the filter keeps no run (nor its project) alive
+            self.run, self.seen = id(run), set()
+        self.quiet = quiet
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.msg)
+        if message.startswith(self.SETUP):
+            text = record.getMessage()
+            if self.quiet or text in self.seen:
+                return False
+            self.seen.add(text)
+        elif message.startswith(self.RUNNING):
+            return not self.quiet
+        return True
+
+
+ALEMBIC_LOG = AlembicLog()
+logging.getLogger("alembic.runtime.migration").addFilter(ALEMBIC_LOG)
+
+
 @dataclass(frozen=True)
 class AlembicProject:
     """The user's project: its Config (their ini when there is one) and script folder."""
@@ -37,6 +78,7 @@ class AlembicProject:
     ini: Path | None
     script_location: Path
     url_driver: str = "psycopg"  # the driver written into sqlalchemy.url for env.py
+    warnings: tuple[str, ...] = ()  # what Alembic warned while loading the revisions
 
     def heads(self) -> list[str]:
         return sorted(self.script.get_heads())
@@ -89,7 +131,11 @@ def find_project(
     if ini is None and script_location is None:
         shown = _shown(migrations, workspace)
         if not migrations.exists():
-            raise ConfigError(f"migrations-path {shown} does not exist")
+            raise ConfigError(
+                f"migrations-path {shown} does not exist (looked for {migrations.resolve()}; "
+                f"relative paths start from the workspace {workspace}: run from the "
+                "repository's root, or pass --workspace DIR)"
+            )
         if migrations.is_file():
             if migrations.suffix != ".ini":
                 raise ConfigError(f"migrations-path {shown} is a file but not an alembic.ini")
@@ -115,15 +161,34 @@ def find_project(
     else:
         location = _script_location(config, ini, migrations, workspace)
     config.set_main_option("script_location", str(location))
-    try:
-        script = ScriptDirectory.from_config(config)
-        script.get_heads()  # loads every revision file now: errors surface here, not mid-deploy
-    except Exception as exc:  # noqa: BLE001 - user code: any error is a config error
-        raise ConfigError(
-            f"cannot load the migrations in {_shown(location, workspace)}: "
-            f"{describe_exception(exc)}"
-        ) from None
-    return AlembicProject(config=config, script=script, ini=ini, script_location=location)
+    # Alembic warns (a UserWarning with its own file's path) about a revision that names a
+    # down_revision not present: caught, and said in the error line or as one clean line.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            script = ScriptDirectory.from_config(config)
+            script.get_heads()  # loads every revision file now: errors surface here
+        except Exception as exc:  # noqa: BLE001 - user code: any error is a config error
+            # Alembic's warning names the missing revision better than the KeyError after it.
+            said = "; ".join(str(w.message) for w in _unique(caught))
+            raise ConfigError(
+                f"cannot load the migrations in {_shown(location, workspace)}: "
+                f"{said or describe_exception(exc)}"
+            ) from None
+    warned = tuple(str(w.message) for w in _unique(caught))
+    return AlembicProject(
+        config=config, script=script, ini=ini, script_location=location, warnings=warned
+    )
+
+
+def _unique(caught: list[warnings.WarningMessage]) -> list[warnings.WarningMessage]:
+    seen: set[str] = set()
+    out = []
+    for w in caught:
+        if str(w.message) not in seen:
+            seen.add(str(w.message))
+            out.append(w)
+    return out
 
 
 def _ini_above(script_folder: Path) -> Path | None:

@@ -15,6 +15,7 @@ import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NoReturn
 
 from deployer import __version__
@@ -291,19 +292,40 @@ def _run(args: dict[str, Any], inv: _Invocation) -> int:
 
     with contextlib.ExitStack() as stack:
         if settings.embedded is not None:
-            if settings.url:
-                console.info("a database URL is set: --embedded is ignored")
-            else:
-                from deployer.embedded import embedded_server
+            from deployer.embedded import embedded_server
 
-                try:
-                    url = stack.enter_context(embedded_server(settings.embedded))
-                except ConfigError as exc:
-                    return _refused(exc, args, inv, settings)
-                console.info(f"embedded PostgreSQL with pgvector started ({url.split('?')[1]})")
-                settings = settings.model_copy(update={"database_url": SecretStr(url)})
-        return _execute(settings, inv)
+            # An explicit --embedded never touches a database it was not asked to: a URL flag
+            # beside it is a contradiction (refused); URLs from the environment are ignored.
+            flags = [f"--{n.replace('_', '-')}" for n in URL_SETTINGS if args.get(n)]
+            if flags:
+                both = ConfigError(f"--embedded and {' and '.join(flags)} contradict: give one")
+                return _refused(both, args, inv, settings)
+            try:
+                url = stack.enter_context(embedded_server(settings.embedded))
+            except ConfigError as exc:
+                return _refused(exc, args, inv, settings)
+            if ignored := ignored_urls(os.environ):
+                console.info(
+                    f"--embedded: ignoring {', '.join(ignored)} from the environment "
+                    "(no other database is touched)"
+                )
+            folder = url.split("host=", 1)[1].split("&", 1)[0]
+            console.info(f"embedded PostgreSQL with pgvector started (in {folder})")
+            cleared = {n: SecretStr("") for n in URL_SETTINGS}
+            settings = settings.model_copy(update={**cleared, "database_url": SecretStr(url)})
+        return _execute(settings, inv, report=_report_wanted(args, inv))
     return 0  # unreachable; keeps type checkers content
+
+
+# The database URLs an explicit --embedded replaces (a flag naming one beside it is refused).
+URL_SETTINGS = ("database_url", "direct_database_url", "scratch_database_url")
+
+
+def ignored_urls(environ: Mapping[str, str]) -> list[str]:
+    """The environment variables holding a database URL that --embedded ignores."""
+    from deployer.settings import env_names
+
+    return [e for n in URL_SETTINGS for e in env_names(n) if environ.get(e, "").strip()]
 
 
 def _refused(exc: ConfigError, args: dict[str, Any], inv: _Invocation, settings: Any = None) -> int:
@@ -332,12 +354,12 @@ def _refused(exc: ConfigError, args: dict[str, Any], inv: _Invocation, settings:
         error_class=classify(exc, exc.step or "config"),
     )
     result.finished_at = utcnow()
-    options = _publish_options(settings)
+    options = _publish_options(settings, report=_report_wanted(args, inv))
     publish(result, options, inv.redactor, gh=inv.gh, console=inv.console, stdout=sys.stdout)
     return exc.exit_code
 
 
-def _execute(settings: Any, inv: _Invocation) -> int:
+def _execute(settings: Any, inv: _Invocation, *, report: bool = True) -> int:
     from deployer.cancel import cancellable
     from deployer.commands import execute
     from deployer.publish import publish
@@ -345,20 +367,54 @@ def _execute(settings: Any, inv: _Invocation) -> int:
     inv.before_run(settings.command)
     with cancellable():  # SIGINT/SIGTERM cancel the run while it runs, not its report
         result = execute(settings, inv.console, debug=inv.debug)
-    options = _publish_options(settings)
+    _shown_paths(result, settings.workspace_dir)
+    options = _publish_options(settings, report=report)
     publish(result, options, inv.redactor, gh=inv.gh, console=inv.console, stdout=sys.stdout)
     if inv.debug and result.extra.get("traceback"):
         sys.stderr.write(str(result.extra["traceback"]))
     return result.exit_code
 
 
-def _publish_options(settings: Any) -> Any:
-    """Where publish() sends the run's results, read once from the settings."""
+def _shown_paths(result: Any, workspace: Path) -> None:
+    """The record's paths as the summary and the report show them: relative to the workspace
+    when inside it (the script folder, each revision's file, the seed)."""
+
+    def shown(path: str) -> str:
+        if not path or not os.path.isabs(path):
+            return path
+        try:
+            return str(Path(path).resolve().relative_to(workspace))
+        except ValueError:
+            return path
+
+    m, st, sd = result.migrate, result.status_check, result.seed
+    if m is not None:
+        m.script_location = shown(m.script_location)
+    for rev in [*(m.pending if m else []), *(st.pending if st else [])]:
+        rev.path = shown(rev.path)
+    if sd is not None:
+        sd.path = shown(sd.path)
+
+
+def _report_wanted(args: Mapping[str, Any], inv: _Invocation) -> bool:
+    """The JSON report is written on GitHub (as an artefact of the job), elsewhere only when
+    report-file is given (the flag, the input or its variable): a terminal run leaves no file
+    behind in the current folder unless asked."""
+    from deployer.settings import env_names
+
+    if inv.gh is not None or args.get("report_file"):
+        return True
+    return any(os.environ.get(e, "").strip() for e in env_names("report_file"))
+
+
+def _publish_options(settings: Any, *, report: bool = True) -> Any:
+    """Where publish() sends the run's results, read once from the settings. `report`: write
+    the JSON report (see `_report_wanted`)."""
     from deployer.publish import PublishOptions
 
     return PublishOptions(
         workspace=settings.workspace_dir,
-        report_file=settings.resolve(settings.report_file),
+        report_file=settings.resolve(settings.report_file) if report else None,
         summary_file=settings.resolve(settings.summary_file) if settings.summary_file else None,
         output_file=settings.resolve(settings.output_file) if settings.output_file else None,
         slack_webhook=settings.webhook,

@@ -54,8 +54,13 @@ def embedded_server(
         raise ConfigError(
             f"cannot start the embedded PostgreSQL in {pgdata}: {_reason(exc)}"
         ) from None
+    # The port too: a PGPORT in the environment would otherwise name another socket file.
     try:
-        yield f"postgresql://postgres@/postgres?host={pgdata}"
+        port = int(server.get_postmaster_info().port or 5432)
+    except Exception:  # noqa: BLE001 - an older wheel: PostgreSQL's default
+        port = 5432
+    try:
+        yield f"postgresql://postgres@/postgres?host={pgdata}&port={port}"
     finally:
         server.cleanup()
 

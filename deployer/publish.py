@@ -28,7 +28,7 @@ class PublishOptions:
     """Where the results go: absolute paths, built once by the caller from the settings."""
 
     workspace: Path  # the report's path is shown relative to it when inside it
-    report_file: Path
+    report_file: Path | None  # None: no JSON report (a terminal run without report-file)
     summary_file: Path | None = None  # the markdown summary, also outside GitHub
     output_file: Path | None = None  # the job outputs, also outside GitHub
     slack_webhook: str = field(default="", repr=False)  # a secret: never in a repr
@@ -44,16 +44,17 @@ def publish(
     console: Console,
     stdout: TextIO,
 ) -> None:
-    result.report_path = shown_path(options.report_file, options.workspace)
+    if options.report_file is not None:
+        result.report_path = shown_path(options.report_file, options.workspace)
     # Redact the record itself first: renderers cut long texts, and a secret cut in half would
     # no longer match in the final pass over each artefact.
     redact_record(result, redactor)
     if options.slack_webhook:
         _notify_slack(result, options, redactor, console)
     # The record is redacted; `_write` redacts the text as well.
-    _write(
-        options.report_file, json_report.render(result), "JSON report", result, redactor, console
-    )
+    if options.report_file is not None:
+        report = json_report.render(result)
+        _write(options.report_file, report, "JSON report", result, redactor, console)
 
     summary = redactor(markdown.render(result))
     values = {k: redactor(v) for k, v in outputs.outputs(result).items()}
@@ -127,11 +128,24 @@ def _to_github(
 
 
 def _to_terminal(result: RunResult, console: Console, redactor: Redactor, stdout: TextIO) -> None:
-    """The report on stdout; a failure's one line on the console (stderr) as well."""
+    """The report on stdout; a failure's one line on the console (stderr) as well when stdout
+    is not a terminal (on a terminal the report already shows it: one error line)."""
     stdout.write(redactor(terminal.render(result)) + "\n")
     stdout.flush()
-    if result.status in ("failed", "cancelled") and isinstance(console, terminal.TerminalConsole):
+    failed = result.status in ("failed", "cancelled") and isinstance(
+        console, terminal.TerminalConsole
+    )
+    if failed and not _is_terminal(stdout):
         console.error(redactor(result.error))
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    """Whether `stream` (or the stream a RedactingStream wraps) is a terminal."""
+    target = getattr(stream, "_target", stream)
+    try:
+        return bool(target.isatty())
+    except (AttributeError, ValueError, OSError):
+        return False
 
 
 def _write(

@@ -207,9 +207,11 @@ def test_embedded_failure_is_one_line(
     assert "Not a directory" in run.stderr
 
 
-def test_embedded_is_never_used_when_a_url_is_set(
+def test_embedded_with_a_url_flag_is_refused(
     run_cli: Callable[..., Run], project: AlembicProject, database: Database, tmp_path: Path
 ) -> None:
+    """--embedded and --database-url contradict (issue 16): refused, nothing started or
+    changed (tests/test_first_hour.py: every URL flag and variable)."""
     project.add("0001_t", "op.execute('CREATE TABLE t (id int)')")
     run = run_cli(
         "--embedded",
@@ -220,8 +222,9 @@ def test_embedded_is_never_used_when_a_url_is_set(
         str(project.root),
         cwd=tmp_path,
     )
-    assert run.returncode == 0, run.output
-    assert database.version() == {"0001_t"}
+    assert run.returncode == 2, run.output
+    assert "--embedded and --database-url contradict" in run.stderr
+    assert database.tables() == set()
     assert not (tmp_path / "pg").exists()
 
 
@@ -285,8 +288,8 @@ def test_main_called_in_process_leaves_the_collector_alone(
 
     clean_environ.chdir(tmp_path)
     frozen = gc.get_freeze_count()
-    assert main(["smoke", "--database-url", database.url]) == 0
-    assert json.loads((tmp_path / "db-deploy-report.json").read_text())["status"] == "success"
+    assert main(["smoke", "--database-url", database.url, "--report-file", "r.json"]) == 0
+    assert json.loads((tmp_path / "r.json").read_text())["status"] == "success"
     assert gc.isenabled() and gc.get_freeze_count() == frozen
 
 

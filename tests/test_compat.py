@@ -91,6 +91,7 @@ def db_deploy(cwd: Path, pythonpath: Path) -> subprocess.CompletedProcess[str]:
     env["PYTHONPATH"] = os.pathsep.join([str(pythonpath), str(REPO)])
     argv = [sys.executable, "-m", "deployer", "status"]
     argv += ["--database-url", "postgresql://deploy@127.0.0.1:9/app"]
+    argv += ["--report-file", "db-deploy-report.json"]  # a terminal run writes it when asked
     return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
 
 

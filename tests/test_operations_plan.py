@@ -108,10 +108,10 @@ def test_plan_exit_codes(
     )
     assert run.returncode == 3, run.output
     assert github.outputs()["failed-step"] == "preflight"
-    # 1: two heads, a merge is missing.
+    # 2: two heads, a merge is missing (a configuration error, nothing changed).
     project.add("0002_l", A[0].replace("'a'", "'l'"), down="0001_a")
     project.add("0002_r", A[0].replace("'a'", "'r'"), down="0001_a")
     run = gh(project)
-    assert run.returncode == 1, run.output
+    assert run.returncode == 2, run.output
     assert "2 heads" in github.outputs()["error"]
     assert database.tables() == set()

@@ -51,9 +51,16 @@ def run(ctx: Context) -> RunResult:
     shared.status(
         ctx, project, mig, facts.version_table, facts.version_table_schema, heads=read_back
     )
+    if ctx.result.security is not None and not ctx.result.dry_run:
+        shared.extensions_after_deploy(ctx, app)
     # The migration session shares the smoke's reads when it is the same role on the same
     # URL (smoke proves what the deploy role can read).
-    shared.smoke(ctx, app, helpers=[mig] if s.direct_url == s.url else [])
+    shared.smoke(
+        ctx,
+        app,
+        helpers=[mig] if s.direct_url == s.url else [],
+        exclude_tables=[(facts.version_table_schema, facts.version_table)],
+    )
     sd = ctx.result.seed
     seeded = sd is not None and (sd.inserted + sd.updated + sd.deleted)
     if not (ctx.result.migrate and ctx.result.migrate.pending) and not seeded:

@@ -91,9 +91,9 @@ def check_target(
     major = server_major(pf)
     tool = pgtools.find_tool("pg_restore", max(major, header.pg_dump_major))
     rec.tool = f"pg_restore {tool.version}"
-    with ctx.step("verify"):
-        entries = restore_step.parse_toc(restore_step.list_archive(tool, file))
-        rec.tables = restore_step.archive_table_count(entries, s.history_schema)
+    ctx.at("verify")  # the archive's table of contents: still the verify step (shown once)
+    entries = restore_step.parse_toc(restore_step.list_archive(tool, file))
+    rec.tables = restore_step.archive_table_count(entries, s.history_schema)
     if header.server_major > major:
         ctx.warn(
             f"the backup comes from PostgreSQL {header.server_version}, the target runs "

@@ -12,7 +12,7 @@ from deployer import db, history
 from deployer.commands.context import Context
 from deployer.commands.options import smoke_options
 from deployer.errors import ConfigError, StepFailed
-from deployer.results import MigrateResult, PreflightResult
+from deployer.results import MigrateResult, PreflightResult, SmokeResult
 from deployer.steps.preflight import preflight as preflight_step
 from deployer.steps.seed import check_seed_file
 from deployer.steps.smoke import smoke as smoke_step
@@ -31,9 +31,12 @@ def require_url(ctx: Context) -> None:
 
 
 def project(ctx: Context) -> AlembicProject:
-    """The migrations folder, after installing `requirements` (once)."""
-    from deployer.alembic_project import find_project
+    """The migrations folder, after installing `requirements` (once); loaded once a run."""
+    from deployer.alembic_project import ALEMBIC_LOG, find_project
 
+    loaded: AlembicProject | None = getattr(ctx, "project", None)
+    if loaded is not None:
+        return loaded
     s = ctx.settings
     if s.requirements and ctx.result.install is None:
         install(ctx)
@@ -44,8 +47,15 @@ def project(ctx: Context) -> AlembicProject:
         script_location=s.resolve(s.script_location) if s.script_location else None,
     )
     found = dataclasses.replace(found, url_driver=s.url_driver)
-    where = f"ini {found.ini}" if found.ini else "no alembic.ini"
-    ctx.info(f"Alembic project: script folder {found.script_location} ({where})")
+    for said in found.warnings:
+        ctx.warn(f"Alembic: {said}")
+    ALEMBIC_LOG.start(ctx, quiet=ctx.result.dry_run)  # its set-up lines once a run
+    from deployer.steps.version_table import shown_path
+
+    ws = s.workspace_dir
+    where = f"ini {shown_path(found.ini, ws)}" if found.ini else "no alembic.ini"
+    ctx.info(f"Alembic project: script folder {shown_path(found.script_location, ws)} ({where})")
+    ctx.project = found  # type: ignore[attr-defined]
     return found
 
 
@@ -85,6 +95,8 @@ def preflight(ctx: Context) -> sa.Connection:
         spec = ctx.spec(ctx.settings.url)
         result, conn = preflight_step(spec, ctx.engine(spec), on_retry=ctx.retrying)
         ctx.closing(conn)
+        if ctx.settings.embedded is not None:  # not its temporary socket folder
+            result.target = "embedded"
         ctx.result.preflight = result
         check_tls(ctx, result)
         ctx.info(
@@ -140,10 +152,22 @@ def status(
             )
 
 
-def smoke(ctx: Context, conn: sa.Connection, *, helpers: list[sa.Connection] | None = None) -> None:
-    """The smoke step. `helpers`: idle sessions of this run that share the table reads."""
+def smoke(
+    ctx: Context,
+    conn: sa.Connection,
+    *,
+    helpers: list[sa.Connection] | None = None,
+    exclude_tables: list[tuple[str | None, str]] | None = None,
+) -> None:
+    """The smoke step. `helpers`: idle sessions of this run that share the table reads;
+    `exclude_tables`: the tool's own (the version table: schema, name) outside the count."""
     with ctx.step("smoke"):
-        ctx.result.smoke = sm = smoke_step(conn, smoke_options(ctx.settings), helpers=helpers or [])
+        # Without the project (the smoke command), Alembic's default version table.
+        own = [(None, "alembic_version")] if exclude_tables is None else exclude_tables
+        options = dataclasses.replace(smoke_options(ctx.settings), exclude_tables=tuple(own))
+        ctx.result.smoke = sm = smoke_step(conn, options, helpers=helpers or [])
+        if ctx.result.dry_run:
+            defer_to_deploy(ctx, sm)
         for idx in sm.vector_indexes:
             if idx.advice:
                 ctx.warn(
@@ -159,6 +183,50 @@ def smoke(ctx: Context, conn: sa.Connection, *, helpers: list[sa.Connection] | N
                 step="smoke",
                 obj=", ".join(failing),
             )
+
+
+def extensions_after_deploy(ctx: Context, conn: sa.Connection) -> None:
+    """The security table speaks of the database after the migrations: an extension found
+    "available (not installed yet)" before them and installed by them is said so."""
+    sec = ctx.result.security
+    waiting = [
+        f
+        for f in (sec.findings if sec else [])
+        if f.check == "extension" and "not installed yet" in f.message
+    ]
+    if not waiting:
+        return
+    try:
+        query = sa.text("SELECT extname, extversion FROM pg_extension")
+        installed: dict[str, str] = dict(conn.execute(query).tuples().all())
+    except sa.exc.DBAPIError:
+        return  # the smoke reports the connection's trouble
+    finally:
+        conn.rollback()
+    for f in waiting:
+        name = f.message.split()[1]
+        if name in installed:
+            f.message = f"extension {name} {installed[name]} was installed by this deploy"
+
+
+def defer_to_deploy(ctx: Context, sm: SmokeResult) -> None:
+    """A dry run (plan) checks what it can: an expectation or extension requirement not met yet
+    that the deploy itself may meet (revisions pending, or a seed to run) is reported as
+    checked after the deploy, not as a failure. With nothing pending and no seed, the deploy
+    would fail on it as well: it stays a failure."""
+    m = ctx.result.migrate
+    if not ((m is not None and m.pending) or ctx.settings.run_seed):
+        return
+    for x in sm.expectations:
+        if not x.ok:
+            x.deferred = True
+    for e in sm.extensions:
+        if not e.ok:
+            e.deferred = True
+    waiting = [f"{x.table} >= {x.minimum}" for x in sm.expectations if x.deferred]
+    waiting += [f"extension {e.name}" for e in sm.extensions if e.deferred]
+    if waiting:
+        ctx.info("dry run: checked after the deploy: " + ", ".join(waiting))
 
 
 def check_seed(ctx: Context) -> None:

@@ -7,6 +7,7 @@ deployer/render/operations.py.
 
 from __future__ import annotations
 
+from deployer.errors import EXIT_BAD_INPUT
 from deployer.render import fleet, operations
 from deployer.render.tables import ICON, cell, details, fmt_bytes, mark, row_count, table
 from deployer.results import (
@@ -68,6 +69,9 @@ def headline(r: RunResult) -> str:
     where = ""
     if r.preflight:
         where = f" on `{r.preflight.database}` ({r.preflight.target})"
+    if r.status == "failed" and r.exit_code == EXIT_BAD_INPUT:
+        step = f" at **{r.failed_step}**" if r.failed_step else ""
+        return f"⛔ db-deploy {r.command} **refused**{step}{where}: nothing was changed"
     if r.status in ("failed", "cancelled"):
         step = f" at **{r.failed_step}**" if r.failed_step else ""
         return f"{ICON[r.status]} db-deploy {r.command} **{r.status}**{step}{where}"
@@ -79,6 +83,13 @@ def headline(r: RunResult) -> str:
         if r.status == "noop":
             return f"{ICON['noop']} db-deploy: nothing to migrate{where}, already at head"
         return f"{ICON['success']} db-deploy: {len(r.applied)} revision(s) applied{where}"
+    if r.command == "status" and r.status_check is not None:
+        n = len(r.status_check.pending)
+        if not n:
+            return f"✅ db-deploy status: up to date{where}"
+        return f"⏳ db-deploy status: {n} pending{where}"
+    if r.command == "rollback" and r.migrate is not None:
+        return f"↩️ db-deploy rollback: {len(r.applied)} revision(s) reverted{where}"
     return f"{ICON[r.status]} db-deploy {r.command} {r.status}{where}"
 
 
@@ -312,7 +323,7 @@ def expectations(sm: SmokeResult) -> list[str]:
         [
             f"`{x.table} >= {x.minimum}`",
             x.counted if x.counted is not None else x.error,
-            mark(x.ok),
+            "⏳ checked after the deploy" if x.deferred else mark(x.ok),
         ]
         for x in sm.expectations
     ]
@@ -325,7 +336,7 @@ def extensions(sm: SmokeResult) -> list[str]:
             e.name,
             f">= {e.required}" if e.required else "any",
             e.installed or "not installed",
-            mark(e.ok),
+            "⏳ checked after the deploy" if e.deferred else mark(e.ok),
         ]
         for e in sm.extensions
     ]

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TextIO
 
+from deployer.errors import EXIT_BAD_INPUT
 from deployer.render import fleet, operations
 from deployer.render.tables import ICON, fmt_bytes, mark, row_count
 from deployer.results import Failure, MigrateResult, RunResult, SeedResult, SmokeResult
@@ -50,12 +51,7 @@ RULE = "═" * 64
 def render(r: RunResult) -> str:
     if (fleet_result := fleet.of(r)) is not None:
         return fleet.terminal(r, fleet_result)
-    out = [
-        RULE,
-        f"{ICON[r.status]} db-deploy {r.command}: {r.status}"
-        + (f" (failed at {r.failed_step})" if r.failed_step else ""),
-        RULE,
-    ]
+    out = [RULE, headline(r), RULE]
     if r.error:
         out.append(f"error: {r.error}")
     out += failure(r)
@@ -65,7 +61,12 @@ def render(r: RunResult) -> str:
     if r.migrate or r.status_check:
         out.append(revision(r))
     if r.migrate:
-        out += planned(r.migrate) if r.migrate.dry_run else applied(r.migrate)
+        if r.migrate.dry_run:
+            out += planned(r.migrate, verb="reverted" if r.command == "rollback" else "applied")
+        else:
+            out += applied(r.migrate, rollback=r.command == "rollback")
+    elif r.status_check and r.status_check.pending:
+        out += pending(r)
     if r.seed:
         out += seed(r.seed)
     if r.smoke:
@@ -86,6 +87,25 @@ def render(r: RunResult) -> str:
     return "\n".join(out)
 
 
+def headline(r: RunResult) -> str:
+    """What happened in a few words: a refusal (exit 2, nothing changed) is not a failure of
+    the deploy; `status` says whether anything is pending."""
+    if r.status == "failed" and r.exit_code == EXIT_BAD_INPUT:
+        return f"⛔ db-deploy {r.command}: refused" + (
+            f" ({r.failed_step}): nothing was changed" if r.failed_step else ""
+        )
+    if r.status in ("failed", "cancelled"):
+        return f"{ICON[r.status]} db-deploy {r.command}: {r.status}" + (
+            f" (failed at {r.failed_step})" if r.failed_step else ""
+        )
+    if r.command == "status" and r.status_check is not None:
+        n = len(r.status_check.pending)
+        return "✅ db-deploy status: up to date" if not n else f"⏳ db-deploy status: {n} pending"
+    if r.command == "rollback" and r.migrate is not None and not r.migrate.dry_run:
+        return f"↩ db-deploy rollback: {len(r.migrate.applied)} revision(s) reverted"
+    return f"{ICON[r.status]} db-deploy {r.command}: {r.status}"
+
+
 def revision(r: RunResult) -> str:
     return (
         f"revision   {r.previous_revision or 'base'} → {r.current_revision or 'base'}"
@@ -94,17 +114,25 @@ def revision(r: RunResult) -> str:
     ) + (f"   head {r.head_revision}" if r.head_revision else "")
 
 
-def planned(m: MigrateResult) -> list[str]:
-    out = [f"pending    {len(m.pending)} revision(s) (dry run, nothing applied)"]
+def pending(r: RunResult) -> list[str]:
+    st = r.status_check
+    assert st is not None
+    out = [f"pending    {len(st.pending)} revision(s)"]
+    return out + [f"  · {p.revision:<28} {p.description}" for p in st.pending]
+
+
+def planned(m: MigrateResult, *, verb: str = "applied") -> list[str]:
+    out = [f"pending    {len(m.pending)} revision(s) (dry run, nothing {verb})"]
     out += [f"  · {p.revision:<28} {p.description}" for p in m.pending]
     for name, sql in m.sql.items():
         out += [f"  -- {name}", *("     " + line for line in sql.splitlines())]
     return out
 
 
-def applied(m: MigrateResult) -> list[str]:
-    out = [f"applied    {len(m.applied)} revision(s)"]
-    out += [f"  ✓ {a.revision:<28} {a.seconds:>8.3f}s  {a.description}" for a in m.applied]
+def applied(m: MigrateResult, *, rollback: bool = False) -> list[str]:
+    verb, sign = ("reverted", "↩") if rollback else ("applied", "✓")
+    out = [f"{verb:<10} {len(m.applied)} revision(s)"]
+    out += [f"  {sign} {a.revision:<28} {a.seconds:>8.3f}s  {a.description}" for a in m.applied]
     if m.failed_revision:
         out.append(f"  ✗ {m.failed_revision:<28} failed: {m.error}")
     if m.rolled_back:
@@ -172,10 +200,17 @@ def smoke(sm: SmokeResult) -> list[str]:
         )
     for x in sm.expectations:
         got = x.counted if x.counted is not None else x.error
-        out.append(f"  {mark(x.ok)} expect {x.table} >= {x.minimum}: {got}")
+        if x.deferred:
+            out.append(f"  ⏳ expect {x.table} >= {x.minimum}: {got} now, checked after the deploy")
+        else:
+            out.append(f"  {mark(x.ok)} expect {x.table} >= {x.minimum}: {got}")
     for e in sm.extensions:
         want = f" >= {e.required}" if e.required else ""
-        out.append(f"  {mark(e.ok)} extension {e.name}{want}: {e.installed or 'not installed'}")
+        have = e.installed or "not installed"
+        if e.deferred:
+            out.append(f"  ⏳ extension {e.name}{want}: {have} now, checked after the deploy")
+        else:
+            out.append(f"  {mark(e.ok)} extension {e.name}{want}: {have}")
     for v in sm.vector_indexes:
         out.append(
             f"  ◆ {v.method} {v.name} on {v.table}: {fmt_bytes(v.size_bytes)}"

@@ -246,6 +246,8 @@ class ExtensionCheck:
     required: str = ""  # minimum version asked, "" = any
     installed: str | None = None  # None = not installed
     ok: bool = True
+    # A dry run: not installed yet, but the deploy may install it (checked after the deploy).
+    deferred: bool = False
 
 
 @dataclass
@@ -255,6 +257,8 @@ class ExpectationCheck:
     counted: int | None = None  # at most `minimum` rows are counted
     ok: bool = False
     error: str = ""
+    # A dry run: not met yet, but the deploy may meet it (checked after the deploy).
+    deferred: bool = False
 
 
 @dataclass
@@ -289,12 +293,12 @@ class SmokeResult:
     def problems(self) -> list[str]:
         out = [f"table {t.qualified} is not readable: {t.error}" for t in self.failed_tables]
         for e in self.extensions:
-            if not e.ok:
+            if not e.ok and not e.deferred:
                 have = f"version {e.installed} is installed" if e.installed else "not installed"
                 want = f" >= {e.required}" if e.required else ""
                 out.append(f"extension {e.name}{want} required, {have}")
         for x in self.expectations:
-            if not x.ok:
+            if not x.ok and not x.deferred:
                 got = x.error or f"found {x.counted}"
                 out.append(f"expected {x.table} >= {x.minimum} rows, {got}")
         return out

@@ -94,12 +94,14 @@ def recommended_lists(rows: int) -> int:
 @dataclass(frozen=True)
 class SmokeOptions:
     """What the smoke checks. `exclude_schemas`: the tool's own (the deploy history), which is
-    not the application's. `lock_timeout`: how long a read waits for a lock, on every
-    session."""
+    not the application's; `exclude_tables`: the tool's own tables elsewhere (the version
+    table), as (schema, name), a schema of None or "" matching any. `lock_timeout`: how long a
+    read waits for a lock, on every session."""
 
     expectations: tuple[Expectation, ...] = ()
     extensions: tuple[ExtensionRequirement, ...] = ()
     exclude_schemas: tuple[str, ...] = ()
+    exclude_tables: tuple[tuple[str | None, str], ...] = ()
     lock_timeout: float | None = None
 
 
@@ -118,14 +120,15 @@ def smoke(
     sessions = [connection, *helpers]
     try:
         role = _begin(connection, lock_timeout)
-        catalog = connection.execute(_TABLES, {"exclude": list(options.exclude_schemas)}).all()
+        everything = connection.execute(_TABLES, {"exclude": list(options.exclude_schemas)}).all()
+        catalog = [r for r in everything if not _excluded(r[0], r[1], options.exclude_tables)]
         sessions = [connection]
         if len(catalog) >= PARALLEL_MIN:
             sessions += [h for h in helpers if _helps(h, lock_timeout, role)]
         result.tables = _check_tables(sessions, catalog, lock_timeout)
         installed: dict[str, str] = dict(connection.execute(_EXTENSIONS).all())
         result.extensions = [_check_extension(req, installed) for req in options.extensions]
-        estimates = {f"{r[0]}.{r[1]}": r for r in catalog}
+        estimates = {f"{r[0]}.{r[1]}": r for r in everything}
         result.expectations = [
             _check_expectation(connection, x, estimates) for x in options.expectations
         ]
@@ -142,6 +145,10 @@ def smoke(
                 pass  # a session gone: the smoke's own outcome (or error) is what counts
     result.seconds = round(time.perf_counter() - started, 4)
     return result
+
+
+def _excluded(schema: str, name: str, tables: Sequence[tuple[str | None, str]]) -> bool:
+    return any(name == n and (not s or s == schema) for s, n in tables)
 
 
 _BEGIN = sa.text(

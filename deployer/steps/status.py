@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
-from deployer.errors import StepFailed
+from deployer.errors import ConfigError
 from deployer.results import StatusResult
 
 if TYPE_CHECKING:
@@ -15,10 +15,11 @@ if TYPE_CHECKING:
 
 
 def check_single_head(project: AlembicProject) -> None:
-    """Several heads in the script: a merge is missing. Refused before anything is applied."""
+    """Several heads in the script: a merge is missing. Refused before anything is applied
+    (a configuration error: exit 2)."""
     heads = project.heads()
     if len(heads) > 1:
-        raise StepFailed(
+        raise ConfigError(
             f"the migrations have {len(heads)} heads ({', '.join(heads)}): merge them with "
             "`alembic merge heads` before deploying",
             step="status",
