@@ -13,6 +13,7 @@ import contextlib
 import gc
 import os
 import sys
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -243,6 +244,8 @@ def _main(
         console.stream = sys.stdout
     else:
         console.stream = sys.stderr
+    shown_before = warnings.showwarning
+    warnings.showwarning = _warning_line(console)  # one clean line, not a file path and code
     try:
         return (run or _run)(args, _Invocation(redactor, gh, console, debug, before_run))
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - never a traceback for the user, unless asked
@@ -257,6 +260,17 @@ def _main(
             for stream in (sys.stdout, sys.stderr):
                 getattr(stream, "drain", stream.flush)()  # all of it, held-back text too
         sys.stdout, sys.stderr = real_stdout, sys.__stderr__ or sys.stderr
+        warnings.showwarning = shown_before
+
+
+def _warning_line(console: Any) -> Callable[..., None]:
+    """Python's warnings during the run (a library's, the user's code's) as one progress line
+    each: the category and the message, without the file path and source line Python shows."""
+
+    def show(message: Warning | str, category: type[Warning], *_: object, **__: object) -> None:
+        console.info(f"warning: {category.__name__}: {' '.join(str(message).split())}")
+
+    return show
 
 
 @dataclass(frozen=True)

@@ -61,7 +61,8 @@ RUN_OUTPUTS: tuple[Output, ...] = (
     Output("duration-seconds", "Wall-clock duration of the run in seconds."),
     Output(
         "report-path",
-        "Path of the JSON report (db-deploy-report.json in the workspace by default).",
+        "Path of the JSON report (db-deploy-report.json in the workspace by default; on a "
+        "terminal the report is written only when report-file is given, else empty).",
     ),
 )
 

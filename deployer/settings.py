@@ -479,7 +479,8 @@ class Settings(SettingsBase):
     )
     report_file: NonEmpty = Field(
         "db-deploy-report.json",
-        description="Where to write the JSON report, relative to the workspace.",
+        description="Where to write the JSON report, relative to the workspace (outside GitHub "
+        "Actions only when given).",
         validation_alias=_env("report-file", "DB_DEPLOY_REPORT_FILE"),
     )
     # Safety (issue 5).
@@ -623,8 +624,9 @@ class Settings(SettingsBase):
     )
     embedded: str | None = Field(
         None,
-        description="with no database URL, deploy to a local PostgreSQL with pgvector started "
-        "in DIR (default: a temporary folder, removed at exit)",
+        description="deploy to a local PostgreSQL with pgvector started in DIR (default: a "
+        "temporary folder, removed at exit); database URLs from the environment are ignored, "
+        "a URL flag beside it is refused",
     )
     # Not an action input: the runner's own variable, or --workspace.
     workspace: str = Field(

@@ -490,3 +490,17 @@ def test_paths_in_the_summary_and_report_are_relative_to_the_workspace(
     summary = github.summary()
     assert "Script folder `db`" in summary and str(github.workspace) not in summary
     assert "1 tables checked" in summary
+
+
+def test_a_python_warning_is_one_clean_line(
+    project: AlembicProject, database: Database, tmp_path: Path
+) -> None:
+    """A warning from the user's code (or a library) during the run: one line with its category
+    and message, not Python's file path and source line."""
+    project.add("0001_users", "warnings.warn('users.name will be dropped')\n" + USERS[0],
+                imports="import warnings")  # fmt: skip
+    args = ["--database-url", database.url, "--migrations-path", str(project.root)]
+    run = run_cli("deploy", *args, cwd=tmp_path)
+    assert run.returncode == 0, run.output
+    assert "warning: UserWarning: users.name will be dropped" in run.stderr
+    assert "0001_users.py:" not in run.output and "warnings.warn(" not in run.output
