@@ -130,6 +130,7 @@ build_client() {
 }
 
 # A short hash of strings and file contents (file names included): the images' input label.
+# The repository's own path is left out, so a clone elsewhere (CI) finds the same images.
 inputs_hash() {
   local item
   for item in "$@"; do
@@ -137,7 +138,7 @@ inputs_hash() {
       printf 'file %s\n' "${item#"$REPO"/}"
       sha256sum <"$item"
     else
-      printf 'text %s\n' "$item"
+      printf 'text %s\n' "${item//"$REPO"/<repo>}"
     fi
   done | sha256sum | cut -c1-32
 }
