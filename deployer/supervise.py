@@ -20,7 +20,6 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 from types import FrameType
 
 from deployer.cancel import CHILD_ENV, DONE, SIGNALS, is_child
@@ -48,7 +47,7 @@ def parent(argv: list[str]) -> tuple[int, bool, int]:
     exit code (negative: the signal that ended it), whether it said it finished, and the first
     signal forwarded (0: none)."""
     read, write = os.pipe()
-    root = str(Path(__file__).resolve().parent.parent)
+    root = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
     code = (
         f"import sys; sys.path.insert(0, {root!r}); "
         "from deployer.supervise import main; sys.exit(main())"
