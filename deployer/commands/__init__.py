@@ -62,12 +62,14 @@ def preload(name: str) -> None:
 
 def execute(settings: Settings, observer: Observer, *, debug: bool = False) -> RunResult:
     """Run `settings.command` and return its record; failures become the record's status."""
+    from deployer.cancel import cancellable
     from deployer.commands.context import Context
 
     ctx = Context(settings, observer)
     result = ctx.result
     try:
-        with ctx:
+        # A signal cancels the command while it runs (not its report): deployer/cancel.py.
+        with cancellable(), ctx:
             command(settings.command)(ctx)
     except DeployError as exc:
         result.status = "failed"
