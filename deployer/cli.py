@@ -431,4 +431,6 @@ def _publish_options(settings: Any, *, report: bool = True) -> Any:
         output_file=settings.resolve(settings.output_file) if settings.output_file else None,
         slack_webhook=settings.webhook,
         slack_timeout=settings.slack_timeout,
+        github_token=settings.github_token.get_secret_value(),
+        comment_marker=settings.environment,
     )

@@ -130,7 +130,23 @@ FLEET_OUTPUTS: tuple[Output, ...] = (
     ),
 )
 
-OUTPUTS: tuple[Output, ...] = RUN_OUTPUTS + OPERATIONS_OUTPUTS + FLEET_OUTPUTS
+RISK_OUTPUTS: tuple[Output, ...] = (
+    Output(
+        "risk-level",
+        "Risk review: the highest level of the findings not accepted (none, low, medium, "
+        "high); empty when the review did not run.",
+        ("plan", "deploy"),
+    ),
+    Output(
+        "risk-findings",
+        'Risk review: JSON list of the findings, highest level first: [{"revision": "...", '
+        '"rule": "...", "level": "...", "table": "...", "message": "...", "lock": "...", '
+        '"outage": "...", "path": "...", "line": 1, "accepted": ""}].',
+        ("plan", "deploy"),
+    ),
+)
+
+OUTPUTS: tuple[Output, ...] = RUN_OUTPUTS + OPERATIONS_OUTPUTS + RISK_OUTPUTS + FLEET_OUTPUTS
 
 
 def descriptions(outputs: tuple[Output, ...] = OUTPUTS) -> dict[str, str]:

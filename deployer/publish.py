@@ -16,7 +16,7 @@ from typing import TextIO
 
 from deployer import github, notify
 from deployer.redact import Redactor, redact_record
-from deployer.render import json_report, markdown, outputs, slack, terminal
+from deployer.render import json_report, markdown, outputs, risk, slack, terminal
 from deployer.results import RunResult
 from deployer.steps.backup import give_to_owner
 
@@ -33,6 +33,8 @@ class PublishOptions:
     output_file: Path | None = None  # the job outputs, also outside GitHub
     slack_webhook: str = field(default="", repr=False)  # a secret: never in a repr
     slack_timeout: float = notify.TIMEOUT
+    github_token: str = field(default="", repr=False)  # a secret: the plan's PR comment
+    comment_marker: str = ""  # one comment per environment
 
 
 def publish(
@@ -62,6 +64,7 @@ def publish(
         _to_github(
             result, gh, console, redactor, summary=summary, values=values, where=options.workspace
         )
+        _risk_to_github(result, options, console, redactor, summary)
     else:
         _to_terminal(result, console, redactor, stdout)
 
@@ -125,6 +128,49 @@ def _to_github(
             console.error(redactor(result.error), title=title, file=file, line=line)
         elif result.status == "noop":
             console.notice("nothing to migrate: the database is at the target revision")
+
+
+def _risk_to_github(
+    result: RunResult, options: PublishOptions, console: Console, redactor: Redactor, summary: str
+) -> None:
+    """The risk findings as annotations on the revision files (highest level first, ten at
+    most, the rest in one notice) and, for a plan on a pull request with a token, the plan as
+    one comment that later runs update."""
+    if result.risk is None or not isinstance(console, github.GitHubConsole):
+        return
+    for a in risk.annotate(result.risk, str(options.workspace)):
+        console.emit(
+            github.command(
+                a.kind, redactor(a.message), title=a.title, file=a.file, line=a.line or None
+            )
+        )
+    if not (options.github_token and result.command == "plan"):
+        return
+    from deployer.risk import comment
+
+    number = comment.pull_request_number(os.environ.get("GITHUB_EVENT_PATH"))
+    repository = os.environ.get("GITHUB_REPOSITORY", "")
+    if number is None or not repository:
+        return
+    outcome = comment.upsert(
+        os.environ.get("GITHUB_API_URL", "https://api.github.com"),
+        repository,
+        number,
+        options.github_token,
+        summary,
+        mark=comment.marker(options.comment_marker),
+    )
+    if outcome.action == "read-only":
+        console.notice(
+            redactor(
+                "the plan was not posted on the pull request (a read-only token, as for a "
+                f"fork: {outcome.reason}); it is in the job summary"
+            )
+        )
+    elif outcome.action == "failed":
+        message = redactor(f"the plan could not be posted on the pull request: {outcome.reason}")
+        result.warnings.append(message)
+        console.warning(message)
 
 
 def _to_terminal(result: RunResult, console: Console, redactor: Redactor, stdout: TextIO) -> None:

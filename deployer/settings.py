@@ -293,6 +293,12 @@ Extensions = Annotated[
 CommandName = Annotated[Command, BeforeValidator(_one_of(get_args(Command)))]
 DriverName = Annotated[UrlDriver, BeforeValidator(_one_of(get_args(UrlDriver)))]
 Severity = Annotated[FailOn, BeforeValidator(_one_of(get_args(FailOn)))]
+RiskLevel = Literal["none", "low", "medium", "high"]
+RiskLevelName = Annotated[RiskLevel, BeforeValidator(_one_of(get_args(RiskLevel)))]
+OptionalFlag = Annotated[
+    bool | None, BeforeValidator(lambda v: None if v is None else parse_bool(v))
+]
+"""A flag whose absence means something of its own (`risk-review`: by command)."""
 
 
 def _env(name: str, plain: str) -> AliasChoices:
@@ -549,6 +555,29 @@ class Settings(SettingsBase):
         validation_alias=_env("security-preflight", "DB_DEPLOY_SECURITY_PREFLIGHT"),
         json_schema_extra={"area": "operations"},
     )
+    # Risk review (issue 18).
+    risk_review: OptionalFlag = Field(
+        None,
+        description="plan and deploy: review the pending revisions before anything is applied "
+        "(rehearsed on a scratch database: scratch-database-url, else the embedded server; "
+        "checked by rules; weighed against the live database). Empty: on for plan, off for "
+        "deploy unless risk-fail-on is set.",
+        validation_alias=_env("risk-review", "DB_DEPLOY_RISK_REVIEW"),
+    )
+    risk_fail_on: RiskLevelName = Field(
+        "none",
+        description="plan and deploy: exit 1 (error-class risk-gate) before anything is applied "
+        "when a risk finding not accepted reaches this level: none, low, medium or high.",
+        validation_alias=_env("risk-fail-on", "DB_DEPLOY_RISK_FAIL_ON"),
+    )
+    github_token: SecretStr = Field(
+        SecretStr(""),
+        description="plan on a pull request: post the plan as one comment that later runs "
+        "update (needs pull-requests: write; a fork's read-only token falls back to the "
+        "summary).",
+        validation_alias=_env("github-token", "DB_DEPLOY_GITHUB_TOKEN"),
+        json_schema_extra={"workflow": {"value": "${{ github.token }}"}},
+    )
     # Real-world Alembic projects (issue 8).
     alembic_ini: str = Field(
         "",
@@ -674,6 +703,13 @@ class Settings(SettingsBase):
     @property
     def is_production(self) -> bool:
         return self.environment.strip().lower() in {"production", "prod"}
+
+    @property
+    def risk_review_on(self) -> bool:
+        """`risk-review`, else on for plan (and whenever risk-fail-on asks for a gate)."""
+        if self.risk_review is not None:
+            return self.risk_review
+        return self.command == "plan" or self.risk_fail_on != "none"
 
     @property
     def secrets(self) -> list[str]:

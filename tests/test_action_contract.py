@@ -113,6 +113,8 @@ EMPTY_DEFAULT_INPUTS = {
     "slack-webhook-url",
     "scratch-database-url",
     "seed-path",
+    "github-token",
+    "risk-review",
 }
 
 
@@ -605,8 +607,11 @@ def test_reusable_workflow_passes_every_input_and_returns_every_output():
     job = wf["jobs"]["deploy"]
     deploy = _step(wf, "deploy", "deploy")
     secret_inputs = {n for n, s in action["inputs"].items() if n in EMPTY_DEFAULT_INPUTS} - {
-        "seed-path"
+        "seed-path",
+        "risk-review",
+        "github-token",  # fed from the job's own token
     }
+    assert deploy["with"]["github-token"] == "${{ github.token }}"
     secret_name = {n: n.upper().replace("-", "_") for n in secret_inputs}
     assert set(call["secrets"]) == set(secret_name.values())
     assert call["secrets"]["DATABASE_URL"]["required"] is True
@@ -614,6 +619,8 @@ def test_reusable_workflow_passes_every_input_and_returns_every_output():
     for name, spec in action["inputs"].items():
         if name in secret_inputs:
             assert deploy["with"][name] == f"${{{{ secrets.{secret_name[name]} }}}}"
+            continue
+        if name == "github-token":
             continue
         assert deploy["with"][name] == f"${{{{ inputs.{name} }}}}"
         default = _normalise(call["inputs"][name]["default"])

@@ -283,6 +283,7 @@ def test_secrets_are_the_secretstr_fields() -> None:
         "direct_database_url",
         "slack_webhook_url",
         "scratch_database_url",
+        "github_token",
     ]
     assert all(Settings.model_fields[f].annotation is not str for f in secret_fields())
 

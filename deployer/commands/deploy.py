@@ -7,7 +7,7 @@ from contextlib import ExitStack
 from typing import TYPE_CHECKING
 
 from deployer import db
-from deployer.commands import shared
+from deployer.commands import review, shared
 from deployer.commands.context import Context
 from deployer.commands.migrations import check_history, run_migrate
 from deployer.errors import StepFailed
@@ -83,12 +83,14 @@ def migrate_locked(
     with ExitStack() as locked:
         ctx.at("migrate")
         mig = ctx.session(migration=True)
+        live = review.snapshot(ctx, mig)  # before env.py runs on the target
         facts = inspect_env(project, mig, url=s.direct_url, workspace=s.workspace_dir)
         shared.check_history_schema(ctx, facts.version_table_schema)
         locked.enter_context(ctx.deploy_lock(VersionTable.of(project, facts)))
         heads = read_heads(mig, facts.version_table, facts.version_table_schema)
         mig.rollback()
         check_heads(project, heads, s.target)
+        review.review(ctx, project, facts, heads, live)  # the gate: before anything is applied
         if s.backup_before:
             backup_before(ctx, project, facts)
         with ctx.step("migrate"):
@@ -100,6 +102,7 @@ def migrate_locked(
             recorder = check_history(ctx, project, mig, facts, heads, pending=m is None)
             if m is None:
                 m = run_migrate(ctx, project, mig, recorder=recorder)
+                review.plan_sql(ctx, m)
             ctx.result.migrate = m
             shared.raise_if_failed(m, step="migrate")
         if s.run_seed and not ctx.result.dry_run:

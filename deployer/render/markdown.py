@@ -8,7 +8,7 @@ deployer/render/operations.py.
 from __future__ import annotations
 
 from deployer.errors import EXIT_BAD_INPUT
-from deployer.render import fleet, operations
+from deployer.render import fleet, operations, risk
 from deployer.render.tables import ICON, cell, details, fmt_bytes, mark, row_count, table
 from deployer.results import (
     Failure,
@@ -31,6 +31,8 @@ def render(r: RunResult) -> str:
     lines = header(r) + failure(r) + run(r)
     if r.install is not None:
         lines += dependencies(r.install)
+    if r.risk is not None:
+        lines += risk.section(r.risk)
     if r.migrate is not None:
         lines += migrations(r.migrate, rollback=r.command == "rollback")
     if r.status_check is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from deployer import interface
-from deployer.render import fleet, operations
+from deployer.render import fleet, operations, risk
 from deployer.results import RunResult
 
 # name → description: the registry's (deployer/interface.py); action.yml declares exactly these.
@@ -37,6 +37,7 @@ def outputs(result: RunResult) -> dict[str, str]:
         "duration-seconds": f"{result.duration:.2f}",
         "report-path": result.report_path,
         **operations.outputs(result),
+        **risk.outputs(result.risk),
         **fleet.outputs(result),
     }
     assert set(values) == set(OUTPUTS)

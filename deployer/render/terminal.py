@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from typing import TextIO
 
 from deployer.errors import EXIT_BAD_INPUT
-from deployer.render import fleet, operations
+from deployer.render import fleet, operations, risk
 from deployer.render.tables import ICON, fmt_bytes, mark, row_count
 from deployer.results import Failure, MigrateResult, RunResult, SeedResult, SmokeResult
 
@@ -60,6 +60,8 @@ def render(r: RunResult) -> str:
         out.append(f"database   {p.target} (PostgreSQL {p.server_version}, user {p.user})")
     if r.migrate or r.status_check:
         out.append(revision(r))
+    if r.risk is not None:
+        out += risk.terminal(r.risk)
     if r.migrate:
         if r.migrate.dry_run:
             out += planned(r.migrate, verb="reverted" if r.command == "rollback" else "applied")

@@ -16,6 +16,7 @@ from deployer.results.operations import (
     RestoreResult,
     SecurityResult,
 )
+from deployer.results.risk import RiskResult
 
 SCHEMA_VERSION = 1
 
@@ -338,6 +339,7 @@ class RunResult:
     restore: RestoreResult | None = None
     drift: DriftResult | None = None
     security: SecurityResult | None = None
+    risk: RiskResult | None = None
     warnings: list[str] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
     report_path: str = ""

@@ -1,0 +1,97 @@
+"""The risk review inside `plan` and `deploy`, run as the action runs: on by default for plan
+(the summary's risk table, annotations on the revision file, outputs risk-level and
+risk-findings), off by default for deploy, the gate (risk-fail-on) stopping before anything is
+applied, an accepted finding, a bad level refused."""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+
+import pytest
+
+from tests.helpers import AlembicProject, Database, GitHubRunner, Run, alembic_upgrade
+
+BASE = (
+    "op.create_table('t', sa.Column('id', sa.Integer, primary_key=True), sa.Column('x', sa.Integer))",
+    "op.drop_table('t')",
+)
+INDEX = ("op.create_index('ix_t_x', 't', ['x'])", "op.drop_index('ix_t_x', 't')")
+
+
+@pytest.fixture
+def plan(deploy: Callable[..., Run], github: GitHubRunner) -> Callable[..., Run]:
+    github.env.update(GITHUB_EVENT_NAME="pull_request", GITHUB_REF="refs/pull/7/merge")
+    return functools.partial(deploy, command="plan")
+
+
+def test_plan_reviews_the_risk_and_shows_it_where_reviewers_look(
+    project: AlembicProject, database: Database, github: GitHubRunner, plan: Callable[..., Run]
+) -> None:
+    project.add("0001_t", *BASE)
+    alembic_upgrade(project.root, database)
+    path = project.add("0002_ix", *INDEX, message="index t.x")
+    run = plan(project)
+    assert run.returncode == 0, run.output
+    out = github.outputs()
+    assert out["risk-level"] == "low"  # an index on an empty live table
+    (finding,) = json.loads(out["risk-findings"])
+    assert finding["rule"] == "index-not-concurrent" and finding["table"] == "public.t"
+    assert finding["revision"] == "0002_ix" and finding["line"] > 0
+    summary = github.summary()
+    assert "### Risk review: 🟢 low" in summary and "`index-not-concurrent`" in summary
+    shown = path.relative_to(github.workspace) if path.is_relative_to(github.workspace) else path
+    (annotation,) = [line for line in run.stdout.splitlines() if line.startswith("::warning")]
+    assert f"file={shown},line={finding['line']}" in annotation
+    assert "title=db-deploy risk low%3A index-not-concurrent on public.t" in annotation
+    report = json.loads((github.workspace / "db-deploy-report.json").read_text())
+    assert report["risk"]["revisions"][0]["findings"][0]["rule"] == "index-not-concurrent"
+    assert database.version() == {"0001_t"}  # a plan applies nothing
+
+
+def test_the_gate_stops_a_deploy_before_anything_is_applied(
+    project: AlembicProject, database: Database, github: GitHubRunner, deploy: Callable[..., Run]
+) -> None:
+    project.add("0001_t", *BASE)
+    alembic_upgrade(project.root, database)
+    project.add("0002_ix", *INDEX)
+    run = deploy(project, **{"risk-fail-on": "low"})
+    assert run.returncode == 1, run.output
+    out = github.outputs()
+    assert out["status"] == "failed" and out["failed-step"] == "risk"
+    assert "risk-fail-on low" in out["error"]
+    assert out["risk-level"] == "low"
+    assert database.version() == {"0001_t"}
+    assert "ix_t_x" not in {r[0] for r in database.rows("SELECT indexname FROM pg_indexes")}
+
+
+def test_deploy_does_not_review_by_default_and_an_accepted_finding_passes_the_gate(
+    project: AlembicProject, database: Database, github: GitHubRunner, deploy: Callable[..., Run]
+) -> None:
+    project.add("0001_t", *BASE)
+    alembic_upgrade(project.root, database)
+    path = project.add("0002_ix", *INDEX)
+    run = deploy(project)
+    assert run.returncode == 0, run.output
+    assert github.outputs()["risk-level"] == ""
+    # Accepted: the gate lets it through, the report still shows it.
+    database.execute("DROP INDEX ix_t_x")
+    database.execute("UPDATE alembic_version SET version_num = '0001_t'")
+    path.write_text(
+        path.read_text() + '\ndb_deploy_accept = {"index-not-concurrent": "t is tiny"}\n'
+    )
+    run = deploy(project, **{"risk-fail-on": "low"})
+    assert run.returncode == 0, run.output
+    out = github.outputs()
+    assert out["risk-level"] == "none"
+    assert json.loads(out["risk-findings"])[0]["accepted"] == "t is tiny"
+
+
+def test_a_bad_risk_level_is_refused(
+    project: AlembicProject, github: GitHubRunner, deploy: Callable[..., Run]
+) -> None:
+    project.add("0001_t", *BASE)
+    run = deploy(project, **{"risk-fail-on": "severe"})
+    assert run.returncode == 2
+    assert "risk-fail-on" in run.output and "Traceback" not in run.output
