@@ -237,6 +237,8 @@ standin_postgres_images() {
 # The three bases side by side (mmdebstrap waits on downloads and dpkg much of the time).
 standin_bases() {
   local pids=() pid failed=0
+  # Installed once before the three run (parallel apt-get installs would fight over dpkg's lock).
+  command -v mmdebstrap >/dev/null 2>&1 || ! can_install || apt_install mmdebstrap
   standin_python_image & pids+=($!)
   postgres_image "$STANDIN_PG17" trixie 17 postgresql-17-pgvector & pids+=($!)
   postgres_image "$STANDIN_PG15" bookworm 15 & pids+=($!)
