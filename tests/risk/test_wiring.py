@@ -10,6 +10,8 @@ import json
 from collections.abc import Callable
 
 import pytest
+from pytest_httpserver import HTTPServer
+from werkzeug import Request, Response
 
 from tests.helpers import AlembicProject, Database, GitHubRunner, Run, alembic_upgrade
 
@@ -95,3 +97,70 @@ def test_a_bad_risk_level_is_refused(
     run = deploy(project, **{"risk-fail-on": "severe"})
     assert run.returncode == 2
     assert "risk-fail-on" in run.output and "Traceback" not in run.output
+
+
+def test_a_plan_whose_offline_sql_is_unavailable_shows_the_rehearsed_sql(
+    project: AlembicProject, database: Database, github: GitHubRunner, plan: Callable[..., Run]
+) -> None:
+    project.add("0001_t", *BASE)
+    alembic_upgrade(project.root, database)
+    project.add(
+        "0002_read",
+        """
+        n = op.get_bind().execute(sa.text("SELECT count(*) FROM t")).scalar()
+        op.add_column("t", sa.Column("seen", sa.Integer(), server_default=str(n)))
+        """,
+    )
+    run = plan(project)
+    assert run.returncode == 0, run.output
+    sql = github.outputs()["plan-sql"]
+    assert "offline SQL unavailable" not in sql
+    assert "-- as rehearsed on the scratch database" in sql
+    assert "SELECT count(*) FROM t;" in sql and "ALTER TABLE t ADD COLUMN seen" in sql
+
+
+def test_the_plan_is_posted_on_the_pull_request_and_updated_in_place(
+    project: AlembicProject,
+    database: Database,
+    github: GitHubRunner,
+    plan: Callable[..., Run],
+    httpserver: HTTPServer,
+) -> None:
+    comments: list[dict[str, object]] = []
+
+    def listing(request: Request) -> Response:
+        return Response(json.dumps(comments), status=200, content_type="application/json")
+
+    def create(request: Request) -> Response:
+        assert request.headers["Authorization"] == "Bearer ghs_plan_token_1234"
+        comments.append({"id": 1, "body": request.get_json()["body"], "html_url": "u"})
+        return Response(json.dumps(comments[-1]), status=201, content_type="application/json")
+
+    def update(request: Request) -> Response:
+        comments[0]["body"] = request.get_json()["body"]
+        return Response(json.dumps(comments[0]), status=200, content_type="application/json")
+
+    httpserver.expect_request(
+        "/repos/acme/shop/issues/7/comments", method="GET"
+    ).respond_with_handler(listing)
+    httpserver.expect_request(
+        "/repos/acme/shop/issues/7/comments", method="POST"
+    ).respond_with_handler(create)
+    httpserver.expect_request(
+        "/repos/acme/shop/issues/comments/1", method="PATCH"
+    ).respond_with_handler(update)
+    event = github.workspace.parent / "event.json"
+    event.write_text(json.dumps({"number": 7, "pull_request": {"number": 7}}))
+    github.env.update(
+        GITHUB_API_URL=httpserver.url_for("/").rstrip("/"), GITHUB_EVENT_PATH=str(event)
+    )
+    project.add("0001_t", *BASE)
+    alembic_upgrade(project.root, database)
+    project.add("0002_ix", *INDEX)
+    for _ in range(2):
+        run = plan(project, **{"github-token": "ghs_plan_token_1234"})
+        assert run.returncode == 0, run.output
+        assert "ghs_plan_token_1234" not in run.visible
+    assert len(comments) == 1  # created once, then updated in place
+    body = str(comments[0]["body"])
+    assert body.startswith("<!-- db-deploy:plan") and "### Risk review" in body
