@@ -290,7 +290,7 @@ def _run(args: dict[str, Any], inv: _Invocation) -> int:
     from pydantic import SecretStr
 
     from deployer.compat import check_versions
-    from deployer.settings import load_settings
+    from deployer.settings import env_names, load_settings
 
     try:
         settings = load_settings(args)
@@ -303,6 +303,10 @@ def _run(args: dict[str, Any], inv: _Invocation) -> int:
     new = [s for s in inv.redactor.to_mask if s not in known]  # every form of each
     if hasattr(console, "mask"):
         console.mask(*new)
+    # The GitHub token is the publisher's alone: env.py and the revisions, which run in this
+    # process (a pull request's own code in a plan), do not find it in the environment.
+    for name in env_names("github_token"):
+        os.environ.pop(name, None)
 
     with contextlib.ExitStack() as stack:
         if settings.embedded is not None:

@@ -157,10 +157,21 @@ def test_the_plan_is_posted_on_the_pull_request_and_updated_in_place(
     project.add("0001_t", *BASE)
     alembic_upgrade(project.root, database)
     project.add("0002_ix", *INDEX)
+    peek = github.workspace.parent / "peek.txt"
+    github.env["PEEK_FILE"] = str(peek)
+    project.add(
+        "0003_peek",
+        """
+        import os
+        seen = any("ghs_plan_token_1234" in v for v in os.environ.values())
+        open(os.environ["PEEK_FILE"], "a").write(f"{seen}\\n")
+        """,
+    )
     for _ in range(2):
         run = plan(project, **{"github-token": "ghs_plan_token_1234"})
         assert run.returncode == 0, run.output
         assert "ghs_plan_token_1234" not in run.visible
     assert len(comments) == 1  # created once, then updated in place
+    assert set(peek.read_text().split()) == {"False"}  # the revisions never saw the token
     body = str(comments[0]["body"])
     assert body.startswith("<!-- db-deploy:plan") and "### Risk review" in body
