@@ -400,7 +400,7 @@ def _failure(
         f.file, f.line = _shown(Path(frame.filename), workspace), frame.lineno
     elif path is not None:
         f.file = _shown(path, workspace)
-    f.traceback = "".join(traceback.format_exception(error))
+    f.traceback = _PASSWORD.sub(r"\1'***'", "".join(traceback.format_exception(error)))
     server = _server_error(error)
     if server is None:
         f.exception = describe_exception(error)
@@ -415,6 +415,7 @@ def _failure(
     f.message = text("message_primary") or server_message(server)
     f.detail, f.hint = text("message_detail"), text("message_hint")
     f.context = (getattr(diag, "context", None) or "").strip() if diag is not None else ""
+    f.context = _PASSWORD.sub(r"\1'***'", o.redact(f.context))  # it may quote a statement
     f.sqlstate = text("sqlstate") or str(getattr(orig, "sqlstate", "") or "")
     position = text("statement_position")
     statement = getattr(server, "statement", None)
