@@ -160,7 +160,7 @@ def table(results: dict[str, Any]) -> list[str]:
         f"Fleet: {f['targets']} targets (reference schema; 1 broken, 1 unreachable), "
         f"{f['cpus']} CPUs",
         "",
-        "| max-parallel | wall s | speed-up | per target s (median) | peak process MB | "
+        "| max-parallel | wall s | speed-up | deploy s inside a child (median) | peak process MB | "
         "peak tree MB | CPU s | outcome |",
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]

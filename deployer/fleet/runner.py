@@ -49,6 +49,7 @@ STRIPPED = (
     "DB_DEPLOY_COMMAND",
     "DB_DEPLOY_REPORT_FILE",
     "DB_DEPLOY_FLEET_TARGETS",
+    "DB_DEPLOY_CHILD",  # deployer/cancel.py: each child is a supervised deployer of its own
 )
 POLL = 0.02  # seconds between looks at the running children
 GRACE = 60.0  # seconds a cancelled child is given before SIGKILL
@@ -198,7 +199,7 @@ class FleetRunner:
             data = json.loads(child.report.read_text(encoding="utf-8"))
             seconds = record.seconds
             from_report(record, data)
-            record.seconds = record.seconds or seconds
+            record.seconds = seconds  # the process's wall time, start-up included
             record.exit_code = code
         except (OSError, ValueError):
             record.status = "failed"
