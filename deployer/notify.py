@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from deployer.redact import cut
+
 TIMEOUT = 10.0
 ATTEMPTS = 2  # one retry
 
@@ -26,7 +28,8 @@ def post_slack(webhook: str, payload: dict[str, Any], *, timeout: float = TIMEOU
         else:
             if resp.status_code < 300:
                 return None
-            reason = f"HTTP {resp.status_code} {resp.text.strip()[:200]}"
+            # Redacted before it is cut (the answer may echo the webhook's path).
+            reason = f"HTTP {resp.status_code} {cut(resp.text.strip(), 200)}"
             if resp.status_code < 500 and resp.status_code != 429:
                 break  # a client error will not get better
         if attempt + 1 < ATTEMPTS:
