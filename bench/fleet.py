@@ -54,7 +54,11 @@ def _tree_rss(root: int) -> int:
 
 def _run(server: Server, work: Path, names: list[str], parallel: int) -> dict[str, Any]:
     env = proc.deployer_env(
-        **{"INPUT_FLEET-FILE": "fleet.yml", "INPUT_MAX-PARALLEL": str(parallel)}
+        **{
+            "INPUT_FLEET-FILE": "fleet.yml",
+            "INPUT_MAX-PARALLEL": str(parallel),
+            "INPUT_REPORT-FILE": "db-deploy-report.json",  # outside GitHub: only when asked
+        }
     )
     peak = 0
     done = threading.Event()
