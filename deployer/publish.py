@@ -18,7 +18,7 @@ from deployer import github, notify
 from deployer.redact import Redactor, redact_record
 from deployer.render import json_report, markdown, outputs, risk, slack, terminal
 from deployer.results import RunResult
-from deployer.steps.backup import give_to_owner
+from deployer.types import give_to_owner
 
 Console = github.GitHubConsole | terminal.TerminalConsole
 

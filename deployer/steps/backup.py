@@ -17,6 +17,7 @@ from pathlib import Path
 
 from deployer import pgtools
 from deployer.errors import ConfigError, StepFailed
+from deployer.types import give_to_owner
 
 SUFFIX = ".dump"
 CHUNK = 1024 * 1024
@@ -28,36 +29,6 @@ def sha256_file(path: Path) -> str:
         while chunk := f.read(CHUNK):
             h.update(chunk)
     return h.hexdigest()
-
-
-def give_to_owner(path: Path, workspace: Path | None) -> None:
-    """Running as root (a container action: root inside, the workspace owned by the runner's
-    user on the host), `path` and the folders between it and `workspace` go to the workspace
-    folder's owner (uid and gid), so that later steps (upload-artifact) can read them and the
-    runner can clean them. Modes are kept (a dump stays 0600). Outside the workspace, or not
-    root, or a workspace owned by root: nothing to do. Best effort: never fails the run."""
-    if workspace is None or not hasattr(os, "geteuid") or os.geteuid() != 0:
-        return
-    try:
-        root = workspace.resolve()
-        st = root.stat()
-        if st.st_uid == 0 and st.st_gid == 0:
-            return
-        full = path.absolute()
-        rel = full.parent.resolve().relative_to(root)
-    except (OSError, ValueError):
-        return
-    chain = [full]
-    parent = root
-    for part in rel.parts:
-        parent = parent / part
-        chain.append(parent)
-    for item in chain:
-        try:
-            if item.exists() or item.is_symlink():
-                os.chown(item, st.st_uid, st.st_gid, follow_symlinks=False)
-        except OSError:
-            pass
 
 
 def sidecar(path: Path) -> Path:
