@@ -355,8 +355,8 @@ class _Environment(EnvSettingsSource):
         return super().get_field_value(field, field_name)
 
 
-class Settings(SettingsBase):
-    """Every input of the action. Frozen: parsed once at the edge, then only read."""
+class _ConnectionFields(SettingsBase):
+    """The command to run and the databases it connects to."""
 
     command: CommandName = Field(
         "deploy",
@@ -378,6 +378,11 @@ class Settings(SettingsBase):
         "DIRECT_DATABASE_URL, else database-url.",
         validation_alias=_env("direct-database-url", "DIRECT_DATABASE_URL"),
     )
+
+
+class _DeployFields(SettingsBase):
+    """What a deploy applies: the project, the target, the seed, the smoke checks."""
+
     run_seed: Flag = Field(
         False,
         description="Run the seed after migrating (true/false/1/0/yes/no, case-insensitive; "
@@ -432,6 +437,11 @@ class Settings(SettingsBase):
         "(schema-qualified allowed), e.g. `connectors>=16`.",
         validation_alias=_env("smoke-expect", "DB_DEPLOY_SMOKE_EXPECT"),
     )
+
+
+class _TimeoutFields(SettingsBase):
+    """PostgreSQL timeouts, the deploy lock's wait and the connection attempts."""
+
     lock_timeout: PostgresDuration = Field(
         10.0,
         description="PostgreSQL lock_timeout for migration statements and the smoke's reads "
@@ -461,6 +471,11 @@ class Settings(SettingsBase):
         "databases wake up slowly).",
         validation_alias=_env("connect-retries", "DB_DEPLOY_CONNECT_RETRIES"),
     )
+
+
+class _ReportingFields(SettingsBase):
+    """Notifications, dry run, the history's schema and the JSON report."""
+
     slack_webhook_url: WebhookUrl = Field(
         SecretStr(""),
         description="Slack incoming-webhook URL (pass it from a secret): a notification on every "
@@ -489,7 +504,11 @@ class Settings(SettingsBase):
         "Actions only when given).",
         validation_alias=_env("report-file", "DB_DEPLOY_REPORT_FILE"),
     )
-    # Safety (issue 5).
+
+
+class _SafetyFields(SettingsBase):
+    """Safety (issue 5): edited migrations, TLS, lock retries."""
+
     allow_edited_migrations: Flag = Field(
         False,
         description="Accept (and re-record) applied revisions whose script changed since they ran.",
@@ -508,7 +527,11 @@ class Settings(SettingsBase):
         "backoff.",
         validation_alias=_env("lock-retries", "DB_DEPLOY_LOCK_RETRIES"),
     )
-    # Operations modes (issue 7).
+
+
+class _OperationsFields(SettingsBase):
+    """Operations modes (issue 7): drift, backup, restore, rollback, preflight."""
+
     scratch_database_url: PostgresUrl = Field(
         SecretStr(""),
         description="drift: a server where a scratch database is created, migrated and dropped "
@@ -555,7 +578,11 @@ class Settings(SettingsBase):
         validation_alias=_env("security-preflight", "DB_DEPLOY_SECURITY_PREFLIGHT"),
         json_schema_extra={"area": "operations"},
     )
-    # Risk review (issue 18).
+
+
+class _RiskFields(SettingsBase):
+    """Risk review (issue 18)."""
+
     risk_review: OptionalFlag = Field(
         None,
         description="plan and deploy: review the pending revisions before anything is applied "
@@ -578,7 +605,11 @@ class Settings(SettingsBase):
         validation_alias=_env("github-token", "DB_DEPLOY_GITHUB_TOKEN"),
         json_schema_extra={"workflow": {"value": "${{ github.token }}"}},
     )
-    # Real-world Alembic projects (issue 8).
+
+
+class _ProjectFields(SettingsBase):
+    """Real-world Alembic projects (issue 8)."""
+
     alembic_ini: str = Field(
         "",
         description="Path of alembic.ini when it is not in migrations-path.",
@@ -606,7 +637,11 @@ class Settings(SettingsBase):
         validation_alias=_env("requirements", "DB_DEPLOY_REQUIREMENTS"),
         json_schema_extra={"area": "project"},
     )
-    # Fleets (issue 20): deployer/fleet, docs/fleets.md.
+
+
+class _FleetFields(SettingsBase):
+    """Fleets (issue 20): deployer/fleet, docs/fleets.md."""
+
     fleet_file: str = Field(
         "",
         description="fleet, fleet-report: the fleet file (YAML or JSON) listing the targets, "
@@ -646,6 +681,11 @@ class Settings(SettingsBase):
         validation_alias=_env("max-parallel-jobs", "DB_DEPLOY_MAX_PARALLEL_JOBS"),
         json_schema_extra={"area": "fleet"},
     )
+
+
+class _CommandLineFields(SettingsBase):
+    """Command-line only (no alias, never read from the environment), and the workspace."""
+
     # Command-line only: no alias, so never read from the environment.
     summary_file: str = Field("", description="also write the markdown summary to this file")
     output_file: str = Field(
@@ -664,6 +704,23 @@ class Settings(SettingsBase):
         "current folder)",
         validation_alias="GITHUB_WORKSPACE",
     )
+
+
+# pydantic collects the fields from the last base to the first: listed in reverse so that
+# the fields keep their order (the inputs' order in action.yml and the docs).
+class Settings(
+    _CommandLineFields,
+    _FleetFields,
+    _ProjectFields,
+    _RiskFields,
+    _OperationsFields,
+    _SafetyFields,
+    _ReportingFields,
+    _TimeoutFields,
+    _DeployFields,
+    _ConnectionFields,
+):
+    """Every input of the action. Frozen: parsed once at the edge, then only read."""
 
     # -- derived values
 
