@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import AlembicProject, GitHubRunner, Run
 from tests.helpers.pgcluster import (
     PLAIN_PASSWORD,
     PLAIN_ROLE,
@@ -26,10 +28,12 @@ from tests.helpers.pgcluster import (
     mask_values,
     masks_come_first,
 )
-from tests.helpers.pgcluster import cluster_db_fixture as cluster_db_fixture  # the fixture cluster_db
-from tests.helpers.pgcluster import pg_cluster_fixture as pg_cluster_fixture  # the fixture pg_cluster
-
-from tests.helpers import AlembicProject, GitHubRunner, Run
+from tests.helpers.pgcluster import (
+    cluster_db_fixture as cluster_db_fixture,  # the fixture cluster_db
+)
+from tests.helpers.pgcluster import (
+    pg_cluster_fixture as pg_cluster_fixture,  # the fixture pg_cluster
+)
 
 WRONG_PASSWORD = "Wr0ng:p@ss/w%rd"
 

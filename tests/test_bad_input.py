@@ -22,9 +22,6 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from tests.helpers.pgcluster import ClusterDatabase, assert_no_leaks, closed_port
-from tests.helpers.pgcluster import cluster_db_fixture as cluster_db_fixture  # the fixture cluster_db
-from tests.helpers.pgcluster import pg_cluster_fixture as pg_cluster_fixture  # the fixture pg_cluster
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
@@ -38,6 +35,13 @@ from tests.helpers import (
     clean_env,
     create_database,
     drop_database,
+)
+from tests.helpers.pgcluster import ClusterDatabase, assert_no_leaks, closed_port
+from tests.helpers.pgcluster import (
+    cluster_db_fixture as cluster_db_fixture,  # the fixture cluster_db
+)
+from tests.helpers.pgcluster import (
+    pg_cluster_fixture as pg_cluster_fixture,  # the fixture pg_cluster
 )
 
 DOC = REPO / "docs" / "safety.md"  # its "Bad-input matrix" section

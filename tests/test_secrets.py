@@ -23,6 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from pytest_httpserver import HTTPServer
+from werkzeug import Request, Response
+
+from tests.helpers import AlembicProject, GitHubRunner, Run, clean_env, write_alembic_project
 from tests.helpers.pgcluster import (
     PLAIN_ROLE,
     SPECIAL_ROLE,
@@ -35,12 +39,12 @@ from tests.helpers.pgcluster import (
     masks_come_first,
     url_password,
 )
-from tests.helpers.pgcluster import cluster_db_fixture as cluster_db_fixture  # the fixture cluster_db
-from tests.helpers.pgcluster import pg_cluster_fixture as pg_cluster_fixture  # the fixture pg_cluster
-from pytest_httpserver import HTTPServer
-from werkzeug import Request, Response
-
-from tests.helpers import AlembicProject, GitHubRunner, Run, clean_env, write_alembic_project
+from tests.helpers.pgcluster import (
+    cluster_db_fixture as cluster_db_fixture,  # the fixture cluster_db
+)
+from tests.helpers.pgcluster import (
+    pg_cluster_fixture as pg_cluster_fixture,  # the fixture pg_cluster
+)
 
 TOKEN = "XXXXwebhookSecretToken42"  # the secret part of an incoming-webhook URL
 HOOK_PATH = f"/services/T0000/B0000/{TOKEN}"
