@@ -25,6 +25,7 @@ from deployer.results.risk import (
     RiskResult,
     RiskRevision,
     StatementTrace,
+    TableStats,
     level_rank,
 )
 from deployer.risk.level import weigh
@@ -136,43 +137,30 @@ def review(
     accepts = {r.revision: accepted_findings(project, r.revision) for r in pending}
     notes: list[str] = []
     if snapshot is None:
-        if live is not None:
-            snapshot = read_live(live, redact=redact)
-        else:
-            snapshot = LiveSnapshot()
-            notes.append("no live statistics (no target connection)")
+        snapshot = _read_snapshot(live, redact, notes)
     result.long_transactions = snapshot.long_transactions
 
     rehearsal: Rehearsal | None = None
     if pending and scratch_server_url:
-        try:
-            major = target_major or (server_major(live) if live is not None else 0)
-            if live is not None and live.in_transaction():
-                live.rollback()
-            with scratch_database(scratch_server_url) as scratch:
-                if target_url:
-                    skipped = copy_schema(target_url, major, scratch)
-                    if skipped:
-                        notes.append(
-                            f"{len(skipped)} object(s) of the live schema could not be created "
-                            f"on the scratch server (first: {redact(skipped[0])})"
-                        )
-                rehearsal = rehearse(
-                    project,
-                    scratch,
-                    heads=heads,
-                    target=target,
-                    redact=redact,
-                    workspace=workspace,
-                    version_table=version_table,
-                    version_table_schema=version_table_schema,
-                    lock_timeout=lock_timeout,
-                    statement_timeout=statement_timeout,
-                )
+        rehearsal = _rehearse_on_scratch(
+            project,
+            live,
+            notes,
+            heads=heads,
+            target=target,
+            target_url=target_url,
+            target_major=target_major,
+            scratch_server_url=scratch_server_url,
+            redact=redact,
+            workspace=workspace,
+            version_table=version_table,
+            version_table_schema=version_table_schema,
+            lock_timeout=lock_timeout,
+            statement_timeout=statement_timeout,
+        )
+        if rehearsal is not None:
             result.rehearsed = True
             result.scratch = scratch_label
-        except RehearsalUnavailable as exc:
-            notes.append(f"not rehearsed ({redact(str(exc))}): rules and live statistics only")
     elif pending:
         notes.append(
             "not rehearsed (no scratch database: set scratch-database-url or install the "
@@ -187,53 +175,134 @@ def review(
 
     for rev in pending:
         entry = RiskRevision(revision=rev.revision, description=rev.description, path=rev.path)
-        if rehearsal is not None:
-            entry.statements = rehearsal.traces.get(rev.revision, [])
-            entry.error = rehearsal.errors.get(rev.revision, "")
-            statements: list[tuple[str, bool | None]] = list(rehearsal.raw.get(rev.revision, []))
-        else:
-            text = (offline_sql or {}).get(rev.revision, "")
-            statements = [(p.sql, None) for p in split(text)] if text else []
-            entry.statements = [
-                StatementTrace(rev.revision, i, shown_sql(sql, redact))
-                for i, (sql, _) in enumerate(statements, 1)
-            ]
-        if rehearsal is not None:
-            checked = check_revision(statements, session_lock_timeout=bool(lock_timeout))
-        else:
-            # Offline text starts outside any transaction and carries Alembic's BEGIN/COMMIT.
-            checker = RuleChecker(session_lock_timeout=bool(lock_timeout), in_transaction=False)
-            checked = [
-                h for i, (sql, _) in enumerate(statements, 1) for h in checker.check(sql, index=i)
-            ]
-        entry.findings = _findings(
-            rev.revision,
-            rev.path,
-            checked,
-            entry.statements,
-            rehearsal,
-            snapshot,
-            redact,
-            lock_timeout,
-        )
-        reasons = accepts.get(rev.revision, {})
-        for f in entry.findings:
-            f.accepted = reasons.get(f.rule, "")
-        live_levels = [f.level for f in entry.findings if not f.accepted]
-        entry.level = max(live_levels, key=level_rank, default="none")
+        _review_revision(entry, rehearsal, offline_sql, snapshot, redact, lock_timeout)
+        _accept(entry, accepts.get(rev.revision, {}))
         result.revisions.append(entry)
 
     result.level = max((r.level for r in result.revisions), key=level_rank, default="none")
-    result.tables = sorted(
+    result.tables = _touched_tables(result, snapshot)
+    result.note = "; ".join(notes)
+    result.seconds = round(time.perf_counter() - started, 4)
+    return result
+
+
+def _read_snapshot(
+    live: sa.Connection | None, redact: Callable[[str], str], notes: list[str]
+) -> LiveSnapshot:
+    """The live statistics, read on `live`; none (and a note) without a connection."""
+    if live is not None:
+        return read_live(live, redact=redact)
+    notes.append("no live statistics (no target connection)")
+    return LiveSnapshot()
+
+
+def _touched_tables(result: RiskResult, snapshot: LiveSnapshot) -> list[TableStats]:
+    """The live tables the findings name, by name, those that exist."""
+    tables = sorted(
         {
             f.table: snapshot.find(f.table) for r in result.revisions for f in r.findings if f.table
         }.values(),
         key=lambda t: t.table,
     )
-    result.tables = [t for t in result.tables if t.exists]
-    result.note = "; ".join(notes)
-    result.seconds = round(time.perf_counter() - started, 4)
-    return result
+    return [t for t in tables if t.exists]
+
+
+def _rehearse_on_scratch(
+    project: AlembicProject,
+    live: sa.Connection | None,
+    notes: list[str],
+    *,
+    heads: list[str],
+    target: str,
+    target_url: str,
+    target_major: int,
+    scratch_server_url: str,
+    redact: Callable[[str], str],
+    workspace: Path | None,
+    version_table: str,
+    version_table_schema: str | None,
+    lock_timeout: float | None,
+    statement_timeout: float | None,
+) -> Rehearsal | None:
+    """A scratch database on `scratch_server_url`, the live schema copied into it (what could
+    not be created is noted), the revisions rehearsed there. None (and a note) when it cannot
+    be done."""
+    try:
+        major = target_major or (server_major(live) if live is not None else 0)
+        if live is not None and live.in_transaction():
+            live.rollback()
+        with scratch_database(scratch_server_url) as scratch:
+            if target_url:
+                skipped = copy_schema(target_url, major, scratch)
+                if skipped:
+                    notes.append(
+                        f"{len(skipped)} object(s) of the live schema could not be created "
+                        f"on the scratch server (first: {redact(skipped[0])})"
+                    )
+            return rehearse(
+                project,
+                scratch,
+                heads=heads,
+                target=target,
+                redact=redact,
+                workspace=workspace,
+                version_table=version_table,
+                version_table_schema=version_table_schema,
+                lock_timeout=lock_timeout,
+                statement_timeout=statement_timeout,
+            )
+    except RehearsalUnavailable as exc:
+        notes.append(f"not rehearsed ({redact(str(exc))}): rules and live statistics only")
+        return None
+
+
+def _accept(entry: RiskRevision, reasons: dict[str, str]) -> None:
+    """Mark the findings the revision accepts (`db_deploy_accept`); its level is the highest
+    of the others."""
+    for f in entry.findings:
+        f.accepted = reasons.get(f.rule, "")
+    live_levels = [f.level for f in entry.findings if not f.accepted]
+    entry.level = max(live_levels, key=level_rank, default="none")
+
+
+def _review_revision(
+    entry: RiskRevision,
+    rehearsal: Rehearsal | None,
+    offline_sql: dict[str, str] | None,
+    snapshot: LiveSnapshot,
+    redact: Callable[[str], str],
+    lock_timeout: float | None,
+) -> None:
+    """Fill one revision's statements (rehearsed, else from the offline text) and findings."""
+    if rehearsal is not None:
+        entry.statements = rehearsal.traces.get(entry.revision, [])
+        entry.error = rehearsal.errors.get(entry.revision, "")
+        statements: list[tuple[str, bool | None]] = list(rehearsal.raw.get(entry.revision, []))
+    else:
+        text = (offline_sql or {}).get(entry.revision, "")
+        statements = [(p.sql, None) for p in split(text)] if text else []
+        entry.statements = [
+            StatementTrace(entry.revision, i, shown_sql(sql, redact))
+            for i, (sql, _) in enumerate(statements, 1)
+        ]
+    if rehearsal is not None:
+        checked = check_revision(statements, session_lock_timeout=bool(lock_timeout))
+    else:
+        # Offline text starts outside any transaction and carries Alembic's BEGIN/COMMIT.
+        checker = RuleChecker(session_lock_timeout=bool(lock_timeout), in_transaction=False)
+        checked = [
+            h for i, (sql, _) in enumerate(statements, 1) for h in checker.check(sql, index=i)
+        ]
+    entry.findings = _findings(
+        entry.revision,
+        entry.path,
+        checked,
+        entry.statements,
+        rehearsal,
+        snapshot,
+        redact,
+        lock_timeout,
+    )
 
 
 def _same(a: str, b: str) -> bool:

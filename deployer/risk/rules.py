@@ -340,6 +340,76 @@ def _has_option(options: Any, name: str) -> bool:
     return any(getattr(o, "defname", "") == name for o in (options or ()))
 
 
+def _statement_rules(node: ast.Node, txn: bool) -> list[tuple[str, str]]:
+    """(rule, table) for the statements a rule judges by themselves (not ALTER TABLE): index
+    builds and drops, table drops, REINDEX, VACUUM FULL, CLUSTER, renames. `txn`: the
+    statement ran inside a transaction block."""
+    out: list[tuple[str, str]] = []
+
+    def concurrently(rule: str, table: str, concurrent: bool) -> None:
+        if not concurrent:
+            out.append((rule, table))
+        elif txn:
+            out.append(("concurrently-in-transaction", table))
+
+    if isinstance(node, ast.IndexStmt):
+        concurrently("index-not-concurrent", rel_name(node.relation), bool(node.concurrent))
+    elif isinstance(node, ast.DropStmt):
+        removed = node.removeType
+        if removed == ObjectType.OBJECT_INDEX:
+            for obj in node.objects or ():
+                name = ".".join(_names(obj))
+                concurrently("drop-index-not-concurrent", name, bool(node.concurrent))
+        elif removed == ObjectType.OBJECT_TABLE:
+            out += [("drop-table", ".".join(_names(obj))) for obj in node.objects or ()]
+    elif isinstance(node, ast.ReindexStmt):
+        target = rel_name(node.relation) if node.relation else str(node.name or "")
+        concurrently("reindex-not-concurrent", target, _has_option(node.params, "concurrently"))
+    elif isinstance(node, ast.VacuumStmt):
+        if node.is_vacuumcmd and _has_option(node.options, "full"):
+            out += [("vacuum-full", rel_name(rel.relation)) for rel in node.rels or ()]
+            if not node.rels:
+                out.append(("vacuum-full", ""))
+    elif isinstance(node, ast.ClusterStmt):
+        out.append(("cluster", rel_name(node.relation)))
+    elif isinstance(node, ast.RenameStmt):
+        if node.renameType == ObjectType.OBJECT_COLUMN:
+            out.append(("rename-column", rel_name(node.relation)))
+        elif node.renameType == ObjectType.OBJECT_TABLE:
+            out.append(("rename-table", rel_name(node.relation)))
+    return out
+
+
+# A new column's constraints that give it its values (the others are checked as constraints).
+_VALUE_KINDS = (ConstrType.CONSTR_DEFAULT, ConstrType.CONSTR_IDENTITY, ConstrType.CONSTR_GENERATED)
+
+
+def _type_name(col: ast.ColumnDef) -> str:
+    return _names(col.typeName.names)[-1].lower() if col.typeName else ""
+
+
+def _not_null_without_default(col: ast.ColumnDef) -> bool:
+    """A NOT NULL column added with nothing to fill the existing rows."""
+    kinds = {con.contype for con in col.constraints or ()}
+    return (
+        ConstrType.CONSTR_NOTNULL in kinds
+        and not kinds & set(_VALUE_KINDS)
+        and _type_name(col) not in SERIAL_TYPES
+    )
+
+
+def _volatile_column(col: ast.ColumnDef) -> bool:
+    """A new column whose value is computed for every existing row (a serial, an identity, a
+    stored generated column, a default calling a volatile function): a table rewrite."""
+    volatile = _type_name(col) in SERIAL_TYPES
+    for con in col.constraints or ():
+        if con.contype == ConstrType.CONSTR_DEFAULT:
+            volatile |= bool(VOLATILE_FUNCTIONS & set(_funcs(con.raw_expr)))
+        elif con.contype in (ConstrType.CONSTR_IDENTITY, ConstrType.CONSTR_GENERATED):
+            volatile = True  # a stored generated column is computed for every row
+    return volatile
+
+
 @dataclass
 class RuleChecker:
     """One revision's statements, in order."""
@@ -387,6 +457,21 @@ class RuleChecker:
                 out.append(Hit(rule, table, mode, ""))
             out.extend(self._timeout_hit(table, mode))
 
+        if self._track(node):
+            return out
+        if isinstance(node, ast.AlterTableStmt) and node.objtype == ObjectType.OBJECT_TABLE:
+            table = rel_name(node.relation)
+            out.extend(self._timeout_hit(table, ACCESS_EXCLUSIVE))
+            for cmd in node.cmds or ():
+                self._alter(cmd, table, hit)
+        else:
+            for rule, target in _statement_rules(node, txn):
+                hit(rule, target)
+        return out
+
+    def _track(self, node: ast.Node) -> bool:
+        """Follow what later statements depend on (the transaction block, the lock_timeout,
+        the tables this revision created); True when `node` was one of those."""
         if isinstance(node, ast.TransactionStmt):
             kind = node.kind
             if kind in (TransactionStmtKind.TRANS_STMT_BEGIN, TransactionStmtKind.TRANS_STMT_START):
@@ -414,53 +499,9 @@ class RuleChecker:
             )
             name = rel_name(rv)
             self.created.update({name, name.rsplit(".", 1)[-1]})
-        elif isinstance(node, ast.IndexStmt):
-            table = rel_name(node.relation)
-            if node.concurrent:
-                if txn:
-                    hit("concurrently-in-transaction", table)
-            else:
-                hit("index-not-concurrent", table)
-        elif isinstance(node, ast.DropStmt):
-            removed = node.removeType
-            if removed == ObjectType.OBJECT_INDEX:
-                for obj in node.objects or ():
-                    name = ".".join(_names(obj))
-                    if node.concurrent:
-                        if txn:
-                            hit("concurrently-in-transaction", name)
-                    else:
-                        hit("drop-index-not-concurrent", name)
-            elif removed == ObjectType.OBJECT_TABLE:
-                for obj in node.objects or ():
-                    hit("drop-table", ".".join(_names(obj)))
-        elif isinstance(node, ast.ReindexStmt):
-            target = rel_name(node.relation) if node.relation else str(node.name or "")
-            concurrent = _has_option(node.params, "concurrently")
-            if concurrent:
-                if txn:
-                    hit("concurrently-in-transaction", target)
-            else:
-                hit("reindex-not-concurrent", target)
-        elif isinstance(node, ast.VacuumStmt):
-            if node.is_vacuumcmd and _has_option(node.options, "full"):
-                for rel in node.rels or ():
-                    hit("vacuum-full", rel_name(rel.relation))
-                if not node.rels:
-                    hit("vacuum-full", "")
-        elif isinstance(node, ast.ClusterStmt):
-            hit("cluster", rel_name(node.relation))
-        elif isinstance(node, ast.RenameStmt):
-            if node.renameType == ObjectType.OBJECT_COLUMN:
-                hit("rename-column", rel_name(node.relation))
-            elif node.renameType == ObjectType.OBJECT_TABLE:
-                hit("rename-table", rel_name(node.relation))
-        elif isinstance(node, ast.AlterTableStmt) and node.objtype == ObjectType.OBJECT_TABLE:
-            table = rel_name(node.relation)
-            out.extend(self._timeout_hit(table, ACCESS_EXCLUSIVE))
-            for cmd in node.cmds or ():
-                self._alter(cmd, table, hit)
-        return out
+        else:
+            return False
+        return True
 
     def _alter(self, cmd: ast.AlterTableCmd, table: str, hit: object) -> None:
         assert callable(hit)
@@ -480,30 +521,12 @@ class RuleChecker:
             hit("drop-column", table)
         elif sub == AlterTableType.AT_AddColumn and isinstance(cmd.def_, ast.ColumnDef):
             col = cmd.def_
-            type_name = _names(col.typeName.names)[-1].lower() if col.typeName else ""
-            volatile = type_name in SERIAL_TYPES
-            kinds = {con.contype for con in col.constraints or ()}
-            if (
-                ConstrType.CONSTR_NOTNULL in kinds
-                and not kinds
-                & {
-                    ConstrType.CONSTR_DEFAULT,
-                    ConstrType.CONSTR_IDENTITY,
-                    ConstrType.CONSTR_GENERATED,
-                }
-                and type_name not in SERIAL_TYPES
-            ):
+            if _not_null_without_default(col):
                 hit("not-null-without-default", table)
             for con in col.constraints or ():
-                if con.contype == ConstrType.CONSTR_DEFAULT:
-                    volatile |= bool(VOLATILE_FUNCTIONS & set(_funcs(con.raw_expr)))
-                elif con.contype == ConstrType.CONSTR_IDENTITY:
-                    volatile = True
-                elif con.contype == ConstrType.CONSTR_GENERATED:
-                    volatile = True  # a stored generated column is computed for every row
-                else:
+                if con.contype not in _VALUE_KINDS:
                     self._constraint(con, table, hit)
-            if volatile:
+            if _volatile_column(col):
                 hit("volatile-default", table)
 
     def _constraint(self, con: ast.Constraint, table: str, hit: object) -> None:
