@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 
 from deployer.render.tables import cell, details, fmt_bytes, short, table
-from deployer.results import RiskFinding, RiskResult
+from deployer.results import RiskFinding, RiskResult, RiskRevision
 
 LEVEL_ICON = {"none": "✅", "low": "🟢", "medium": "🟠", "high": "🔴"}
 ANNOTATION_LIMIT = 10  # the runner shows the first ten annotations of each kind per step
@@ -54,59 +54,79 @@ def section(r: RiskResult) -> list[str]:
     if not r.revisions:
         return [*lines, "Nothing pending.", ""]
     for rev in r.revisions:
-        head = f"**`{rev.revision}`** {cell(rev.description)} — {LEVEL_ICON.get(rev.level, '')}"
-        lines += [f"{head} {rev.level}", ""]
-        if rev.error:
-            lines += [f"❌ the rehearsal failed here: {cell(short(rev.error, 300))}", ""]
-        if rev.findings:
-            rows = [
-                (
-                    f"{LEVEL_ICON.get(f.level, '')} {f.level}"
-                    + (" (accepted)" if f.accepted else ""),
-                    f"`{f.rule}`",
-                    f.table or "—",
-                    f.lock or "—",
-                    short(f.outage, 200),
-                    f"line {f.line}" if f.line else "",
-                )
-                for f in rev.findings
-            ]
-            lines += table(["level", "rule", "table", "lock", "estimated outage", "where"], rows)
-            lines.append("")
-            body: list[str] = []
-            for f in rev.findings:
-                body += [f"- **`{f.rule}`** {cell(f.message)}"]
-                if f.statement:
-                    body += [f"  - statement: `{cell(short(f.statement, 300))}`"]
-                if f.measured:
-                    body += [f"  - {cell(f.measured)}"]
-                body += [f"  - safe way: {cell(f.safe)}"]
-                if f.accepted:
-                    body += [f"  - accepted: {cell(f.accepted)}"]
-            lines += details("why, and the safe way", body)
-        elif not rev.error:
-            lines += ["No finding.", ""]
-        if rev.statements:
-            traced = [
-                (
-                    s.index,
-                    f"`{short(s.sql, 200)}`",
-                    ", ".join(f"{lk.relation} {lk.mode}" for lk in s.locks) or "—",
-                    ", ".join(
-                        [
-                            *(f"rewrote {t}" for t in s.rewritten),
-                            *(f"scanned {t}" for t in s.scanned),
-                        ]
-                    )
-                    or "—",
-                    f"{s.seconds * 1000:.0f} ms",
-                )
-                for s in rev.statements[:200]
-            ]
-            lines += details(
-                f"{len(rev.statements)} statement(s) as sent",
-                table(["#", "SQL", "locks taken", "rewrite / scan", "time"], traced, "rllll"),
+        lines += _revision(rev)
+    return lines + _live_state(r)
+
+
+def _revision(rev: RiskRevision) -> list[str]:
+    """One pending revision: its level, its findings (a table, then why and the safe way
+    folded) and the statements its rehearsal sent."""
+    head = f"**`{rev.revision}`** {cell(rev.description)} — {LEVEL_ICON.get(rev.level, '')}"
+    lines = [f"{head} {rev.level}", ""]
+    if rev.error:
+        lines += [f"❌ the rehearsal failed here: {cell(short(rev.error, 300))}", ""]
+    if rev.findings:
+        lines += _findings(rev.findings)
+    elif not rev.error:
+        lines += ["No finding.", ""]
+    if rev.statements:
+        lines += _statements(rev)
+    return lines
+
+
+def _findings(findings: list[RiskFinding]) -> list[str]:
+    rows = [
+        (
+            f"{LEVEL_ICON.get(f.level, '')} {f.level}" + (" (accepted)" if f.accepted else ""),
+            f"`{f.rule}`",
+            f.table or "—",
+            f.lock or "—",
+            short(f.outage, 200),
+            f"line {f.line}" if f.line else "",
+        )
+        for f in findings
+    ]
+    lines = table(["level", "rule", "table", "lock", "estimated outage", "where"], rows)
+    lines.append("")
+    body: list[str] = []
+    for f in findings:
+        body += [f"- **`{f.rule}`** {cell(f.message)}"]
+        if f.statement:
+            body += [f"  - statement: `{cell(short(f.statement, 300))}`"]
+        if f.measured:
+            body += [f"  - {cell(f.measured)}"]
+        body += [f"  - safe way: {cell(f.safe)}"]
+        if f.accepted:
+            body += [f"  - accepted: {cell(f.accepted)}"]
+    return lines + details("why, and the safe way", body)
+
+
+def _statements(rev: RiskRevision) -> list[str]:
+    traced = [
+        (
+            s.index,
+            f"`{short(s.sql, 200)}`",
+            ", ".join(f"{lk.relation} {lk.mode}" for lk in s.locks) or "—",
+            ", ".join(
+                [
+                    *(f"rewrote {t}" for t in s.rewritten),
+                    *(f"scanned {t}" for t in s.scanned),
+                ]
             )
+            or "—",
+            f"{s.seconds * 1000:.0f} ms",
+        )
+        for s in rev.statements[:200]
+    ]
+    return details(
+        f"{len(rev.statements)} statement(s) as sent",
+        table(["#", "SQL", "locks taken", "rewrite / scan", "time"], traced, "rllll"),
+    )
+
+
+def _live_state(r: RiskResult) -> list[str]:
+    """The live database: the tables touched, the long transactions."""
+    lines: list[str] = []
     if r.tables:
         live = [
             (
