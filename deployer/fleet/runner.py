@@ -72,6 +72,32 @@ class _Child:
     started: float
 
 
+def _read_outcome(child: _Child, cancelled: int) -> None:
+    """Fill the target's record from its process: the exit code, the wall time, and what its
+    JSON report says (else the last line of its log); `cancelled`: the signal that cancelled
+    the run, 0 if none."""
+    record = child.record
+    code = child.process.returncode
+    record.exit_code = code
+    record.seconds = round(time.monotonic() - child.started, 3)
+    try:
+        data = json.loads(child.report.read_text(encoding="utf-8"))
+        seconds = record.seconds
+        from_report(record, data)
+        record.seconds = seconds  # the process's wall time, start-up included
+        record.exit_code = code
+    except (OSError, ValueError):
+        record.status = "failed"
+        record.error = _last_line(child.log) or (
+            f"the deploy process ended with exit code {code} and wrote no report"
+        )
+        record.failed_step = record.failed_step or "fleet"
+        record.finished_at = utcnow().isoformat()
+    if cancelled and (record.status == "failed" or code in (-2, -15, 130, 143)):
+        record.status = "cancelled"
+        record.error = record.error or f"cancelled by {signal.Signals(cancelled).name}"
+
+
 @dataclass
 class FleetRunner:
     """One run of a fleet. `inputs`: what the command was given (flags, `INPUT_*`), kebab-case
@@ -153,16 +179,8 @@ class FleetRunner:
         report = self.reports_dir / f"{target.name}.json"
         log = self.reports_dir / f"{target.name}.log"
         report.unlink(missing_ok=True)
-        argv = [
-            sys.executable,
-            "-m",
-            "deployer",
-            self.command,
-            "--report-file",
-            str(report),
-            "--workspace",
-            str(self.workspace),
-        ]
+        argv = [sys.executable, "-m", "deployer", self.command]
+        argv += ["--report-file", str(report), "--workspace", str(self.workspace)]
         with log.open("wb") as out:
             process = subprocess.Popen(
                 argv,
@@ -192,25 +210,7 @@ class FleetRunner:
 
     def _finish(self, child: _Child) -> None:
         record = child.record
-        code = child.process.returncode
-        record.exit_code = code
-        record.seconds = round(time.monotonic() - child.started, 3)
-        try:
-            data = json.loads(child.report.read_text(encoding="utf-8"))
-            seconds = record.seconds
-            from_report(record, data)
-            record.seconds = seconds  # the process's wall time, start-up included
-            record.exit_code = code
-        except (OSError, ValueError):
-            record.status = "failed"
-            record.error = _last_line(child.log) or (
-                f"the deploy process ended with exit code {code} and wrote no report"
-            )
-            record.failed_step = record.failed_step or "fleet"
-            record.finished_at = utcnow().isoformat()
-        if self.cancelled and (record.status == "failed" or code in (-2, -15, 130, 143)):
-            record.status = "cancelled"
-            record.error = record.error or f"cancelled by {signal.Signals(self.cancelled).name}"
+        _read_outcome(child, self.cancelled)
         write_record(self.reports_dir, record)
         self.on_event(f"{record.name}: {record.status} ({record.seconds:.1f}s)")
 
