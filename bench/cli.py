@@ -17,7 +17,7 @@ from typing import Any
 from bench import deploy, latency, masking, proc, profile, proposals, report, smoke, startup
 from bench.server import embedded
 
-SUITES = ("startup", "deploy", "network", "smoke", "profile", "fleet", "masking")
+SUITES = ("startup", "deploy", "network", "smoke", "profile", "fleet", "masking", "risk")
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
 DIFF = RESULTS.with_name("proposals.diff")
 
@@ -50,6 +50,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="masking suite: writes of 100 characters (default 1000000; quick 100000)",
     )
     p.add_argument("--masking-repeat", type=int, help="masking rounds (default 5; quick 2)")
+    p.add_argument("--risk-repeat", type=int, help="risk review rounds (default 5; quick 2)")
     p.add_argument(
         "--latency-ms",
         type=float,
@@ -115,6 +116,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     a.profile_size = a.profile_size or (40 if q else 200)
     a.masking_chunks = a.masking_chunks or (100_000 if q else 1_000_000)
     a.masking_repeat = a.masking_repeat or (2 if q else 5)
+    a.risk_repeat = a.risk_repeat or (2 if q else 5)
     a.latency_size = a.latency_size or (40 if q else 200)
     a.latency_repeat = -(-(a.latency_repeat or (1 if q else 3)) // len(deploy.FULL)) * len(
         deploy.FULL
@@ -232,6 +234,11 @@ def measure(a: argparse.Namespace) -> dict[str, Any]:
                 results["fleet"] = fleet_suite.run_suite(
                     server, work, say, targets=10 if a.quick else fleet_suite.TARGETS
                 )
+            if "risk" in a.suites:
+                from bench import risk as risk_suite
+
+                say("risk review …")
+                results["risk"] = risk_suite.run_suite(server, work, a.risk_repeat, say)
     finally:
         if a.keep_work:
             say(f"work folder kept: {work}")
@@ -255,6 +262,10 @@ def main(argv: list[str] | None = None) -> int:
     from bench import fleet as fleet_suite
 
     for line in fleet_suite.table(results):
+        print(line)
+    from bench import risk as risk_suite
+
+    for line in risk_suite.table(results):
         print(line)
     print("\nGoals:")
     for line in [*report.goals(results), *masking.goals(results)]:
