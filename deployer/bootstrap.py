@@ -142,6 +142,45 @@ def check_python() -> None:
     print(f"db-deploy runs on the job's Python {version}: {sys.executable}")
 
 
+def check_checkout(root: Path) -> None:
+    """The action's checkout holds what the install needs."""
+    for needed in NEEDED:
+        if not (root / needed).is_file():
+            raise SetupFailed(
+                "db-deploy: incomplete action checkout",
+                f"{root / needed} is missing. Use the action as "
+                "<owner>/db-deploy-action/python@<ref>: it installs the deployer from the "
+                "repository it comes from.",
+            )
+
+
+def probe_job() -> tuple[dict[str, str], list[str]]:
+    """The job's distributions {name: version} and its site-packages folders."""
+    proc = subprocess.run(
+        [sys.executable, "-P", "-c", _PROBE], capture_output=True, text=True, check=False
+    )
+    if proc.returncode != 0:
+        raise SetupFailed(
+            "db-deploy: the job's Python",
+            f"{sys.executable} could not list its packages: {proc.stderr.strip()[-300:]}",
+        )
+    found = json.loads(proc.stdout)
+    return dict(found["dists"]), list(found["site"])
+
+
+def environment_key(root: Path, dists: dict[str, str]) -> str:
+    """What the environment is built from: the action's files, the job's Python and what it
+    holds. Reused only when all are the same."""
+    digest = hashlib.sha256(f"{sys.executable}\n{sys.version}\n{root}\n".encode())
+    digest.update(json.dumps(dists, sort_keys=True).encode())
+    files = [root / "requirements.lock", root / "pyproject.toml"]
+    files += sorted((root / "deployer").rglob("*.py"))
+    for path in files:
+        rel = path.relative_to(root).as_posix().encode()
+        digest.update(rel + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
 class Installer:
     """Builds (or reuses) the deployer's environment over the job's Python."""
 
@@ -153,45 +192,10 @@ class Installer:
         self.python = self.venv / ("Scripts/python.exe" if windows else "bin/python")
         self.lock = locked_requirements(root / "requirements.lock")
 
-    def check_checkout(self) -> None:
-        for needed in NEEDED:
-            if not (self.root / needed).is_file():
-                raise SetupFailed(
-                    "db-deploy: incomplete action checkout",
-                    f"{self.root / needed} is missing. Use the action as "
-                    "<owner>/db-deploy-action/python@<ref>: it installs the deployer from the "
-                    "repository it comes from.",
-                )
-
-    def probe_job(self) -> tuple[dict[str, str], list[str]]:
-        """The job's distributions {name: version} and its site-packages folders."""
-        proc = subprocess.run(
-            [sys.executable, "-P", "-c", _PROBE], capture_output=True, text=True, check=False
-        )
-        if proc.returncode != 0:
-            raise SetupFailed(
-                "db-deploy: the job's Python",
-                f"{sys.executable} could not list its packages: {proc.stderr.strip()[-300:]}",
-            )
-        found = json.loads(proc.stdout)
-        return dict(found["dists"]), list(found["site"])
-
-    def key(self, dists: dict[str, str]) -> str:
-        """What the environment is built from: the action's files, the job's Python and what
-        it holds. Reused only when all are the same."""
-        digest = hashlib.sha256(f"{sys.executable}\n{sys.version}\n{self.root}\n".encode())
-        digest.update(json.dumps(dists, sort_keys=True).encode())
-        files = [self.root / "requirements.lock", self.root / "pyproject.toml"]
-        files += sorted((self.root / "deployer").rglob("*.py"))
-        for path in files:
-            rel = path.relative_to(self.root).as_posix().encode()
-            digest.update(rel + b"\0" + path.read_bytes())
-        return digest.hexdigest()
-
     def install(self) -> None:
-        self.check_checkout()
-        dists, site_dirs = self.probe_job()
-        key = self.key(dists)
+        check_checkout(self.root)
+        dists, site_dirs = probe_job()
+        key = environment_key(self.root, dists)
         stamp = self.venv / ".db-deploy-key"
         if stamp.is_file() and stamp.read_text(encoding="utf-8").strip() == key:
             print(f"Reusing the deployer's environment {self.venv} (same action files, same "
