@@ -114,9 +114,7 @@ OPERATIONS_OUTPUTS: tuple[Output, ...] = (
 FLEET = ("fleet", "fleet-report")
 FLEET_OUTPUTS: tuple[Output, ...] = (
     Output("targets-total", "fleet: targets in the fleet (or in this shard).", FLEET),
-    Output(
-        "targets-succeeded", "fleet: targets deployed (at least one revision applied).", FLEET
-    ),
+    Output("targets-succeeded", "fleet: targets deployed (at least one revision applied).", FLEET),
     Output(
         "targets-failed",
         "fleet: targets whose deploy failed or was cancelled (not counting those not reached).",

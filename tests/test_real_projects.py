@@ -371,7 +371,7 @@ def test_relative_script_location_and_inputs(
     run = run_cli(env=env, cwd=github.workspace)
     assert run.returncode == 0, run.output
     assert database.version() == {"0001_a"}
-    assert f"script folder {github.workspace / 'db' / 'alembic'}" in run.stdout
+    assert "script folder db/alembic " in run.stdout  # shown relative to the workspace
     assert not (github.workspace / "alembic.db").exists()
     # The inputs for layouts that need them.
     for inputs in ({"alembic-ini": "db/alembic.ini"}, {"script-location": "db/alembic"}):

@@ -123,7 +123,5 @@ def run_seed(ctx: Context, mig: sa.Connection) -> None:
     with ctx.step("seed"):
         ctx.result.seed = sd = seed(mig, ctx.settings.seed_file)
         if sd.error:
-            raise StepFailed(
-                f"seed failed and {sd.outcome}: {sd.error}", step="seed", obj=sd.path
-            )
+            raise StepFailed(f"seed failed and {sd.outcome}: {sd.error}", step="seed", obj=sd.path)
         ctx.info(f"seed: {sd.inserted} inserted, {sd.updated} updated, {sd.deleted} deleted")

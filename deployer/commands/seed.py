@@ -20,7 +20,5 @@ def run(ctx: Context) -> RunResult:
     with ctx.deploy_lock(where), ctx.step("seed"):
         ctx.result.seed = sd = seed(conn, s.seed_file)
         if sd.error:
-            raise StepFailed(
-                f"seed failed and {sd.outcome}: {sd.error}", step="seed", obj=sd.path
-            )
+            raise StepFailed(f"seed failed and {sd.outcome}: {sd.error}", step="seed", obj=sd.path)
     return ctx.result
