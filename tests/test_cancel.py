@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import AlembicProject, Database, GitHubRunner
+from tests.helpers import AlembicProject, Database, GitHubRunner, wait_for
 
 DEADLINE = 5.0  # seconds from the signal to the process's end, report written
 
@@ -31,15 +31,6 @@ def start(github: GitHubRunner, env: dict[str, str]) -> subprocess.Popen[str]:
         stderr=subprocess.STDOUT,
         text=True,
     )
-
-
-def wait_for(predicate, timeout: float = 60, what: str = "") -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    pytest.fail(f"timed out waiting for {what}")
 
 
 def sessions(database: Database, like: str = "%") -> int:

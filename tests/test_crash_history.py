@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import AlembicProject, Database, GitHubRunner
+from tests.helpers import AlembicProject, Database, GitHubRunner, wait_for
 from tests.helpers.pgcluster import PgCluster, start_cluster
 from tests.helpers.projects import alembic_upgrade, write_alembic_project
 
@@ -64,15 +64,6 @@ def start_deploy(env: dict[str, str], cwd: Path) -> subprocess.Popen[bytes]:
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-
-
-def wait_for(predicate, timeout: float = 60, what: str = "") -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    pytest.fail(f"timed out waiting for {what}")
 
 
 def version_number(database: Database) -> int:

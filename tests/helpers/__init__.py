@@ -21,6 +21,7 @@ from tests.helpers.runner import (
     new_runner,
     parse_env_file,
     run_cli,
+    wait_for,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,5 +42,6 @@ __all__ = [
     "new_runner",
     "parse_env_file",
     "run_cli",
+    "wait_for",
     "write_alembic_project",
 ]

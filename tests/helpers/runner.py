@@ -9,9 +9,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 
 class FileCommandError(Exception):
@@ -180,3 +184,13 @@ def run_cli(
         timeout=timeout,
     )
     return Run(proc.returncode, proc.stdout, proc.stderr)
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 60, what: str = "") -> None:
+    """Poll `predicate` every 50 ms until it is true; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    pytest.fail(f"timed out waiting for {what}")
