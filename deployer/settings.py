@@ -83,6 +83,8 @@ Command = Literal[
     "fleet-report",
 ]
 UrlDriver = Literal["psycopg", "psycopg_async", "asyncpg", "psycopg2"]
+EnvThread = Literal["main", "worker"]
+EnvConnection = Literal["shared", "autocommit", "none"]
 FailOn = Literal["error", "warning"]
 COMMANDS: tuple[str, ...] = get_args(Command)
 URL_SCHEMES = ("postgres", "postgresql")
@@ -143,6 +145,23 @@ def _above_zero(seconds: float) -> float:
     if seconds <= 0:
         raise ValueError("must be more than 0")
     return seconds
+
+
+def parse_ladder(value: object) -> tuple[float, ...]:
+    """`100ms, 200ms, 400ms` → the lock_timeout of each attempt, in seconds: at least one rung,
+    each more than 0 and within PostgreSQL's range, none shorter than the one before."""
+    if isinstance(value, tuple | list):
+        rungs = tuple(parse_duration(v) for v in value)
+    else:
+        rungs = tuple(parse_duration(item) for item in _items(str(value)))
+    if not rungs:
+        raise ValueError("expected at least one duration, e.g. 100ms, 200ms, 400ms")
+    for rung in rungs:
+        _above_zero(rung)
+        _within_postgres_range(rung)
+    if any(b < a for a, b in zip(rungs, rungs[1:], strict=False)):
+        raise ValueError("each rung must be at least as long as the one before")
+    return rungs
 
 
 def _items(value: str) -> list[str]:
@@ -292,6 +311,10 @@ Extensions = Annotated[
 ]
 CommandName = Annotated[Command, BeforeValidator(_one_of(get_args(Command)))]
 DriverName = Annotated[UrlDriver, BeforeValidator(_one_of(get_args(UrlDriver)))]
+EnvThreadName = Annotated[EnvThread, BeforeValidator(_one_of(get_args(EnvThread)))]
+EnvConnectionName = Annotated[EnvConnection, BeforeValidator(_one_of(get_args(EnvConnection)))]
+Ladder = Annotated[tuple[float, ...], NoDecode, BeforeValidator(parse_ladder)]
+"""Comma-separated durations, each at least the one before (`100ms, 200ms, 400ms`)."""
 Severity = Annotated[FailOn, BeforeValidator(_one_of(get_args(FailOn)))]
 RiskLevel = Literal["none", "low", "medium", "high"]
 RiskLevelName = Annotated[RiskLevel, BeforeValidator(_one_of(get_args(RiskLevel)))]
@@ -447,6 +470,19 @@ class _TimeoutFields(SettingsBase):
         description="PostgreSQL lock_timeout for migration statements and the smoke's reads "
         "(500ms, 10s, 5m, 1h or seconds).",
         validation_alias=_env("lock-timeout", "DB_DEPLOY_LOCK_TIMEOUT"),
+    )
+    lock_timeout_ladder: Ladder = Field(
+        (0.1, 0.2, 0.3, 0.4),
+        description="lock_timeout of each attempt to take a lock on an existing relation, "
+        "comma-separated; a timed-out attempt rolls its transaction back and is retried after "
+        "a jittered wait, the last rung repeating until lock-wait-budget is spent.",
+        validation_alias=_env("lock-timeout-ladder", "DB_DEPLOY_LOCK_TIMEOUT_LADDER"),
+    )
+    lock_wait_budget: Timeout = Field(
+        180.0,
+        description="Total time the lock ladder may spend on attempts and waits before the "
+        "deploy fails, naming the session that blocks it.",
+        validation_alias=_env("lock-wait-budget", "DB_DEPLOY_LOCK_WAIT_BUDGET"),
     )
     statement_timeout: PostgresDuration = Field(
         0.0,
@@ -628,6 +664,21 @@ class _ProjectFields(SettingsBase):
         description="Driver written into sqlalchemy.url for env.py: psycopg, psycopg_async, "
         "asyncpg or psycopg2.",
         validation_alias=_env("url-driver", "DB_DEPLOY_URL_DRIVER"),
+        json_schema_extra={"area": "project"},
+    )
+    env_thread: EnvThreadName = Field(
+        "main",
+        description="Where env.py runs: main (the main thread) or worker (a worker thread of an "
+        "AnyIO event loop, for env.py files that call back into the loop).",
+        validation_alias=_env("env-thread", "DB_DEPLOY_ENV_THREAD"),
+        json_schema_extra={"area": "project"},
+    )
+    env_connection: EnvConnectionName = Field(
+        "shared",
+        description="The connection env.py is handed: shared (the deployer's, in a "
+        "transaction), autocommit (an autocommit connection) or none (env.py builds its own "
+        "engine from sqlalchemy.url / DATABASE_URL).",
+        validation_alias=_env("env-connection", "DB_DEPLOY_ENV_CONNECTION"),
         json_schema_extra={"area": "project"},
     )
     requirements: str = Field(

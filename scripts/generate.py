@@ -115,7 +115,7 @@ def _default_text(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, tuple | list):
-        return ", ".join(map(str, value))
+        return ", ".join(_default_text(v) if isinstance(v, float) else str(v) for v in value)
     if isinstance(value, float):  # a duration, in seconds
         from deployer.settings import format_duration
 
