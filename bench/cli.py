@@ -17,7 +17,9 @@ from typing import Any
 from bench import deploy, latency, masking, proc, profile, proposals, report, smoke, startup
 from bench.server import embedded
 
-SUITES = ("startup", "deploy", "network", "smoke", "profile", "fleet", "masking", "risk")
+SUITES = (
+    "startup", "deploy", "network", "smoke", "profile", "fleet", "masking", "risk", "traffic",
+)  # fmt: skip
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
 DIFF = RESULTS.with_name("proposals.diff")
 
@@ -66,6 +68,17 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="network suite: rounds (default 3; quick 1), rounded up to a multiple of the "
         f"commands in a round ({len(deploy.FULL)})",
     )
+    p.add_argument("--traffic-clients", type=int, default=8, help="traffic: clients (8)")
+    p.add_argument("--traffic-rate", type=float, default=25.0, help="traffic: tps per client (25)")
+    p.add_argument(
+        "--traffic-blocker", type=float, help="traffic: seconds the blocker holds (20; quick 6)"
+    )
+    p.add_argument(
+        "--traffic-rows", type=int, help="traffic: rows of the hot table (200000; quick 50000)"
+    )
+    p.add_argument("--traffic-repeat", type=int, help="traffic: rounds (3; quick 1)")
+    p.add_argument("--traffic-cases", help="traffic: among column,index,fk (default all)")
+    p.add_argument("--traffic-tools", help="traffic: deploys among alembic,old,new (default all)")
     p.add_argument("--only", help=f"comma-separated suites among {','.join(SUITES)} (default all)")
     p.add_argument("--skip", default="", help="comma-separated suites to leave out")
     p.add_argument(
@@ -121,6 +134,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     a.latency_repeat = -(-(a.latency_repeat or (1 if q else 3)) // len(deploy.FULL)) * len(
         deploy.FULL
     )
+    a.traffic_blocker = a.traffic_blocker or (6.0 if q else 20.0)
+    a.traffic_rows = a.traffic_rows or (50_000 if q else 200_000)
+    a.traffic_repeat = a.traffic_repeat or (1 if q else 3)
     chosen = [s for s in (a.only or ",".join(SUITES)).split(",") if s]
     skip = set(a.skip.split(",")) - {""}
     bad = [s for s in [*chosen, *skip] if s not in SUITES]
@@ -160,6 +176,27 @@ def deployer_state(measured: Path, ref: str | None) -> str:
         digest.update(f.read_bytes())
     tree = f"deployer/ at {ref}" if ref else "deployer/ of the working tree"
     return f"commit {head or '?'}, {tree}, sha256 {digest.hexdigest()[:12]}"
+
+
+def traffic_params(a: argparse.Namespace) -> Any:
+    from bench import traffic
+
+    def pick(given: str | None, known: tuple[str, ...], what: str) -> tuple[str, ...]:
+        chosen = tuple(x for x in (given or ",".join(known)).split(",") if x)
+        bad = [x for x in chosen if x not in known]
+        if bad:
+            raise SystemExit(f"--traffic-{what}: unknown {', '.join(bad)} (among {known})")
+        return chosen
+
+    return traffic.Params(
+        clients=a.traffic_clients,
+        rate=a.traffic_rate,
+        blocker_s=a.traffic_blocker,
+        rows=a.traffic_rows,
+        repeat=a.traffic_repeat,
+        cases=pick(a.traffic_cases, tuple(traffic.CASES), "cases"),
+        tools=pick(a.traffic_tools, traffic.TOOLS, "tools"),
+    )
 
 
 def measure(a: argparse.Namespace) -> dict[str, Any]:
@@ -239,6 +276,11 @@ def measure(a: argparse.Namespace) -> dict[str, Any]:
 
                 say("risk review …")
                 results["risk"] = risk_suite.run_suite(server, work, a.risk_repeat, say)
+            if "traffic" in a.suites:
+                from bench import traffic
+
+                say("traffic …")
+                results["traffic"] = traffic.run_suite(server, work, traffic_params(a), say)
     finally:
         if a.keep_work:
             say(f"work folder kept: {work}")
@@ -267,8 +309,12 @@ def main(argv: list[str] | None = None) -> int:
 
     for line in risk_suite.table(results):
         print(line)
+    from bench import traffic
+
+    for line in traffic.table(results):
+        print(line)
     print("\nGoals:")
-    for line in [*report.goals(results), *masking.goals(results)]:
+    for line in [*report.goals(results), *masking.goals(results), *traffic.goals(results)]:
         print(f"- {line}")
     if results.get("profile"):
         print()

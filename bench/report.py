@@ -364,8 +364,13 @@ def _replace(text: str, start: str, end: str, body: str) -> str:
 def write_readme(results: dict[str, Any], path: Path = README) -> None:
     """Replace the generated sections of bench/README.md, leaving the prose alone."""
     text = path.read_text() if path.exists() else "# Benchmarks\n"
-    body = table(results) + "\n\nGoals:\n\n" + "\n".join(f"- {g}" for g in goals(results))
-    text = _replace(text, START, END, body)
+    if any(results.get(k) for k in ("deploy", "startup", "smoke", "network")):
+        body = table(results) + "\n\nGoals:\n\n" + "\n".join(f"- {g}" for g in goals(results))
+        text = _replace(text, START, END, body)
+    if results.get("traffic"):  # its own block (`--only traffic` keeps the results above)
+        from bench import traffic
+
+        text = _replace(text, traffic.START, traffic.END, traffic.markdown(results))
     if results.get("profile"):
         text = _replace(text, PSTART, PEND, profile_markdown(results["profile"]))
     path.write_text(text)
