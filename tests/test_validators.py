@@ -248,7 +248,8 @@ def test_make_act_runs_db_deploy_with_the_documented_flags(tmp_path: Path):
 
 def test_act_event_and_secrets_examples_fit_the_deploy_workflow():
     """The dispatch inputs of the event file exist in db-deploy.yml, and the secrets example names
-    exactly the secrets the workflow reads."""
+    exactly the secrets the workflow and the fleet run's caller (.github/act/fleet-caller.yml)
+    read."""
     import json
 
     import yaml
@@ -260,5 +261,6 @@ def test_act_event_and_secrets_examples_fit_the_deploy_workflow():
     assert set(event["inputs"]) <= set(dispatch)
     lines = (REPO / ".github" / "act" / "secrets.example").read_text().splitlines()
     names = {ln.split("=", 1)[0] for ln in lines if ln and not ln.startswith("#")}
-    assert names == set(re.findall(r"secrets\.(\w+)", workflow_text))
+    fleet_caller = (REPO / ".github" / "act" / "fleet-caller.yml").read_text(encoding="utf-8")
+    assert names == set(re.findall(r"secrets\.(\w+)", workflow_text + fleet_caller))
     assert ".github/act/secrets" in (REPO / ".actrc.example").read_text()

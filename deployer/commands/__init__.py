@@ -39,6 +39,15 @@ COMMANDS: dict[str, str] = {
 }
 
 
+def resolve(settings: Settings) -> str:
+    """The command that runs `settings`: `deploy` (or `plan`) with a `fleet-file` deploys (or
+    plans) the fleet, as `fleet` does (issue 20: `db-deploy fleet`, or `deploy` with
+    `fleet-file`); every other command is itself."""
+    if settings.command in ("deploy", "plan") and settings.fleet_file.strip():
+        return "fleet"
+    return settings.command
+
+
 def command(name: str) -> Callable[[Context], RunResult]:
     """The function that runs command `name`."""
     module = importlib.import_module(f"{__name__}.{COMMANDS[name]}")
@@ -70,7 +79,7 @@ def execute(settings: Settings, observer: Observer, *, debug: bool = False) -> R
     try:
         # A signal cancels the command while it runs (not its report): deployer/cancel.py.
         with cancellable(), ctx:
-            command(settings.command)(ctx)
+            command(resolve(settings))(ctx)
     except DeployError as exc:
         result.status = "failed"
         result.exit_code = exc.exit_code

@@ -70,11 +70,27 @@ def run(ctx: Context) -> RunResult:
             inputs=given,
             max_parallel=s.max_parallel,
             fail_fast=s.fail_fast,
+            # `plan` with a fleet file plans every target; `fleet` and `deploy` deploy them.
+            command="plan" if s.command == "plan" else "deploy",
+            stripped=fleet_environ(),
             on_event=ctx.info,
         )
         fleet_result = runner.run()
     finish(ctx.result, fleet_result, cancelled=runner.cancelled)
     return ctx.result
+
+
+def fleet_environ() -> tuple[str, ...]:
+    """The plain environment variables of the fleet's own settings (`DB_DEPLOY_FLEET_FILE`, …):
+    never passed on to a child, whose `deploy` would otherwise read the fleet file again and
+    deploy the whole fleet from every target."""
+    return tuple(
+        name
+        for setting in FLEET_SETTINGS
+        if setting != "workspace"
+        for name in env_names(setting)
+        if not name.startswith("INPUT_")
+    )
 
 
 def read_fleet(ctx: Context) -> Fleet:

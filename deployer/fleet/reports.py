@@ -21,11 +21,13 @@ def record_path(folder: Path, name: str) -> Path:
     return folder / f"{name}{RECORD_SUFFIX}"
 
 
-def write_record(folder: Path, target: TargetResult) -> None:
+def write_record(folder: Path, target: TargetResult) -> Path:
+    """`<name>.target.json` in `folder`, written whole (a reader never sees half of it)."""
     path = record_path(folder, target.name)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(plain(target), indent=1) + "\n", encoding="utf-8")
     tmp.replace(path)
+    return path
 
 
 def from_report(target: TargetResult, data: dict[str, Any]) -> None:

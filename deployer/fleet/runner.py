@@ -13,7 +13,8 @@ wave by wave.
   through the runner.
 - Each target's inputs reach its child as `INPUT_<NAME>` variables; the job's own `INPUT_*`,
   GitHub file commands and Slack webhook are not passed on (one summary, one Slack message for
-  the fleet). Its JSON report, log and record land in the reports folder.
+  the fleet). Its JSON report, log and record land in the reports folder, which (with what is
+  in it) belongs to the workspace's owner when the fleet runs as root (a container action).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from deployer.fleet.reports import from_report, write_record
 from deployer.fleet.spec import Fleet, Target
 from deployer.results.fleet import FleetResult, TargetResult
 from deployer.results.run import utcnow
+from deployer.types import give_to_owner
 
 # Not passed to a child: the job's inputs (the child gets its own), GitHub's file commands (the
 # fleet writes one summary and one set of outputs), Slack (one message for the fleet).
@@ -111,6 +113,7 @@ class FleetRunner:
     fail_fast: bool = False
     command: str = "deploy"
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    stripped: tuple[str, ...] = ()  # more variables not passed on (the fleet's own settings)
     on_event: Callable[[str], None] = lambda message: None
     grace: float = GRACE
     cancelled: int = 0  # the signal that cancelled the run
@@ -125,6 +128,7 @@ class FleetRunner:
             reports_dir=str(self.reports_dir),
         )
         self.reports_dir.mkdir(parents=True, exist_ok=True)
+        give_to_owner(self.reports_dir, self.workspace)  # running as root: the owner's folder
         records = {t.name: TargetResult(name=t.name, wave=t.wave) for t in self.fleet.targets}
         result.targets = list(records.values())
         with self._signals():
@@ -191,6 +195,7 @@ class FleetRunner:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        give_to_owner(log, self.workspace)
         record.status = "running"
         record.report = report.name
         self._running.append(_Child(target, record, process, report, log, time.monotonic()))
@@ -201,7 +206,7 @@ class FleetRunner:
         env = {
             k: v
             for k, v in self.environ.items()
-            if not k.startswith("INPUT_") and k not in STRIPPED
+            if not k.startswith("INPUT_") and k not in STRIPPED and k not in self.stripped
         }
         merged = {**target.inputs, **self.inputs}
         for name, value in merged.items():
@@ -211,13 +216,17 @@ class FleetRunner:
     def _finish(self, child: _Child) -> None:
         record = child.record
         _read_outcome(child, self.cancelled)
-        write_record(self.reports_dir, record)
+        self._write(record)
         self.on_event(f"{record.name}: {record.status} ({record.seconds:.1f}s)")
 
     def _not_reached(self, record: TargetResult) -> None:
         record.status = "not-reached"
         record.finished_at = utcnow().isoformat()
-        write_record(self.reports_dir, record)
+        self._write(record)
+
+    def _write(self, record: TargetResult) -> None:
+        """The target's record on disk, the workspace owner's (a container runs as root)."""
+        give_to_owner(write_record(self.reports_dir, record), self.workspace)
 
     # -- cancellation
 

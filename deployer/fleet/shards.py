@@ -2,13 +2,20 @@
 
     python3 -m deployer.fleet.shards --fleet-file fleet.yml --shards 8 [--github-output FILE]
 
-Up to three wave jobs run one after another (`canary`, `early`, `rest`): the fleet's first wave
-goes to `canary`, its second to `early`, every later wave to `rest` (whose shards run their
-waves in order, each inside its own job). Each job's matrix holds at most `shards` shards (and
-never more than GitHub's 256 jobs per matrix), each a comma-separated list of target names, in
-the file's order, sizes within one of each other. Everything the plan job writes to
-GITHUB_OUTPUT stays under GitHub's 1 MB limit for a job's outputs (names are at most 63
-characters: 10,000 targets take about 640 kB); a fleet that would not fit is refused.
+Up to three wave jobs run one after another (`canary`, `early`, `rest`), each only when the one
+before succeeded: the fleet's first wave goes to `canary`, its second to `early`, every later
+wave to `rest`. Each job's matrix holds at most `shards` shards (and never more than GitHub's
+256 jobs per matrix), each a comma-separated list of target names, in the file's order, sizes
+within one of each other.
+
+Wave order holds across shards too: shards of one job run side by side and cannot wait for each
+other, so a `rest` that holds several waves is one shard, one job, which runs its waves in order
+(a wave starts only when every target of the waves before it succeeded). To shard every wave
+job, use at most three waves.
+
+Everything the plan job writes to GITHUB_OUTPUT stays under GitHub's 1 MB limit for a job's
+outputs (names are at most 63 characters: 10,000 targets take about 640 kB); a fleet that would
+not fit is refused.
 
 Standard library only: the plan job runs it with the runner's python3.
 """
@@ -57,9 +64,12 @@ def plan(fleet: Fleet, shards: int) -> dict[str, dict[str, object]]:
         groups[JOBS[min(rank, len(JOBS) - 1)]].append(target)
     out: dict[str, dict[str, object]] = {}
     for job in JOBS:
+        # Several waves in one job: one shard, which runs them in order (shards cannot wait for
+        # each other's waves).
+        count = shards if len(job_waves[job]) <= 1 else 1
         include = [
             {"shard": f"{job}-{i}", "targets": ",".join(t.name for t in shard)}
-            for i, shard in enumerate(split(groups[job], shards), start=1)
+            for i, shard in enumerate(split(groups[job], count), start=1)
         ]
         out[job] = {
             "matrix": {"include": include},
@@ -110,10 +120,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.github_output:
         _write_github_output(Path(args.github_output), values)
-    for job in JOBS:
-        count = values[f"{job}-count"]
-        shards = len(json.loads(values[f"{job}-matrix"])["include"])
-        print(f"{job}: {count} target(s) in {shards} shard(s)")
+    for job, planned in plan(fleet, args.shards).items():
+        count = planned["count"]
+        matrix = planned["matrix"]
+        waves = planned["waves"]
+        assert isinstance(matrix, dict) and isinstance(waves, list)
+        line = f"{job}: {count} target(s) in {len(matrix['include'])} shard(s)"
+        if len(waves) > 1:
+            line += f", waves {', '.join(map(str, waves))} in order inside one job"
+        print(line)
+        if len(waves) > 1 and args.shards > 1:
+            print(
+                f"::notice title=Fleet plan::{job} holds waves {', '.join(map(str, waves))}: "
+                "they run in order inside one job, unsharded (shards cannot wait for each "
+                "other's waves); use at most three waves to shard every wave job"
+            )
     return 0
 
 

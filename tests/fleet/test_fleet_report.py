@@ -78,7 +78,7 @@ def test_fleet_report_without_records_is_bad_input(github: GitHubRunner, run_cli
 def test_shard_planner_for_10000_targets(tmp_path: Path) -> None:
     names = [f"tenant_{i:05d}_" + "x" * 50 for i in range(10_000)]  # 63 characters each
     assert all(len(n) == 63 for n in names)
-    waves = [0] * 5 + [1] * 95 + [2 + i % 4 for i in range(9_900)]
+    waves = [0] * 5 + [1] * 95 + [2] * 9_900
     fleet = Fleet("f", [Target(name=n, wave=w) for n, w in zip(names, waves, strict=True)])
     values = shards.outputs(fleet, 256)
     size = sum(len(k) + len(v.encode()) for k, v in values.items())
@@ -106,6 +106,36 @@ def test_shard_planner_for_10000_targets(tmp_path: Path) -> None:
     planned = parse_env_file(out.read_text())
     assert len(json.loads(planned["rest-matrix"])["include"]) == 8
     assert json.loads(planned["canary-matrix"])["include"][0]["shard"] == "canary-1"
+
+
+def test_a_rest_of_several_waves_is_one_shard_run_in_order(tmp_path: Path, capsys) -> None:
+    """Shards of one job cannot wait for each other: waves 2..5 in `rest` run in one job, in
+    order, so that no wave starts before every target of the waves before it succeeded."""
+    names = [f"tenant_{i:05d}_" + "x" * 50 for i in range(10_000)]
+    waves = [0] * 5 + [1] * 95 + [2 + i % 4 for i in range(9_900)]
+    fleet = Fleet("f", [Target(name=n, wave=w) for n, w in zip(names, waves, strict=True)])
+    planned = shards.plan(fleet, 8)
+    assert planned["rest"]["waves"] == [2, 3, 4, 5]
+    rest = planned["rest"]["matrix"]["include"]  # type: ignore[index]
+    assert len(rest) == 1 and len(rest[0]["targets"].split(",")) == 9_900
+    assert len(planned["early"]["matrix"]["include"]) == 8  # type: ignore[index]
+    values = shards.outputs(fleet, 256)
+    assert sum(len(k) + len(v.encode()) for k, v in values.items()) < shards.MAX_OUTPUTS_BYTES
+    path = tmp_path / "fleet.json"
+    path.write_text(
+        json.dumps(
+            {"targets": [{"name": n, "wave": w} for n, w in zip(names, waves, strict=True)][:200]}
+        )
+    )
+    assert (
+        shards.main(
+            ["--fleet-file", str(path), "--shards", "4", "--github-output", str(tmp_path / "o")]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "rest: 100 target(s) in 1 shard(s), waves 2, 3, 4, 5 in order inside one job" in out
+    assert "::notice title=Fleet plan::rest holds waves 2, 3, 4, 5" in out
 
 
 def test_planner_refuses_a_bad_file(tmp_path: Path, capsys) -> None:

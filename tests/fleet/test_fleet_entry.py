@@ -1,0 +1,134 @@
+"""The other ways into a fleet: `deploy` (and `plan`) with `fleet-file` run the fleet as `fleet`
+does (issue 20, point 2); no child ever re-reads the fleet file (a `DB_DEPLOY_FLEET_FILE` in the
+environment would otherwise make every target deploy the whole fleet again); and what the fleet
+writes in the workspace belongs to the workspace's owner when it runs as root, as a container
+action does (issue 15, point 11)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fleet.test_fleet_run import fleet_file
+from tests.helpers import GitHubRunner, parse_env_file, write_alembic_project
+from tests.helpers.runner import new_runner
+
+OWNER = 1001
+
+
+def test_deploy_with_a_fleet_file_deploys_the_fleet(
+    pg_server, databases, fleet_project, run_fleet
+) -> None:
+    canary, other = databases(2)
+    text = fleet_file(pg_server, [f"  - {{name: {canary.name}, wave: 0}}", f"  - {other.name}"])
+    text = text.replace(f"{other.name}\n", f"{{name: {other.name}, wave: 1}}\n")
+    out = run_fleet(text, command="deploy")
+    assert out.run.returncode == 0, out.run.output
+    assert out.outputs["status"] == "success"
+    assert out.outputs["targets-total"] == "2" and out.outputs["targets-succeeded"] == "2"
+    assert out.summary.count("### Targets") == 1
+    for db in (canary, other):
+        assert out.status(db.name) == "success"
+        assert db.tables() >= {"t", "u"}
+    assert out.record(other.name)["wave"] == 1
+    # Again: every target is a no-op.
+    again = run_fleet(text, command="deploy")
+    assert again.outputs["targets-noop"] == "2", again.run.output
+
+
+def test_plan_with_a_fleet_file_plans_every_target(
+    pg_server, databases, fleet_project, run_fleet
+) -> None:
+    (db,) = databases(1)
+    out = run_fleet(fleet_file(pg_server, [f"  - {db.name}"]), command="plan")
+    assert out.run.returncode == 0, out.run.output
+    assert "t" not in db.tables()
+    child = json.loads((out.folder / f"{db.name}.json").read_text())
+    assert child["command"] == "plan" and child["dry_run"] is True
+    assert out.record(db.name)["pending_count"] == 2
+
+
+def test_the_fleet_file_from_the_environment_reaches_no_child(
+    pg_server, databases, fleet_project, run_fleet
+) -> None:
+    """`DB_DEPLOY_FLEET_FILE` with `deploy`: the parent runs the fleet; a child that inherited
+    the variable would run the fleet again from every target (each child's log says what it
+    deployed: one database)."""
+    dbs = databases(2)
+    text = fleet_file(pg_server, [f"  - {d.name}" for d in dbs])
+    out = run_fleet(
+        text,
+        command="deploy",
+        env={"DB_DEPLOY_FLEET_FILE": "fleet.yml", "DB_DEPLOY_MAX_PARALLEL": "2"},
+        **{"fleet-file": ""},
+    )
+    assert out.run.returncode == 0, out.run.output
+    assert out.outputs["targets-total"] == "2"
+    for d in dbs:
+        child = json.loads((out.folder / f"{d.name}.json").read_text())
+        assert "fleet" not in child.get("extra", {}), child
+        assert child["command"] == "deploy"
+    assert sorted(p.name for p in out.folder.iterdir() if p.suffix == ".log") == sorted(
+        f"{d.name}.log" for d in dbs
+    )
+
+
+@pytest.fixture
+def owned_runner() -> Iterator[GitHubRunner]:
+    """A runner whose workspace folder belongs to uid/gid 1001, in a folder 1001 can reach."""
+    base = Path(tempfile.mkdtemp(prefix="dbd-fleet-owner-", dir="/tmp"))
+    base.chmod(0o755)
+    runner = new_runner(base)
+    os.chown(runner.workspace, OWNER, OWNER)
+    runner.workspace.chmod(0o755)
+    yield runner
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("setpriv") is None,
+    reason="needs root and setpriv (util-linux)",
+)
+def test_the_reports_folder_is_the_workspace_owners(
+    pg_server, databases, owned_runner: GitHubRunner, run_cli
+) -> None:
+    ok, broken = databases(2)
+    broken.execute("CREATE TABLE t (id int)")  # its deploy fails: a report, a log, a record
+    ws = owned_runner.workspace
+    project = write_alembic_project(ws / "migrations")
+    project.add("0001_t", "op.create_table('t', sa.Column('id', sa.Integer))")
+    (ws / "fleet.yml").write_text(fleet_file(pg_server, [f"  - {ok.name}", f"  - {broken.name}"]))
+    env = owned_runner.with_inputs(
+        command="fleet", **{"fleet-file": "fleet.yml", "report-file": "fleet-report.json"}
+    )
+    run = run_cli(env=env, cwd=ws, timeout=300)
+    assert run.returncode == 1, run.output
+    outputs = parse_env_file(owned_runner.output_file.read_text())
+    assert outputs["targets-failed"] == "1"
+    folder = ws / "db-deploy-fleet"
+    written = [folder, *sorted(folder.iterdir()), ws / "fleet-report.json"]
+    names = {p.name for p in written}
+    for target in (ok.name, broken.name):
+        assert {f"{target}.json", f"{target}.log", f"{target}.target.json"} <= names
+    for p in written:
+        st = p.lstat()
+        assert (st.st_uid, st.st_gid) == (OWNER, OWNER), f"{p} is {st.st_uid}:{st.st_gid}"
+    # As the workspace's owner: everything reads, and the folder goes.
+    check = subprocess.run(
+        ["setpriv", f"--reuid={OWNER}", f"--regid={OWNER}", "--clear-groups", "sh", "-ec"]
+        + ["cat db-deploy-fleet/* fleet-report.json > /dev/null; rm -rf db-deploy-fleet"],
+        cwd=ws,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert check.returncode == 0, check.stderr
+    assert not folder.exists()
