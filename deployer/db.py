@@ -25,6 +25,7 @@ from sqlalchemy.engine import URL, make_url
 
 from deployer.errors import ConfigError, UnreachableError
 from deployer.redact import cut
+from deployer.results.run import LockAttempt
 
 APPLICATION_NAME = "db-deploy"
 
@@ -314,6 +315,7 @@ class Blocker:
     query_start: str
     state: str
     query: str
+    age: float | None = None  # seconds since its transaction (else its query) began
 
     def __str__(self) -> str:
         # Redacted before it is cut: a secret crossing the cut would no longer be recognised.
@@ -328,7 +330,8 @@ _BLOCKERS = sa.text(
     """
     SELECT a.pid, coalesce(a.application_name, ''), coalesce(a.usename, ''),
            coalesce(to_char(a.query_start, 'YYYY-MM-DD"T"HH24:MI:SSOF'), '?'),
-           coalesce(a.state, '?'), left(regexp_replace(coalesce(a.query, ''), '\\s+', ' ', 'g'), 4000)
+           coalesce(a.state, '?'), left(regexp_replace(coalesce(a.query, ''), '\\s+', ' ', 'g'), 4000),
+           extract(epoch FROM clock_timestamp() - coalesce(a.xact_start, a.query_start))::float8
     FROM pg_stat_activity a
     WHERE a.pid IN (SELECT unnest(pg_blocking_pids(p)) FROM unnest(CAST(:pids AS int[])) p)
       AND NOT a.pid = ANY (CAST(:pids AS int[]))
@@ -348,11 +351,15 @@ class BlockerWatch:
         self.engine = engine
         self.pid = pid
         self.pids = [pid]  # ours, and the sessions env.py opens (`add`)
+        ladder = _LADDER
+        if ladder is not None:  # look often enough to see the blocker of a short attempt
+            interval = min(interval, max(0.05, ladder.current / 2))
         self.interval = interval
+        self.ladder = ladder
         self.blocker: Blocker | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(
-            target=self._run, name="db-deploy-blocker-watch", daemon=True
+            target=self._run, name=f"{_OWN_THREADS}blocker-watch", daemon=True
         )
 
     def add(self, pid: int) -> None:
@@ -383,6 +390,8 @@ class BlockerWatch:
                     row = conn.execute(_BLOCKERS, {"pids": list(self.pids)}).first()
                     if row is not None:
                         self.blocker = Blocker(*row)
+                        if self.ladder is not None:
+                            self.ladder.blocker = self.blocker
         except sa.exc.DBAPIError:
             pass  # best effort: the migration's own error still tells what happened
 
@@ -411,7 +420,10 @@ def is_lock_timeout(exc: BaseException) -> bool:
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         for candidate in (getattr(current, "orig", None), current):
-            if getattr(candidate, "sqlstate", None) == "55P03":
+            if "55P03" in (
+                getattr(candidate, "sqlstate", None),
+                getattr(candidate, "pgcode", None),
+            ):
                 return True
         current = current.__cause__ or current.__context__
     return False
@@ -432,3 +444,322 @@ def dbapi_backend_pid(dbapi_connection: Any) -> int:
 def backend_pid(conn: sa.Connection) -> int:
     raw = conn.connection.driver_connection
     return int(raw.info.backend_pid)  # type: ignore[union-attr]
+
+
+# --------------------------------------------------------------------------- the lock ladder
+
+_OWN_THREADS = "db-deploy-"  # the name prefix of the deployer's own threads (the watch)
+
+
+@dataclass(frozen=True)
+class LockLadder:
+    """How a migration takes its locks without queueing traffic (issue 19): each attempt with
+    the `lock_timeout` of its rung (`rungs`, then the last one again), a jittered wait between
+    attempts (`first_wait` doubling up to `max_wait`, each drawn in its upper half), no attempt
+    starting once `budget` seconds have passed since the first. `repeats` (lock-retries): 0,
+    as many attempts as the budget allows; N, at most the rungs plus N more at the last rung
+    (the budget still ends them first). `cap` (lock-timeout) bounds every rung, and is the
+    timeout of statements run outside a transaction (`autocommit_block`)."""
+
+    rungs: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4)
+    budget: float = 180.0
+    repeats: int = 0
+    cap: float | None = None
+    first_wait: float = 0.25
+    max_wait: float = 2.0
+
+    def timeout(self, attempt: int) -> float:
+        """The lock_timeout of attempt `attempt` (1-based), in seconds."""
+        rung = self.rungs[min(max(attempt, 1), len(self.rungs)) - 1]
+        return min(rung, self.cap) if self.cap else rung
+
+    @property
+    def max_attempts(self) -> int | None:
+        return len(self.rungs) + self.repeats if self.repeats else None
+
+    def wait(self, attempt: int) -> float:
+        """The jittered wait after failed attempt `attempt`: short, so that the deploy goes
+        through within a few seconds of the blocker ending; jittered, so that two deployers
+        (or a deployer and the application's own retries) do not fall into step."""
+        ceiling = min(self.max_wait, self.first_wait * 2 ** max(attempt - 1, 0))
+        return random.uniform(ceiling / 2, ceiling)
+
+
+class LockRetry:
+    """The attempts of one migrate step on its ladder: the budget runs from the first
+    attempt; `attempts` is every attempt, in order, for the report. `blocker`: the session the
+    blocker watch saw blocking the current attempt (set from the watch's thread)."""
+
+    def __init__(
+        self,
+        ladder: LockLadder,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.ladder = ladder
+        self.attempts: list[LockAttempt] = []
+        self.sleep = sleep
+        self.clock = clock
+        self.started: float | None = None
+        self.current = ladder.timeout(1)  # the rung the migration's sessions are set to
+        self.blocker: Blocker | None = None
+        self._began = 0.0
+
+    @property
+    def timed_out(self) -> int:
+        return sum(a.timed_out for a in self.attempts)
+
+    @property
+    def spent(self) -> float:
+        return 0.0 if self.started is None else self.clock() - self.started
+
+    def begin(self) -> float:
+        """Start an attempt at the next rung; returns its lock_timeout (seconds)."""
+        now = self.clock()
+        if self.started is None:
+            self.started = now
+        self._began, self.blocker = now, None
+        self.current = self.ladder.timeout(len(self.attempts) + 1)
+        return self.current
+
+    def end(
+        self,
+        *,
+        timed_out: bool,
+        timeout: float | None = None,
+        scope: str = "upgrade",
+        where: str = "",
+        dropped_index: str = "",
+    ) -> LockAttempt:
+        """Record the attempt begun last (its blocker, if the watch saw one)."""
+        b = self.blocker if timed_out else None
+        attempt = LockAttempt(
+            attempt=len(self.attempts) + 1,
+            lock_timeout=self.current if timeout is None else timeout,
+            timed_out=timed_out,
+            scope=scope,
+            where=where,
+            seconds=round(self.clock() - self._began, 4),
+            blocker_pid=b.pid if b else None,
+            blocker_application=b.application_name if b else "",
+            blocker_query_age=round(b.age, 3) if b and b.age is not None else None,
+            dropped_index=dropped_index,
+        )
+        self.attempts.append(attempt)
+        return attempt
+
+    def wait(self) -> float | None:
+        """After a timed-out attempt: sleep the jittered wait and return it; None (at once)
+        when the count (lock-retries) or the budget (lock-wait-budget) is spent."""
+        n = len(self.attempts)
+        limit = self.ladder.max_attempts
+        if limit is not None and n >= limit:
+            return None
+        delay = round(self.ladder.wait(n), 3)
+        if self.spent + delay >= self.ladder.budget:
+            return None
+        if self.attempts:
+            self.attempts[-1].wait = delay
+        self.sleep(delay)
+        return delay
+
+    def blocked_by(self) -> str:
+        """The last blocker seen, for messages."""
+        last = next((a for a in reversed(self.attempts) if a.blocker_pid), None)
+        if last is None:
+            return ""
+        age = f", in transaction for {last.blocker_query_age:g}s" if last.blocker_query_age else ""
+        return f"pid {last.blocker_pid} ({last.blocker_application or '?'}{age})"
+
+
+_LADDER: LockRetry | None = None  # the ladder of the migrate step running now
+
+
+def set_lock_timeout(conn: sa.Connection, seconds: float | None) -> None:
+    """The session's lock_timeout (`None`: back to the one it connected with), committed at
+    once so that no later rollback undoes it: one statement and a commit, once per attempt
+    (not per statement). Call it between transactions."""
+    value = "DEFAULT" if seconds is None else str(pg_milliseconds(seconds))
+    conn.exec_driver_sql(f"SET lock_timeout = {value}")
+    conn.commit()
+
+
+@contextmanager
+def lock_ladder(retry: LockRetry, *, each_statement: bool = False) -> Iterator[LockRetry]:
+    """While a migrate step runs: the blocker watches it starts report to `retry`, and a
+    statement that runs outside a transaction (AUTOCOMMIT: Alembic's `autocommit_block`, or
+    every statement with `env-connection: autocommit`) and fails on lock_timeout is retried
+    alone (`retry_alone`), on the same cursor, within the ladder's budget: through
+    SQLAlchemy's `do_execute` dialect event, so no statement pays for it unless it fails.
+    `each_statement` (env-connection: autocommit): such statements climb the ladder's rungs;
+    otherwise they run with the ladder's `cap` (lock-timeout), as the locks of what belongs
+    in an autocommit block (CREATE INDEX CONCURRENTLY) do not queue application queries."""
+    global _LADDER
+
+    def on_execute(cursor: Any, statement: str, parameters: Any, context: Any) -> bool | None:
+        raw = _raw_connection(context)
+        if raw is None or not getattr(raw, "autocommit", False):
+            return None  # in a transaction: a lock timeout fails the attempt, retried whole
+        if threading.current_thread().name.startswith(_OWN_THREADS):
+            return None
+
+        def run() -> None:
+            context.dialect.do_execute(cursor, statement, parameters, context)
+
+        retry_alone(run, raw, statement, retry, each_statement=each_statement)
+        return True
+
+    def on_execute_no_params(cursor: Any, statement: str, context: Any) -> bool | None:
+        raw = _raw_connection(context)
+        if raw is None or not getattr(raw, "autocommit", False):
+            return None
+        if threading.current_thread().name.startswith(_OWN_THREADS):
+            return None
+
+        def run() -> None:
+            context.dialect.do_execute_no_params(cursor, statement, context)
+
+        retry_alone(run, raw, statement, retry, each_statement=each_statement)
+        return True
+
+    previous, _LADDER = _LADDER, retry
+    sa.event.listen(sa.Engine, "do_execute", on_execute)
+    sa.event.listen(sa.Engine, "do_execute_no_params", on_execute_no_params)
+    try:
+        yield retry
+    finally:
+        sa.event.remove(sa.Engine, "do_execute", on_execute)
+        sa.event.remove(sa.Engine, "do_execute_no_params", on_execute_no_params)
+        _LADDER = previous
+
+
+def _raw_connection(context: Any) -> Any:
+    try:
+        return context.root_connection.connection.dbapi_connection
+    except Exception:  # noqa: BLE001 - no connection to speak of: not ours to retry
+        return None
+
+
+def retry_alone(
+    run: Callable[[], None],
+    raw: Any,
+    statement: str,
+    retry: LockRetry,
+    *,
+    each_statement: bool = False,
+) -> None:
+    """Run `run` (one statement, outside a transaction, on DBAPI connection `raw`); while it
+    fails on lock_timeout, retry it alone after the ladder's jittered wait, until the budget
+    is spent (then the error is raised, and the revision fails as a blocked one does). An
+    invalid index left by a failed `CREATE INDEX CONCURRENTLY` is dropped before the retry and
+    named in the attempt. `each_statement`: the statement climbs the ladder's rungs (its first
+    try runs at the session's rung, with no extra round trip); otherwise it runs with the cap
+    (lock-timeout), set before it and the rung set back after it."""
+    ladder = retry.ladder
+    cap = ladder.cap or 0.0
+    timeout = retry.current if each_statement else cap
+    scope = f"statement {_summary(statement)}"
+    concurrent_index = _CONCURRENT_INDEX.match(statement) is not None
+    if not each_statement:
+        _set(raw, cap)
+    try:
+        tried, drop_first, dropped = False, False, ""
+        while True:
+            began = retry._began = retry.clock()
+            retry.blocker = None
+            try:
+                if drop_first:
+                    dropped, drop_first = _drop_invalid_index(raw, statement), False
+                run()
+            except Exception as exc:
+                if not is_lock_timeout(exc):
+                    raise
+                drop_first = concurrent_index
+                retry.end(timed_out=True, timeout=timeout, scope=scope, dropped_index=dropped)
+                if retry.started is None:
+                    retry.started = began
+                dropped = ""
+                if retry.wait() is None:
+                    if drop_first:  # given up: leave no invalid index behind, if it can go
+                        with _suppress_db_errors():
+                            retry.attempts[-1].dropped_index = _drop_invalid_index(raw, statement)
+                    raise
+                tried = True
+                if each_statement:
+                    timeout = retry.current = ladder.timeout(len(retry.attempts) + 1)
+                    _set(raw, timeout)
+                continue
+            if tried:
+                retry.end(timed_out=False, timeout=timeout, scope=scope, dropped_index=dropped)
+            return
+    finally:
+        if not each_statement:
+            with _suppress_db_errors():
+                _set(raw, retry.current)
+
+
+@contextmanager
+def _suppress_db_errors() -> Iterator[None]:
+    try:
+        yield
+    except Exception:  # noqa: BLE001 - best effort on a connection that may be gone
+        pass
+
+
+def _set(raw: Any, seconds: float) -> None:
+    cursor = raw.cursor()
+    try:
+        cursor.execute(f"SET lock_timeout = {pg_milliseconds(seconds)}")
+    finally:
+        cursor.close()
+
+
+def _summary(statement: str) -> str:
+    words = " ".join(statement.split())
+    return cut(words, 80)
+
+
+_IDENT = r'(?:"(?:[^"]|"")+"|[A-Za-z_][\w$]*)'
+_CONCURRENT_INDEX = re.compile(
+    rf"^\s*CREATE\s+(?:UNIQUE\s+)?INDEX\s+CONCURRENTLY\s+(?:IF\s+NOT\s+EXISTS\s+)?({_IDENT})\s+"
+    rf"ON\s+(?:ONLY\s+)?({_IDENT}(?:\s*\.\s*{_IDENT})?)",
+    re.IGNORECASE,
+)
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _drop_invalid_index(raw: Any, statement: str) -> str:
+    """After `CREATE INDEX CONCURRENTLY name ON table` failed: the invalid index `name` it
+    left on `table`, dropped (`DROP INDEX CONCURRENTLY`, which takes no lock the application
+    queues behind); returns its schema-qualified name, or "" when there is none. A drop that
+    hits lock_timeout raises (the attempt timed out: the drop is tried again before the next
+    one); another failure leaves the index (the retry then fails as the statement would)."""
+    m = _CONCURRENT_INDEX.match(statement)
+    if m is None:
+        return ""
+    name, table = m.group(1), re.sub(r"\s*\.\s*", ".", m.group(2))
+    name = name[1:-1].replace('""', '"') if name.startswith('"') else name.lower()
+    cursor = raw.cursor()
+    try:
+        cursor.execute(
+            "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_index i "
+            "JOIN pg_class c ON c.oid = i.indexrelid "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            f"WHERE NOT i.indisvalid AND c.relname = {_literal(name)} "
+            f"AND i.indrelid = to_regclass({_literal(table)})"
+        )
+        row = cursor.fetchone()
+        if row is None:
+            return ""
+        cursor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {row[0]}")
+        return str(row[0])
+    except Exception as exc:
+        if is_lock_timeout(exc):
+            raise
+        return ""  # best effort: the retry reports what remains
+    finally:
+        cursor.close()

@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Mapping
+from itertools import pairwise
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -159,7 +160,7 @@ def parse_ladder(value: object) -> tuple[float, ...]:
     for rung in rungs:
         _above_zero(rung)
         _within_postgres_range(rung)
-    if any(b < a for a, b in zip(rungs, rungs[1:], strict=False)):
+    if any(b < a for a, b in pairwise(rungs)):
         raise ValueError("each rung must be at least as long as the one before")
     return rungs
 
@@ -467,21 +468,25 @@ class _TimeoutFields(SettingsBase):
 
     lock_timeout: PostgresDuration = Field(
         10.0,
-        description="PostgreSQL lock_timeout for migration statements and the smoke's reads "
-        "(500ms, 10s, 5m, 1h or seconds).",
+        description="PostgreSQL lock_timeout for every lock wait outside the lock ladder (the "
+        "smoke's reads, statements in autocommit_block such as CREATE INDEX CONCURRENTLY, the "
+        "seed) and the cap of each ladder rung (500ms, 10s, 5m, 1h or seconds; 0 = none).",
         validation_alias=_env("lock-timeout", "DB_DEPLOY_LOCK_TIMEOUT"),
     )
     lock_timeout_ladder: Ladder = Field(
         (0.1, 0.2, 0.3, 0.4),
-        description="lock_timeout of each attempt to take a lock on an existing relation, "
-        "comma-separated; a timed-out attempt rolls its transaction back and is retried after "
-        "a jittered wait, the last rung repeating until lock-wait-budget is spent.",
+        description="lock_timeout of each attempt of the migrations (their locks on existing "
+        "relations), comma-separated; a timed-out attempt rolls its transaction back and is "
+        "retried after a jittered wait (at most 2s), the last rung repeating until "
+        "lock-wait-budget is spent. Rungs stay well under the application's latency goal: "
+        "its queries queue behind a waiting ALTER for up to one rung.",
         validation_alias=_env("lock-timeout-ladder", "DB_DEPLOY_LOCK_TIMEOUT_LADDER"),
     )
     lock_wait_budget: Timeout = Field(
         180.0,
-        description="Total time the lock ladder may spend on attempts and waits before the "
-        "deploy fails, naming the session that blocks it.",
+        description="Total time the lock ladder may spend on attempts and waits: no attempt "
+        "starts after it, and the deploy fails (exit 1, error-class lock-timeout) naming the "
+        "session that blocks it.",
         validation_alias=_env("lock-wait-budget", "DB_DEPLOY_LOCK_WAIT_BUDGET"),
     )
     statement_timeout: PostgresDuration = Field(
@@ -559,8 +564,8 @@ class _SafetyFields(SettingsBase):
         0,
         ge=0,
         le=10,
-        description="Retry a revision blocked by another session's lock this many times, with "
-        "backoff.",
+        description="Attempts at the lock ladder's last rung after its rungs: 0 = as many as "
+        "lock-wait-budget allows, N = at most N more (the budget still ends them first).",
         validation_alias=_env("lock-retries", "DB_DEPLOY_LOCK_RETRIES"),
     )
 

@@ -321,7 +321,9 @@ def test_a_plain_alembic_upgrade_at_the_same_time_is_a_lock_wait(
         ),
         what="the plain alembic upgrade",
     )
-    run = deploy(project, **{"lock-timeout": "500ms", "lock-retries": "1"})
+    run = deploy(
+        project, **{"lock-timeout": "500ms", "lock-timeout-ladder": "500ms", "lock-retries": "1"}
+    )
     assert run.returncode == 1, run.output
     outputs = github.outputs()
     assert outputs["error-class"] == "lock-timeout", outputs

@@ -350,7 +350,7 @@ def test_lock_timeout_class_names_the_blocker(
     session.execute(sa.text("LOCK TABLE t IN ACCESS SHARE MODE"))
     pid = session.execute(sa.text("SELECT pg_backend_pid()")).scalar()
     try:
-        run = deploy(ws_project, **{"lock-timeout": "500ms"})
+        run = deploy(ws_project, **{"lock-timeout": "500ms", "lock-wait-budget": "1s"})
     finally:
         session.execute(sa.text("ROLLBACK"))
     assert run.returncode == 1, run.output

@@ -280,7 +280,8 @@ def test_session_settings_on_the_migration_connection(
     )
     run = deploy(project, **{"lock-timeout": "3s", "statement-timeout": "2m"})
     assert run.returncode == 0, run.output
-    assert tuple(database.rows("SELECT * FROM seen")[0]) == ("3s", "2min", "db-deploy")
+    # lock_timeout: the lock ladder's first rung (under lock-timeout, its cap).
+    assert tuple(database.rows("SELECT * FROM seen")[0]) == ("100ms", "2min", "db-deploy")
 
 
 def test_session_options_of_the_url_are_kept_beside_ours(
@@ -297,7 +298,7 @@ def test_session_options_of_the_url_are_kept_beside_ours(
     url = database.url + "&options=-c%20work_mem%3D12345kB"
     run = deploy(project, **{"database-url": url, "lock-timeout": "3s"})
     assert run.returncode == 0, run.output
-    assert tuple(database.rows("SELECT * FROM seen")[0]) == ("3s", "12345kB")
+    assert tuple(database.rows("SELECT * FROM seen")[0]) == ("100ms", "12345kB")
 
 
 def test_noop_deploy_runs_env_py_once(

@@ -128,7 +128,7 @@ def test_blocked_migration_fails_after_lock_timeout_naming_the_blocker(
     pid = hold_lock_on_a(session)
     try:
         started = time.monotonic()
-        run = deploy(project, **{"lock-timeout": "1s"})
+        run = deploy(project, **{"lock-timeout": "1s", "lock-wait-budget": "1s"})
         elapsed = time.monotonic() - started
     finally:
         session.execute(sa.text("ROLLBACK"))

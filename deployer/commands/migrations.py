@@ -1,19 +1,20 @@
 """Running the migrations as deploy and rollback do: the deploy history checked first, each
 revision recorded inside its own transaction (whatever connection env.py migrates on), a
-revision or env.py that hits lock_timeout retried (lock-retries)."""
+revision or env.py that hits lock_timeout retried on the lock ladder (lock-timeout-ladder,
+lock-wait-budget, lock-retries)."""
 
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
 from deployer import db, history
 from deployer.commands.context import Context, close
-from deployer.commands.options import migrate_options
+from deployer.commands.options import lock_ladder, migrate_options
 from deployer.results import AppliedRevision, IntegrityReport, MigrateResult
 
 if TYPE_CHECKING:
@@ -33,8 +34,11 @@ def run_migrate(
     target: str | None = None,
     on_applied: Callable[[AppliedRevision], None] | None = None,
 ) -> MigrateResult:
-    """The migrate step (or, with `downgrade`, the rollback's), retried (lock-retries) while
-    a revision (or env.py) fails on lock_timeout. History rows that env.py's own connection
+    """The migrate step (or, with `downgrade`, the rollback's) on the lock ladder: each attempt
+    with its rung's lock_timeout (set once per attempt on the session), an attempt whose
+    revision (or env.py) hit it retried after a jittered wait (committed revisions are not run
+    again; an all-or-nothing upgrade runs again whole), until lock-wait-budget is spent; then
+    the step fails, naming the blocker. Every attempt is in `lock_attempts`. History rows that env.py's own connection
     could not carry (it may not write the history) are written afterwards on ours; after a lost
     connection the revision the database is at is read again on a new session."""
     from deployer.steps.migrate import migrate
@@ -50,35 +54,48 @@ def run_migrate(
         # the revision the database is really at.
         return ctx.connect(ctx.spec(s.direct_url))
 
-    for attempt in range(s.lock_retries + 1):
-        try:
-            m = migrate(
-                project,
-                mig,
-                options,
-                on_applied=on_applied or applied_message(ctx),
-                recorder=recorder,
-                watch_engine=watch,
-                reconnect=reconnect,
+    retry = db.LockRetry(lock_ladder(s))
+    each_statement = s.env_connection == "autocommit"
+    with db.lock_ladder(retry, each_statement=each_statement):
+        while True:
+            rung = retry.begin()
+            # The rung as a session setting, once per attempt: on ours (SET), on the
+            # sessions env.py opens itself (PGOPTIONS). No statement pays for it.
+            _set_lock_timeout(mig, rung)
+            try:
+                m = migrate(
+                    project,
+                    mig,
+                    replace(options, lock_timeout=rung),
+                    on_applied=on_applied or applied_message(ctx),
+                    recorder=recorder,
+                    watch_engine=watch,
+                    reconnect=reconnect,
+                    handed=ctx.env_connection(mig),
+                )
+            except KeyboardInterrupt as exc:  # cancelled: what ran so far goes in the report
+                cut: MigrateResult | None = getattr(exc, "migrate_result", None)
+                if cut is not None:
+                    cut.previous = (previous if previous is not None else cut.previous) or []
+                    cut.applied = applied + cut.applied
+                    cut.lock_attempts = retry.attempts
+                    ctx.result.migrate = cut
+                raise
+            previous = m.previous if previous is None else previous
+            applied += m.applied
+            where = (m.failed_revision or "env.py") if m.lock_timed_out else ""
+            retry.end(timed_out=m.lock_timed_out, where=where)
+            if not m.lock_timed_out or (delay := retry.wait()) is None:
+                break
+            ctx.info(
+                f"{where} hit lock_timeout ({rung * 1000:g}ms"
+                + (f", blocked by {retry.blocked_by()}" if retry.blocked_by() else "")
+                + f"); {_retry_number(retry)} after {delay:g}s"
             )
-        except KeyboardInterrupt as exc:  # cancelled: what ran so far goes in the report
-            cut: MigrateResult | None = getattr(exc, "migrate_result", None)
-            if cut is not None:
-                cut.previous = (previous if previous is not None else cut.previous) or []
-                cut.applied = applied + cut.applied
-                ctx.result.migrate = cut
-            raise
-        previous = m.previous if previous is None else previous
-        applied += m.applied
-        if not (m.lock_timed_out and attempt < s.lock_retries):
-            break
-        delay = min(30.0, 2.0 * 2**attempt)
-        where = f"revision {m.failed_revision}" if m.failed_revision else "env.py"
-        ctx.warn(
-            f"{where} hit lock_timeout ({m.error}); retry "
-            f"{attempt + 1} of {s.lock_retries} in {delay:g}s"
-        )
-        time.sleep(delay)
+    _set_lock_timeout(mig, None)  # back to lock-timeout, for what runs after (the seed)
+    m.lock_attempts = retry.attempts
+    if retry.timed_out:
+        _report_ladder(ctx, m, retry)
     m.previous, m.applied = previous or [], applied
     missing = [a for a in m.applied if recorder is None or a.revision not in recorder.recorded]
     if recorder is not None and recorder.enabled and missing and not m.current_unknown:
@@ -96,6 +113,47 @@ def run_migrate(
         mig.commit()
     m.history_inline = recorder is not None and not missing
     return m
+
+
+def _set_lock_timeout(mig: sa.Connection, seconds: float | None) -> None:
+    with contextlib.suppress(sa.exc.DBAPIError):  # a lost session: migrate reports it
+        if mig.in_transaction():
+            mig.rollback()
+        db.set_lock_timeout(mig, seconds)
+
+
+def _retry_number(retry: db.LockRetry) -> str:
+    n, limit = len(retry.attempts), retry.ladder.max_attempts
+    if limit is not None:
+        return f"retry {n} of {limit - 1}"
+    left = max(0.0, retry.ladder.budget - retry.spent)
+    return f"retry {n} ({left:.0f}s of lock-wait-budget left)"
+
+
+def _report_ladder(ctx: Context, m: MigrateResult, retry: db.LockRetry) -> None:
+    """How the lock ladder went: a warning when attempts hit lock_timeout; when it gave up,
+    the error says so and names the blocker."""
+    n, spent = len(retry.attempts), retry.spent
+    dropped = [a.dropped_index for a in retry.attempts if a.dropped_index]
+    also = f"; invalid index(es) dropped: {', '.join(dropped)}" if dropped else ""
+    if m.lock_timed_out:
+        who = retry.blocked_by()
+        m.error = (
+            f"gave up after {n} lock attempt(s) in {spent:.1f}s (lock-timeout-ladder "
+            f"{', '.join(f'{r * 1000:g}ms' for r in retry.ladder.rungs)}, lock-wait-budget "
+            f"{retry.ladder.budget:g}s"
+            + (f", lock-retries {retry.ladder.repeats}" if retry.ladder.repeats else "")
+            + f"){f', blocked by {who}' if who and 'blocked by' not in m.error else ''}: "
+            + m.error
+            + also
+        )
+        if who and not m.blocked_by:
+            m.blocked_by = who
+        return
+    ctx.warn(
+        f"{retry.timed_out} of {n} lock attempt(s) hit lock_timeout before the migrations "
+        f"took their locks ({spent:.1f}s){also}"
+    )
 
 
 def applied_message(ctx: Context, verb: str = "applied") -> Callable[[AppliedRevision], None]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from deployer.db import LockLadder
 from deployer.steps.security import SecurityOptions
 from deployer.steps.smoke import SmokeOptions
 
@@ -31,7 +32,20 @@ def migrate_options(
         statement_timeout=s.statement_timeout,
         workspace=s.workspace_dir,
         client_check=ctx.spec(s.direct_url, migration=True).client_check,
+        env_connection=s.env_connection,
         redact=Redactor(s.secrets),
+    )
+
+
+def lock_ladder(s: Settings) -> LockLadder:
+    """How the migrate step takes its locks: lock-timeout-ladder's rungs (none above
+    lock-timeout, the cap of every other lock wait), within lock-wait-budget; lock-retries N
+    allows at most N attempts more at the last rung."""
+    return LockLadder(
+        rungs=s.lock_timeout_ladder,
+        budget=s.lock_wait_budget,
+        repeats=s.lock_retries,
+        cap=s.lock_timeout or None,
     )
 
 

@@ -87,6 +87,8 @@ def headline(r: RunResult) -> str:
         return f"{ICON['success']} db-deploy: {len(r.applied)} revision(s) applied{where}"
     if r.command == "status" and r.status_check is not None:
         n = len(r.status_check.pending)
+        if not r.status_check.script_heads and not r.status_check.database_heads:
+            return f"⚠️ db-deploy status: no revisions found{where}"
         if not n:
             return f"✅ db-deploy status: up to date{where}"
         return f"⏳ db-deploy status: {n} pending{where}"
@@ -210,7 +212,33 @@ def migrations(m: MigrateResult, *, rollback: bool) -> list[str]:
         else "one transaction for the whole upgrade."
     )
     where = f"Script folder `{m.script_location}`, version table `{m.version_table_name}`, "
-    return [*lines, where + transactions, ""]
+    return [*lines, *lock_attempts(m), where + transactions, ""]
+
+
+def lock_attempts(m: MigrateResult) -> list[str]:
+    """The lock ladder's attempts, when one hit lock_timeout (a table the first time through)."""
+    tries = m.lock_attempts
+    if not any(a.timed_out for a in tries):
+        return []
+    rows = [
+        [
+            str(a.attempt),
+            a.where or a.scope,
+            f"{a.lock_timeout * 1000:g} ms",
+            "⏱️ lock_timeout" if a.timed_out else "✅ locks taken",
+            str(a.blocker_pid or ""),
+            a.blocker_application,
+            f"{a.blocker_query_age:.1f} s" if a.blocker_query_age is not None else "",
+            f"{a.wait:.2f} s" if a.wait else "",
+            f"`{a.dropped_index}`" if a.dropped_index else "",
+        ]
+        for a in tries
+    ]
+    head = ["#", "Where", "lock_timeout", "Result", "Blocker pid", "Application", "Its age"]
+    body = table([*head, "Wait after", "Invalid index dropped"], rows, "llrlrlrrl")
+    spent = sum(a.seconds + a.wait for a in tries)
+    summary = f"Lock attempts: {len(tries)}, {sum(a.timed_out for a in tries)} hit lock_timeout"
+    return details(f"{summary} ({spent:.1f} s)", body)
 
 
 def planned(m: MigrateResult) -> list[str]:
@@ -249,6 +277,7 @@ def status(st: StatusResult) -> list[str]:
         f"Database at `{', '.join(st.database_heads) or 'base'}`; migrations head "
         f"`{', '.join(st.script_heads) or 'base'}`; "
         + ("up to date." if st.up_to_date else f"{len(st.pending)} pending.")
+        + ("" if st.script_heads else " No revisions found in the migrations.")
     )
     lines = ["### Status", "", line, ""]
     if st.pending:

@@ -102,6 +102,8 @@ def headline(r: RunResult) -> str:
         )
     if r.command == "status" and r.status_check is not None:
         n = len(r.status_check.pending)
+        if not r.status_check.script_heads and not r.status_check.database_heads:
+            return "⚠️ db-deploy status: no revisions found"
         return "✅ db-deploy status: up to date" if not n else f"⏳ db-deploy status: {n} pending"
     if r.command == "rollback" and r.migrate is not None and not r.migrate.dry_run:
         return f"↩ db-deploy rollback: {len(r.migrate.applied)} revision(s) reverted"
@@ -141,6 +143,26 @@ def applied(m: MigrateResult, *, rollback: bool = False) -> list[str]:
         out.append(
             f"  ↩ rolled back with it: {', '.join(m.rolled_back)} "
             "(one transaction for the whole upgrade)"
+        )
+    return out + lock_attempts(m)
+
+
+def lock_attempts(m: MigrateResult) -> list[str]:
+    """The lock ladder's attempts, when one hit lock_timeout: one line each."""
+    if not any(a.timed_out for a in m.lock_attempts):
+        return []
+    out = [f"locks      {len(m.lock_attempts)} attempt(s)"]
+    for a in m.lock_attempts:
+        who = ""
+        if a.blocker_pid:
+            age = f", {a.blocker_query_age:.1f}s" if a.blocker_query_age is not None else ""
+            who = f"  blocked by pid {a.blocker_pid} ({a.blocker_application or '?'}{age})"
+        result = "lock_timeout" if a.timed_out else "locks taken"
+        wait = f"  then {a.wait:.2f}s" if a.wait else ""
+        dropped = f"  dropped invalid index {a.dropped_index}" if a.dropped_index else ""
+        out.append(
+            f"  {a.attempt:>3}. {a.lock_timeout * 1000:>6g}ms {result:<12} "
+            f"{a.where or a.scope}{who}{wait}{dropped}"
         )
     return out
 

@@ -149,6 +149,26 @@ class Failure:
 
 
 @dataclass
+class LockAttempt:
+    """One attempt to take the locks a migration needs (the lock ladder, issue 19): its
+    `lock_timeout`, whether it timed out, and the session that blocked it."""
+
+    attempt: int  # 1, 2, … in the order they ran (a statement retried alone counts too)
+    lock_timeout: float  # seconds
+    timed_out: bool = False
+    # What was attempted: "upgrade" (env.py and the pending revisions), or, retried alone, the
+    # statement (`env-connection: autocommit`, `autocommit_block`).
+    scope: str = "upgrade"
+    where: str = ""  # the revision that timed out, or "env.py"
+    seconds: float = 0.0
+    blocker_pid: int | None = None
+    blocker_application: str = ""
+    blocker_query_age: float | None = None  # seconds since the blocker's transaction began
+    wait: float = 0.0  # the jittered wait after it, before the next attempt
+    dropped_index: str = ""  # an invalid index a failed concurrent build left, dropped
+
+
+@dataclass
 class MigrateResult:
     script_location: str = ""
     target: str = "heads"
@@ -166,6 +186,7 @@ class MigrateResult:
     lock_timed_out: bool = False
     history_inline: bool = False  # history rows written inside each revision's transaction
     blocked_by: str = ""  # the session that held the lock a failed revision waited for
+    lock_attempts: list[LockAttempt] = field(default_factory=list)  # the lock ladder's
     dry_run: bool = False
     sql: dict[str, str] = field(default_factory=dict)  # revision → offline SQL (dry run)
     transaction_per_migration: bool = False

@@ -1,0 +1,418 @@
+"""The lock ladder (issue 19): migrations take their locks with short, growing lock_timeouts,
+retried after jittered waits within a budget, so that application queries never queue behind a
+waiting ALTER for longer than one rung; everything else the deploy does never waits for a lock
+the application holds. Each behaviour on the real server, with a blocker held open; no timing
+is asserted (the latency goal lives in the traffic benchmark)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterator
+
+import pytest
+import sqlalchemy as sa
+
+from deployer import db
+from tests.helpers import AlembicProject, Database, GitHubRunner
+from tests.helpers.runner import wait_for
+
+TABLE_A = (
+    "op.create_table('a', sa.Column('id', sa.Integer, primary_key=True))\n"
+    "op.execute('INSERT INTO a SELECT generate_series(1, 10)')"
+)
+# A revision that shows, while it waits for its lock, the lock_timeout its session has: in
+# pg_stat_activity's application_name (set in the transaction: undone with the attempt).
+ALTER_A = """
+op.execute("SELECT set_config('application_name', 'ladder ' || current_setting('lock_timeout'), false)")
+op.add_column('a', sa.Column('x', sa.Integer))
+"""
+WAITING = """
+SELECT a.application_name FROM pg_stat_activity a JOIN pg_locks l ON l.pid = a.pid
+WHERE a.datname = current_database() AND NOT l.granted
+"""
+
+
+def report(github: GitHubRunner) -> dict:
+    return json.loads((github.workspace / "db-deploy-report.json").read_text())
+
+
+@pytest.fixture
+def blocker(database: Database) -> Iterator[sa.Connection]:
+    """The application's long transaction (a session of its own, in AUTOCOMMIT so that the
+    test says where its transaction begins and ends)."""
+    engine = database.engine.execution_options(isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(sa.text("SET application_name = 'the-app'"))
+        yield conn
+        conn.execute(sa.text("ROLLBACK"))
+
+
+def hold(conn: sa.Connection, *statements: str) -> int:
+    """Open a transaction on `conn` running `statements`; returns its pid."""
+    conn.execute(sa.text("BEGIN"))
+    for statement in statements:
+        conn.execute(sa.text(statement))
+    return int(conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one())
+
+
+class Watcher:
+    """Polls, on a session of its own, what waits for a lock in the test's database: the
+    application names of waiting sessions (the rungs an ALTER_A revision shows)."""
+
+    def __init__(self, database: Database) -> None:
+        self.engine = database.engine.execution_options(isolation_level="AUTOCOMMIT")
+        self.seen: list[str] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        with self.engine.connect() as conn:
+            while not self.stop.wait(0.01):
+                for (name,) in conn.execute(sa.text(WAITING)):
+                    if not self.seen or self.seen[-1] != name:
+                        self.seen.append(name)
+
+    def rungs(self) -> list[str]:
+        return [n.removeprefix("ladder ") for n in self.seen if n.startswith("ladder ")]
+
+    def __enter__(self) -> Watcher:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=10)
+
+
+def no_lock_waits(database: Database) -> bool:
+    return not database.scalar(
+        "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
+        "WHERE a.datname = current_database() AND NOT l.granted"
+    )
+
+
+# --------------------------------------------------------------------------- the ladder itself
+
+
+def test_rungs_climb_capped_by_lock_timeout_and_the_last_repeats() -> None:
+    ladder = db.LockLadder(rungs=(0.1, 0.2, 0.4), cap=0.3)
+    assert [ladder.timeout(n) for n in range(1, 7)] == [0.1, 0.2, 0.3, 0.3, 0.3, 0.3]
+    assert db.LockLadder(rungs=(0.1,), cap=None).timeout(5) == 0.1
+    assert ladder.max_attempts is None  # the budget alone ends them
+    assert db.LockLadder(rungs=(0.1, 0.2), repeats=3).max_attempts == 5  # lock-retries 3
+
+
+def test_waits_are_jittered_short_and_capped() -> None:
+    ladder = db.LockLadder(first_wait=0.25, max_wait=2.0)
+    for attempt, ceiling in [(1, 0.25), (2, 0.5), (3, 1.0), (4, 2.0), (9, 2.0)]:
+        waits = {ladder.wait(attempt) for _ in range(50)}
+        assert all(ceiling / 2 <= w <= ceiling for w in waits)
+        assert len(waits) > 1  # jittered
+
+
+def test_the_budget_and_lock_retries_end_the_attempts() -> None:
+    now = [0.0]
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    def attempts(ladder: db.LockLadder) -> list[float]:
+        retry = db.LockRetry(ladder, sleep=sleep, clock=lambda: now[0])
+        while True:
+            retry.begin()
+            now[0] += retry.current  # the attempt waits its whole rung
+            retry.end(timed_out=True, where="0002")
+            if retry.wait() is None:
+                return [a.lock_timeout for a in retry.attempts]
+
+    by_budget = attempts(db.LockLadder(rungs=(0.1, 0.2), budget=10.0))
+    assert by_budget[:3] == [0.1, 0.2, 0.2] and len(by_budget) > 3
+    assert now[0] < 10.0 + 0.2  # no attempt starts after the budget
+    now[0] = 0.0
+    assert attempts(db.LockLadder(rungs=(0.1, 0.2), budget=600.0, repeats=2)) == [
+        0.1,
+        0.2,
+        0.2,
+        0.2,
+    ]
+    assert max(slept) <= 2.0
+
+
+# --------------------------------------------------------------------------- against a blocker
+
+
+def test_each_attempt_has_its_rung_and_the_deploy_goes_through_once_the_blocker_ends(
+    project: AlembicProject,
+    database: Database,
+    github: GitHubRunner,
+    deploy: Callable[..., object],
+    blocker: sa.Connection,
+) -> None:
+    project.add("0001_a", TABLE_A)
+    assert deploy(project).returncode == 0
+    project.add("0002_alter", ALTER_A)
+    pid = hold(blocker, "SELECT count(*) FROM a")  # a read: ACCESS SHARE, as any query holds
+
+    def release_after_three_rungs() -> None:
+        wait_for(lambda: len(set(watcher.rungs())) >= 3, what="three rungs", timeout=120)
+        blocker.execute(sa.text("ROLLBACK"))
+
+    with Watcher(database) as watcher:
+        release = threading.Thread(target=release_after_three_rungs)
+        release.start()
+        run = deploy(project, **{"lock-timeout-ladder": "200ms, 400ms, 600ms"})
+        release.join()
+    assert run.returncode == 0, run.output
+    assert database.version() == {"0002_alter"}
+    # Each attempt's lock_timeout, seen from outside while it waited on the blocker.
+    assert watcher.rungs()[:3] == ["200ms", "400ms", "600ms"]
+    tries = report(github)["migrate"]["lock_attempts"]
+    assert [t["lock_timeout"] for t in tries[:3]] == [0.2, 0.4, 0.6]
+    assert all(t["timed_out"] for t in tries[:-1]) and not tries[-1]["timed_out"]
+    assert {t["where"] for t in tries[:-1]} == {"0002_alter"}
+    assert all(t["wait"] > 0 for t in tries[:-1])
+    assert pid in {t["blocker_pid"] for t in tries}
+    named = next(t for t in tries if t["blocker_pid"] == pid)
+    assert named["blocker_application"] == "the-app" and named["blocker_query_age"] > 0
+    assert "hit lock_timeout" in github.summary()
+    assert "Lock attempts" in github.summary()
+    assert [a["revision"] for a in json.loads(github.outputs()["applied"])] == ["0002_alter"]
+
+
+def test_spent_budget_fails_cleanly_naming_the_blocker_and_leaves_no_query_queued(
+    project: AlembicProject,
+    database: Database,
+    github: GitHubRunner,
+    deploy: Callable[..., object],
+    blocker: sa.Connection,
+) -> None:
+    project.add("0001_a", TABLE_A)
+    assert deploy(project).returncode == 0
+    project.add("0002_alter", ALTER_A)
+    pid = hold(blocker, "SELECT count(*) FROM a")
+    # The application keeps querying the hot table meanwhile (no lock_timeout of its own):
+    # its queries queue behind a waiting ALTER for at most one rung, then go on.
+    stop, done, errors = threading.Event(), [0], []
+
+    def application() -> None:
+        with database.engine.connect() as conn:
+            conn.execute(sa.text("SET application_name = 'app-reader'"))
+            while not stop.is_set():
+                try:
+                    conn.execute(sa.text("SELECT count(*) FROM a")).scalar()
+                    conn.commit()
+                    done[0] += 1
+                except sa.exc.DBAPIError as exc:
+                    errors.append(str(exc))
+                    return
+
+    app = threading.Thread(target=application, daemon=True)
+    app.start()
+    try:
+        run = deploy(
+            project, **{"lock-timeout-ladder": "100ms, 200ms", "lock-wait-budget": "1500ms"}
+        )
+        # Given up: nothing waits for a lock any more (no query left queued behind us) …
+        wait_for(lambda: no_lock_waits(database), what="no lock waits", timeout=5)
+        before = done[0]
+        wait_for(lambda: done[0] > before + 5, what="the application's queries", timeout=30)
+    finally:
+        stop.set()
+        app.join(timeout=30)
+    assert errors == []
+    assert run.returncode == 1, run.output
+    out = github.outputs()
+    assert out["error-class"] == "lock-timeout"
+    assert out["failed-step"] == "migrate"
+    assert f"blocked by pid {pid}" in out["error"]
+    assert "gave up after" in out["error"] and "lock-wait-budget" in out["error"]
+    tries = report(github)["migrate"]["lock_attempts"]
+    assert len(tries) >= 2 and all(t["timed_out"] for t in tries)
+    assert [t["lock_timeout"] for t in tries[:2]] == [0.1, 0.2]
+    assert tries[-1]["blocker_pid"] == pid
+    assert database.version() == {"0001_a"}
+    assert "x" not in {c["name"] for c in sa.inspect(database.engine).get_columns("a")}
+    assert f"pid {pid}" in run.stdout  # the terminal's attempt lines
+
+
+@pytest.mark.parametrize("per_migration", [True, False], ids=["per-revision", "whole-upgrade"])
+def test_a_retried_upgrade_runs_each_revision_once(
+    make_project: Callable[..., AlembicProject],
+    database: Database,
+    github: GitHubRunner,
+    deploy: Callable[..., object],
+    blocker: sa.Connection,
+    per_migration: bool,
+) -> None:
+    """Per-revision transactions: the committed revision is not run again. One transaction
+    for the whole upgrade: it is rolled back and retried whole."""
+    project = make_project(per_migration=per_migration)
+    project.add("0001_a", TABLE_A)
+    assert deploy(project).returncode == 0
+    project.add("0002_b", "op.create_table('b', sa.Column('id', sa.Integer))")
+    project.add("0003_alter", ALTER_A)
+    hold(blocker, "SELECT count(*) FROM a")
+
+    def release_after_a_retry() -> None:
+        wait_for(lambda: len(watcher.rungs()) >= 2, what="a retried attempt", timeout=120)
+        blocker.execute(sa.text("ROLLBACK"))
+
+    with Watcher(database) as watcher:
+        release = threading.Thread(target=release_after_a_retry)
+        release.start()
+        run = deploy(project, **{"lock-timeout-ladder": "150ms, 300ms"})
+        release.join()
+    assert run.returncode == 0, run.output
+    assert database.version() == {"0003_alter"} and "b" in database.tables()
+    applied = [a["revision"] for a in json.loads(github.outputs()["applied"])]
+    assert applied == ["0002_b", "0003_alter"]
+    tries = report(github)["migrate"]["lock_attempts"]
+    assert {t["where"] for t in tries if t["timed_out"]} == {"0003_alter"}
+    history = [
+        r[0]
+        for r in database.rows(
+            "SELECT revision FROM db_deploy.db_deploy_history WHERE kind = 'upgrade' ORDER BY id"
+        )
+    ]
+    assert history == ["0001_a", "0002_b", "0003_alter"]
+
+
+# --------------------------------------------------------------------------- outside a transaction
+
+CONCURRENT_INDEX = """
+with op.get_context().autocommit_block():
+    op.execute("CREATE INDEX CONCURRENTLY ix_a_id ON a (id)")
+"""
+
+
+def test_a_failed_concurrent_index_build_is_dropped_before_its_retry(
+    project: AlembicProject,
+    database: Database,
+    github: GitHubRunner,
+    deploy: Callable[..., object],
+    blocker: sa.Connection,
+) -> None:
+    """CREATE INDEX CONCURRENTLY waits for every older snapshot: an application's long
+    REPEATABLE READ transaction makes it fail on lock_timeout (lock-timeout, the cap: its lock
+    does not queue the application's queries), leaving an invalid index. The statement is
+    retried alone; the invalid index is dropped before each retry and named; when the budget
+    is spent, none is left behind. Once the blocker is gone the index builds."""
+    project.add("0001_a", TABLE_A + "\nop.create_table('other', sa.Column('id', sa.Integer))")
+    assert deploy(project).returncode == 0
+    project.add("0002_index", CONCURRENT_INDEX)
+    hold(blocker, "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ", "SELECT * FROM other")
+    run = deploy(project, **{"lock-timeout": "300ms", "lock-wait-budget": "2s"})
+    assert run.returncode == 1, run.output
+    assert github.outputs()["error-class"] == "lock-timeout"
+    tries = report(github)["migrate"]["lock_attempts"]
+    alone = [t for t in tries if t["scope"].startswith("statement CREATE INDEX CONCURRENTLY")]
+    assert len(alone) >= 2 and all(t["timed_out"] for t in alone)
+    assert {t["lock_timeout"] for t in alone} == {0.3}  # the cap, not the ladder's rungs
+    assert all(t["dropped_index"] == "public.ix_a_id" for t in alone[1:])
+    invalid = "SELECT count(*) FROM pg_index WHERE NOT indisvalid"
+    assert database.scalar(invalid) == 0
+    assert "public.ix_a_id" in github.summary()
+    blocker.execute(sa.text("ROLLBACK"))
+    assert deploy(project).returncode == 0
+    assert database.scalar(invalid) == 0
+    assert database.scalar("SELECT count(*) FROM pg_indexes WHERE indexname = 'ix_a_id'") == 1
+
+
+def test_a_statement_outside_a_transaction_climbs_the_ladder_alone(
+    database: Database, blocker: sa.Connection
+) -> None:
+    """`env-connection: autocommit`: each statement is its own transaction, so a statement
+    that hits lock_timeout is retried alone (SQLAlchemy's `do_execute` event, on the same
+    cursor), at the next rung; the first try pays no extra round trip."""
+    database.execute("CREATE TABLE a (id int)")
+    hold(blocker, "SELECT count(*) FROM a")
+    engine = database.engine.execution_options(isolation_level="AUTOCOMMIT")
+
+    def release(seconds: float) -> None:  # the ladder's wait: the blocker ends during the third
+        if len(retry.attempts) == 2:
+            blocker.execute(sa.text("ROLLBACK"))
+
+    retry = db.LockRetry(db.LockLadder(rungs=(0.1, 0.2, 0.3), budget=60.0), sleep=release)
+    with engine.connect() as conn, db.lock_ladder(retry, each_statement=True):
+        conn.execute(sa.text("SET lock_timeout = 100"))
+        retry.begin()
+        conn.execute(sa.text("ALTER TABLE a ADD COLUMN y int"))
+        shown = conn.execute(sa.text("SHOW lock_timeout")).scalar()
+    assert [(t.lock_timeout, t.timed_out) for t in retry.attempts] == [
+        (0.1, True),
+        (0.2, True),
+        (0.3, False),
+    ]
+    assert shown == "300ms"
+    assert all(t.scope == "statement ALTER TABLE a ADD COLUMN y int" for t in retry.attempts)
+    assert "y" in {c["name"] for c in sa.inspect(database.engine).get_columns("a")}
+
+
+def test_statements_in_a_transaction_are_left_to_the_attempt(
+    database: Database, blocker: sa.Connection
+) -> None:
+    """Inside a transaction a lock timeout is not retried statement by statement (the
+    transaction is rolled back and the attempt retried whole): the error goes through."""
+    database.execute("CREATE TABLE a (id int)")
+    hold(blocker, "SELECT count(*) FROM a")
+    retry = db.LockRetry(db.LockLadder(rungs=(0.1,), budget=60.0))
+    with database.engine.connect() as conn, db.lock_ladder(retry, each_statement=True):
+        conn.execute(sa.text("SET lock_timeout = 100"))
+        retry.begin()
+        with pytest.raises(sa.exc.OperationalError) as caught:
+            conn.execute(sa.text("ALTER TABLE a ADD COLUMN y int"))
+        assert db.is_lock_timeout(caught.value)
+    assert retry.attempts == []
+
+
+# --------------------------------------------------------------------------- nothing else queues
+
+
+def test_nothing_but_the_migrations_waits_for_the_applications_locks(
+    project: AlembicProject,
+    database: Database,
+    github: GitHubRunner,
+    deploy: Callable[..., object],
+    blocker: sa.Connection,
+) -> None:
+    """The deploy lock, the history writes, the smoke's reads, the security checks and the
+    risk review's live reads, with the application holding the strongest locks its queries
+    take (ROW EXCLUSIVE, rows FOR UPDATE, an advisory lock) on every kind of object they touch:
+    the application's table, the version table, the history table. The deploy of a revision
+    that touches none of them completes while that transaction is still open, so none of them
+    asked for a mode conflicting with the application's (and as conflicts are symmetric, no
+    application query can queue behind a lock they hold); nothing was seen waiting."""
+    project.add("0001_a", TABLE_A)
+    assert deploy(project).returncode == 0
+    project.add("0002_b", "op.create_table('b', sa.Column('id', sa.Integer))")
+    hold(
+        blocker,
+        "LOCK TABLE a IN ROW EXCLUSIVE MODE",
+        "SELECT * FROM a FOR UPDATE",
+        "LOCK TABLE alembic_version IN ROW EXCLUSIVE MODE",
+        "LOCK TABLE db_deploy.db_deploy_history IN ROW EXCLUSIVE MODE",
+        "SELECT pg_advisory_xact_lock(1)",
+        "SELECT pg_advisory_xact_lock(1, 2)",
+    )
+    with Watcher(database) as watcher:
+        run = deploy(
+            project,
+            **{
+                "smoke-expect": "a>=10",
+                "security-preflight": "true",
+                "lock-timeout": "60s",
+                "lock-wait-budget": "60s",
+            },
+        )
+    assert run.returncode == 0, run.output
+    assert watcher.seen == []
+    assert database.version() == {"0002_b"}
+    assert "b" in database.tables()
+    # The application's transaction is still there, its locks held all along.
+    assert database.scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'the-app' "
+        "AND state = 'idle in transaction'"
+    )
