@@ -187,7 +187,8 @@ def test_env_py_with_its_own_engine_gets_the_session_settings(
     run = run_cli(env=env, cwd=github.workspace)
     assert run.returncode == 0, run.output
     lock_timeout, statement_timeout, app, _ = database.rows("SELECT * FROM seen")[0]
-    assert (lock_timeout, statement_timeout, app) == ("4s", "90s", "db-deploy")
+    # lock_timeout: the lock ladder's first rung (under lock-timeout, its cap), via PGOPTIONS.
+    assert (lock_timeout, statement_timeout, app) == ("100ms", "90s", "db-deploy")
     out = github.outputs()
     assert [a["revision"] for a in json.loads(out["applied"])] == ["0001_seen", "0002_more"]
     assert database.version() == {"0002_more"}
@@ -237,7 +238,7 @@ def test_env_py_with_its_own_engine_keeps_the_url_options(
     )
     run = run_cli(env=env, cwd=github.workspace)
     assert run.returncode == 0, run.output
-    assert tuple(database.rows("SELECT * FROM seen")[0]) == ("4s", "12345kB")
+    assert tuple(database.rows("SELECT * FROM seen")[0]) == ("100ms", "12345kB")
 
 
 def test_env_py_importing_the_application_from_the_workspace(
