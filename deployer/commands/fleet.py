@@ -43,6 +43,7 @@ FLEET_SETTINGS = (
     "output_file",
     "slack_webhook_url",
     "slack_timeout",
+    "github_token",  # children never post on a pull request (the fleet has one summary)
     "embedded",
     "workspace",
 )

@@ -132,3 +132,45 @@ def test_the_reports_folder_is_the_workspace_owners(
     )
     assert check.returncode == 0, check.stderr
     assert not folder.exists()
+
+
+def test_the_fleets_own_settings_reach_no_child(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a child is given: the command's inputs but the fleet's own (fleet file, parallelism,
+    the report, Slack, the GitHub token: one summary, one message, no comment per target), and
+    an environment without their plain variables."""
+    from deployer.commands.fleet import command_inputs, fleet_environ
+    from deployer.fleet.runner import FleetRunner
+    from deployer.fleet.spec import Fleet, Target
+    from deployer.settings import Settings
+
+    environ = {
+        "INPUT_COMMAND": "deploy",
+        "INPUT_FLEET-FILE": "fleet.yml",
+        "INPUT_MAX-PARALLEL": "3",
+        "INPUT_GITHUB-TOKEN": "ghs_notForChildren",
+        "INPUT_LOCK-TIMEOUT": "7s",
+    }
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    given = command_inputs(Settings(), environ)
+    assert given == {"lock-timeout": "7s"}
+    runner = FleetRunner(
+        fleet=Fleet("fleet.yml", [Target(name="a", inputs={"database-url": "postgresql:///a"})]),
+        reports_dir=Path("unused"),
+        workspace=Path("unused"),
+        inputs=given,
+        environ={
+            **environ,
+            "DB_DEPLOY_FLEET_FILE": "fleet.yml",
+            "DB_DEPLOY_GITHUB_TOKEN": "ghs_notForChildren",
+            "SLACK_WEBHOOK_URL": "https://hooks.slack.com/services/T/B/x",
+            "PATH": "/usr/bin",
+        },
+        stripped=fleet_environ(),
+    )
+    env = runner.child_env(runner.fleet.targets[0])
+    assert env == {
+        "PATH": "/usr/bin",
+        "INPUT_DATABASE-URL": "postgresql:///a",
+        "INPUT_LOCK-TIMEOUT": "7s",
+    }
