@@ -416,3 +416,43 @@ def test_nothing_but_the_migrations_waits_for_the_applications_locks(
         "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'the-app' "
         "AND state = 'idle in transaction'"
     )
+
+
+def test_the_attempts_in_the_summary_the_terminal_and_the_json() -> None:
+    from deployer.render import markdown, terminal
+    from deployer.results import MigrateResult, RunResult, Telemetry
+    from deployer.results.run import LockAttempt
+
+    tries = [
+        LockAttempt(1, 0.1, True, where="0002_alter", blocker_pid=123, wait=0.2),
+        LockAttempt(2, 0.3, True, scope="statement CREATE INDEX …", dropped_index="public.ix"),
+        LockAttempt(3, 0.2, False),
+    ]
+    tries[0].blocker_application, tries[0].blocker_query_age = "the-app", 12.5
+    m = MigrateResult(applied=[], lock_attempts=tries)
+    summary = "\n".join(markdown.migrations(m, rollback=False))
+    assert "Lock attempts: 3, 2 hit lock_timeout" in summary
+    assert (
+        "| 1 | 0002_alter | 100 ms | ⏱️ lock_timeout | 123 | the-app | 12.5 s | 0.20 s |" in summary
+    )
+    assert "`public.ix`" in summary
+    lines = terminal.lock_attempts(m)
+    assert "blocked by pid 123 (the-app, 12.5s)" in lines[1]
+    assert "dropped invalid index public.ix" in lines[2]
+    run = RunResult(command="deploy", telemetry=Telemetry.from_env())
+    run.migrate = m
+    first = run.to_dict()["migrate"]["lock_attempts"][0]
+    assert first == {
+        "attempt": 1,
+        "lock_timeout": 0.1,
+        "timed_out": True,
+        "scope": "upgrade",
+        "where": "0002_alter",
+        "seconds": 0.0,
+        "blocker_pid": 123,
+        "blocker_application": "the-app",
+        "blocker_query_age": 12.5,
+        "wait": 0.2,
+        "dropped_index": "",
+    }
+    assert markdown.lock_attempts(MigrateResult(lock_attempts=[LockAttempt(1, 0.1)])) == []

@@ -234,7 +234,7 @@ def lock_attempts(m: MigrateResult) -> list[str]:
         ]
         for a in tries
     ]
-    head = ["#", "Where", "lock_timeout", "Result", "Blocker pid", "Application", "Its age"]
+    head = ["#", "Where", "lock_timeout", "Result", "Blocker pid", "Application", "Blocker age"]
     body = table([*head, "Wait after", "Invalid index dropped"], rows, "llrlrlrrl")
     spent = sum(a.seconds + a.wait for a in tries)
     summary = f"Lock attempts: {len(tries)}, {sum(a.timed_out for a in tries)} hit lock_timeout"
