@@ -5,17 +5,25 @@ the `Config` and `ScriptDirectory` once, and `run_env` runs the user's own env.p
 function (what `alembic.command.upgrade` does), handing env.py the deployer's connection through
 `config.attributes["connection"]` (Alembic's cookbook) and also `sqlalchemy.url` and
 `DATABASE_URL` for env.py files that build their own engine.
+
+env.py runs on the calling thread (`env-thread: main`) or in a worker thread of an AnyIO event
+loop (`worker`), as applications whose env.py calls back into the loop run it themselves. The
+revisions are read again when env.py sets its own version locations, and a work function only
+runs on the database it was meant for (`check_target`).
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import sys
+import threading
+import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
@@ -25,8 +33,10 @@ from alembic.config import Config
 from alembic.runtime.environment import EnvironmentContext
 from alembic.runtime.migration import MigrationContext
 from alembic.script import Script, ScriptDirectory
+from alembic.script.revision import RevisionMap
+from sqlalchemy import event
 
-from deployer.errors import ConfigError, describe_exception
+from deployer.errors import ConfigError, StepFailed, describe_exception
 from deployer.results import Revision
 
 
@@ -69,9 +79,25 @@ ALEMBIC_LOG = AlembicLog()
 logging.getLogger("alembic.runtime.migration").addFilter(ALEMBIC_LOG)
 
 
+ENV_THREADS = ("main", "worker")  # the input env-thread
+
+
+@dataclass
+class _Loaded:
+    """Where the revisions were read from (the script's version locations, as given), and
+    whether the run was told that none were found."""
+
+    locations: tuple[str, ...] = ()
+    workspace: Path | None = None
+    env_ran: bool = False
+    said_empty: bool = False
+
+
 @dataclass(frozen=True)
 class AlembicProject:
-    """The user's project: its Config (their ini when there is one) and script folder."""
+    """The user's project: its Config (their ini when there is one) and script folder.
+    `env_thread`: where env.py runs (the input env-thread); `warn`: the run's warning channel
+    (the command's `ctx.warn`), told once when env.py has run and no revision was found."""
 
     config: Config
     script: ScriptDirectory
@@ -79,6 +105,72 @@ class AlembicProject:
     script_location: Path
     url_driver: str = "psycopg"  # the driver written into sqlalchemy.url for env.py
     warnings: tuple[str, ...] = ()  # what Alembic warned while loading the revisions
+    env_thread: str = "main"
+    warn: Callable[[str], None] | None = field(default=None, compare=False, repr=False)
+    loaded: _Loaded = field(default_factory=_Loaded, compare=False, repr=False)
+
+    def version_locations(self) -> list[Path]:
+        """The folders the revisions are read from (Alembic's `versions` folder unless the ini
+        or env.py names others)."""
+        return list(self.script._version_locations)
+
+    def refresh(self) -> bool:
+        """Read the revisions again when env.py has set its own version locations
+        (`context.script.version_locations = [...]`, which Alembic honours because it reads
+        the revisions only after env.py ran; the deployer read them before). Alembic memoizes
+        both the resolved locations and the revision map: both are dropped. True when the
+        revisions were read again."""
+        script = self.script
+        now = tuple(str(p) for p in script.version_locations or ())
+        if now == self.loaded.locations:
+            return False
+        for memo in ("_version_locations", "_singular_version_location"):
+            script.__dict__.pop(memo, None)
+        script.revision_map = RevisionMap(script._load_revisions)
+        self.loaded.locations = now
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                script.get_heads()
+            except Exception as exc:  # noqa: BLE001 - user code: any error is a config error
+                said = "; ".join(str(w.message) for w in _unique(caught))
+                raise ConfigError(
+                    f"cannot load the migrations in the version locations env.py sets "
+                    f"({self.shown_locations()}): {said or describe_exception(exc)}"
+                ) from None
+        if self.warn is not None:
+            for w in _unique(caught):
+                self.warn(f"Alembic: {w.message}")
+        return True
+
+    def shown_locations(self) -> str:
+        ws = self.loaded.workspace
+        return ", ".join(_shown(p, ws) if ws else repr(str(p)) for p in self.version_locations())
+
+    def no_revisions(self) -> str:
+        """The warning for a project where no revision was found ("" when there are some)."""
+        if self.script.get_heads():
+            return ""
+        return (
+            f"no revisions found in {self.shown_locations()}: nothing to migrate. Is "
+            "migrations-path the right folder? (an env.py that sets its own version "
+            "locations is honoured)"
+        )
+
+    def said_after_env(self) -> None:
+        """After env.py ran: a project without any revision is said once a run (`warn`)."""
+        if self.loaded.said_empty or self.warn is None:
+            return
+        message = self.no_revisions()
+        if message:
+            self.loaded.said_empty = True
+            self.warn(message)
+
+    @property
+    def unsettled(self) -> bool:
+        """No revision found yet and env.py not run yet: it may set its own version
+        locations, so a revision named before it ran cannot be refused yet."""
+        return not self.loaded.env_ran and not self.script.get_heads()
 
     def heads(self) -> list[str]:
         return sorted(self.script.get_heads())
@@ -94,7 +186,7 @@ class AlembicProject:
         downs = [] if down is None else [down] if isinstance(down, str) else list(down)
         return Revision(
             revision=sc.revision,
-            description=(sc.doc or "").strip(),
+            description=summary(sc),
             down_revision=downs,
             path=str(sc.path),
         )
@@ -112,6 +204,16 @@ class AlembicProject:
         # Alembic's own commands pass the heads tuple here too (command.upgrade).
         steps = self.script._upgrade_revs(target, tuple(current))  # type: ignore[arg-type]
         return [self.describe(step.revision.revision) for step in steps]
+
+
+def summary(script: Script) -> str:
+    """A revision's description: the first line of its docstring (Alembic's `doc` is the first
+    paragraph, which runs on into `Revision ID: …` / `Revises: …` when no blank line follows
+    the message)."""
+    for line in (script.doc or "").splitlines():
+        if line.strip():
+            return line.strip()
+    return ""
 
 
 def find_project(
@@ -176,8 +278,14 @@ def find_project(
                 f"{said or describe_exception(exc)}"
             ) from None
     warned = tuple(str(w.message) for w in _unique(caught))
+    loaded = _Loaded(tuple(str(p) for p in script.version_locations or ()), workspace)
     return AlembicProject(
-        config=config, script=script, ini=ini, script_location=location, warnings=warned
+        config=config,
+        script=script,
+        ini=ini,
+        script_location=location,
+        warnings=warned,
+        loaded=loaded,
     )
 
 
@@ -288,7 +396,11 @@ def run_env(
     """Run the project's env.py with work function `fn` (called with the current heads and the
     MigrationContext before any step runs). `url` (with its password) goes into
     `sqlalchemy.url` (with the project's `url_driver`, `%` escaped for the ini parser) and, as the
-    user gave it, into `DATABASE_URL`, for env.py files that build their own engine."""
+    user gave it, into `DATABASE_URL`, for env.py files that build their own engine.
+    Before `fn` runs, the revisions are read again if env.py set its own version locations, and
+    the connection env.py migrates on is checked to be `url`'s database (`check_target`).
+    env.py runs where the project's `env_thread` says (`main`: this thread; `worker`: a worker
+    thread of an AnyIO event loop, see `_in_worker`)."""
     config = project.config
     from deployer.db import sqlalchemy_url
 
@@ -307,16 +419,199 @@ def run_env(
         config.output_buffer = output_buffer
     env = {"DATABASE_URL": with_options(url, ours) if ours else url, **(environ or {})}
     paths = [p for p in (workspace, project.script_location.parent) if p is not None]
+
+    def work(heads: tuple[str, ...], context: MigrationContext) -> Iterable[Any]:
+        project.refresh()
+        project.loaded.env_ran = True
+        check_target(context, connection, url)
+        return fn(heads, context)
+
     with (
         _environ(env),
         _sys_path(*paths),
-        EnvironmentContext(config, project.script, fn=fn, as_sql=as_sql, **env_kw),
+        EnvironmentContext(config, project.script, fn=work, as_sql=as_sql, **env_kw),
     ):
         try:
-            project.script.run_env()
+            if project.env_thread == "worker":
+                _in_worker(project.script.run_env, connection, url)
+            else:
+                project.script.run_env()
         except SystemExit as exc:
             # User code may not end the deployer: it must still report, and redact.
             raise UserExit(f"env.py called sys.exit({exc.code!r})") from None
+    project.refresh()
+    project.loaded.env_ran = True
+    project.said_after_env()
+
+
+def check_target(context: MigrationContext, handed: sa.Connection | None, url: str) -> None:
+    """The connection env.py migrates on must be the one it was handed or one to `url`'s
+    database: an env.py that falls back to another database (a SQLite file when the variable
+    it reads its URL from is missing, or a database of its own) is stopped before any revision
+    runs there, with exit 1, naming where it went (password hidden, secrets masked) and what
+    it probably lacks. Offline (`--sql`) runs have no connection and are not checked."""
+    conn = context.connection
+    if context.as_sql or conn is None or conn is handed:
+        return
+    from deployer.db import sqlalchemy_url
+
+    target = sqlalchemy_url(url)
+    went = conn.engine.url
+    if went.get_backend_name() == "postgresql":
+        wanted = target.database
+        if not wanted or not went.database or went.database == wanted:
+            return
+    from deployer.redact import redact
+
+    shown = redact(went.render_as_string(hide_password=True))
+    aimed = redact(target.set(drivername="postgresql").render_as_string(hide_password=True))
+    raise StepFailed(
+        f"env.py migrated another database: {shown}, not the target database {aimed}. It "
+        "used neither the connection db-deploy hands it (config.attributes['connection']) nor "
+        "sqlalchemy.url / DATABASE_URL: it probably reads its URL from a variable of its own "
+        "that is not set here (and falls back to this one). Set that variable to the database "
+        "URL in the step's env (e.g. MYAPP_DATABASE_URL: ${{ secrets.DATABASE_URL }}), or make "
+        "env.py use DATABASE_URL",
+        error_class="config",
+        obj=shown,
+    )
+
+
+# The threads running env.py now besides the one that called `run_env` (env-thread: worker:
+# the worker thread and the event loop's), so that what watches env.py's sessions sees them.
+ENV_THREAD_IDS: set[int] = set()
+# A worker env.py still busy this long after a cancel (in Python code, beyond the reach of a
+# server-side cancel) is left behind: the run reports and ends without waiting for it.
+CANCEL_GRACE = 2.0
+
+
+class EnvInterrupted(KeyboardInterrupt):
+    """Raised inside a worker env.py when the run is cancelled (the signal itself reaches the
+    main thread only); a KeyboardInterrupt, so that the driver cancels its statement on the
+    server and the open revision rolls back, as on the main thread."""
+
+
+def _in_worker(body: Callable[[], None], handed: sa.Connection | None, url: str) -> None:
+    """Run `body` (env.py) in a worker thread of an AnyIO event loop, which env.py may call
+    back into (`anyio.from_thread.run`). The loop runs in a thread of its own, so that the
+    main thread only waits: SIGINT/SIGTERM (deployer/cancel.py) raise there as ever, and then
+    the worker is interrupted too (`EnvInterrupted` raised in it, env.py's statements cancelled
+    on the server) before the interrupt goes on. `body`'s own outcome is re-raised here."""
+    import anyio
+    import anyio.to_thread
+
+    outcome: list[BaseException] = []
+    worker: list[int] = []
+    interrupted, done = threading.Event(), threading.Event()
+    sessions: set[int] = set()  # server pids of the sessions env.py's threads check out
+
+    def in_worker() -> None:
+        if interrupted.is_set():  # cancelled before env.py started
+            return
+        worker.append(threading.get_ident())
+        ENV_THREAD_IDS.add(worker[0])
+        try:
+            body()
+        except BaseException as exc:  # noqa: BLE001 - handed to the calling thread
+            outcome.append(exc)
+        finally:
+            ENV_THREAD_IDS.discard(worker[0])
+
+    async def main() -> None:
+        await anyio.to_thread.run_sync(in_worker)
+
+    def loop() -> None:
+        me = threading.get_ident()
+        ENV_THREAD_IDS.add(me)
+        try:
+            anyio.run(main)
+        except BaseException as exc:  # noqa: BLE001 - handed to the calling thread
+            outcome.append(exc)
+        finally:
+            ENV_THREAD_IDS.discard(me)
+            done.set()
+
+    def checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+        if threading.get_ident() in ENV_THREAD_IDS:
+            pid = _server_pid(dbapi_connection)
+            if pid:
+                sessions.add(pid)
+
+    if handed is not None:
+        with suppress(Exception):
+            sessions.add(_server_pid(handed.connection.dbapi_connection))
+    thread = threading.Thread(target=loop, name="env.py event loop", daemon=True)
+    event.listen(sa.pool.Pool, "checkout", checkout)
+    try:
+        thread.start()
+        # Not thread.join(): a join interrupted by the signal marks the thread as ended
+        # (CPython before 3.13), an event's wait does not.
+        while not done.wait(0.05):
+            pass
+    except KeyboardInterrupt:
+        interrupted.set()
+        if worker and not done.is_set():
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                ctypes.c_ulong(worker[0]), ctypes.py_object(EnvInterrupted)
+            )
+            _cancel_sessions(sessions, url)
+        _wait(done, CANCEL_GRACE)
+        raise
+    finally:
+        event.remove(sa.pool.Pool, "checkout", checkout)
+    if outcome:
+        raise outcome[0]
+
+
+def _wait(done: threading.Event, seconds: float) -> None:
+    """Wait for `done` at most `seconds`, through further interrupts."""
+    deadline = time.monotonic() + seconds
+    while not done.is_set() and time.monotonic() < deadline:
+        with suppress(KeyboardInterrupt):
+            done.wait(0.05)
+
+
+def _server_pid(dbapi_connection: Any) -> int:
+    """The server pid of a driver connection (psycopg 3, psycopg2, asyncpg, or SQLAlchemy's
+    adapter around an async one); 0 when unknown."""
+    from deployer.db import dbapi_backend_pid
+
+    raw = getattr(dbapi_connection, "driver_connection", None) or dbapi_connection
+    pid = dbapi_backend_pid(raw)
+    if not pid and hasattr(raw, "get_server_pid"):  # asyncpg
+        with suppress(Exception):
+            pid = int(raw.get_server_pid() or 0)
+    return pid
+
+
+def _cancel_sessions(pids: set[int], url: str) -> None:
+    """Cancel, from a session of its own on `url`'s database, the statements env.py's sessions
+    are running (a worker blocked in the driver cannot take the interrupt itself). Only sessions
+    of the same role on that database: a pid seen on another server is never touched."""
+    if not pids:
+        return
+    from deployer.db import sqlalchemy_url
+
+    engine = sa.create_engine(
+        sqlalchemy_url(url),
+        poolclass=sa.pool.NullPool,
+        isolation_level="AUTOCOMMIT",
+        connect_args={"connect_timeout": 5},
+    )
+    try:
+        with engine.connect() as conn:
+            conn.execute(
+                sa.text(
+                    "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE pid = ANY("
+                    "CAST(:pids AS int[])) AND datname = current_database() "
+                    "AND usename = current_user"
+                ),
+                {"pids": sorted(pids)},
+            )
+    except Exception:  # noqa: BLE001 - best effort: the interrupt is raised in the worker anyway
+        pass
+    finally:
+        engine.dispose()
 
 
 def with_options(url: str, extra: str) -> str:

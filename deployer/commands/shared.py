@@ -46,7 +46,9 @@ def project(ctx: Context) -> AlembicProject:
         alembic_ini=s.resolve(s.alembic_ini) if s.alembic_ini else None,
         script_location=s.resolve(s.script_location) if s.script_location else None,
     )
-    found = dataclasses.replace(found, url_driver=s.url_driver)
+    found = dataclasses.replace(
+        found, url_driver=s.url_driver, env_thread=s.env_thread, warn=ctx.warn
+    )
     for said in found.warnings:
         ctx.warn(f"Alembic: {said}")
     ALEMBIC_LOG.start(ctx, quiet=ctx.result.dry_run)  # its set-up lines once a run

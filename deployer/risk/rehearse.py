@@ -36,7 +36,7 @@ import sqlalchemy as sa
 from alembic.runtime.migration import MigrationContext, RevisionStep
 from sqlalchemy.engine import make_url
 
-from deployer.alembic_project import AlembicProject, run_env
+from deployer.alembic_project import ENV_THREAD_IDS, AlembicProject, run_env
 from deployer.db import APPLICATION_NAME, ConnectionSpec, server_message, session_options
 from deployer.errors import DeployError, describe_exception
 from deployer.pgtools import child_env, error_line, find_tool, redactor_for, run_tool
@@ -263,7 +263,7 @@ class Tracer:
         )
 
     def before(self, conn: sa.Connection, cursor: Any, statement: str, *_: Any) -> None:
-        if threading.get_ident() != self.thread:
+        if threading.get_ident() != self.thread and threading.get_ident() not in ENV_THREAD_IDS:
             return  # another thread of the process (a watcher): not the rehearsal's
         database = conn.engine.url.database
         if database != self.database:

@@ -26,7 +26,13 @@ import sqlalchemy as sa
 from alembic.runtime.migration import MigrationContext, RevisionStep
 from sqlalchemy import event
 
-from deployer.alembic_project import AlembicProject, read_heads, run_env
+from deployer.alembic_project import (
+    ENV_THREAD_IDS,
+    AlembicProject,
+    read_heads,
+    run_env,
+    summary,
+)
 from deployer.db import (
     APPLICATION_NAME,
     BlockerWatch,
@@ -56,7 +62,7 @@ class _Tracker:
 
 def resolve_target(project: AlembicProject, target: str) -> tuple[str, ...]:
     """The revision ids `target` names (the script's heads for head/heads). Unknown → exit 2."""
-    if target in HEAD_TARGETS:
+    if target in HEAD_TARGETS or project.unsettled:  # unsettled: checked once env.py ran
         return tuple(project.heads())
     try:
         revs = project.script.get_revisions(target)
@@ -182,7 +188,7 @@ def _work_function(
             yield step
             done = AppliedRevision(
                 revision=step.revision.revision,
-                description=(step.revision.doc or "").strip(),
+                description=summary(step.revision),
                 seconds=round(time.perf_counter() - tracker.started, 4),
                 committed=not _in_transaction(tracker.context),
             )
@@ -316,7 +322,7 @@ def _env_sessions(watch: BlockerWatch | None) -> Iterator[None]:
     thread = threading.get_ident()
 
     def connected(dbapi_connection: Any, _record: Any) -> None:
-        if threading.get_ident() == thread:
+        if threading.get_ident() == thread or threading.get_ident() in ENV_THREAD_IDS:
             pid = dbapi_backend_pid(dbapi_connection)
             if pid:
                 watch.add(pid)

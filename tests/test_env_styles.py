@@ -1,0 +1,350 @@
+"""env.py files written the way large applications write them (issue 21), deployed unchanged:
+one that must run in a worker thread of an AnyIO event loop (prefect's `run_async_from_worker_
+thread`), one that sets its own version locations, one that falls back to a SQLite file when
+its URL variable is missing; and what the reports say of a project without revisions and of
+multi-line revision docstrings. Real PostgreSQL, real subprocesses, real signals."""
+
+from __future__ import annotations
+
+import json
+import signal
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import AlembicProject, Database, GitHubRunner, Run, write_alembic_project
+from tests.test_cancel import assert_cancelled, cancel_mid_revision, sessions
+
+# prefect's style: env.py builds its own async engine, switches to the event loop with
+# anyio.from_thread (which works only in a worker thread of an AnyIO loop) and sets the
+# version locations itself, just before migrating.
+WORKER_ENV = """\
+import threading
+from pathlib import Path
+
+import anyio.from_thread
+from alembic import context
+from sqlalchemy import pool
+from sqlalchemy.ext.asyncio import create_async_engine
+
+config = context.config
+VERSIONS = {versions!r}
+
+
+def run_async_from_worker_thread(fn):
+    return anyio.from_thread.run(fn)
+
+
+def do_run_migrations(connection):
+    context.configure(connection=connection, transaction_per_migration=True)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+async def apply_migrations():
+    assert threading.current_thread() is not threading.main_thread()
+    if VERSIONS:
+        context.script.version_locations = [Path(VERSIONS)]
+    engine = create_async_engine(config.get_main_option("sqlalchemy.url"),
+                                 poolclass=pool.NullPool)
+    try:
+        async with engine.connect() as connection:
+            await connection.run_sync(do_run_migrations)
+    finally:
+        await engine.dispose()
+
+
+if context.is_offline_mode():
+    if VERSIONS:
+        context.script.version_locations = [Path(VERSIONS)]
+    context.configure(url=config.get_main_option("sqlalchemy.url"), literal_binds=True)
+    with context.begin_transaction():
+        context.run_migrations()
+else:
+    run_async_from_worker_thread(apply_migrations)
+"""
+
+# The tests' usual env.py (the handed connection), with a guard that it runs in a worker
+# thread of an event loop: anyio.from_thread raises NoEventLoopError anywhere else.
+GUARD = "import anyio.from_thread\nanyio.from_thread.run_sync(lambda: None)\n"
+
+
+def report(github: GitHubRunner) -> dict:
+    return json.loads((github.workspace / "db-deploy-report.json").read_text())
+
+
+def deploy_in(
+    github: GitHubRunner, run_cli: Callable[..., Run], database: Database, *args: str, **inputs: str
+) -> Run:
+    github.output_file.write_text("")
+    github.summary_file.write_text("")
+    inputs = {"database-url": database.url, "migrations-path": "migrations", **inputs}
+    return run_cli(*args, env=github.with_inputs(**inputs), cwd=github.workspace)
+
+
+def warning_lines(run: Run, kind: str = "warning") -> list[str]:
+    return [line for line in run.stdout.splitlines() if line.startswith(f"::{kind}")]
+
+
+# --------------------------------------------------------------------------- worker thread
+
+
+def prefect_like(github: GitHubRunner, *, versions: Path | None) -> AlembicProject:
+    project = write_alembic_project(github.workspace / "migrations")
+    (project.root / "env.py").write_text(
+        WORKER_ENV.format(versions=str(versions) if versions else "")
+    )
+    return project
+
+
+def test_worker_env_py_runs_in_an_event_loop_worker_thread(
+    github: GitHubRunner, run_cli: Callable[..., Run], database: Database
+) -> None:
+    project = prefect_like(github, versions=None)
+    project.add("0001_a", "op.create_table('a', sa.Column('id', sa.Integer))")
+    project.add("0002_b", "op.create_table('b', sa.Column('id', sa.Integer))")
+    # On the main thread (the default) such an env.py cannot start: exit 2, nothing changed.
+    run = deploy_in(github, run_cli, database)
+    assert run.returncode == 2, run.output
+    assert "env.py failed before migrating" in run.stdout
+    assert database.tables() == set()
+    # env-thread: worker: deploy, then status and plan, read as a main-thread env.py's.
+    run = deploy_in(github, run_cli, database, **{"env-thread": "worker"})
+    assert run.returncode == 0, run.output
+    assert database.version() == {"0002_b"}
+    assert {"a", "b"} <= database.tables()
+    out = github.outputs()
+    assert out["status"] == "success" and out["current-revision"] == "0002_b"
+    rep = report(github)
+    assert [a["revision"] for a in rep["migrate"]["applied"]] == ["0001_a", "0002_b"]
+    history = database.rows("SELECT revision, kind FROM db_deploy.db_deploy_history ORDER BY id")
+    assert history == [("0001_a", "upgrade"), ("0002_b", "upgrade")]
+    run = deploy_in(github, run_cli, database, "status", **{"env-thread": "worker"})
+    assert run.returncode == 0, run.output
+    assert "db-deploy status: up to date" in run.stdout
+    run = deploy_in(github, run_cli, database, "plan", **{"env-thread": "worker"})
+    assert run.returncode == 0, run.output
+    assert github.outputs()["status"] == "noop"
+
+
+def test_worker_env_py_secrets_are_masked(
+    github: GitHubRunner, run_cli: Callable[..., Run], database: Database
+) -> None:
+    """What env.py prints from its worker thread is masked like the rest of the output."""
+    project = write_alembic_project(github.workspace / "migrations")
+    env = project.root / "env.py"
+    env.write_text(
+        GUARD + "import os\nprint('url is', os.environ['DATABASE_URL'])\n" + env.read_text()
+    )
+    project.add("0001_a", "op.create_table('a', sa.Column('id', sa.Integer))")
+    url = database.url.replace("postgres@", "postgres:s3cr3t-pw@")
+    database.execute("ALTER ROLE postgres PASSWORD 's3cr3t-pw'")
+    run = deploy_in(github, run_cli, database, **{"env-thread": "worker", "database-url": url})
+    assert run.returncode == 0, run.output
+    assert "url is" in run.stdout
+    assert "s3cr3t-pw" not in run.visible
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_worker_env_py_is_cancelled_like_a_main_thread_one(
+    project: AlembicProject, database: Database, github: GitHubRunner, sig: signal.Signals
+) -> None:
+    env = project.root / "env.py"
+    env.write_text(GUARD + env.read_text())
+    proc, out, took = cancel_mid_revision(
+        project,
+        database,
+        github,
+        sig,
+        busy="op.execute('SELECT pg_sleep(60)')",
+        running=lambda: sessions(database, "%pg_sleep(60)%") > 0,
+        **{"env-thread": "worker"},
+    )
+    assert_cancelled(proc, out, took, database, github, sig)
+
+
+def test_worker_env_py_busy_in_python_is_cancelled_in_time(
+    project: AlembicProject, database: Database, github: GitHubRunner, tmp_path: Path
+) -> None:
+    """A revision busy in Python code (beyond a server-side cancel): the run still ends, as
+    cancelled, in time; the open revision rolled back."""
+    env = project.root / "env.py"
+    env.write_text(GUARD + env.read_text())
+    marker = tmp_path / "sleeping"
+    proc, out, took = cancel_mid_revision(
+        project,
+        database,
+        github,
+        signal.SIGINT,
+        busy=f"open({str(marker)!r}, 'w').close()\nimport time\ntime.sleep(60)",
+        running=marker.exists,
+        **{"env-thread": "worker"},
+    )
+    assert_cancelled(proc, out, took, database, github, signal.SIGINT)
+
+
+# --------------------------------------------------------------------------- version locations
+
+
+def located_elsewhere(github: GitHubRunner) -> tuple[AlembicProject, Path]:
+    """A project whose env.py points Alembic at a versions folder of its own (outside the
+    script folder), as prefect's does; the script folder's own `versions` stays empty."""
+    project = write_alembic_project(github.workspace / "migrations")
+    elsewhere = github.workspace / "app" / "versions"
+    elsewhere.mkdir(parents=True)
+    env = project.root / "env.py"
+    env.write_text(
+        "from alembic import context as _c\n"
+        f"_c.script.version_locations = [{str(elsewhere)!r}]\n" + env.read_text()
+    )
+    writer = AlembicProject(root=elsewhere.parent)
+    return writer, elsewhere
+
+
+def test_version_locations_set_by_env_py_are_honoured(
+    github: GitHubRunner, run_cli: Callable[..., Run], database: Database
+) -> None:
+    writer, _ = located_elsewhere(github)
+    writer.add("v1", "op.create_table('a', sa.Column('id', sa.Integer))", "op.drop_table('a')")
+    writer.add("v2", "op.create_table('b', sa.Column('id', sa.Integer))", "op.drop_table('b')")
+    # plan: both pending (not "base → base").
+    run = deploy_in(github, run_cli, database, "plan")
+    assert run.returncode == 0, run.output
+    assert [p["revision"] for p in report(github)["migrate"]["pending"]] == ["v1", "v2"]
+    assert database.tables() == set()
+    # deploy to a named revision (known only once env.py ran), then to the head.
+    run = deploy_in(github, run_cli, database, target="v1")
+    assert run.returncode == 0, run.output
+    assert database.version() == {"v1"}
+    run = deploy_in(github, run_cli, database)
+    assert run.returncode == 0, run.output
+    assert database.version() == {"v2"} and {"a", "b"} <= database.tables()
+    assert not warning_lines(run)
+    # status, drift, rollback read the same revisions.
+    run = deploy_in(github, run_cli, database, "status")
+    assert run.returncode == 0, run.output
+    assert "up to date" in run.stdout
+    assert report(github)["status_check"]["script_heads"] == ["v2"]
+    run = deploy_in(github, run_cli, database, "drift")
+    assert run.returncode == 0, run.output
+    run = deploy_in(github, run_cli, database, "rollback", target="v1")
+    assert run.returncode == 0, run.output
+    assert database.version() == {"v1"} and "b" not in database.tables()
+
+
+def test_version_locations_in_alembic_ini_are_honoured(
+    github: GitHubRunner, run_cli: Callable[..., Run], database: Database
+) -> None:
+    project = write_alembic_project(github.workspace / "migrations")
+    (github.workspace / "app" / "versions").mkdir(parents=True)
+    ini = project.root / "alembic.ini"
+    ini.write_text(ini.read_text() + "version_locations = %(here)s/../app/versions\n")
+    writer = AlembicProject(root=github.workspace / "app")
+    writer.add("i1", "op.create_table('a', sa.Column('id', sa.Integer))")
+    run = deploy_in(github, run_cli, database)
+    assert run.returncode == 0, run.output
+    assert database.version() == {"i1"}
+
+
+def test_no_revisions_found_is_never_a_silent_green(
+    github: GitHubRunner, run_cli: Callable[..., Run], database: Database
+) -> None:
+    write_alembic_project(github.workspace / "migrations")
+    run = deploy_in(github, run_cli, database)
+    assert run.returncode == 0, run.output
+    warned = warning_lines(run)
+    assert len(warned) == 1 and "no revisions found in 'migrations/versions'" in warned[0], warned
+    assert any("no revisions found" in w for w in report(github)["warnings"])
+    run = deploy_in(github, run_cli, database, "status")
+    assert run.returncode == 0, run.output
+    assert "db-deploy status: no revisions found" in run.stdout
+    assert "no revisions found" in github.summary()
+
+
+# --------------------------------------------------------------------------- SQLite fallback
+
+FALLBACK_ENV = """\
+import os
+
+from alembic import context
+from sqlalchemy import create_engine, pool
+
+# The application's own variable; without it, a local SQLite file.
+url = os.environ.get("MYAPP_DATABASE_URL", "sqlite:///myapp.db")
+engine = create_engine(url, poolclass=pool.NullPool)
+with engine.connect() as connection:
+    context.configure(connection=connection)
+    with context.begin_transaction():
+        context.run_migrations()
+"""
+
+
+def test_env_py_falling_back_to_sqlite_is_named(
+    github: GitHubRunner, run_cli: Callable[..., Run], database: Database
+) -> None:
+    project = write_alembic_project(github.workspace / "migrations")
+    (project.root / "env.py").write_text(FALLBACK_ENV)
+    project.add("0001_a", "op.create_table('a', sa.Column('id', sa.Integer))")
+    run = deploy_in(github, run_cli, database)
+    assert run.returncode == 1, run.output
+    error = github.outputs()["error"]
+    assert "env.py migrated another database: sqlite:///myapp.db" in error, error
+    assert "variable of its own" in error and "DATABASE_URL" in error
+    assert "Traceback" not in run.output
+    assert database.tables() == set()
+    # Stopped before any revision ran there either.
+    db_file = github.workspace / "myapp.db"
+    if db_file.exists():
+        import sqlite3
+
+        with sqlite3.connect(db_file) as lite:
+            names = {r[0] for r in lite.execute("SELECT name FROM sqlite_master")}
+        assert "a" not in names
+    # The variable it reads, set to the database: deployed.
+    env = github.with_inputs(**{"database-url": database.url, "migrations-path": "migrations"})
+    env["MYAPP_DATABASE_URL"] = database.url.replace("postgresql://", "postgresql+psycopg://")
+    github.output_file.write_text("")
+    run = run_cli(env=env, cwd=github.workspace)
+    assert run.returncode == 0, run.output
+    assert database.version() == {"0001_a"}
+
+
+def test_env_py_falling_back_to_sqlite_in_a_worker_thread(
+    github: GitHubRunner, run_cli: Callable[..., Run], database: Database
+) -> None:
+    project = write_alembic_project(github.workspace / "migrations")
+    (project.root / "env.py").write_text(GUARD + FALLBACK_ENV)
+    project.add("0001_a", "op.create_table('a', sa.Column('id', sa.Integer))")
+    run = deploy_in(github, run_cli, database, **{"env-thread": "worker"})
+    assert run.returncode == 1, run.output
+    assert "env.py migrated another database: sqlite:///myapp.db" in github.outputs()["error"]
+
+
+# --------------------------------------------------------------------------- docstrings
+
+
+def test_multi_line_docstrings_are_shown_by_their_first_line(
+    project: AlembicProject, github: GitHubRunner, run_cli: Callable[..., Run], database: Database
+) -> None:
+    message = textwrap.dedent(
+        """\
+        Add the users table
+        Revision ID: 0001_users
+        Revises:
+        Create Date: 2024-01-01 00:00:00"""
+    )
+    project.add(
+        "0001_users", "op.create_table('users', sa.Column('id', sa.Integer))", message=message
+    )
+    env = github.with_inputs(**{"database-url": database.url, "migrations-path": str(project.root)})
+    run = run_cli("plan", env=env, cwd=github.workspace)
+    assert run.returncode == 0, run.output
+    assert report(github)["migrate"]["pending"][0]["description"] == "Add the users table"
+    run = run_cli(env=env, cwd=github.workspace)
+    assert run.returncode == 0, run.output
+    assert "Add the users table" in run.stdout
+    assert "Revision ID" not in run.stdout and "Create Date" not in run.stdout
+    assert report(github)["migrate"]["applied"][0]["description"] == "Add the users table"
+    assert "Revision ID" not in github.summary()
