@@ -147,6 +147,31 @@ def test_worker_env_py_secrets_are_masked(
     assert "s3cr3t-pw" not in run.visible
 
 
+def test_worker_env_py_failures_are_reported_as_on_the_main_thread(
+    github: GitHubRunner, run_cli: Callable[..., Run], database: Database
+) -> None:
+    """A failing revision: the same record (file, line, statement, class); env.py ending the
+    process (sys.exit) from its worker thread: the usual one line, exit 2."""
+    project = write_alembic_project(github.workspace / "migrations")
+    env = project.root / "env.py"
+    plain = env.read_text()
+    env.write_text(GUARD + plain)
+    project.add("0001_a", "op.create_table('a', sa.Column('id', sa.Integer))")
+    project.add("0002_bad", "op.execute('SELECT * FROM missing_table')")
+    run = deploy_in(github, run_cli, database, **{"env-thread": "worker"})
+    assert run.returncode == 1, run.output
+    assert "Traceback" not in run.output
+    out = github.outputs()
+    assert out["error-class"] == "sql-error" and out["current-revision"] == "0001_a"
+    failure = report(github)["failure"]
+    assert failure["file"] == "migrations/versions/0002_bad.py" and failure["line"] == 13
+    assert "missing_table" in failure["statement"]
+    env.write_text(GUARD + "import sys\nsys.exit(3)\n" + plain)
+    run = deploy_in(github, run_cli, database, **{"env-thread": "worker"})
+    assert run.returncode == 2, run.output
+    assert "env.py called sys.exit(3)" in run.stdout and "Traceback" not in run.output
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_worker_env_py_is_cancelled_like_a_main_thread_one(
     project: AlembicProject, database: Database, github: GitHubRunner, sig: signal.Signals
