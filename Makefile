@@ -6,7 +6,7 @@ STAMP   = $(VENV)/.installed
 RUNTIME = $(VENV)/.runtime
 export XDG_RUNTIME_DIR ?= $(CURDIR)/.cache/xdg
 
-.PHONY: help venv demo test lint format lock bench act image-test clean generate
+.PHONY: help venv demo test lint format lock bench act image-test apps-test clean generate
 
 help:
 	@echo "make demo   deploy migrations/ with its seed to an embedded PostgreSQL and show the report"
@@ -15,6 +15,7 @@ help:
 	@echo "make bench  benchmarks against bare alembic and psql (see bench/README.md)"
 	@echo "make lock   re-lock the runtime dependencies (requirements.lock, requirements-build.lock)"
 	@echo "make image-test  build the container image (no registry needed) and run it as the runner does"
+	@echo "make apps-test  real applications from PyPI (prefect) deployed unchanged, compared with their own tools"
 	@echo "make act    run .github/workflows/db-deploy.yml with act (offline where no registry answers)"
 	@echo "make generate  write action.yml, python/action.yml, the reusable workflow and the docs' tables from deployer/settings.py and deployer/interface.py"
 
@@ -73,6 +74,11 @@ generate: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# tests/apps: prefect installed from PyPI into .cache/apps (once), Debian's PostgreSQL with contrib
+# (apt-get when missing); skipped by `make test`.
+apps-test: $(STAMP)
+	DB_DEPLOY_APPS_TESTS=1 $(BIN)/python -m pytest tests/apps -p no:randomly --durations=5 $(PYTEST_ARGS)
 
 act:
 	@bash scripts/act.sh $(ACT_ARGS)

@@ -220,7 +220,6 @@ class Installer:
                 f"{sys.executable} -m venv failed (on Debian/Ubuntu system Pythons: apt-get "
                 "install python3-venv, or use actions/setup-python).",
             )
-        self.add_job_site(site_dirs)
         held = {canonical(n) for n in dists}
         missing = [n for n in self.lock if n not in held and COMPANIONS.get(n, n) not in held]
         with group("Locked runtime dependencies (requirements.lock, hash-checked)"):
@@ -241,6 +240,9 @@ class Installer:
                     f"pip could not install the deployer from {self.root}; see the log above.",
                 )
             shutil.rmtree(src, ignore_errors=True)
+        # Only now: pip's isolated build of the deployer would import a job venv's own (older)
+        # setuptools through this .pth (Python 3.11's `python -m venv` ships setuptools 65).
+        self.add_job_site(site_dirs)
         self.reconcile(set(missing))
 
     def add_job_site(self, job_site: list[str]) -> None:
