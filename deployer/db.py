@@ -320,9 +320,10 @@ class Blocker:
     def __str__(self) -> str:
         # Redacted before it is cut: a secret crossing the cut would no longer be recognised.
         query = f": {cut(self.query, 80)}" if self.query else ""
+        age = f", for {self.age:.1f}s" if self.age is not None else ""
         return (
             f"pid {self.pid} ({self.application_name or '?'}, user {self.user}, query started "
-            f"{self.query_start}, {self.state}{query})"
+            f"{self.query_start}, {self.state}{age}{query})"
         )
 
 
