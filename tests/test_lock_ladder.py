@@ -238,6 +238,43 @@ def test_spent_budget_fails_cleanly_naming_the_blocker_and_leaves_no_query_queue
     assert f"pid {pid}" in run.stdout  # the terminal's attempt lines
 
 
+def test_an_env_py_with_its_own_engine_gets_each_rung_too(
+    project: AlembicProject,
+    database: Database,
+    github: GitHubRunner,
+    deploy: Callable[..., object],
+    blocker: sa.Connection,
+) -> None:
+    """An env.py that builds its engine from sqlalchemy.url: each attempt's rung reaches its
+    sessions through their settings (PGOPTIONS), and a timed-out attempt is retried there."""
+    env_py = project.root / "env.py"
+    env_py.write_text(
+        env_py.read_text().replace(
+            'connection = config.attributes.get("connection")', "connection = None"
+        )
+    )
+    project.add("0001_a", TABLE_A)
+    assert deploy(project).returncode == 0
+    project.add("0002_alter", ALTER_A)
+    pid = hold(blocker, "SELECT count(*) FROM a")
+
+    def release_after_two_rungs() -> None:
+        wait_for(lambda: len(set(watcher.rungs())) >= 2, what="two rungs", timeout=120)
+        blocker.execute(sa.text("ROLLBACK"))
+
+    with Watcher(database) as watcher:
+        release = threading.Thread(target=release_after_two_rungs)
+        release.start()
+        run = deploy(project, **{"lock-timeout-ladder": "250ms, 500ms"})
+        release.join()
+    assert run.returncode == 0, run.output
+    assert watcher.rungs()[:2] == ["250ms", "500ms"]
+    tries = report(github)["migrate"]["lock_attempts"]
+    assert [t["lock_timeout"] for t in tries[:2]] == [0.25, 0.5]
+    assert pid in {t["blocker_pid"] for t in tries}  # env.py's sessions are watched too
+    assert database.version() == {"0002_alter"}
+
+
 @pytest.mark.parametrize("per_migration", [True, False], ids=["per-revision", "whole-upgrade"])
 def test_a_retried_upgrade_runs_each_revision_once(
     make_project: Callable[..., AlembicProject],
