@@ -600,10 +600,8 @@ def lock_ladder(retry: LockRetry, *, each_statement: bool = False) -> Iterator[L
 
     def on_execute(cursor: Any, statement: str, parameters: Any, context: Any) -> bool | None:
         raw = _raw_connection(context)
-        if raw is None or not getattr(raw, "autocommit", False):
+        if not _alone(raw):
             return None  # in a transaction: a lock timeout fails the attempt, retried whole
-        if threading.current_thread().name.startswith(_OWN_THREADS):
-            return None
 
         def run() -> None:
             context.dialect.do_execute(cursor, statement, parameters, context)
@@ -613,9 +611,7 @@ def lock_ladder(retry: LockRetry, *, each_statement: bool = False) -> Iterator[L
 
     def on_execute_no_params(cursor: Any, statement: str, context: Any) -> bool | None:
         raw = _raw_connection(context)
-        if raw is None or not getattr(raw, "autocommit", False):
-            return None
-        if threading.current_thread().name.startswith(_OWN_THREADS):
+        if not _alone(raw):
             return None
 
         def run() -> None:
@@ -633,6 +629,18 @@ def lock_ladder(retry: LockRetry, *, each_statement: bool = False) -> Iterator[L
         sa.event.remove(sa.Engine, "do_execute", on_execute)
         sa.event.remove(sa.Engine, "do_execute_no_params", on_execute_no_params)
         _LADDER = previous
+
+
+def _alone(raw: Any) -> bool:
+    """Whether a statement about to run on DBAPI connection `raw` is a transaction of its own:
+    AUTOCOMMIT, and no transaction block open (`BEGIN` sent by hand). Read from the driver
+    (libpq's transaction status: no round trip); not on the deployer's own threads."""
+    if raw is None or not getattr(raw, "autocommit", False):
+        return False
+    status = getattr(getattr(raw, "info", None), "transaction_status", 0)
+    if status != 0:  # psycopg 3 and psycopg2 alike: 0 is IDLE, outside any transaction block
+        return False
+    return not threading.current_thread().name.startswith(_OWN_THREADS)
 
 
 def _raw_connection(context: Any) -> Any:

@@ -493,3 +493,22 @@ def test_the_attempts_in_the_summary_the_terminal_and_the_json() -> None:
         "dropped_index": "",
     }
     assert markdown.lock_attempts(MigrateResult(lock_attempts=[LockAttempt(1, 0.1)])) == []
+
+
+def test_a_transaction_block_opened_by_hand_is_left_to_the_attempt(
+    database: Database, blocker: sa.Connection
+) -> None:
+    """On an AUTOCOMMIT connection, a `BEGIN` sent by hand opens a transaction block: its
+    statements are not retried alone (the block is aborted by the error)."""
+    database.execute("CREATE TABLE a (id int)")
+    hold(blocker, "SELECT count(*) FROM a")
+    engine = database.engine.execution_options(isolation_level="AUTOCOMMIT")
+    retry = db.LockRetry(db.LockLadder(rungs=(0.1,), budget=60.0))
+    with engine.connect() as conn, db.lock_ladder(retry, each_statement=True):
+        conn.execute(sa.text("SET lock_timeout = 100"))
+        retry.begin()
+        conn.execute(sa.text("BEGIN"))
+        with pytest.raises(sa.exc.OperationalError):
+            conn.execute(sa.text("ALTER TABLE a ADD COLUMN y int"))
+        conn.execute(sa.text("ROLLBACK"))
+    assert retry.attempts == []
