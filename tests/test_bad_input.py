@@ -297,6 +297,16 @@ def seed_raising(c: Ctx) -> None:
     c.inputs["run-seed"] = "true"
 
 
+def history_schema_via_search_path(c: Ctx) -> None:
+    """The version table is reached only through the search_path (the URL's `options`; env.py
+    names no version_table_schema), and history-schema is that schema."""
+    db = c.target.db
+    assert isinstance(db, Database)
+    db.execute("CREATE SCHEMA IF NOT EXISTS app")  # empty: the shared database stays pristine
+    c.set_url(f"{c.target.url}&options=-csearch_path%3Dapp")
+    c.inputs["history-schema"] = "app"
+
+
 def slack_unreachable(c: Ctx) -> None:
     c.inputs["slack-webhook-url"] = f"http://127.0.0.1:{closed_port()}{HOOK_PATH}"
 
@@ -348,6 +358,7 @@ CASES = [
     Case("seed-file-missing", 2, "does not exist (seed-path)", seed_file_missing),
     Case("seed-does-not-import", 2, "cannot import seed file 'seed.py'", seed_does_not_import),
     Case("seed-raising", 1, "seed failed and was rolled back: RuntimeError: catalog source unavailable", seed_raising, after="seed-rolled-back"),
+    Case("history-schema-via-search-path", 2, "invalid history-schema: 'app' is the version table's schema (the search_path's)", history_schema_via_search_path),
     Case("slack-unreachable", 0, "Slack notification failed: cannot reach the webhook", slack_unreachable, after="deployed", warning=True),
     Case("slack-slow", 0, "Slack notification failed: no answer within 0.5s", slack_slow, after="deployed", warning=True, budget=12),
     Case("slack-500", 0, "Slack notification failed: HTTP 500", slack_500, after="deployed", warning=True, terminal=True),

@@ -127,6 +127,38 @@ def test_signal_cancels_the_running_statement_on_the_server(
     assert_cancelled(proc, out, took, database, github, sig)
 
 
+@pytest.mark.parametrize("connection", ["shared", "none"])
+def test_sigterm_cancels_a_driver_blocked_in_c(
+    project: AlembicProject, database: Database, github: GitHubRunner, connection: str
+) -> None:
+    """psycopg2 waits for the server in C and does not let the main thread take the signal:
+    the cancel thread cancels the statement from a session of its own, in time; on the session
+    the deployer hands env.py and on an engine env.py builds itself."""
+    proc, out, took = cancel_mid_revision(
+        project,
+        database,
+        github,
+        signal.SIGTERM,
+        busy="print('driver:', op.get_bind().dialect.driver)\nop.execute('SELECT pg_sleep(60)')",
+        running=lambda: _sleeping(database),
+        **{"url-driver": "psycopg2", "env-connection": connection},
+    )
+    assert "driver: psycopg2" in out, out
+    assert_cancelled(proc, out, took, database, github, signal.SIGTERM)
+    assert not _sleeping(database)  # env.py's own session (no application_name) too
+
+
+def _sleeping(database: Database) -> bool:
+    """The slow revision runs, on whatever session (env.py's own engine names no
+    application_name)."""
+    return bool(
+        database.scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND query LIKE '%pg_sleep(60)%' AND state = 'active' AND pid <> pg_backend_pid()"
+        )
+    )
+
+
 def test_sigint_during_python_code_of_a_revision(
     project: AlembicProject, database: Database, github: GitHubRunner, tmp_path: Path
 ) -> None:

@@ -217,7 +217,7 @@ def test_python_seed_cannot_commit_or_roll_back(
     assert database.scalar("SELECT count(*) FROM items") == 0
     assert "seed failed and was rolled back" in run.output
     if message:
-        assert message in run.output
+        assert message in run.output, run.output
     if case in {"sa-commit", "sa-rollback"}:
         assert "seed.py line 5" in run.output
     report = json.loads((github.workspace / "db-deploy-report.json").read_text())
@@ -281,3 +281,180 @@ def test_python_seed_success_commits_once(
     report = json.loads((github.workspace / "db-deploy-report.json").read_text())
     assert report["seed"]["totals"]["inserted"] == 3
     assert [t["table"] for t in report["seed"]["tables"]] == ["public.items"]
+
+
+# A seed.py that opens a session of its own: its commits would be outside the deployer's
+# transaction, so a failed seed could not be rolled back. Every way is refused before the session
+# exists (or, for a program the seed starts, the session cannot write), so "rolled back" is true.
+OWN_SESSION = {
+    "psycopg-connect": (
+        "import psycopg\n"
+        "    with psycopg.connect(URL) as c:\n"
+        "        c.execute('INSERT INTO items VALUES (10)')\n"
+        "        c.commit()",
+        "psycopg.connect() is not allowed in a seed (seed.py line 10)",
+    ),
+    "psycopg-autocommit": (
+        "import psycopg\n"
+        "    c = psycopg.Connection.connect(URL, autocommit=True)\n"
+        "    c.execute('INSERT INTO items VALUES (10)')",
+        "psycopg.connect() is not allowed",
+    ),
+    "psycopg-async": (
+        "import asyncio, psycopg\n"
+        "    async def other():\n"
+        "        async with await psycopg.AsyncConnection.connect(URL, autocommit=True) as c:\n"
+        "            await c.execute('INSERT INTO items VALUES (10)')\n"
+        "    asyncio.run(other())",
+        "psycopg.connect() is not allowed",
+    ),
+    "psycopg2-connect": (
+        "from psycopg2 import connect\n"
+        "    c = connect(URL)\n"
+        "    c.cursor().execute('INSERT INTO items VALUES (10)')\n"
+        "    c.commit()",
+        "psycopg2.connect() is not allowed",
+    ),
+    "create-engine": (
+        "e = sa.create_engine(URL.replace('postgresql://', 'postgresql+psycopg://'))\n"
+        "    with e.begin() as c:\n"
+        "        c.execute(sa.text('INSERT INTO items VALUES (10)'))",
+        "a new SQLAlchemy connection",
+    ),
+    "create-engine-psycopg2": (
+        "e = sa.create_engine(URL.replace('postgresql://', 'postgresql+psycopg2://'))\n"
+        "    with e.begin() as c:\n"
+        "        c.execute(sa.text('INSERT INTO items VALUES (10)'))",
+        "is not allowed in a seed",
+    ),
+    "pooled-engine": (  # an engine whose pool already holds a connection (made at import)
+        "with POOLED.begin() as c:\n        c.execute(sa.text('INSERT INTO items VALUES (10)'))",
+        "a connection from an engine's pool",
+    ),
+    "connection-engine": (
+        "with connection.engine.connect() as c:\n"
+        "        c.execute(sa.text('INSERT INTO items VALUES (10)'))\n"
+        "        c.commit()",
+        "a new SQLAlchemy connection",
+    ),
+    "raw-connection": (
+        "c = connection.engine.raw_connection()\n"
+        "    c.cursor().execute('INSERT INTO items VALUES (10)')\n"
+        "    c.commit()",
+        "a new SQLAlchemy connection",
+    ),
+    "thread": (
+        "import threading, psycopg\n"
+        "    errors = []\n"
+        "    def other():\n"
+        "        try:\n"
+        "            with psycopg.connect(URL, autocommit=True) as c:\n"
+        "                c.execute('INSERT INTO items VALUES (10)')\n"
+        "        except Exception as exc:\n"
+        "            errors.append(exc)\n"
+        "    t = threading.Thread(target=other)\n"
+        "    t.start()\n"
+        "    t.join()\n"
+        "    if errors:\n"
+        "        raise errors[0]",
+        "psycopg.connect() is not allowed in a seed (seed.py line 13)",
+    ),
+    "python-socket": (  # what pg8000 or asyncpg do: a Python socket to the server
+        "import socket, glob\n"
+        "    s = socket.socket(socket.AF_UNIX)\n"
+        "    s.connect(glob.glob(HOST + '/.s.PGSQL.*')[0])",
+        "a socket to the database server is not allowed",
+    ),
+    "psql": (  # a program the seed starts: its session cannot write
+        "import subprocess\n"
+        "    subprocess.run(['psql', URL, '-v', 'ON_ERROR_STOP=1', '-c',\n"
+        "                    'INSERT INTO items VALUES (10)'], check=True)",
+        "returned non-zero exit status",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(OWN_SESSION))
+def test_python_seed_cannot_open_a_session_of_its_own(
+    items: AlembicProject, database: Database, github: GitHubRunner, deploy, case: str
+) -> None:
+    """Issue 15.1, provably: whatever session the seed opens itself, nothing it wrote there is
+    left after the seed fails, and the report says "rolled back" because it is true."""
+    call, message = OWN_SESSION[case]
+    host = database.url.split("host=", 1)[1].split("&", 1)[0]
+    (items.root / "seed.py").write_text(
+        "import sqlalchemy as sa\n\n"
+        f"URL = {database.url!r}\nHOST = {host!r}\n"
+        "POOLED = sa.create_engine(URL.replace('postgresql://', 'postgresql+psycopg://'))\n"
+        "POOLED.connect().close()\n\n"
+        "def seed(connection):\n"
+        f"    {call}\n"
+        "    connection.execute(sa.text('INSERT INTO items VALUES (1), (2), (3)'))\n"
+        "    connection.execute(sa.text(\"INSERT INTO items VALUES ('bad')\"))\n"
+    )
+    run = deploy(items, **{"run-seed": "true"})
+    assert run.returncode == 1, run.output
+    assert database.scalar("SELECT count(*) FROM items") == 0, run.output
+    assert "seed failed and was rolled back" in run.output
+    if message:
+        assert message in run.output, run.output
+    assert "Traceback" not in run.output
+    report = json.loads((github.workspace / "db-deploy-report.json").read_text())
+    assert report["seed"]["rolled_back"] is True
+
+
+def test_python_seed_that_catches_the_refusal_commits_only_its_own_work(
+    items: AlembicProject, database: Database, deploy
+) -> None:
+    """The refused session never existed: the seed goes on in the deployer's transaction."""
+    (items.root / "seed.py").write_text(
+        "import psycopg, sqlalchemy as sa\n\n"
+        f"URL = {database.url!r}\n\n"
+        "def seed(connection):\n"
+        "    try:\n"
+        "        psycopg.connect(URL, autocommit=True).execute('INSERT INTO items VALUES (10)')\n"
+        "    except Exception as exc:\n"
+        "        print('refused:', type(exc).__name__)\n"
+        "    connection.execute(sa.text('INSERT INTO items VALUES (1)'))\n"
+    )
+    run = deploy(items, **{"run-seed": "true"})
+    assert run.returncode == 0, run.output
+    assert database.scalar("SELECT array_agg(id) FROM items") == [1]
+    # The deployer's own sessions after the seed (the smoke, the history) are not refused.
+    assert database.scalar("SELECT count(*) FROM items") == 1
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT dblink_exec('dbname=x', 'INSERT INTO items VALUES (1)');",
+        "DO $$ BEGIN PERFORM public.dblink_exec('dbname=x', 'COMMIT'); END $$;",
+        "INSERT INTO items SELECT * FROM dblink ('dbname=x', 'SELECT 1') AS t(id int);",
+    ],
+    ids=["dblink-exec", "in-a-do-block", "dblink-select"],
+)
+def test_sql_seed_using_dblink_is_refused_before_migrating(
+    items: AlembicProject, database: Database, deploy, sql: str
+) -> None:
+    """dblink runs SQL on a session of its own, which commits by itself."""
+    path = items.root / "seed.sql"
+    path.write_text("INSERT INTO items VALUES (5);\n" + sql + "\n")
+    run = deploy(items, **{"run-seed": "true", "seed-path": str(path)})
+    assert run.returncode == 2, run.output
+    assert "seed.sql: line 2: dblink (a session of its own" in run.output
+    assert _revision(database) is None
+
+
+def test_python_seed_sql_using_dblink_is_refused(
+    items: AlembicProject, database: Database, deploy
+) -> None:
+    (items.root / "seed.py").write_text(
+        "import sqlalchemy as sa\n\n"
+        "def seed(connection):\n"
+        "    connection.execute(sa.text('INSERT INTO items VALUES (1)'))\n"
+        "    connection.execute(sa.text(\"SELECT dblink_exec('x', 'INSERT INTO items VALUES (2)')\"))\n"
+    )
+    run = deploy(items, **{"run-seed": "true"})
+    assert run.returncode == 1, run.output
+    assert "dblink (a session of its own" in run.output and "seed.py line 5" in run.output
+    assert database.scalar("SELECT count(*) FROM items") == 0

@@ -176,7 +176,8 @@ def test_unreadable_table_fails_smoke(
         "op.create_table('open_t', sa.Column('id', sa.Integer))\n"
         "op.create_table('secret_t', sa.Column('id', sa.Integer))",
     )
-    database.execute("CREATE ROLE deployer_ro LOGIN")
+    role = f"ro_{database.name}"  # roles are cluster-wide: one per test, per xdist worker
+    database.execute(f"CREATE ROLE {role} LOGIN")
     try:
         assert (
             run_cli(
@@ -184,16 +185,16 @@ def test_unreadable_table_fails_smoke(
             ).returncode
             == 0
         )
-        database.execute("GRANT SELECT ON open_t, alembic_version TO deployer_ro")
-        url = database.url.replace("postgres@", "deployer_ro@")
+        database.execute(f"GRANT SELECT ON open_t, alembic_version TO {role}")
+        url = database.url.replace("postgres@", f"{role}@")
         run = run_cli("smoke", "--database-url", url, env=github.env, cwd=github.workspace)
         assert run.returncode == 1
         out = github.outputs()
         assert out["smoke-failed"] == "1"
         assert "public.secret_t is not readable" in out["error"]
     finally:
-        database.execute("DROP OWNED BY deployer_ro")
-        database.execute("DROP ROLE deployer_ro")
+        database.execute(f"DROP OWNED BY {role}")
+        database.execute(f"DROP ROLE {role}")
 
 
 def test_large_tables_are_estimated_not_counted(

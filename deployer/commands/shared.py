@@ -259,15 +259,45 @@ def raise_if_failed(m: MigrateResult, *, step: str, verb: str = "failed") -> Non
         )
 
 
-def check_history_schema(ctx: Context, version_table_schema: str | None) -> None:
+def check_history_schema(
+    ctx: Context,
+    version_table_schema: str | None,
+    conn: sa.Connection | None = None,
+    version_table: str = "alembic_version",
+) -> None:
     """The deploy history is kept apart from the version table (interface.md): a history-schema
     that is the schema env.py puts the version table in is bad input (exit 2, before anything
-    is written). `public`, the default place of both, is refused with the settings."""
+    is written). `public`, the default place of both, is refused with the settings. With no
+    version_table_schema, the version table's schema is the one the search_path leads to (the
+    role's, the database's or the URL's `options`), read on `conn`."""
     schema = ctx.settings.history_schema
+    how = "env.py's version_table_schema"
+    if not version_table_schema and conn is not None:
+        version_table_schema, how = _search_path_schema(conn, version_table), "the search_path's"
     if version_table_schema and version_table_schema == schema:
         raise ConfigError(
-            f"invalid history-schema: {schema!r} is the version table's schema (env.py's "
-            "version_table_schema): the deploy history lives in a schema of its own, apart "
-            "from the version table; use the default db_deploy or another dedicated schema",
+            f"invalid history-schema: {schema!r} is the version table's schema ({how}): the "
+            "deploy history lives in a schema of its own, apart from the version table; use "
+            "the default db_deploy or another dedicated schema",
             step="config",
         )
+
+
+def _search_path_schema(conn: sa.Connection, table: str) -> str | None:
+    """The schema an unqualified `table` is in (found through the search_path), or the one it
+    would be created in; read-only, the transaction left as it was."""
+    started = not conn.in_transaction()
+    try:
+        return conn.execute(
+            sa.text(
+                "SELECT coalesce((SELECT n.nspname FROM pg_class c JOIN pg_namespace n "
+                "ON n.oid = c.relnamespace WHERE c.oid = to_regclass(quote_ident(:t))), "
+                "current_schema())"
+            ),
+            {"t": table},
+        ).scalar()
+    except sa.exc.DBAPIError:
+        return None
+    finally:
+        if started:
+            conn.rollback()

@@ -8,8 +8,10 @@ difference.)"""
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -117,6 +119,16 @@ def _forbidden(stmt: object, savepoints: list[str] | None = None) -> str:
     return ""
 
 
+# dblink (and dblink_exec, dblink_connect…) runs SQL on a session of its own, which commits by
+# itself: outside the seed's transaction, whatever the seed does after. Looked for in the whole
+# statement text, the bodies of DO blocks and functions too.
+_DBLINK = re.compile(r"\bdblink(?:_\w+)?\s*\(", re.I)
+
+
+def _dblink(text: str) -> str:
+    return "dblink (a session of its own, which commits by itself)" if _DBLINK.search(text) else ""
+
+
 def read_sql_seed(path: Path) -> list[SqlStatement]:
     """The statements of a `.sql` seed, split by PostgreSQL's own parser (pglast): a file that
     is not UTF-8, does not parse, or holds transaction control (the seed is one transaction:
@@ -152,7 +164,7 @@ def read_sql_seed(path: Path) -> list[SqlStatement]:
         body = text[start : start + length] if length else text[start:]
         body = body.strip().rstrip(";").strip()
         line = _line(text, start + (len(text[start:]) - len(text[start:].lstrip())))
-        what = _forbidden(rs.stmt, savepoints)
+        what = _forbidden(rs.stmt, savepoints) or _dblink(body)
         if what:
             raise ConfigError(
                 f"seed file {path.name}: line {line}: {what} is not allowed: the seed runs in "
@@ -234,7 +246,8 @@ _GUARD = [
 _TXID = "SELECT txid_current()"
 _DONE = "SELECT set_config('db_deploy.seed_done', 'yes', true)"
 _SQL_HINT = re.compile(
-    r"\b(commit|rollback|begin|start|end|abort|savepoint|release|prepare|set|vacuum)\b", re.I
+    r"\b(commit|rollback|begin|start|end|abort|savepoint|release|prepare|set|vacuum|dblink\w*)\b",
+    re.I,
 )
 
 
@@ -286,7 +299,7 @@ def _kept_in_one_transaction(connection: sa.Connection, path: Path) -> Iterator[
         except ParseError:
             return  # the server says what is wrong with it
         for rs in stmts:
-            what = _forbidden(rs.stmt)
+            what = _forbidden(rs.stmt) or _dblink(statement)
             if what:
                 raise SeedTransactionError(
                     f"{what} is not allowed in a seed{_where_in_seed(path)}: the seed runs in "
@@ -318,6 +331,114 @@ def _kept_in_one_transaction(connection: sa.Connection, path: Path) -> Iterator[
             sa.event.remove(connection, name, fn)
 
 
+# ------------------------------------------------------------ no session of the seed's own
+
+_OURS = "db-deploy-"  # the deployer's own threads' names: their sessions are let through
+_READ_ONLY = "-c default_transaction_read_only=on"
+
+
+class _Guard:
+    """While a seed.py runs: the seed file (for messages) and the server's port."""
+
+    path: Path | None = None
+    port: int = 5432
+    audit_installed = False
+
+
+def _refuse_session(how: str) -> None:
+    path = _Guard.path
+    if path is None or threading.current_thread().name.startswith(_OURS):
+        return
+    raise SeedTransactionError(
+        f"{how} is not allowed in a seed{_where_in_seed(path)}: a session of its own would "
+        "commit outside the deployer's transaction; the seed runs on the connection it is given"
+    )
+
+
+def _audit(event: str, args: tuple[object, ...]) -> None:
+    """A pure-Python driver (pg8000, asyncpg) connects with Python sockets: a socket to the
+    server's port or to a PostgreSQL unix socket is refused while a seed.py runs."""
+    if event != "socket.connect" or _Guard.path is None or len(args) < 2:
+        return
+    address = args[1]
+    if (isinstance(address, str | bytes) and b".s.PGSQL." in os.fsencode(address)) or (
+        isinstance(address, tuple) and len(address) >= 2 and address[1] == _Guard.port
+    ):
+        _refuse_session("a socket to the database server")
+
+
+def _server_port(connection: sa.Connection) -> int:
+    with suppress(Exception):
+        return int(connection.connection.driver_connection.info.port)  # type: ignore[union-attr]
+    return int(connection.engine.url.port or 5432)
+
+
+@contextmanager
+def _no_session_of_its_own(connection: sa.Connection, path: Path) -> Iterator[None]:
+    """While a seed.py runs it cannot open a database session of its own: that session's
+    commits would be outside the deployer's transaction, and a failed seed could not truthfully
+    be reported rolled back. Refused before anything is sent:
+    - SQLAlchemy, any engine and driver (the one behind `connection.engine` too): a new
+      connection (`do_connect`) or one taken from a pool (`checkout`);
+    - psycopg 3 (sync and async) and psycopg2, connecting directly;
+    - a pure-Python driver's socket to the server (an audit hook on `socket.connect`).
+    And a program the seed starts (psql) or a libpq binding not listed connects with PGOPTIONS
+    making its transactions read-only. The deployer's own threads (named db-deploy-…) are let
+    through."""
+
+    def sa_connect(*_a: object, **_k: object) -> None:
+        _refuse_session("a new SQLAlchemy connection (an engine of its own, engine.connect())")
+
+    def sa_checkout(*_a: object, **_k: object) -> None:
+        _refuse_session("a connection from an engine's pool")
+
+    patched: list[tuple[object, str, object]] = []
+
+    def patch(owner: object, name: str, how: str) -> None:
+        """`owner.name` (a class's method or a module's function) refused while the seed runs,
+        restored after."""
+        original = vars(owner).get(name)
+        if original is None:
+            return
+        func = getattr(original, "__func__", original)
+
+        def refused(*a: object, **k: object) -> object:
+            _refuse_session(how)
+            return func(*a, **k)
+
+        setattr(owner, name, classmethod(refused) if isinstance(original, classmethod) else refused)
+        patched.append((owner, name, original))
+
+    with suppress(ImportError):
+        from psycopg._connection_base import BaseConnection
+
+        patch(BaseConnection, "_connect_gen", "psycopg.connect()")
+    with suppress(ImportError):
+        import psycopg2  # its connect() calls the module's _connect, looked up at each call
+
+        patch(psycopg2, "_connect", "psycopg2.connect()")
+    _Guard.path, _Guard.port = path, _server_port(connection)
+    if not _Guard.audit_installed:
+        sys.addaudithook(_audit)
+        _Guard.audit_installed = True
+    sa.event.listen(sa.engine.Engine, "do_connect", sa_connect)
+    sa.event.listen(sa.pool.Pool, "checkout", sa_checkout)
+    options = os.environ.get("PGOPTIONS")
+    os.environ["PGOPTIONS"] = f"{options} {_READ_ONLY}" if options else _READ_ONLY
+    try:
+        yield
+    finally:
+        if options is None:
+            os.environ.pop("PGOPTIONS", None)
+        else:
+            os.environ["PGOPTIONS"] = options
+        sa.event.remove(sa.pool.Pool, "checkout", sa_checkout)
+        sa.event.remove(sa.engine.Engine, "do_connect", sa_connect)
+        _Guard.path = None
+        for owner, name, original in reversed(patched):
+            setattr(owner, name, original)
+
+
 def seed(connection: sa.Connection, path: Path) -> SeedResult:
     """Run the seed in one transaction; on failure it is rolled back and `error` is set.
 
@@ -341,7 +462,10 @@ def seed(connection: sa.Connection, path: Path) -> SeedResult:
         txid = connection.exec_driver_sql(_TXID).scalar()
         before = _stats(connection)
         if module is not None:
-            with _kept_in_one_transaction(connection, path):
+            with (
+                _kept_in_one_transaction(connection, path),
+                _no_session_of_its_own(connection, path),
+            ):
                 try:
                     module.seed(connection)
                 except SystemExit as exc:
