@@ -3,6 +3,7 @@ DB_DEPLOY_APPS_TESTS=1): the contrib-enabled cluster, the action's checkout, one
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,10 +35,12 @@ def contrib_cluster() -> Iterator[PgCluster]:
 @pytest.fixture(scope="session")
 def action_checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`uses: <owner>/db-deploy-action/python@v1` as the runner checks it out: a snapshot of the
-    files the composite needs, apart from the workspace. Returns its python/action.yml."""
+    files the composite needs, apart from the workspace. Returns its python/action.yml.
+    DB_DEPLOY_APPS_ACTION_ROOT: another checkout to take them from (say, `git archive HEAD`)."""
+    origin = Path(os.environ.get("DB_DEPLOY_APPS_ACTION_ROOT") or REPO)
     root = tmp_path_factory.mktemp("_actions") / "acme" / "db-deploy-action" / "v1"
     for name in ACTION_FILES:
-        source = REPO / name
+        source = origin / name
         if source.is_dir():
             ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
             shutil.copytree(source, root / name, ignore=ignore)

@@ -159,7 +159,8 @@ def app_python(name: str, requirements: Path) -> tuple[Path, float]:
     stamp = venv / ".installed"
     if stamp.exists():
         return python, 0.0
-    shutil.rmtree(venv, ignore_errors=True)
+    for stale in CACHE.glob(f"{name}-*"):  # built from an older requirements file
+        shutil.rmtree(stale, ignore_errors=True)
     venv.parent.mkdir(parents=True, exist_ok=True)
     base = Path(getattr(sys, "_base_executable", sys.executable))
     start = time.monotonic()
