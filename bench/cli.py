@@ -77,7 +77,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--traffic-rows", type=int, help="traffic: rows of the hot table (200000; quick 50000)"
     )
     p.add_argument("--traffic-repeat", type=int, help="traffic: rounds (3; quick 1)")
-    p.add_argument("--traffic-cases", help="traffic: among column,index,fk (default all)")
+    p.add_argument(
+        "--traffic-cases", help="traffic: among column,index,fk (default all; quick column)"
+    )
     p.add_argument("--traffic-tools", help="traffic: deploys among alembic,old,new (default all)")
     p.add_argument("--only", help=f"comma-separated suites among {','.join(SUITES)} (default all)")
     p.add_argument("--skip", default="", help="comma-separated suites to leave out")
@@ -89,7 +91,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--json",
         help="write the results here (default bench/results/latest.json for full runs, "
-        "nowhere for --quick)",
+        "bench/results/traffic.json for `--only traffic`, nowhere for --quick)",
     )
     p.add_argument(
         "--write-readme",
@@ -137,6 +139,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     a.traffic_blocker = a.traffic_blocker or (6.0 if q else 20.0)
     a.traffic_rows = a.traffic_rows or (50_000 if q else 200_000)
     a.traffic_repeat = a.traffic_repeat or (1 if q else 3)
+    a.traffic_cases = a.traffic_cases or ("column" if q else None)
     chosen = [s for s in (a.only or ",".join(SUITES)).split(",") if s]
     skip = set(a.skip.split(",")) - {""}
     bad = [s for s in [*chosen, *skip] if s not in SUITES]
@@ -296,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
         results = json.loads(Path(a.from_json).read_text())
     else:
         results = measure(a)
-        target = Path(a.json) if a.json else (None if a.quick else RESULTS)
+        default = RESULTS.with_name("traffic.json") if a.suites == ["traffic"] else RESULTS
+        target = Path(a.json) if a.json else (None if a.quick else default)
         if target:
             report.write_json(results, target)
             say(f"results written to {target}")

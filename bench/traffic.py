@@ -540,6 +540,10 @@ def _fs(s: dict[str, Any] | None) -> str:
     return f"{_msv(s['median'])} ({_msv(s['min'])}–{_msv(s['max'])})"
 
 
+def _med(s: dict[str, Any] | None) -> str:
+    return "–" if not s or s.get("median") is None else _msv(s["median"])
+
+
 def _f1(s: dict[str, Any] | None) -> str:
     if not s or s.get("median") is None:
         return "–"
@@ -572,7 +576,7 @@ def table(results: dict[str, Any]) -> list[str]:
             "",
             f"*{case}: {c['what']}*",
             "",
-            "| deploy | app p50 | app p99 | app max | max read / write | longest gap "
+            "| deploy | app p50 | app p99 | app max | longest gap | max read / write (median) "
             "| app errors | throughput vs no deploy | deploy outcome | deploy s "
             "| ends after blocker, s |",
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |",
@@ -580,17 +584,22 @@ def table(results: dict[str, Any]) -> list[str]:
         for tool, t in c["tools"].items():
             o = t["outcomes"]
             outcome = ", ".join(f"{n} {k}" for k, n in o.items() if n)
+            tries = [n for n in t["lock_attempts"] if n]
+            if tries:
+                lo, hi = min(tries), max(tries)
+                span = f"{lo}" if lo == hi else f"{lo}–{hi}"
+                outcome += f" ({span} lock attempt{'s' if hi > 1 else ''})"
             lines.append(
                 f"| {LABELS[tool]} | {_fs(t['p50_s'])} | {_fs(t['p99_s'])} | {_fs(t['max_s'])} "
-                f"| {_fs(t['max_read_s'])} / {_fs(t['max_write_s'])} "
-                f"| {_fs(t['longest_gap_s'])} | {t['errors']} "
+                f"| {_fs(t['longest_gap_s'])} | {_med(t['max_read_s'])} / {_med(t['max_write_s'])} "
+                f"| {t['errors']} "
                 f"| {_pct(t['throughput_vs_control'])} | {outcome} | {_f1(t['deploy_s'])} "
                 f"| {_f1(t['finished_after_blocker_released_s'])} |"
             )
         ctl = c["tools"].get("new", next(iter(c["tools"].values())))["control"]
         lines.append(
             f"| {LABELS[CONTROL]}, same window | {_fs(ctl['p50_s'])} | {_fs(ctl['p99_s'])} "
-            f"| {_fs(ctl['max_s'])} | | {_fs(ctl['longest_gap_s'])} | {tr['control_errors']} "
+            f"| {_fs(ctl['max_s'])} | {_fs(ctl['longest_gap_s'])} | | {tr['control_errors']} "
             "| 100% | | | |"
         )
         ratios = c["max_latency_ratios"]
