@@ -72,7 +72,6 @@ def review(
             target=s.target,
             snapshot=live,
             target_url=s.direct_url,
-            target_major=server_major(ctx.result.preflight),
             scratch_server_url=server,
             scratch_label=label,
             redact=redact,

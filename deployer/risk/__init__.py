@@ -38,7 +38,6 @@ from deployer.risk.rehearse import (
     offline_statements,
     rehearse,
     scratch_database,
-    server_major,
     shown_sql,
 )
 from deployer.risk.rules import (
@@ -113,7 +112,6 @@ def review(
     live: sa.Connection | None = None,
     snapshot: LiveSnapshot | None = None,
     target_url: str = "",
-    target_major: int = 0,
     scratch_server_url: str = "",
     scratch_label: str = "",
     offline_sql: dict[str, str] | None = None,
@@ -127,9 +125,10 @@ def review(
     """Review the revisions from `heads` (the live database's) to `target`.
 
     `live`: a connection to the target (its statistics are read first, unless `snapshot`
-    holds them already: read before env.py ran on the target; neither: no live statistics). `scratch_server_url`: a server on which a scratch database may be created
-    (with `target_url` for the schema copy, made by a pg_dump for `target_major`, read from
-    `live` when 0); empty: no rehearsal, the rules then read
+    holds them already: read before env.py ran on the target; neither: no live statistics).
+    `scratch_server_url`: a server on which a scratch database may be created, the live schema
+    copied into it from the target's catalog (on `live`, else on a session to `target_url`;
+    no lock on any table of the target); empty: no rehearsal, the rules then read
     `offline_sql` (revision → Alembic's `--sql` text) where given."""
     started = time.perf_counter()
     result = RiskResult(lock_timeout=lock_timeout)
@@ -149,7 +148,6 @@ def review(
             heads=heads,
             target=target,
             target_url=target_url,
-            target_major=target_major,
             scratch_server_url=scratch_server_url,
             redact=redact,
             workspace=workspace,
@@ -215,7 +213,6 @@ def _rehearse_on_scratch(
     heads: list[str],
     target: str,
     target_url: str,
-    target_major: int,
     scratch_server_url: str,
     redact: Callable[[str], str],
     workspace: Path | None,
@@ -228,16 +225,15 @@ def _rehearse_on_scratch(
     not be created is noted), the revisions rehearsed there. None (and a note) when it cannot
     be done."""
     try:
-        major = target_major or (server_major(live) if live is not None else 0)
         if live is not None and live.in_transaction():
             live.rollback()
         with scratch_database(scratch_server_url) as scratch:
-            if target_url:
-                skipped = copy_schema(target_url, major, scratch)
+            if target_url or live is not None:
+                skipped = copy_schema(live, target_url, scratch)
                 if skipped:
                     notes.append(
-                        f"{len(skipped)} object(s) of the live schema could not be created "
-                        f"on the scratch server (first: {redact(skipped[0])})"
+                        f"{len(skipped)} object(s) of the live schema not copied to the "
+                        f"scratch database (first: {redact(skipped[0])})"
                     )
             return rehearse(
                 project,

@@ -2,10 +2,10 @@
 every statement measured as it runs.
 
 The scratch database is created on a server the caller names (`scratch-database-url`'s, or the
-embedded one) and dropped afterwards. It gets the live database's schema from `pg_dump
---schema-only` (restored by `psql`; objects the scratch server cannot create, such as an
-extension it lacks, are noted and skipped) and the version table's rows, not a replay of the
-history. Then the user's env.py runs the pending revisions on it, exactly as a deploy would.
+embedded one) and dropped afterwards. It gets the live database's schema built from the
+target's catalog (`schema_copy`: no lock on any table of the target; objects the scratch server
+cannot create, such as an extension it lacks, are noted and skipped) and the version table's
+rows, not a replay of the history. Then the user's env.py runs the pending revisions on it, exactly as a deploy would.
 
 Statements are seen through SQLAlchemy's `before_cursor_execute`/`after_cursor_execute` events,
 listened to on every Engine while the rehearsal runs and kept for connections to the scratch
@@ -23,7 +23,6 @@ import contextlib
 import itertools
 import re
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -38,10 +37,9 @@ from sqlalchemy.engine import make_url
 
 from deployer.alembic_project import ENV_THREAD_IDS, AlembicProject, run_env
 from deployer.db import APPLICATION_NAME, ConnectionSpec, server_message, session_options
-from deployer.errors import DeployError, describe_exception
-from deployer.pgtools import child_env, error_line, find_tool, redactor_for, run_tool
-from deployer.redact import Redactor
+from deployer.errors import describe_exception
 from deployer.results.risk import LockHeld, StatementTrace
+from deployer.risk.schema_copy import apply_ddl, schema_ddl
 
 STATEMENT_CHARS = 400
 
@@ -155,55 +153,36 @@ def scratch_database(server_url: str) -> Iterator[str]:
         engine.dispose()
 
 
-def copy_schema(
-    target_url: str, target_major: int, scratch_url: str, *, lock_wait: float = 1.0
-) -> list[str]:
-    """The live schema into the scratch database: `pg_dump --schema-only` (no owners, no
-    grants; it takes pg_dump's ACCESS SHARE locks, waiting at most `lock_wait` seconds for any)
-    restored by `psql`. Returns what the scratch server could not create. RehearsalUnavailable
-    when pg_dump fails."""
+def copy_schema(live: sa.Connection | None, target_url: str, scratch_url: str) -> list[str]:
+    """The live schema into the scratch database, built from the target's catalog
+    (`schema_copy`: no lock on any table of the target, no row read), read on `live` or on a
+    session of its own to `target_url`. Returns what the scratch server could not create.
+    RehearsalUnavailable when the catalog cannot be read."""
+    own = None
     try:
-        dump = find_tool("pg_dump", target_major)
-        psql = find_tool("psql", dump.major)
-    except DeployError as exc:
-        raise RehearsalUnavailable(exc.message) from None
-    redact: Redactor = redactor_for(target_url, [*redactor_for(scratch_url).secrets])
-    with tempfile.TemporaryDirectory(prefix="db-deploy-risk-") as tmp:
-        path = Path(tmp) / "schema.sql"
-        uri, env = child_env(target_url, connect_timeout=10)
-        ran = run_tool(
-            dump,
-            [
-                "--schema-only",
-                "--no-owner",
-                "--no-privileges",
-                "--no-publications",
-                "--no-subscriptions",
-                "--no-tablespaces",
-                "--no-security-labels",
-                f"--lock-wait-timeout={max(1, round(lock_wait * 1000))}",
-                "-f",
-                str(path),
-                f"--dbname={uri}",
-            ],
-            env,
-            redact=redact,
-            timeout=300,
-        )
-        if ran.returncode != 0:
-            raise RehearsalUnavailable(
-                f"pg_dump --schema-only failed: {error_line(ran.stderr, redact)}"
-            )
-        uri, env = child_env(scratch_url)
-        ran = run_tool(
-            psql,
-            ["-X", "-q", "-v", "ON_ERROR_STOP=0", "-f", str(path), f"--dbname={uri}"],
-            env,
-            redact=redact,
-            timeout=300,
-        )
-    errors = [ln.split("ERROR:", 1)[1].strip() for ln in ran.stderr.splitlines() if "ERROR:" in ln]
-    return list(dict.fromkeys(errors))
+        if live is None:
+            own = ConnectionSpec(target_url, retries=1).engine()
+            live = own.connect()
+        statements, left_out = schema_ddl(live)
+    except sa.exc.DBAPIError as exc:
+        raise RehearsalUnavailable(
+            f"cannot read the live schema from the catalog: {server_message(exc)}"
+        ) from None
+    finally:
+        if own is not None:
+            if live is not None:
+                live.close()
+            own.dispose()
+    engine = ConnectionSpec(scratch_url, retries=1).engine(isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as scratch:
+            return [*left_out, *apply_ddl(scratch, statements)]
+    except sa.exc.DBAPIError as exc:
+        raise RehearsalUnavailable(
+            f"cannot reach the scratch database: {server_message(exc)}"
+        ) from None
+    finally:
+        engine.dispose()
 
 
 def seed_version_table(

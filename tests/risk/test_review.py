@@ -5,6 +5,7 @@ redaction, and the level function's two ends (an empty table, a 10 GB table behi
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -236,19 +237,198 @@ def test_without_a_scratch_server_the_rules_read_the_offline_sql(
     assert [f.rule for f in result.findings] == ["index-not-concurrent"]
 
 
-def test_a_schema_copy_that_cannot_lock_falls_back_and_says_so(
-    make_project: Callable[..., AlembicProject],
-    database: Database,
-    pg_server: EmbeddedServer,
-    holder: Callable[[str], None],
+RICH_SCHEMA = """
+CREATE SCHEMA app;
+CREATE TYPE app.mood AS ENUM ('sad', 'ok', 'happy');
+CREATE DOMAIN app.positive AS int DEFAULT 1 NOT NULL CHECK (VALUE > 0);
+CREATE TYPE app.pair AS (a int, b text);
+CREATE TYPE app.floatrange AS RANGE (subtype = float8);
+CREATE SEQUENCE app.counter START 100 INCREMENT 5;
+CREATE FUNCTION app.touch() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN NEW.updated := now(); RETURN NEW; END $$;
+CREATE FUNCTION app.double(x int) RETURNS int LANGUAGE sql IMMUTABLE RETURN x * 2;
+CREATE FUNCTION app.pct(x text) RETURNS text LANGUAGE sql AS $$ SELECT format('%s%%', x) $$;
+CREATE TABLE app.users (
+  id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  email text COLLATE "C" NOT NULL UNIQUE,
+  mood app.mood DEFAULT 'ok',
+  score app.positive,
+  twice int GENERATED ALWAYS AS (app.double(score)) STORED,
+  n int DEFAULT nextval('app.counter'),
+  updated timestamptz,
+  CHECK (email LIKE '%@%')
+);
+ALTER SEQUENCE app.counter OWNED BY app.users.n;
+CREATE TABLE app.orders (
+  id serial PRIMARY KEY,
+  user_id bigint REFERENCES app.users (id) ON DELETE CASCADE,
+  total numeric(10, 2) NOT NULL DEFAULT 0,
+  during tstzrange
+);
+ALTER TABLE app.orders ADD CONSTRAINT total_positive CHECK (total >= 0) NOT VALID;
+CREATE INDEX orders_user ON app.orders (user_id) WHERE total > 0;
+CREATE INDEX users_lower ON app.users (lower(email));
+CREATE TABLE app.events (id int, at date NOT NULL, payload jsonb) PARTITION BY RANGE (at);
+CREATE TABLE app.events_2025 PARTITION OF app.events FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+CREATE TABLE app.events_2026 PARTITION OF app.events FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+ALTER TABLE app.events ADD PRIMARY KEY (id, at);
+CREATE INDEX events_payload ON app.events USING gin (payload);
+CREATE TABLE app.base (id int, note text);
+CREATE TABLE app.child (extra int) INHERITS (app.base);
+CREATE UNLOGGED TABLE app.cache (k text PRIMARY KEY, v bytea);
+CREATE VIEW app.active_users AS SELECT id, email FROM app.users WHERE mood <> 'sad';
+CREATE VIEW app.user_orders AS SELECT u.email, o.total FROM app.active_users u JOIN app.orders o ON o.user_id = u.id;
+CREATE MATERIALIZED VIEW app.totals AS SELECT user_id, sum(total) AS total FROM app.orders GROUP BY user_id;
+CREATE UNIQUE INDEX totals_user ON app.totals (user_id);
+CREATE TRIGGER users_touch BEFORE UPDATE ON app.users FOR EACH ROW WHEN (OLD.email IS DISTINCT FROM NEW.email) EXECUTE FUNCTION app.touch();
+CREATE TABLE app.wide (
+  specific_name text, "Mixed Case" int CHECK ("Mixed Case" > 0) NO INHERIT, during tstzrange,
+  EXCLUDE USING gist (during WITH &&)
+);
+CREATE INDEX wide_desc ON app.wide ("Mixed Case" DESC NULLS LAST, specific_name text_pattern_ops)
+  INCLUDE (during) WHERE specific_name <> 'specific_catalog';
+CREATE UNIQUE INDEX wide_c ON app.wide (specific_name COLLATE "C") NULLS NOT DISTINCT;
+CREATE TABLE app.tags (name text) PARTITION BY LIST (lower(name));
+CREATE TABLE app.tags_a PARTITION OF app.tags FOR VALUES IN ('a');
+CREATE TABLE app.hashed (id int) PARTITION BY HASH (id);
+CREATE TABLE app.hashed_0 PARTITION OF app.hashed FOR VALUES WITH (MODULUS 2, REMAINDER 0);
+CREATE TRIGGER wide_audit AFTER INSERT OR UPDATE OF specific_name ON app.wide
+  FOR EACH STATEMENT EXECUTE FUNCTION app.touch('x', 'y''z');
+CREATE TABLE public.items (id int PRIMARY KEY, name text);
+"""
+RELATIONS = """
+    SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c
+    JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.relkind IN ('r', 'p', 'v') AND n.nspname IN ('app', 'public') ORDER BY 1
+"""
+# What a migration meets on the copy as on the live database.
+SHAPE = {
+    "columns": """
+        SELECT table_schema, table_name, column_name, data_type, udt_name, is_nullable,
+               column_default, is_identity, is_generated, generation_expression, collation_name
+        FROM information_schema.columns WHERE table_schema IN ('app', 'public')""",
+    "constraints": """
+        SELECT n.nspname, c.relname, k.conname, k.contype, pg_get_constraintdef(k.oid),
+               k.convalidated
+        FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid
+        JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname IN ('app', 'public')""",
+    "indexes": "SELECT schemaname, tablename, indexname, indexdef FROM pg_indexes "
+    "WHERE schemaname IN ('app', 'public')",
+    "relations": """
+        SELECT n.nspname, c.relname, c.relkind, c.relpersistence, c.relispartition,
+               pg_get_expr(c.relpartbound, c.oid)
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname IN ('app', 'public') AND c.relkind <> 'i'""",
+    "types": """
+        SELECT n.nspname, t.typname, t.typtype, format_type(t.typbasetype, t.typtypmod),
+               t.typnotnull, t.typdefault,
+               (SELECT array_agg(enumlabel ORDER BY enumsortorder) FROM pg_enum
+                WHERE enumtypid = t.oid)
+        FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+        WHERE n.nspname = 'app' AND t.typtype IN ('e', 'd', 'r', 'c')""",
+    # (a WHEN clause names OLD and NEW: it is not read, the trigger is made without it)
+    "triggers": "SELECT tgname, tgrelid::regclass::text, tgtype, tgfoid::regproc::text "
+    "FROM pg_trigger WHERE NOT tgisinternal",
+    "inherits": "SELECT inhrelid::regclass::text, inhparent::regclass::text FROM pg_inherits",
+    "sequences": "SELECT schemaname, sequencename, start_value, increment_by FROM pg_sequences "
+    "WHERE schemaname IN ('app', 'public')",
+    # A view's dependencies are the live ones: what a migration drops or alters under it
+    # fails (or cascades) the same way.
+    "view-dependencies": """
+        SELECT DISTINCT r.ev_class::regclass::text, d.refobjid::regclass::text, a.attname
+        FROM pg_rewrite r JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass
+          AND d.objid = r.oid AND d.refclassid = 'pg_class'::regclass
+          AND d.refobjid <> r.ev_class
+        LEFT JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+        JOIN pg_namespace n ON n.oid = (SELECT relnamespace FROM pg_class WHERE oid = r.ev_class)
+        WHERE n.nspname = 'app'""",
+}
+
+
+def _shape(url: str) -> dict[str, set[tuple]]:
+    engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+    try:
+        with engine.connect() as conn:
+            return {
+                k: {tuple(tuple(v) if isinstance(v, list) else v for v in r) for r in rows}
+                for k, rows in ((k, conn.execute(sa.text(q)).all()) for k, q in SHAPE.items())
+            }
+    finally:
+        engine.dispose()
+
+
+def test_the_schema_copy_is_the_live_schema_as_migrations_meet_it(
+    database: Database, pg_server: EmbeddedServer
 ) -> None:
-    database.execute("CREATE TABLE t (id int PRIMARY KEY, x int)")
+    """Tables, columns (types, defaults, identity, generated, collation), constraints (NOT
+    VALID kept), indexes, partitions, inheritance, types, sequences, triggers, and views with
+    the live dependencies, copied from the catalog."""
+    from deployer.risk.rehearse import copy_schema, scratch_database
+
+    database.execute(RICH_SCHEMA)
+    with scratch_database(pg_server.url()) as scratch:
+        left_out = copy_schema(None, database.url, scratch)
+        assert left_out == ["the WHEN of trigger users_touch on app.users"]
+        live, copy = _shape(database.url), _shape(scratch)
+    for what in SHAPE:
+        assert copy[what] == live[what], what
+    assert len(live["view-dependencies"]) >= 6 and len(live["constraints"]) >= 8
+
+
+def test_the_schema_copy_takes_no_lock_on_the_target(
+    make_project: Callable[..., AlembicProject], database: Database, pg_server: EmbeddedServer
+) -> None:
+    """Issue 18.7: every table, partition, view and materialized view of the target held in
+    ACCESS EXCLUSIVE by another session (what any lock request of the review would queue
+    behind), and the review still copies the whole schema, rehearses, and weighs the
+    contention; meanwhile no session of the review ever holds or waits for a lock on a
+    relation of the target (pg_locks, polled from a third session)."""
+    database.execute(RICH_SCHEMA)
     project = make_project()
-    project.add("f1", 'op.create_index("ix_t_x", "t", ["x"])')
-    holder("LOCK TABLE t IN ACCESS EXCLUSIVE MODE")
-    result = _review(project, database, pg_server)
-    assert not result.rehearsed
-    assert "pg_dump" in result.note
+    project.add("f1", 'op.create_index("ix_items_name", "items", ["name"])')
+    relations = [r[0] for r in database.rows(RELATIONS)]
+    held = database.engine.connect()  # one session, so the refresh reads what it locked
+    held.execute(sa.text(f"LOCK TABLE {', '.join(relations)} IN ACCESS EXCLUSIVE MODE"))
+    held.execute(sa.text("REFRESH MATERIALIZED VIEW app.totals"))  # LOCK TABLE refuses it
+    holder_pids = [int(held.execute(sa.text("SELECT pg_backend_pid()")).scalar_one())]
+    seen: list[tuple] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        with database.engine.connect() as conn:
+            while not stop.is_set():
+                seen.extend(
+                    conn.execute(
+                        sa.text(
+                            "SELECT l.pid, l.relation::regclass::text, l.mode, l.granted "
+                            "FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+                            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                            "WHERE l.database = (SELECT oid FROM pg_database "
+                            "WHERE datname = current_database()) "
+                            "AND n.nspname IN ('app', 'public') "
+                            "AND l.pid <> pg_backend_pid() AND NOT l.pid = ANY(:holders)"
+                        ),
+                        {"holders": holder_pids},
+                    ).all()
+                )
+                conn.rollback()
+                time.sleep(0.005)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        started = time.monotonic()
+        result = _review(project, database, pg_server, lock_timeout=1.0)
+        took = time.monotonic() - started
+    finally:
+        stop.set()
+        watcher.join()
+        held.rollback()
+        held.close()
+    assert result.rehearsed, result.note
+    assert "1 object(s) of the live schema not copied" in result.note, result.note
+    assert "the WHEN of trigger users_touch on app.users" in result.note
+    assert seen == []
+    assert took < 30
     rules = {f.rule for f in result.findings}
     assert "index-not-concurrent" in rules and "lock-contention" in rules
 
