@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Protocol
 import sqlalchemy as sa
 
 from deployer import db
+from deployer.errors import ConfigError
 from deployer.results import RunResult, Telemetry, utcnow
 from deployer.settings import Settings
 
@@ -41,6 +42,8 @@ class Context:
         self.current_step = "config"
         self.stack = ExitStack()
         self.engines: dict[tuple[str, float, str, str], sa.Engine] = {}
+        self.handed: sa.Connection | None = None  # see `env_connection`
+        self.driver_engines: dict[tuple[object, ...], sa.Engine] = {}
 
     def __enter__(self) -> Context:
         return self
@@ -114,6 +117,65 @@ class Context:
     def session(self, *, migration: bool = False) -> sa.Connection:
         """A session on direct-database-url (the migrations' URL)."""
         return self.connect(self.spec(self.settings.direct_url, migration=migration))
+
+    def env_connection(self, ours: sa.Connection) -> sa.Connection | None:
+        """The connection env.py is handed (`config.attributes["connection"]`), as the inputs
+        env-connection and url-driver say: `ours` (shared, with psycopg), None (none: env.py
+        builds its own engine from sqlalchemy.url / DATABASE_URL), else a migration session
+        of its own, opened once a run: AUTOCOMMIT for autocommit, and with url-driver
+        psycopg2 a psycopg2 one (the async drivers' env.py gets a psycopg 3 one: a sync
+        connection is what Alembic's cookbook hands over)."""
+        s = self.settings
+        driver = "psycopg2" if s.url_driver == "psycopg2" else "psycopg"
+        if s.env_connection == "none":
+            return None
+        if s.env_connection == "shared" and driver == "psycopg":
+            return ours
+        if self.handed is None or self.handed.closed or self.handed.invalidated:
+            spec = self.spec(s.direct_url, migration=True)
+            engine = self.driver_engine(spec, driver)
+            if s.env_connection == "autocommit":
+                engine = engine.execution_options(isolation_level="AUTOCOMMIT")
+            self.handed = db.connect(engine, spec, on_retry=self.retrying, step=self.current_step)
+            self.closing(self.handed)
+        return self.handed
+
+    def driver_engine(self, spec: db.ConnectionSpec, driver: str) -> sa.Engine:
+        """The run's engine for `spec` through `driver` (psycopg: the deployer's own)."""
+        if driver == "psycopg":
+            return self.engine(spec)
+        key = (*spec.engine_key, driver)
+        engine = self.driver_engines.get(key)
+        if engine is None:
+            # As `db.ConnectionSpec.engine` builds the deployer's own: the same URL, timeouts,
+            # application_name and session options (after the URL's own), another driver.
+            url = db.sqlalchemy_url(spec.url, driver)
+            theirs = url.query.get("options")
+            options = " ".join(
+                o for o in (theirs if isinstance(theirs, str) else "", spec.options) if o
+            )
+            connect_args: dict[str, object] = {
+                "connect_timeout": max(1, round(spec.connect_timeout)),
+                "application_name": spec.application_name,
+            }
+            if options:
+                connect_args["options"] = options
+            try:
+                engine = sa.create_engine(
+                    url,
+                    poolclass=sa.pool.NullPool,
+                    connect_args=connect_args,
+                    use_native_hstore=False,
+                )
+            except ModuleNotFoundError as exc:
+                raise ConfigError(
+                    f"url-driver {driver}: the driver is not installed ({exc.name}): add it to "
+                    "requirements (psycopg2-binary) or use another url-driver",
+                    step="config",
+                ) from None
+            self.driver_engines[key] = engine
+            self.stack.callback(engine.dispose)
+        return engine
 
     def closing(self, conn: sa.Connection) -> None:
         """Close `conn` with the run."""

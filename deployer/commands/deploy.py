@@ -84,7 +84,9 @@ def migrate_locked(
         ctx.at("migrate")
         mig = ctx.session(migration=True)
         live = review.snapshot(ctx, mig)  # before env.py runs on the target
-        facts = inspect_env(project, mig, url=s.direct_url, workspace=s.workspace_dir)
+        # env.py gets the connection it will migrate on (env-connection, url-driver).
+        handed = ctx.env_connection(mig)
+        facts = inspect_env(project, handed, url=s.direct_url, workspace=s.workspace_dir)
         shared.check_history_schema(ctx, facts.version_table_schema, mig, facts.version_table)
         locked.enter_context(ctx.deploy_lock(VersionTable.of(project, facts)))
         heads = read_heads(mig, facts.version_table, facts.version_table_schema)

@@ -71,6 +71,7 @@ def run_migrate(
                     recorder=recorder,
                     watch_engine=watch,
                     reconnect=reconnect,
+                    handed=ctx.env_connection(mig),
                 )
             except KeyboardInterrupt as exc:  # cancelled: what ran so far goes in the report
                 cut: MigrateResult | None = getattr(exc, "migrate_result", None)

@@ -32,6 +32,7 @@ def migrate_options(
         statement_timeout=s.statement_timeout,
         workspace=s.workspace_dir,
         client_check=ctx.spec(s.direct_url, migration=True).client_check,
+        env_connection=s.env_connection,
         redact=Redactor(s.secrets),
     )
 

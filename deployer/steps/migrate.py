@@ -46,6 +46,7 @@ from deployer.errors import ConfigError, DeployError, StepFailed, describe_excep
 from deployer.results import AppliedRevision, Failure, MigrateResult
 
 HEAD_TARGETS = {"head", "heads"}
+ENV_CONNECTIONS = ("shared", "autocommit", "none")  # the input env-connection
 
 
 @dataclass
@@ -58,6 +59,11 @@ class _Tracker:
     started: float = 0.0
     applied: list[AppliedRevision] = field(default_factory=list)
     context: MigrationContext | None = None
+    ours: sa.Connection | None = None  # the deployer's own connection
+    # An autocommit connection: the revision's version row (and history row) are being
+    # written in a transaction block of their own, opened after its statements (`_Stamped`).
+    block: sa.Connection | None = None
+    autocommit: bool = False  # the running revision runs on an autocommit connection
 
 
 def resolve_target(project: AlembicProject, target: str) -> tuple[str, ...]:
@@ -79,7 +85,10 @@ def resolve_target(project: AlembicProject, target: str) -> tuple[str, ...]:
 class MigrateOptions:
     """How to migrate: the URL env.py is handed, the target, a dry run (plan: nothing applied,
     the SQL rendered), a downgrade (the rollback command), the session's timeouts and, on
-    PostgreSQL 14+, `client_connection_check_interval` (`client_check`)."""
+    PostgreSQL 14+, `client_connection_check_interval` (`client_check`). `env_connection`:
+    what env.py is handed (the input env-connection): `shared` and `autocommit` a connection
+    (`migrate`'s `handed`, else the deployer's own), `none` no connection at all (env.py
+    builds its own engine from `sqlalchemy.url` / `DATABASE_URL`)."""
 
     url: str
     target: str = "heads"
@@ -89,6 +98,7 @@ class MigrateOptions:
     statement_timeout: float | None = None
     workspace: Path | None = None
     client_check: bool = False
+    env_connection: str = "shared"
     # Masks the run's secrets in a failing statement before it is cut (see `_failure`).
     redact: Callable[[str], str] = field(default=lambda text: text, repr=False, compare=False)
 
@@ -112,6 +122,7 @@ def migrate(
     recorder: Recorder | None = None,
     watch_engine: sa.Engine | None = None,
     reconnect: Callable[[], sa.Connection] | None = None,
+    handed: sa.Connection | None = None,
 ) -> MigrateResult:
     """Upgrade (or, with `options.downgrade`, downgrade) to `options.target`.
     `recorder(conn, step, seconds)` (the deploy history) is called inside each revision's
@@ -119,7 +130,12 @@ def migrate(
     `on_version_apply`), so a row commits with its revision or not at all.
     `watch_engine`: where a watch of the sessions blocking ours (and env.py's) connects.
     `reconnect`: a new session, when ours was lost, to read the revision the database is at
-    (else `current_unknown` says why it is unknown). Returns the record, with `error` and
+    (else `current_unknown` says why it is unknown). `handed`: the connection env.py is handed
+    when it is not `connection` (an autocommit one, or one of another driver; see
+    `MigrateOptions.env_connection`). On an autocommit connection each revision's statements
+    commit as they run; its version row and history row are then written together in a
+    transaction of their own, so that the history never misses a revision the version table
+    shows (nor the reverse). Returns the record, with `error` and
     `failed_revision` set when a revision (or env.py, waiting on a lock) failed (the database
     is then at its last committed revision, read back from it). Raises ConfigError for bad
     targets and a broken env.py (nothing changed)."""
@@ -129,16 +145,17 @@ def migrate(
     result = MigrateResult(
         script_location=str(project.script_location), target=o.target, dry_run=o.dry_run
     )
-    tracker = _Tracker()
+    tracker = _Tracker(ours=connection)
+    give = None if o.env_connection == "none" else (handed or connection)
     watch = (
         BlockerWatch(watch_engine, backend_pid(connection))
         if watch_engine is not None and not o.dry_run
         else None
     )
-    work = _work_function(
-        project, connection, o, destination, result, tracker, watch, on_applied, recorder
-    )
-    error = _run(project, connection, o, work, tracker, watch)
+    if watch is not None and give is not None and give is not connection:
+        watch.add(dbapi_backend_pid(give.connection.driver_connection))
+    work = _work_function(project, o, destination, result, tracker, watch, on_applied, recorder)
+    error = _run(project, connection, give, o, work, tracker, watch)
     ctx = tracker.context
     if ctx is not None:
         result.version_table = ctx.version_table
@@ -165,7 +182,6 @@ def migrate(
 
 def _work_function(
     project: AlembicProject,
-    connection: sa.Connection,
     o: MigrateOptions,
     destination: tuple[str, ...],
     result: MigrateResult,
@@ -177,7 +193,7 @@ def _work_function(
     """The function env.py's `run_migrations` calls: it plans the steps and hands them back
     one by one, timing each."""
 
-    def tracked(steps: list[RevisionStep]) -> Iterator[RevisionStep]:
+    def tracked(steps: list[RevisionStep]) -> Iterator[Any]:
         if watch is not None and steps:
             watch.start()  # only when something will run
         if recorder is not None and steps:
@@ -185,12 +201,14 @@ def _work_function(
         for step in steps:
             tracker.running = step
             tracker.started = time.perf_counter()
-            yield step
+            tracker.autocommit = False
+            yield _Stamped(step, tracker)
             done = AppliedRevision(
                 revision=step.revision.revision,
                 description=summary(step.revision),
                 seconds=round(time.perf_counter() - tracker.started, 4),
-                committed=not _in_transaction(tracker.context),
+                # On an autocommit connection, committed as it ran (`_Stamped`).
+                committed=tracker.autocommit or not _in_transaction(tracker.context),
             )
             tracker.applied.append(done)
             tracker.running = None
@@ -207,10 +225,16 @@ def _work_function(
             def on_apply(**_: Any) -> None:
                 if tracker.running is not None:
                     seconds = time.perf_counter() - tracker.started
-                    _record(recorder, context.connection, connection, tracker.running, seconds)
+                    _record(recorder, context.connection, tracker, tracker.running, seconds)
 
             context.on_version_apply_callbacks = (*context.on_version_apply_callbacks, on_apply)
             result.history_inline = True
+        # Last: on an autocommit connection, the block holding the version (and history) row
+        # commits (`_Stamped`).
+        context.on_version_apply_callbacks = (
+            *context.on_version_apply_callbacks,
+            lambda **_: _close_block(tracker),
+        )
         steps = _plan(project, heads, o, destination)
         result.pending = [project.describe(s.revision.revision) for s in steps]
         return [] if o.dry_run else tracked(steps)
@@ -218,20 +242,97 @@ def _work_function(
     return work
 
 
+class _Stamped:
+    """A revision step as Alembic's loop sees it (`alembic/runtime/migration.py`: run the
+    step's `migration_fn`, then `update_to_step` writes the version row, then the
+    `on_version_apply` callbacks). On an autocommit connection, where each of the revision's
+    statements commits as it runs, `migration_fn` ends by opening a transaction block
+    (`BEGIN`): the version row and the history row are written in it, and `_close_block`
+    (the last callback) commits them together. A crash between the two then leaves neither,
+    never a version row without its history row."""
+
+    def __init__(self, step: RevisionStep, tracker: _Tracker) -> None:
+        self._step = step
+        self._tracker = tracker
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._step, name)
+
+    def __str__(self) -> str:
+        return str(self._step)
+
+    def __repr__(self) -> str:
+        return repr(self._step)
+
+    @property
+    def migration_fn(self) -> Callable[..., None]:
+        fn = self._step.migration_fn
+        tracker = self._tracker
+
+        def run(**kw: Any) -> None:
+            context = tracker.context
+            conn = context.connection if context is not None else None
+            tracker.autocommit = conn is not None and is_autocommit(conn)
+            fn(**kw)
+            conn = context.connection if context is not None else None
+            if conn is not None and is_autocommit(conn):
+                tracker.autocommit = True
+                conn.exec_driver_sql("BEGIN")
+                tracker.block = conn
+
+        return run
+
+
+def is_autocommit(conn: sa.Connection) -> bool:
+    """Whether `conn`'s driver connection commits each statement (psycopg, psycopg2 and
+    SQLAlchemy's async adaptors all say so as `autocommit`)."""
+    try:
+        return bool(getattr(conn.connection.dbapi_connection, "autocommit", False))
+    except Exception:  # noqa: BLE001 - a closed or odd connection
+        return False
+
+
+def _close_block(tracker: _Tracker) -> None:
+    """Commit the block `_Stamped` opened (the version row and the history row)."""
+    conn, tracker.block = tracker.block, None
+    if conn is not None:
+        conn.exec_driver_sql("COMMIT")
+
+
+def _abort_block(tracker: _Tracker) -> None:
+    """A failure (or a cancel) while the block was open: nothing of it is kept."""
+    conn, tracker.block = tracker.block, None
+    if conn is not None:
+        try:
+            conn.exec_driver_sql("ROLLBACK")
+        except Exception:  # noqa: BLE001 - a lost connection: the server rolled it back
+            pass
+
+
 def _record(
     recorder: Recorder,
     conn: sa.Connection | None,
-    ours: sa.Connection,
+    tracker: _Tracker,
     step: RevisionStep,
     seconds: float,
 ) -> None:
-    """The history row of `step` on `conn`, in the revision's transaction. On a connection of
-    env.py's own, inside a savepoint: a role that cannot write the history must not fail the
+    """The history row of `step` on `conn`, in the revision's transaction (on an autocommit
+    connection, the block `_Stamped` opened). On a connection of env.py's own (or one handed
+    to it), inside a savepoint: a role that cannot write the history must not fail the
     revision (its row is then written after the migrate step, on ours)."""
     if conn is None:
         return
-    if conn is ours:
+    if conn is tracker.ours:
         recorder(conn, step, seconds)
+        return
+    if conn is tracker.block:
+        conn.exec_driver_sql("SAVEPOINT db_deploy_history")
+        try:
+            recorder(conn, step, seconds)
+        except sa.exc.DBAPIError:
+            conn.exec_driver_sql("ROLLBACK TO SAVEPOINT db_deploy_history")
+        else:
+            conn.exec_driver_sql("RELEASE SAVEPOINT db_deploy_history")
         return
     try:
         with conn.begin_nested() if conn.in_transaction() else nullcontext():
@@ -268,12 +369,16 @@ def _plan(
 def _run(
     project: AlembicProject,
     connection: sa.Connection,
+    give: sa.Connection | None,
     o: MigrateOptions,
     work: Callable[[tuple[str, ...], MigrationContext], Any],
     tracker: _Tracker,
     watch: BlockerWatch | None,
 ) -> BaseException | None:
-    """Run env.py with `work`; the error a revision raised, if one did."""
+    """Run env.py with `work`, handing it `give` (ours, another connection of the run's, or
+    none); the error a revision raised, if one did."""
+    if give is not connection and connection.in_transaction():
+        connection.commit()  # ours stays idle while env.py migrates on another connection
     environ = {
         "PGOPTIONS": session_options(o.lock_timeout, o.statement_timeout, o.client_check),
         "PGAPPNAME": APPLICATION_NAME,
@@ -285,22 +390,23 @@ def _run(
             run_env(
                 project,
                 work,
-                connection=connection,
+                connection=give,
                 url=o.url,
                 environ=environ,
                 workspace=o.workspace,
                 dont_mutate=o.dry_run,
             )
-        if connection.in_transaction():
-            connection.commit()
+        for conn in _distinct(give, connection):
+            if conn.in_transaction():
+                conn.commit()
     except DeployError:
-        _rollback(connection)
+        _rollback(connection, give, tracker=tracker)
         raise
     except KeyboardInterrupt as exc:  # cancelled (deployer/cancel.py): recorded, then raised
-        _rollback(connection)
+        _rollback(connection, give, tracker=tracker)
         return exc
     except Exception as exc:  # noqa: BLE001 - user code: report, don't crash
-        _rollback(connection)
+        _rollback(connection, give, tracker=tracker)
         if not tracker.called and not is_lock_timeout(exc):
             # A lock wait inside env.py (e.g. on the version table another `alembic upgrade`
             # is creating) is a lock wait like a revision's: retried, then exit 1, blocker named.
@@ -357,6 +463,11 @@ def _failed(
         result.blocked_by = str(watch.blocker)
         result.error += f" (blocked by {watch.blocker})"
         result.failure.object = result.blocked_by
+    if failed is not None and tracker.autocommit:
+        result.error += (
+            f" (autocommit connection: the statements {failed.revision.revision} ran before "
+            "the error were committed as they ran and are not rolled back)"
+        )
     if result.current_unknown:
         # The connection was lost and the database could not be read: what committed before
         # the failure is known, the rest is not (never guessed as rolled back).
@@ -651,12 +762,24 @@ def _read_back(
     return heads
 
 
-def _rollback(connection: sa.Connection) -> None:
-    try:
-        if connection.in_transaction():
-            connection.rollback()
-    except sa.exc.SQLAlchemyError:
-        pass
+def _rollback(*connections: sa.Connection | None, tracker: _Tracker | None = None) -> None:
+    """Roll back what is open on `connections` (and a block `_Stamped` left open)."""
+    if tracker is not None:
+        _abort_block(tracker)
+    for connection in _distinct(*connections):
+        try:
+            if connection.in_transaction():
+                connection.rollback()
+        except sa.exc.SQLAlchemyError:
+            pass
+
+
+def _distinct(*connections: sa.Connection | None) -> list[sa.Connection]:
+    out: list[sa.Connection] = []
+    for c in connections:
+        if c is not None and all(c is not o for o in out):
+            out.append(c)
+    return out
 
 
 def _fmt(heads: tuple[str, ...] | list[str]) -> str:
@@ -732,10 +855,15 @@ class EnvFacts:
 
 
 def inspect_env(
-    project: AlembicProject, connection: sa.Connection, *, url: str, workspace: Path | None = None
+    project: AlembicProject,
+    connection: sa.Connection | None,
+    *,
+    url: str,
+    workspace: Path | None = None,
 ) -> EnvFacts:
     """Run env.py with a work function that applies nothing (as `alembic current` does, with
-    `dont_mutate`): a broken env.py shows here, before the deploy lock or any change."""
+    `dont_mutate`): a broken env.py shows here, before the deploy lock or any change.
+    `connection`: what env.py is handed (None: env-connection none, it builds its own)."""
     seen: dict[str, Any] = {}
 
     def work(heads: tuple[str, ...], context: MigrationContext) -> Any:
