@@ -229,7 +229,9 @@ def run_suite(
             url = server.url(db)
             if name in {"deploy", "noop"}:
                 cmd = head + deploy_cmd(project, url)[1:]
-                env = deployer_env()
+                # The deployer in the profiled process itself: as the supervising parent
+                # (deployer/supervise.py) it would fork a child and profile only the wait.
+                env = deployer_env(DB_DEPLOY_CHILD="")
                 if name == "noop":  # steady state: the first no-op writes the history baseline
                     run(deploy_cmd(project, url), env=env, cwd=work).check("first no-op")
             else:

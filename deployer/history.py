@@ -14,6 +14,7 @@ still match. Revisions applied before the history existed are baselined (recorde
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -41,9 +42,11 @@ def _q(name: str) -> str:
 Checksums = tuple[str, str]  # (raw: SHA-256 of the bytes, code: deployer.checksums)
 
 
-def checksums(path: str | Path) -> Checksums:
-    data = Path(path).read_bytes()
-    return raw_checksum(data), code_checksum(path, data)
+def checksums(path: str | Path, data: bytes | None = None) -> Checksums:
+    """Of a revision file Alembic has imported (so it compiles: see `code_checksum`)."""
+    if data is None:
+        data = Path(path).read_bytes()
+    return raw_checksum(data), code_checksum(path, data, compiles=True)
 
 
 def exists(conn: sa.Connection, schema: str) -> bool:
@@ -160,12 +163,15 @@ def record(
         }
         for revision, kind, digests, seconds in entries
     ]
-    conn.execute(
-        sa.text(
-            f"INSERT INTO {_q(schema)}.{TABLE} (revision, kind, checksum, code_checksum, seconds, "
-            "tool_version, actor, sha, run_url) VALUES (:r, :k, :c, :cc, :s, :v, :a, :sha, :u)"
-        ),
-        rows if len(rows) > 1 else rows[0],
+    conn.execute(_insert(schema), rows if len(rows) > 1 else rows[0])
+
+
+@functools.lru_cache(maxsize=8)
+def _insert(schema: str) -> sa.TextClause:
+    """The INSERT of `record`, built once per schema (it runs once per applied revision)."""
+    return sa.text(
+        f"INSERT INTO {_q(schema)}.{TABLE} (revision, kind, checksum, code_checksum, seconds, "
+        "tool_version, actor, sha, run_url) VALUES (:r, :k, :c, :cc, :s, :v, :a, :sha, :u)"
     )
 
 
@@ -211,7 +217,7 @@ def verify(
         data = Path(path).read_bytes()
         if before is not None and before[2] and before[1] == raw_checksum(data):
             continue  # the very bytes that were recorded: no need to read them as code
-        now = raw_checksum(data), code_checksum(path, data)
+        now = checksums(path, data)
         if before is None:
             report.baselined.append(rev)  # type: ignore[union-attr]
             baseline.append((rev, "baseline", now, None))

@@ -1,16 +1,18 @@
 """The process entry point (the `db-deploy` script, `python -m deployer`, the container's
 entrypoint.py): a small parent that runs the deployer as its child.
 
-Standard library only (deployer/cancel.py too): the parent costs an interpreter start-up and one
-`subprocess` (bench/README.md measures it).
+Standard library only (deployer/cancel.py too). The child is a `fork` of the parent, not a new
+interpreter: it starts where the parent is, with the interpreter, `site` and these few modules
+already loaded, so the parent costs a fork and a wait, not a second interpreter start-up
+(bench/README.md measures it). POSIX only, as the pipe handed to the child always was.
 
-The parent runs the deployer as a child process of the same interpreter, with `DB_DEPLOY_CHILD`
-naming the write end of a pipe. It forwards SIGINT and SIGTERM to the child (as the container's
-PID 1 too: without handlers of its own PID 1 would ignore them) and, once the child is done,
-checks that it said so on the pipe (`cancel.finished`, written once the outputs, summary and
-report are written). A child that ended without saying so (a revision's `os._exit(0)`, an
-interpreter crash, a signal) never passes for a success: the parent writes the failed outputs,
-summary and report itself (deployer/cli.py: `report_unfinished`) and exits 1.
+The child runs the deployer with `DB_DEPLOY_CHILD` naming the write end of a pipe. The parent
+forwards SIGINT and SIGTERM to the child (as the container's PID 1 too: without handlers of its
+own PID 1 would ignore them) and, once the child is done, checks that it said so on the pipe
+(`cancel.finished`, written once the outputs, summary and report are written). A child that
+ended without saying so (a revision's `os._exit(0)`, an interpreter crash, a signal) never
+passes for a success: the parent writes the failed outputs, summary and report itself
+(deployer/cli.py: `report_unfinished`) and exits 1.
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
 import sys
 from types import FrameType
+from typing import Any
 
 from deployer.cancel import CHILD_ENV, DONE, SIGNALS, is_child
 
@@ -28,10 +30,11 @@ from deployer.cancel import CHILD_ENV, DONE, SIGNALS, is_child
 def main() -> int:
     """The process entry point."""
     if is_child():
-        from deployer.cli import console_main
-
-        return console_main()
-    returncode, done, signum = parent(sys.argv[1:])
+        return child()
+    pid, read, previous = fork()
+    if not pid:
+        return child()
+    returncode, done, signum = supervise(pid, read, previous)
     if done:
         return exit_code(returncode)
     from deployer.cli import report_unfinished
@@ -39,46 +42,75 @@ def main() -> int:
     return report_unfinished(unfinished_message(returncode), signum)
 
 
+def child() -> int:
+    from deployer.cli import console_main
+
+    return console_main()
+
+
 # --------------------------------------------------------------------------- the parent
 
+_received: list[int] = []  # the signals the parent forwarded, first first
+_child_pid = 0
 
-def parent(argv: list[str]) -> tuple[int, bool, int]:
-    """Run the deployer with `argv` as a child process; forward SIGINT/SIGTERM to it. Returns its
-    exit code (negative: the signal that ended it), whether it said it finished, and the first
-    signal forwarded (0: none)."""
-    read, write = os.pipe()
-    root = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
-    code = (
-        f"import sys; sys.path.insert(0, {root!r}); "
-        "from deployer.supervise import main; sys.exit(main())"
-    )
-    flags = subprocess._args_from_interpreter_flags()  # type: ignore[attr-defined]  # -I, -X…
-    env = {**os.environ, CHILD_ENV: f"{write},{os.getpid()}"}
-    children: list[subprocess.Popen[bytes]] = []
-    received: list[int] = []
 
-    def forward(signum: int, _frame: FrameType | None) -> None:
-        received.append(signum)
-        for child in children:
-            with contextlib.suppress(ProcessLookupError):
-                child.send_signal(signum)
+def _forward(signum: int, _frame: FrameType | None) -> None:
+    _received.append(signum)
+    if _child_pid:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(_child_pid, signum)
 
-    previous = {s: signal.signal(s, forward) for s in SIGNALS}
-    try:
-        try:
-            children.append(
-                subprocess.Popen(
-                    [sys.executable, *flags, "-c", code, *argv], env=env, pass_fds=(write,)
-                )
-            )
-        finally:
-            os.close(write)
-        if received:  # before the child existed
-            children[0].send_signal(received[0])
-        returncode = children[0].wait()
-    finally:
-        for s, handler in previous.items():
+
+Handlers = dict[signal.Signals, Any]
+
+
+def _restore(handlers: Handlers) -> None:
+    for s, handler in handlers.items():
+        if handler is not None:  # None: not set from Python
             signal.signal(s, handler)
+
+
+def fork() -> tuple[int, int, Handlers]:
+    """Fork the child. In the parent: (the child's pid, the read end of the completion pipe,
+    the signal handlers to restore once it is done), SIGINT/SIGTERM forwarded to the child from
+    now on. In the child: (0, -1, {}), with `DB_DEPLOY_CHILD` set and the signal handlers of a
+    fresh interpreter. Both signals are blocked across the fork, so that none is lost: one that
+    comes meanwhile reaches the parent's handler, which forwards it."""
+    global _child_pid
+    read, write = os.pipe()
+    parent_pid = os.getpid()
+    signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    previous: Handlers = {s: signal.signal(s, _forward) for s in SIGNALS}
+    for stream in (sys.stdout, sys.stderr):  # nothing written twice
+        with contextlib.suppress(Exception):
+            stream.flush()
+    try:
+        pid = os.fork()
+    except BaseException:
+        _restore(previous)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+        raise
+    if pid == 0:
+        os.close(read)
+        os.environ[CHILD_ENV] = f"{write},{parent_pid}"
+        _restore(previous)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+        return 0, -1, {}
+    os.close(write)
+    _child_pid = pid
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+    return pid, read, previous
+
+
+def supervise(pid: int, read: int, previous: Handlers) -> tuple[int, bool, int]:
+    """Wait for the child `pid`, forwarding SIGINT/SIGTERM to it. Returns its exit code
+    (negative: the signal that ended it), whether it said it finished, and the first signal
+    forwarded (0: none)."""
+    try:
+        _, status = os.waitpid(pid, 0)  # retried after each forwarded signal (PEP 475)
+    finally:
+        _restore(previous)
+    returncode = os.waitstatus_to_exitcode(status)
     os.set_blocking(read, False)  # a grandchild may hold the pipe open: read what is there
     try:
         said = os.read(read, 64)
@@ -86,7 +118,7 @@ def parent(argv: list[str]) -> tuple[int, bool, int]:
         said = b""
     finally:
         os.close(read)
-    return returncode, said.startswith(DONE), received[0] if received else 0
+    return returncode, said.startswith(DONE), _received[0] if _received else 0
 
 
 def unfinished_message(returncode: int) -> str:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import ast
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from deployer import checksums
 from deployer.checksums import PREFIX, code_checksum, raw_checksum
 from tests.helpers import REPO, AlembicProject, Database, GitHubRunner
 
@@ -133,6 +135,7 @@ def _other_pythons() -> list[str]:
 
 
 OTHER_PYTHONS = _other_pythons()
+MIGRATIONS = sorted((REPO / "migrations" / "versions").glob("*.py"))
 
 
 @pytest.mark.skipif(not OTHER_PYTHONS, reason="no Python 3.12/3.13 on this machine")
@@ -141,10 +144,10 @@ def test_the_same_file_gives_the_same_checksum_on_other_pythons(tmp_path: Path, 
     """The token stream, not ast.dump: stable across interpreters (3.12 splits f-strings into
     parts; they are put back together). Every revision of the reference schema and a file with
     nested f-strings, on this Python and another one."""
-    files = sorted((REPO / "migrations" / "versions").glob("*.py"))
+    files = list(MIGRATIONS)
     extra = tmp_path / "fstrings.py"
     extra.write_text(
-        'x = 1\ny = f"a{x!r:>{x}}b" f\'{f"{x}"}\' rb"\\d" "plain"\n'
+        'x = 1\ny = f"a{x!r:>{x}}b" f\'{f"{x}"}\' "plain"\nz = rb"\\d" b"x"\n'
         'def f():\n    """doc"""\n    return f"""{x}\n"""\n'
     )
     files.append(extra)
@@ -170,6 +173,57 @@ def test_the_same_file_gives_the_same_checksum_on_other_pythons(tmp_path: Path, 
     )
     here = [code_checksum(p) for p in files]
     assert proc.stdout.split() == here
+    assert [code_checksum(p, compiles=True) for p in files] == here
+
+
+# --------------------------------------------------------------------------- the fast path of 3.11
+
+#: Files where the C tokenizer of 3.11 and `tokenize` could part: line endings, non-ASCII
+#: columns, every shape of first statement that is (or is not) a docstring.
+EDGE_CASES = {
+    "crlf-fstring": b'x = 1\r\ny = f"""a {x}\r\nb"""\r\n\r\ndef f():\r\n    """doc"""\r\n    return y\r\n',
+    "crlf-strings": b'"""mod\r\ndoc"""\r\nx = """a\r\nb"""\r\ny = \'c\\\r\nd\'\r\n',
+    "lone-cr": b'x = 1\ry = "a"\n',
+    "non-ascii-one-liner": 'def été(): "doc"\nclass Ä: "é"; x = 1\n'.encode(),
+    "non-ascii-docstring-then-code": 'def f():\n    """éé"""; y = 2  # ç\n    return 1\n'.encode(),
+    "parenthesised": b'("mod" "doc")\ndef f():\n    (\n        "a"  # c\n        "b"\n    )\n',
+    "not-docstrings": b'b"bytes"\ndef f():\n    f"{1}"\ndef g():\n    "a" + "b"\ndef h():\n    "a".strip()\n'
+    b'def i():\n    ("a",)\ndef j():\n    "a"("b")\ndef k():\n    u"u" "v"\n',
+    "lambda-annotation": b'def f() -> lambda: 1: "doc"\nclass C(object, metaclass=type):\n    "d"\n',
+    "nested-and-async": b'class A:\n    """a"""\n    async def f(self):\n        """f"""\n'
+    b'        if 1:\n            def g():\n                """g"""\n        try:\n            pass\n'
+    b'        except Exception:\n            class E:\n                "e"\n',
+    "comments-first": b'#!/usr/bin/env python\n# -*- coding: latin-1 -*-\n\n"""doc \xe9"""\nx = 1',
+    "bom": b'\xef\xbb\xbf"""doc"""\nx = 1\n',
+    "tabs-and-formfeed": b'if 1:\n\tx = 1\n\x0c\ndef f():\n\t"""d"""\n\treturn 2\n',
+    "no-newline-at-end": b'def f():\n    """d"""',
+    "trailing-blank": b"x = 1\n   ",
+    "empty": b"",
+    "only-comments": b"# nothing\n",
+}
+
+
+def _stdlib_sample() -> list[Path]:
+    return sorted(Path(ast.__file__).parent.glob("*.py"))[::5]
+
+
+@pytest.mark.skipif(checksums._TokenizerIter is None, reason="tokenize is the only path here")
+@pytest.mark.parametrize(
+    "name", [*EDGE_CASES, *(p.name for p in _stdlib_sample()), *(p.name for p in MIGRATIONS)]
+)
+def test_the_fast_path_gives_what_tokenize_and_the_ast_give(
+    monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """On 3.11 the checksum reads the C tokenizer's tokens, and with `compiles` finds the
+    docstrings from them: the same canonical text as `tokenize` and the AST give."""
+    files = {p.name: p for p in [*_stdlib_sample(), *MIGRATIONS]}
+    data = EDGE_CASES[name] if name in EDGE_CASES else files[name].read_bytes()
+    fast = checksums.python_canonical(data)
+    compiled = checksums.python_canonical(data, compiles=True)
+    monkeypatch.setattr(checksums, "_TokenizerIter", None)
+    slow = checksums.python_canonical(data)
+    assert fast == slow
+    assert compiled == slow
 
 
 # --------------------------------------------------------------------------- in the deploy history
