@@ -7,11 +7,15 @@ its rows, the report tells what ran, and a crash loses nothing."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import AlembicProject, Database, GitHubRunner
+from tests.helpers import AlembicProject, Database, GitHubRunner, wait_for
 from tests.helpers.projects import write_alembic_project
 
 # env.py as applications that migrate on an autocommit engine write it (dagster's shape): the
@@ -158,6 +162,30 @@ def test_autocommit_failure_says_what_stays(
     assert "committed as they ran and are not rolled back" in run.output
     assert [r for r, _ in history(database)] == ["0001_t", "0002_idx", "0003_idx2"]
     assert report(github)["migrate"]["failed_revision"] == "0004_bad"
+    assert unfinished_rows(database) == ["0004_bad"]
+
+    # The next run says it did not complete before, and fails the same way, saying so too.
+    run = deploy(project, **{"env-connection": "autocommit"})
+    assert run.returncode == 1, run.output
+    assert "revision 0004_bad (upgrade started" in run.output
+    assert "it did not complete in an earlier run either" in run.output
+    assert "already exists" in run.output  # its first statement had committed
+
+    # Written to cope with what stayed, it completes; the mark goes with its history row.
+    path = project.versions / "0004_bad.py"
+    path.write_text(
+        path.read_text()
+        .replace(
+            "op.create_table('kept', sa.Column('id', sa.Integer))",
+            "op.execute('CREATE TABLE IF NOT EXISTS kept (id int)')",
+        )
+        .replace("op.execute('SELECT no_such_function()')", "pass")
+    )
+    run = deploy(project, **{"env-connection": "autocommit"})
+    assert run.returncode == 0, run.output
+    assert database.version() == {"0004_bad"}
+    assert history(database)[-1] == ("0004_bad", "upgrade")
+    assert unfinished_rows(database) == []
 
 
 # --------------------------------------------------------------------------- none
@@ -234,3 +262,104 @@ def test_psycopg2_only_data_migration_with_url_driver_psycopg2(
         "0001_t",
         "0002_data",
     ]
+
+
+# --------------------------------------------------------------------------- crash
+
+
+REVISIONS = 30
+
+
+def start_deploy(env: dict[str, str], cwd: Path) -> subprocess.Popen[bytes]:
+    """`python -m deployer` (parent and child) in a process group of its own."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "deployer"],
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def version_number(database: Database) -> int:
+    if not database.scalar("SELECT to_regclass('public.alembic_version') IS NOT NULL"):
+        return 0
+    v = database.scalar("SELECT max(version_num) FROM alembic_version")
+    return int(str(v)[1:]) if v else 0
+
+
+def sleeping(database: Database) -> bool:
+    return bool(
+        database.scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND application_name = 'db-deploy' AND state = 'active' "
+            "AND query LIKE 'SELECT pg_sleep%'"
+        )
+    )
+
+
+def unfinished_rows(database: Database) -> list[str]:
+    if not database.scalar("SELECT to_regclass('db_deploy.db_deploy_unfinished') IS NOT NULL"):
+        return []
+    return [r[0] for r in database.rows("SELECT revision FROM db_deploy.db_deploy_unfinished")]
+
+
+def test_sigkill_in_autocommit_mode_loses_nothing_and_the_next_run_says_what_stayed(
+    tmp_path: Path, database: Database, github: GitHubRunner, deploy
+) -> None:
+    """SIGKILL in the middle of a revision on an autocommit connection: its first statement
+    is committed (its table exists) while the version table shows the revision before, and
+    every revision the version table shows has its history row, none more (the version row
+    and the history row commit together). The next run warns that the revision did not
+    complete and what that means, runs it again (it is re-runnable) and forgets the mark; no
+    row is a `baseline`."""
+    project = write_alembic_project(tmp_path / "migrations")
+    (project.root / "env.py").write_text(HANDED_ONLY_ENV)
+    for i in range(1, REVISIONS + 1):
+        project.add(
+            f"r{i:03d}",
+            f"op.execute('CREATE TABLE IF NOT EXISTS t{i:03d} (id int)')\n"
+            "op.execute('SELECT pg_sleep(0.3)')",
+        )
+    env = github.with_inputs(
+        **{
+            "database-url": database.url,
+            "migrations-path": str(project.root),
+            "env-connection": "autocommit",
+        }
+    )
+    proc = start_deploy(env, github.workspace)
+    try:
+        wait_for(lambda: version_number(database) >= 4 and sleeping(database), what="r005+")
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    wait_for(
+        lambda: (
+            not database.scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND application_name = 'db-deploy'"
+            )
+        ),
+        timeout=30,
+        what="the killed deploy's sessions to end",
+    )
+    at = version_number(database)
+    assert 4 <= at < REVISIONS
+    cut = f"r{at + 1:03d}"
+    assert history(database) == [(f"r{i:03d}", "upgrade") for i in range(1, at + 1)]
+    assert f"t{at + 1:03d}" in database.tables()  # committed, the version table says otherwise
+    assert unfinished_rows(database) == [cut]
+
+    run = deploy(project, **{"env-connection": "autocommit"})
+    assert run.returncode == 0, run.output
+    assert f"revision {cut} (upgrade started" in run.output
+    assert "octocat" in run.output and "did not complete" in run.output
+    assert database.version() == {f"r{REVISIONS:03d}"}
+    rows = history(database)
+    assert [r for r, _ in rows] == [f"r{i:03d}" for i in range(1, REVISIONS + 1)]
+    assert {k for _, k in rows} == {"upgrade"}
+    assert unfinished_rows(database) == []

@@ -92,6 +92,7 @@ def migrate_locked(
         heads = read_heads(mig, facts.version_table, facts.version_table_schema)
         mig.rollback()
         check_heads(project, heads, s.target)
+        left = shared.unfinished(ctx, mig)
         review.review(ctx, project, facts, heads, live)  # the gate: before anything is applied
         if s.backup_before:
             backup_before(ctx, project, facts)
@@ -106,6 +107,7 @@ def migrate_locked(
                 m = run_migrate(ctx, project, mig, recorder=recorder)
                 review.plan_sql(ctx, m)
             ctx.result.migrate = m
+            shared.settle_unfinished(ctx, project, mig, left, m)
             shared.raise_if_failed(m, step="migrate")
         if s.run_seed and not ctx.result.dry_run:
             run_seed(ctx, mig)

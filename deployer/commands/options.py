@@ -33,6 +33,8 @@ def migrate_options(
         workspace=s.workspace_dir,
         client_check=ctx.spec(s.direct_url, migration=True).client_check,
         env_connection=s.env_connection,
+        history_schema=s.history_schema,
+        run_by=run_by(ctx),
         redact=Redactor(s.secrets),
     )
 
@@ -47,6 +49,12 @@ def lock_ladder(s: Settings) -> LockLadder:
         repeats=s.lock_retries,
         cap=s.lock_timeout or None,
     )
+
+
+def run_by(ctx: Context) -> str:
+    """Who runs, for the mark of a revision under way: actor, commit, run URL."""
+    t = ctx.result.telemetry
+    return ", ".join(x for x in (t.actor, t.sha[:12], t.run_url) if x)
 
 
 def smoke_options(s: Settings) -> SmokeOptions:

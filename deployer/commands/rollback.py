@@ -107,6 +107,7 @@ def downgrade(
     # The deploy history verifies the applied scripts and records each downgrade.
     facts = EnvFacts(heads=heads, version_table=where.table, version_table_schema=where.schema)
     recorder = check_history(ctx, project, mig, facts, heads)
+    left = shared.unfinished(ctx, mig)
     ctx.result.migrate = m = run_migrate(
         ctx,
         project,
@@ -116,6 +117,7 @@ def downgrade(
         target=target,
         on_applied=applied_message(ctx, "reverted"),
     )
+    shared.settle_unfinished(ctx, project, mig, left, m)
     shared.raise_if_failed(m, step="rollback", verb="failed to downgrade")
     if not m.applied:
         ctx.result.status = "noop"

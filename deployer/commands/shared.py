@@ -20,6 +20,7 @@ from deployer.steps.status import status as status_step
 
 if TYPE_CHECKING:
     from deployer.alembic_project import AlembicProject
+    from deployer.steps.migrate import Unfinished
     from deployer.steps.version_table import VersionTable
 
 
@@ -301,3 +302,46 @@ def _search_path_schema(conn: sa.Connection, table: str) -> str | None:
     finally:
         if started:
             conn.rollback()
+
+
+def unfinished(ctx: Context, mig: sa.Connection) -> list[Unfinished]:
+    """Revisions an earlier run started on an autocommit connection (env-connection
+    autocommit, or env.py's own autocommit engine) and never completed: a warning each,
+    before anything runs, for what they ran before that run stopped is committed."""
+    from deployer.steps.migrate import unfinished as read
+
+    left = read(mig, ctx.settings.history_schema)
+    for u in left:
+        ctx.warn(
+            f"revision {u} did not complete: it ran on an autocommit connection, so the "
+            "statements it ran before that run stopped are committed and stay, although the "
+            "version table does not show it; run again, it must cope with them"
+        )
+    return left
+
+
+def settle_unfinished(
+    ctx: Context,
+    project: AlembicProject,
+    mig: sa.Connection,
+    left: list[Unfinished],
+    m: MigrateResult,
+) -> None:
+    """After the migrate (or rollback) step: a failing revision that did not complete before
+    either says so; the marks of revisions now applied (or reverted) are dropped."""
+    from deployer.steps.migrate import clear_unfinished
+
+    if not left:
+        return
+    failed = [u for u in left if u.revision == m.failed_revision]
+    if failed and m.error:
+        m.error += f" (it did not complete in an earlier run either: {failed[0]})"
+    if ctx.result.dry_run or m.current_unknown:
+        return
+    have = project.ancestors(m.current) if m.current else set()
+    done = [
+        u.revision
+        for u in left
+        if u.revision != m.failed_revision and (u.revision in have) == (u.kind == "upgrade")
+    ]
+    clear_unfinished(mig, ctx.settings.history_schema, done)

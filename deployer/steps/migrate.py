@@ -64,6 +64,7 @@ class _Tracker:
     # written in a transaction block of their own, opened after its statements (`_Stamped`).
     block: sa.Connection | None = None
     autocommit: bool = False  # the running revision runs on an autocommit connection
+    marks: _Marks | None = None  # where a revision under way on such a connection is marked
 
 
 def resolve_target(project: AlembicProject, target: str) -> tuple[str, ...]:
@@ -99,6 +100,10 @@ class MigrateOptions:
     workspace: Path | None = None
     client_check: bool = False
     env_connection: str = "shared"
+    # The deploy history's schema, where a revision under way on an autocommit connection is
+    # marked (`_Marks`), and who runs (actor, commit, run URL), for that mark.
+    history_schema: str = ""
+    run_by: str = ""
     # Masks the run's secrets in a failing statement before it is cut (see `_failure`).
     redact: Callable[[str], str] = field(default=lambda text: text, repr=False, compare=False)
 
@@ -219,6 +224,8 @@ def _work_function(
         tracker.called = True
         tracker.previous = tuple(heads)
         tracker.context = context
+        if recorder is not None and o.history_schema:
+            tracker.marks = _Marks(o.history_schema, o.run_by)
         if recorder is not None:
             # Called by Alembic inside the revision's transaction, after its version row is
             # written, on whatever connection env.py migrates on (its own engine's too).
@@ -273,14 +280,131 @@ class _Stamped:
             context = tracker.context
             conn = context.connection if context is not None else None
             tracker.autocommit = conn is not None and is_autocommit(conn)
+            if conn is not None and tracker.autocommit and tracker.marks is not None:
+                tracker.marks.mark(conn, self._step)
             fn(**kw)
             conn = context.connection if context is not None else None
             if conn is not None and is_autocommit(conn):
                 tracker.autocommit = True
                 conn.exec_driver_sql("BEGIN")
                 tracker.block = conn
+                if tracker.marks is not None:
+                    tracker.marks.unmark(conn)
 
         return run
+
+
+UNFINISHED_TABLE = "db_deploy_unfinished"
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+@dataclass
+class _Marks:
+    """On an autocommit connection a revision's statements commit one by one, so a crash (or
+    a failure) in the middle leaves some of them done while the version table still shows
+    the revision before. So that the next run can say so, a row in
+    `<history-schema>.db_deploy_unfinished` marks the revision before its first statement
+    (committed at once), and goes in the transaction that writes its version and history
+    rows. The table is created on first use; a role that cannot write it runs unmarked."""
+
+    schema: str
+    run_by: str
+    off: bool = False
+    ready: bool = False
+    marked: str = ""
+
+    def mark(self, conn: sa.Connection, step: RevisionStep) -> None:
+        if self.off:
+            return
+        table = f"{_q(self.schema)}.{UNFINISHED_TABLE}"
+        try:
+            if not self.ready:
+                conn.exec_driver_sql(
+                    f"CREATE TABLE IF NOT EXISTS {table} (revision text NOT NULL, "
+                    "kind text NOT NULL, started_at timestamptz NOT NULL DEFAULT now(), "
+                    "run_by text NOT NULL DEFAULT '')"
+                )
+                self.ready = True
+            conn.execute(
+                sa.text(f"INSERT INTO {table} (revision, kind, run_by) VALUES (:r, :k, :b)"),
+                {
+                    "r": step.revision.revision,
+                    "k": "upgrade" if step.is_upgrade else "downgrade",
+                    "b": self.run_by,
+                },
+            )
+            self.marked = step.revision.revision
+        except sa.exc.DBAPIError:
+            self.off = True  # autocommit: nothing to roll back
+
+    def unmark(self, conn: sa.Connection) -> None:
+        """In the block holding the version row: the revision (every mark of it) is done."""
+        revision, self.marked = self.marked, ""
+        if not revision:
+            return
+        conn.exec_driver_sql("SAVEPOINT db_deploy_unfinished")
+        try:
+            conn.execute(
+                sa.text(f"DELETE FROM {_q(self.schema)}.{UNFINISHED_TABLE} WHERE revision = :r"),
+                {"r": revision},
+            )
+        except sa.exc.DBAPIError:
+            conn.exec_driver_sql("ROLLBACK TO SAVEPOINT db_deploy_unfinished")
+        else:
+            conn.exec_driver_sql("RELEASE SAVEPOINT db_deploy_unfinished")
+
+
+@dataclass(frozen=True)
+class Unfinished:
+    """A revision an earlier run started on an autocommit connection and never completed."""
+
+    revision: str
+    kind: str
+    started_at: str
+    run_by: str
+
+    def __str__(self) -> str:
+        by = f", {self.run_by}" if self.run_by else ""
+        return f"{self.revision} ({self.kind} started {self.started_at}{by})"
+
+
+def unfinished(conn: sa.Connection, schema: str) -> list[Unfinished]:
+    """The revisions marked unfinished (`_Marks`), oldest first; none when there is no such
+    table or it cannot be read. Leaves no transaction open."""
+    table = f"{_q(schema)}.{UNFINISHED_TABLE}"
+    try:
+        if not conn.execute(sa.text("SELECT to_regclass(:t) IS NOT NULL"), {"t": table}).scalar():
+            return []
+        rows = conn.execute(
+            sa.text(f"SELECT revision, kind, started_at, run_by FROM {table} ORDER BY started_at")
+        ).all()
+    except sa.exc.DBAPIError:
+        return []
+    finally:
+        _rollback(conn)
+    seen: dict[str, Unfinished] = {}
+    for r in rows:
+        at = r[2].isoformat(timespec="seconds") if hasattr(r[2], "isoformat") else str(r[2])
+        seen.setdefault(r[0], Unfinished(r[0], r[1], at, r[3]))
+    return list(seen.values())
+
+
+def clear_unfinished(conn: sa.Connection, schema: str, revisions: list[str]) -> None:
+    """Forget the marks of `revisions` (completed since, on a connection that was not
+    autocommit, or no longer to be applied), committed."""
+    if not revisions:
+        return
+    try:
+        conn.execute(
+            sa.text(f"DELETE FROM {_q(schema)}.{UNFINISHED_TABLE} WHERE revision = ANY(:r)"),
+            {"r": revisions},
+        )
+        conn.commit()
+    except sa.exc.DBAPIError:
+        _rollback(conn)
 
 
 def is_autocommit(conn: sa.Connection) -> bool:
