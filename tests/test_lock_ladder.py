@@ -28,7 +28,7 @@ op.execute("SELECT set_config('application_name', 'ladder ' || current_setting('
 op.add_column('a', sa.Column('x', sa.Integer))
 """
 WAITING = """
-SELECT a.application_name FROM pg_stat_activity a JOIN pg_locks l ON l.pid = a.pid
+SELECT a.application_name, l.waitstart FROM pg_stat_activity a JOIN pg_locks l ON l.pid = a.pid
 WHERE a.datname = current_database() AND NOT l.granted
 """
 
@@ -63,13 +63,15 @@ class Watcher:
     def __init__(self, database: Database) -> None:
         self.engine = database.engine.execution_options(isolation_level="AUTOCOMMIT")
         self.seen: list[str] = []
+        self.waits: set[object] = set()  # one per wait (its start)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)
 
     def run(self) -> None:
         with self.engine.connect() as conn:
             while not self.stop.wait(0.01):
-                for (name,) in conn.execute(sa.text(WAITING)):
+                for name, start in conn.execute(sa.text(WAITING)):
+                    self.waits.add(start)
                     if not self.seen or self.seen[-1] != name:
                         self.seen.append(name)
 
@@ -356,6 +358,49 @@ def test_a_failed_concurrent_index_build_is_dropped_before_its_retry(
     assert deploy(project).returncode == 0
     assert database.scalar(invalid) == 0
     assert database.scalar("SELECT count(*) FROM pg_indexes WHERE indexname = 'ix_a_id'") == 1
+
+
+def test_env_connection_autocommit_retries_each_statement_alone(
+    project: AlembicProject,
+    database: Database,
+    github: GitHubRunner,
+    deploy: Callable[..., object],
+    blocker: sa.Connection,
+) -> None:
+    """`env-connection: autocommit`: each statement is its own transaction, so the one that
+    hits lock_timeout is retried alone, climbing the rungs (the revision's earlier statements
+    committed and are not run again)."""
+    project.add("0001_a", TABLE_A)
+    assert deploy(project).returncode == 0
+    project.add(
+        "0002_alter",
+        "op.create_table('before', sa.Column('id', sa.Integer))\n"
+        "op.add_column('a', sa.Column('x', sa.Integer))",
+    )
+    pid = hold(blocker, "SELECT count(*) FROM a")
+
+    def release_after_two_waits() -> None:
+        wait_for(lambda: len(watcher.waits) >= 2, what="two lock waits", timeout=120)
+        blocker.execute(sa.text("ROLLBACK"))
+
+    with Watcher(database) as watcher:
+        release = threading.Thread(target=release_after_two_waits)
+        release.start()
+        run = deploy(
+            project,
+            **{"env-connection": "autocommit", "lock-timeout-ladder": "200ms, 400ms, 600ms"},
+        )
+        release.join()
+    assert run.returncode == 0, run.output
+    assert database.version() == {"0002_alter"} and "before" in database.tables()
+    tries = report(github)["migrate"]["lock_attempts"]
+    alone = [t for t in tries if t["scope"].startswith("statement ALTER TABLE a ADD COLUMN x")]
+    assert len(alone) >= 2
+    assert [t["lock_timeout"] for t in alone[:2]] == [0.2, 0.4]
+    assert all(t["timed_out"] for t in alone[:-1]) and not alone[-1]["timed_out"]
+    assert pid in {t["blocker_pid"] for t in alone}
+    # The statement was retried, not the revision: one attempt of the upgrade, which went through.
+    assert [t["timed_out"] for t in tries if t["scope"] == "upgrade"] == [False]
 
 
 def test_a_statement_outside_a_transaction_climbs_the_ladder_alone(

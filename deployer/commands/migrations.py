@@ -59,9 +59,13 @@ def run_migrate(
     with db.lock_ladder(retry, each_statement=each_statement):
         while True:
             rung = retry.begin()
-            # The rung as a session setting, once per attempt: on ours (SET), on the
-            # sessions env.py opens itself (PGOPTIONS). No statement pays for it.
-            _set_lock_timeout(mig, rung)
+            # The rung as a session setting, once per attempt: on ours and the one env.py is
+            # handed (SET), on the sessions env.py opens itself (PGOPTIONS). No statement
+            # pays for it.
+            handed = ctx.env_connection(mig)
+            sessions = [mig] if handed is None or handed is mig else [mig, handed]
+            for session in sessions:
+                _set_lock_timeout(session, rung)
             try:
                 m = migrate(
                     project,
@@ -71,7 +75,7 @@ def run_migrate(
                     recorder=recorder,
                     watch_engine=watch,
                     reconnect=reconnect,
-                    handed=ctx.env_connection(mig),
+                    handed=handed,
                 )
             except KeyboardInterrupt as exc:  # cancelled: what ran so far goes in the report
                 cut: MigrateResult | None = getattr(exc, "migrate_result", None)
@@ -92,7 +96,8 @@ def run_migrate(
                 + (f", blocked by {retry.blocked_by()}" if retry.blocked_by() else "")
                 + f"); {_retry_number(retry)} after {delay:g}s"
             )
-    _set_lock_timeout(mig, None)  # back to lock-timeout, for what runs after (the seed)
+    for session in sessions:  # back to lock-timeout, for what runs after (the seed)
+        _set_lock_timeout(session, None)
     m.lock_attempts = retry.attempts
     if retry.timed_out:
         _report_ladder(ctx, m, retry)
