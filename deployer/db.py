@@ -462,7 +462,7 @@ class LockLadder:
     (the budget still ends them first). `cap` (lock-timeout) bounds every rung, and is the
     timeout of statements run outside a transaction (`autocommit_block`)."""
 
-    rungs: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4)
+    rungs: tuple[float, ...] = (0.1, 0.2, 0.3)
     budget: float = 180.0
     repeats: int = 0
     cap: float | None = None

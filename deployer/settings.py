@@ -474,12 +474,12 @@ class _TimeoutFields(SettingsBase):
         validation_alias=_env("lock-timeout", "DB_DEPLOY_LOCK_TIMEOUT"),
     )
     lock_timeout_ladder: Ladder = Field(
-        (0.1, 0.2, 0.3, 0.4),
+        (0.1, 0.2, 0.3),
         description="lock_timeout of each attempt of the migrations (their locks on existing "
         "relations), comma-separated; a timed-out attempt rolls its transaction back and is "
         "retried after a jittered wait (at most 2s), the last rung repeating until "
-        "lock-wait-budget is spent. Rungs stay well under the application's latency goal: "
-        "its queries queue behind a waiting ALTER for up to one rung.",
+        "lock-wait-budget is spent. Keep the rungs well under the application's latency "
+        "goal: its queries queue behind a waiting ALTER for up to one rung.",
         validation_alias=_env("lock-timeout-ladder", "DB_DEPLOY_LOCK_TIMEOUT_LADDER"),
     )
     lock_wait_budget: Timeout = Field(
