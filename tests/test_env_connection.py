@@ -188,6 +188,27 @@ def test_autocommit_failure_says_what_stays(
     assert unfinished_rows(database) == []
 
 
+def test_autocommit_status_and_drift_replay(
+    tmp_path: Path, database: Database, github: GitHubRunner, deploy, pg_server
+) -> None:
+    """status reads the revision through an env.py handed an autocommit connection; drift
+    replays the concurrent indexes on its scratch database the same way (no drift)."""
+    project = concurrent_project(tmp_path / "migrations")
+    inputs = {"env-connection": "autocommit"}
+    assert deploy(project, **inputs).returncode == 0
+    run = deploy(project, command="status", **inputs)
+    assert run.returncode == 0, run.output
+    assert github.outputs()["current-revision"] == "0003_idx2"
+    run = deploy(
+        project,
+        command="drift",
+        **inputs,
+        **{"scratch-database-url": pg_server.url("postgres")},
+    )
+    assert run.returncode == 0, run.output
+    assert github.outputs()["drift-count"] == "0"
+
+
 # --------------------------------------------------------------------------- none
 
 
@@ -200,7 +221,7 @@ def test_none_hands_no_connection_and_env_py_builds_its_own_engine(
     project = write_alembic_project(tmp_path / "migrations")
     (project.root / "env.py").write_text(OWN_ENGINE_ENV)
     project.add("0001_a", "op.create_table('a', sa.Column('id', sa.Integer))")
-    project.add("0002_b", "op.create_table('b', sa.Column('id', sa.Integer))")
+    project.add("0002_b", "op.create_table('b', sa.Column('id', sa.Integer))", "op.drop_table('b')")
     run = deploy(project)
     assert run.returncode == 2, run.output  # the default hands one over: this env.py refuses
     assert "no connection expected" in run.output
@@ -216,6 +237,15 @@ def test_none_hands_no_connection_and_env_py_builds_its_own_engine(
     run = deploy(project, **{"env-connection": "none"})
     assert run.returncode == 0, run.output
     assert github.outputs()["status"] == "noop"
+
+    # Every command that runs env.py hands it nothing.
+    for command in ("status", "plan"):
+        run = deploy(project, command=command, **{"env-connection": "none"})
+        assert run.returncode == 0, (command, run.output)
+    run = deploy(project, command="rollback", target="0001_a", **{"env-connection": "none"})
+    assert run.returncode == 0, run.output
+    assert database.version() == {"0001_a"}
+    assert history(database)[-1] == ("0002_b", "downgrade")
 
 
 # --------------------------------------------------------------------------- url-driver

@@ -4,6 +4,7 @@ closes with it (`with Context(...) as ctx:`)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from typing import TYPE_CHECKING, Protocol
@@ -42,7 +43,7 @@ class Context:
         self.current_step = "config"
         self.stack = ExitStack()
         self.engines: dict[tuple[str, float, str, str], sa.Engine] = {}
-        self.handed: sa.Connection | None = None  # see `env_connection`
+        self.handed: dict[str, sa.Connection] = {}  # see `env_connection`
         self.driver_engines: dict[tuple[object, ...], sa.Engine] = {}
 
     def __enter__(self) -> Context:
@@ -118,27 +119,33 @@ class Context:
         """A session on direct-database-url (the migrations' URL)."""
         return self.connect(self.spec(self.settings.direct_url, migration=migration))
 
-    def env_connection(self, ours: sa.Connection) -> sa.Connection | None:
+    def env_connection(self, ours: sa.Connection, url: str = "") -> sa.Connection | None:
         """The connection env.py is handed (`config.attributes["connection"]`), as the inputs
         env-connection and url-driver say: `ours` (shared, with psycopg), None (none: env.py
         builds its own engine from sqlalchemy.url / DATABASE_URL), else a migration session
         of its own, opened once a run: AUTOCOMMIT for autocommit, and with url-driver
         psycopg2 a psycopg2 one (the async drivers' env.py gets a psycopg 3 one: a sync
-        connection is what Alembic's cookbook hands over)."""
+        connection is what Alembic's cookbook hands over). `url`: the database `ours` is on,
+        when not direct-database-url (drift's scratch database)."""
         s = self.settings
         driver = "psycopg2" if s.url_driver == "psycopg2" else "psycopg"
         if s.env_connection == "none":
             return None
         if s.env_connection == "shared" and driver == "psycopg":
             return ours
-        if self.handed is None or self.handed.closed or self.handed.invalidated:
-            spec = self.spec(s.direct_url, migration=True)
+        url = url or s.direct_url
+        handed = self.handed.get(url)
+        if handed is None or handed.closed or handed.invalidated:
+            spec = self.spec(url, migration=True)
+            if url != s.direct_url:  # a scratch server: its version is not the one preflight read
+                spec = dataclasses.replace(spec, client_check=False)
             engine = self.driver_engine(spec, driver)
             if s.env_connection == "autocommit":
                 engine = engine.execution_options(isolation_level="AUTOCOMMIT")
-            self.handed = db.connect(engine, spec, on_retry=self.retrying, step=self.current_step)
-            self.closing(self.handed)
-        return self.handed
+            handed = db.connect(engine, spec, on_retry=self.retrying, step=self.current_step)
+            self.handed[url] = handed
+            self.closing(handed)
+        return handed
 
     def driver_engine(self, spec: db.ConnectionSpec, driver: str) -> sa.Engine:
         """The run's engine for `spec` through `driver` (psycopg: the deployer's own)."""

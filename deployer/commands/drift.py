@@ -33,7 +33,8 @@ def run(ctx: Context) -> RunResult:
     rec = DriftResult(live_version=pf.server_version)
     ctx.result.drift = rec
     live = ctx.session()
-    facts = inspect_env(project, live, url=s.direct_url, workspace=s.workspace_dir)
+    handed = ctx.env_connection(live)  # env-connection, url-driver
+    facts = inspect_env(project, handed, url=s.direct_url, workspace=s.workspace_dir)
     rollback_txn(live)
     heads = list(facts.heads)
     rec.revision = heads
@@ -84,7 +85,12 @@ def replay(
             migrate_options(ctx), url=url, dry_run=False, client_check=False
         )
         for head in heads:
-            m = migrate(project, scratch, dataclasses.replace(options, target=head))
+            m = migrate(
+                project,
+                scratch,
+                dataclasses.replace(options, target=head),
+                handed=ctx.env_connection(scratch, url),
+            )
             if m.error:
                 hint = (
                     " (the embedded server offers only plpgsql and vector: set "

@@ -46,7 +46,7 @@ def security_checks(
         if project is not None:
             conn = direct or app
             schema = inspect_env(
-                project, conn, url=s.direct_url, workspace=s.workspace_dir
+                project, ctx.env_connection(conn), url=s.direct_url, workspace=s.workspace_dir
             ).version_table_schema
             rollback_txn(conn)
             heads = project.heads()

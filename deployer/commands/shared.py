@@ -89,6 +89,7 @@ def version_table(
         required=required,
         quiet=quiet,
         warn=ctx.warn,
+        handed=ctx.env_connection,
     )
 
 

@@ -16,7 +16,8 @@ def run(ctx: Context) -> RunResult:
     project = shared.project(ctx)
     shared.preflight(ctx)
     mig = ctx.session(migration=True)
-    facts = inspect_env(project, mig, url=s.direct_url, workspace=s.workspace_dir)
+    handed = ctx.env_connection(mig)  # env-connection, url-driver
+    facts = inspect_env(project, handed, url=s.direct_url, workspace=s.workspace_dir)
     shared.status(ctx, project, mig, facts.version_table, facts.version_table_schema)
     st = ctx.result.status_check
     if st is not None and st.database_heads:

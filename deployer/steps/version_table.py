@@ -92,14 +92,17 @@ def locate(
     required: bool,
     quiet: bool = False,
     warn: Callable[[str], None] | None = None,
+    handed: Callable[[sa.Connection], sa.Connection | None] | None = None,
 ) -> VersionTable:
     """Load the project (`load`) and run env.py once to learn its version table. When the
     project does not load: ConfigError if `required`, else Alembic's default table with a
-    warning (none when `quiet`: only the lock key is wanted, and the default is right)."""
+    warning (none when `quiet`: only the lock key is wanted, and the default is right).
+    `handed`: the connection env.py is handed for `conn` (env-connection, url-driver)."""
     project: AlembicProject | None = None
     try:
         project = load()
-        facts = inspect_env(project, conn, url=url, workspace=workspace)
+        env_conn = handed(conn) if handed is not None else conn
+        facts = inspect_env(project, env_conn, url=url, workspace=workspace)
         return VersionTable.of(project, facts)
     except ConfigError as exc:
         if required:
