@@ -393,3 +393,42 @@ def test_sigkill_in_autocommit_mode_loses_nothing_and_the_next_run_says_what_sta
     assert [r for r, _ in rows] == [f"r{i:03d}" for i in range(1, REVISIONS + 1)]
     assert {k for _, k in rows} == {"upgrade"}
     assert unfinished_rows(database) == []
+
+
+@pytest.mark.parametrize("driver", ["psycopg", "psycopg2"])
+def test_sigterm_in_autocommit_mode(
+    project: AlembicProject, database: Database, github: GitHubRunner, driver: str
+) -> None:
+    """A cancel in the middle of a revision on an autocommit connection: the running
+    statement is cancelled on the server in time (psycopg2 too, blocked in C), the run ends
+    `cancelled` with its report; what the revision ran before is committed and marked, the
+    version table and the history show the revision before; nothing of ours stays on the
+    server."""
+    from tests.test_cancel import DEADLINE, cancel_mid_revision, sessions
+
+    (project.root / "env.py").write_text(HANDED_ONLY_ENV)
+    proc, out, took = cancel_mid_revision(
+        project,
+        database,
+        github,
+        signal.SIGTERM,
+        busy="op.execute('SELECT pg_sleep(60)')",
+        running=lambda: sessions(database, "%pg_sleep(60)%") > 0,
+        **{"env-connection": "autocommit", "url-driver": driver},
+    )
+    assert proc.returncode == 143, out
+    assert took < DEADLINE, f"{took:.1f}s"
+    assert "Traceback" not in out, out
+    assert github.outputs()["status"] == "cancelled"
+    assert github.outputs()["current-revision"] == "0001_a"
+    rep = report(github)
+    assert [a["revision"] for a in rep["migrate"]["applied"]] == ["0001_a"]
+    assert database.version() == {"0001_a"}
+    cols = database.rows(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = 'a'"
+    )
+    assert sorted(c[0] for c in cols) == ["id", "x"]  # committed as it ran
+    assert history(database) == [("0001_a", "upgrade")]
+    assert unfinished_rows(database) == ["0002_slow"]
+    assert sessions(database) == 0
+    assert database.scalar("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == 0
