@@ -65,11 +65,16 @@ def history(database: Database) -> list[tuple[str, str]]:
     return [(r[0], r[1]) for r in rows]
 
 
-def concurrent_project(root: Path) -> AlembicProject:
+def concurrent_project(root: Path, *, per_migration: bool = False) -> AlembicProject:
     """Three revisions, the second and third creating indexes CONCURRENTLY without
     `autocommit_block()` (upgrade and downgrade), as dagster's do."""
     project = write_alembic_project(root)
-    (root / "env.py").write_text(HANDED_ONLY_ENV)
+    env = HANDED_ONLY_ENV
+    if per_migration:
+        env = env.replace(
+            "target_metadata=None", "target_metadata=None, transaction_per_migration=True"
+        )
+    (root / "env.py").write_text(env)
     project.add(
         "0001_t",
         "op.create_table('t', sa.Column('id', sa.Integer, primary_key=True), "
@@ -112,13 +117,15 @@ def test_concurrent_indexes_fail_on_the_shared_connection(
     assert database.version() == set()  # one transaction for the whole upgrade: rolled back
 
 
+@pytest.mark.parametrize("per_migration", [False, True], ids=["one-block", "per-migration"])
 def test_autocommit_upgrade_and_rollback_with_concurrent_indexes(
-    tmp_path: Path, database: Database, github: GitHubRunner, deploy
+    tmp_path: Path, database: Database, github: GitHubRunner, deploy, per_migration: bool
 ) -> None:
     """env-connection autocommit: the revisions apply as the application's own tool applies
     them; each has its history row; the report says each committed; rollback reverts them
-    (DROP INDEX CONCURRENTLY) with its downgrade rows."""
-    project = concurrent_project(tmp_path / "migrations")
+    (DROP INDEX CONCURRENTLY) with its downgrade rows. Whether env.py asks for a transaction
+    per migration or one for all makes no difference on an autocommit connection."""
+    project = concurrent_project(tmp_path / "migrations", per_migration=per_migration)
     run = deploy(project, **{"env-connection": "autocommit"})
     assert run.returncode == 0, run.output
     assert database.version() == {"0003_idx2"}
