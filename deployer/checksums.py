@@ -167,10 +167,11 @@ class _Unusual(Exception):
 def _c_tokens(source: str) -> list[Token] | None:
     """The tokens of `source` as `tokenize` gives them (type, string, start, end), but columns
     in UTF-8 bytes, from the C tokenizer of Python 3.11; None where they might differ (a lone CR,
-    which the C tokenizer reads as a line break and tokenize does not; an unusual token): then
-    `tokenize` reads it. Exact operator types become OP; INDENT and DEDENT, which start no
-    docstring, start nowhere; the C tokenizer reads CRLF as LF, so an f-string, kept as
-    written, is cut from the source."""
+    which the C tokenizer reads as a line break and tokenize does not; a name with a character
+    that is not `\\w`, such as a combining mark; an unusual token): then `tokenize` reads it.
+    Exact operator types become OP; INDENT and DEDENT, which start no docstring, start nowhere;
+    the C tokenizer reads CRLF as LF, so an f-string, kept as written, is cut from the
+    source."""
     crlf = "\r" in source
     if crlf and source.count("\r") != source.count("\r\n"):
         return None
@@ -189,6 +190,8 @@ def _c_tokens(source: str) -> list[Token] | None:
                 kind = op
             elif kind == tokenize.INDENT or kind == tokenize.DEDENT:
                 row = col = 0  # never in a docstring (tokenize: where the line starts)
+            elif kind == name and not text.isascii() and not _WORD.fullmatch(text):
+                raise _Unusual(kind)  # a combining mark: tokenize cuts the name there
             elif crlf and kind == tokenize.STRING and "\n" in text and _is_fstring(text):
                 text = _cut(raw, row, col, end_row, end_col)
             append((kind, text, (row, col), (end_row, end_col)))
@@ -276,6 +279,7 @@ def _prefix(text: str) -> set[str]:
 
 
 _FIRST_OPERATOR = token.LPAR
+_WORD = re.compile(r"\w+")  # a name for tokenize
 _ASYNC = {getattr(token, "ASYNC", -1), getattr(token, "AWAIT", -1)}
 
 

@@ -199,6 +199,7 @@ EDGE_CASES = {
     "no-newline-at-end": b'def f():\n    """d"""',
     "trailing-blank": b"x = 1\n   ",
     "empty": b"",
+    "combining-marks": 'עִברִית = 1\ndef f():\n    """דֶּה"""\n'.encode(),
     "only-comments": b"# nothing\n",
 }
 
