@@ -670,6 +670,7 @@ def retry_alone(
     timeout = retry.current if each_statement else cap
     scope = f"statement {_summary(statement)}"
     concurrent_index = _CONCURRENT_INDEX.match(statement) is not None
+    outer = retry._began  # the attempt this statement runs in (its time is its own)
     if not each_statement:
         _set(raw, cap)
     try:
@@ -703,6 +704,7 @@ def retry_alone(
                 retry.end(timed_out=False, timeout=timeout, scope=scope, dropped_index=dropped)
             return
     finally:
+        retry._began = outer
         if not each_statement:
             with _suppress_db_errors():
                 _set(raw, retry.current)

@@ -153,7 +153,7 @@ class LockAttempt:
     """One attempt to take the locks a migration needs (the lock ladder, issue 19): its
     `lock_timeout`, whether it timed out, and the session that blocked it."""
 
-    attempt: int  # 1, 2, … in the order they ran (a statement retried alone counts too)
+    attempt: int  # 1, 2, … in the order they ended (a statement retried alone counts too)
     lock_timeout: float  # seconds
     timed_out: bool = False
     # What was attempted: "upgrade" (env.py and the pending revisions), or, retried alone, the
