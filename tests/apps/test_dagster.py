@@ -37,7 +37,10 @@ if os.environ.get("DB_DEPLOY_APPS_TESTS") != "1":
 HERE = Path(__file__).resolve().parent
 # What docs/alembic-projects.md gives for an env.py of dagster's style.
 DAGSTER_INPUTS = {"env-connection": "autocommit"}
-DAGSTER_YAML = "storage:\n  postgres:\n    postgres_url:\n      env: DAGSTER_PG_URL\n"
+DAGSTER_YAML = (
+    "storage:\n  postgres:\n    postgres_url:\n      env: DAGSTER_PG_URL\n"
+    "telemetry:\n  enabled: false\n"
+)
 CONCURRENT_INDEX = "CREATE INDEX CONCURRENTLY cannot run inside a transaction block"
 
 

@@ -81,7 +81,11 @@ def prefect_env(cluster: PgCluster, dbname: str, home: Path) -> dict[str, str]:
     """prefect's own settings, as its users set them in a workflow step's `env:`."""
     url = cluster.url(dbname, role=PLAIN_ROLE, password=PLAIN_PASSWORD, scheme="postgresql+asyncpg")
     home.mkdir(parents=True, exist_ok=True)
-    return {"PREFECT_API_DATABASE_CONNECTION_URL": url, "PREFECT_HOME": str(home)}
+    return {
+        "PREFECT_API_DATABASE_CONNECTION_URL": url,
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
 
 
 def assert_masked(run: CompositeRun, secret: str) -> None:
