@@ -65,6 +65,9 @@ class _Tracker:
     block: sa.Connection | None = None
     autocommit: bool = False  # the running revision runs on an autocommit connection
     marks: _Marks | None = None  # where a revision under way on such a connection is marked
+    # Sessions (their DBAPI connections' ids) that have written a history row in this run.
+    writes_history: set[int] = field(default_factory=set)
+    refused_history: set[int] = field(default_factory=set)  # … and those that could not
 
 
 def resolve_target(project: AlembicProject, target: str) -> tuple[str, ...]:
@@ -442,11 +445,16 @@ def _record(
 ) -> None:
     """The history row of `step` on `conn`, in the revision's transaction (on an autocommit
     connection, the block `_Stamped` opened). On a connection of env.py's own (or one handed
-    to it), inside a savepoint: a role that cannot write the history must not fail the
-    revision (its row is then written after the migrate step, on ours)."""
+    to it), the first row inside a savepoint: a role that cannot write the history must not
+    fail the revision (its row is then written after the migrate step, on ours). Once a
+    session has written a row, the next ones go without a savepoint (two round trips fewer
+    per revision)."""
     if conn is None:
         return
-    if conn is tracker.ours:
+    session = id(conn.connection.dbapi_connection)
+    if session in tracker.refused_history:
+        return  # written after the migrate step, on ours
+    if conn is tracker.ours or session in tracker.writes_history:
         recorder(conn, step, seconds)
         return
     if conn is tracker.block:
@@ -455,14 +463,17 @@ def _record(
             recorder(conn, step, seconds)
         except sa.exc.DBAPIError:
             conn.exec_driver_sql("ROLLBACK TO SAVEPOINT db_deploy_history")
-        else:
-            conn.exec_driver_sql("RELEASE SAVEPOINT db_deploy_history")
-        return
-    try:
-        with conn.begin_nested() if conn.in_transaction() else nullcontext():
-            recorder(conn, step, seconds)
-    except sa.exc.DBAPIError:
-        pass
+            tracker.refused_history.add(session)
+            return
+        conn.exec_driver_sql("RELEASE SAVEPOINT db_deploy_history")
+    else:
+        try:
+            with conn.begin_nested() if conn.in_transaction() else nullcontext():
+                recorder(conn, step, seconds)
+        except sa.exc.DBAPIError:
+            tracker.refused_history.add(session)
+            return
+    tracker.writes_history.add(session)
 
 
 def _plan(
