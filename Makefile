@@ -16,7 +16,7 @@ help:
 	@echo "make lock   re-lock the runtime dependencies (requirements.lock, requirements-build.lock)"
 	@echo "make image-test  build the container image (no registry needed) and run it as the runner does"
 	@echo "make apps-test  real applications from PyPI (prefect) deployed unchanged, compared with their own tools"
-	@echo "make act    run .github/workflows/db-deploy.yml with act (offline where no registry answers)"
+	@echo "make act    run the deploy workflow and the fleet workflow (db-deploy-fleet.yml) with act (offline where no registry answers)"
 	@echo "make generate  write action.yml, python/action.yml, the reusable workflow and the docs' tables from deployer/settings.py and deployer/interface.py"
 
 # Two stages: the runtime and the embedded server (what `make demo` needs), then the dev tools.

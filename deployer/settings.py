@@ -682,7 +682,8 @@ class _ProjectFields(SettingsBase):
         "shared",
         description="The connection env.py is handed: shared (the deployer's, in a "
         "transaction), autocommit (an autocommit connection) or none (env.py builds its own "
-        "engine from sqlalchemy.url / DATABASE_URL).",
+        "engine from sqlalchemy.url / DATABASE_URL). A handed connection uses url-driver's "
+        "driver (psycopg or psycopg2).",
         validation_alias=_env("env-connection", "DB_DEPLOY_ENV_CONNECTION"),
         json_schema_extra={"area": "project"},
     )
@@ -700,8 +701,9 @@ class _FleetFields(SettingsBase):
 
     fleet_file: str = Field(
         "",
-        description="fleet, fleet-report: the fleet file (YAML or JSON) listing the targets, "
-        "relative to the workspace (docs/fleets.md).",
+        description="The fleet file (YAML or JSON) listing the targets, relative to the "
+        "workspace (docs/fleets.md): fleet and fleet-report read it; deploy and plan with it "
+        "run on every target.",
         validation_alias=_env("fleet-file", "DB_DEPLOY_FLEET_FILE"),
         json_schema_extra={"area": "fleet"},
     )
