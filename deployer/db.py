@@ -431,12 +431,18 @@ def is_lock_timeout(exc: BaseException) -> bool:
 
 
 def dbapi_backend_pid(dbapi_connection: Any) -> int:
-    """The server pid of a driver's connection (psycopg 3 or psycopg2), 0 when unknown."""
+    """The server pid of a driver's connection (psycopg 3 or psycopg2, asyncpg, or SQLAlchemy's
+    async adapter of one), 0 when unknown."""
     try:
         info = getattr(dbapi_connection, "info", None)
         pid = getattr(info, "backend_pid", None)
         if pid is None and hasattr(dbapi_connection, "get_backend_pid"):
             pid = dbapi_connection.get_backend_pid()
+        if pid is None and hasattr(dbapi_connection, "get_server_pid"):  # asyncpg
+            pid = dbapi_connection.get_server_pid()
+        driver = getattr(dbapi_connection, "driver_connection", None)
+        if pid is None and driver is not None and driver is not dbapi_connection:
+            return dbapi_backend_pid(driver)  # the async adapter: the driver's own connection
         return int(pid or 0)
     except Exception:  # noqa: BLE001 - best effort
         return 0

@@ -10,11 +10,12 @@ rows, not a replay of the history. Then the user's env.py runs the pending revis
 Statements are seen through SQLAlchemy's `before_cursor_execute`/`after_cursor_execute` events,
 listened to on every Engine while the rehearsal runs and kept for connections to the scratch
 database: env.py may use the connection it is handed or build its own engine. Around each
-statement, on the same session and straight on the driver's connection (no event, no
-SQLAlchemy state), two catalog reads: the relation locks the session holds (`pg_locks`), each
-table's `relfilenode` (changed: the table was rewritten) and the scans counted in this
-transaction (`pg_stat_xact_user_tables`: a constraint or NOT NULL validated by a scan, an
-index built). Python revisions are rehearsed the same way: nothing is guessed from source text.
+statement, on the same session with a cursor of its own on the pool's DBAPI connection (no
+event, no SQLAlchemy state; for an async engine SQLAlchemy's adapter, whose cursor waits on the
+driver inside `run_sync`'s greenlet, so Alembic's async template is measured the same way), two
+catalog reads: the relation locks the session holds (`pg_locks`), each table's `relfilenode`
+(changed: the table was rewritten) and the scans counted in this transaction
+(`pg_stat_xact_user_tables`: a constraint or NOT NULL validated by a scan, an index built). Python revisions are rehearsed the same way: nothing is guessed from source text.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ _TXN_CONTROL = re.compile(
     r"SET\s+(LOCAL\s+|SESSION\s+)?TRANSACTION|SET\s+SESSION\s+CHARACTERISTICS)\b",
     re.IGNORECASE,
 )
+_INERROR = 3  # libpq's PQTRANS_INERROR (psycopg 3's TransactionStatus.INERROR, psycopg2's too)
 _PASSWORD = re.compile(r"(?i)(\bpassword\s+)'(?:[^']|'')*'")
 
 
@@ -254,8 +256,8 @@ class Tracer:
             )
         if not self._ours(conn, statement):
             return
-        raw = conn.connection.driver_connection
-        in_txn = _in_transaction(raw)
+        raw = conn.connection.dbapi_connection
+        in_txn = _in_transaction(conn)
         before = None if _TXN_CONTROL.match(statement) else _snapshot(raw)
         self.pending[id(conn)] = _Pending(
             sql=statement,
@@ -271,7 +273,7 @@ class Tracer:
             return
         seconds = time.perf_counter() - p.started
         trace = self._trace(p, seconds)
-        raw = conn.connection.driver_connection
+        raw = conn.connection.dbapi_connection
         after = _snapshot(raw) if p.before is not None else None
         if p.before is not None and after is not None:
             (rels0, locks0), (rels1, locks1) = p.before, after
@@ -344,24 +346,43 @@ class Tracer:
                 sa.event.remove(sa.engine.Engine, name, fn)
 
 
-def _in_transaction(raw: Any) -> bool:
-    """Whether a statement sent now runs inside a transaction block (psycopg 3: a connection
-    not in autocommit opens one; in autocommit, only an explicit BEGIN does)."""
-    from psycopg.pq import TransactionStatus
+def _transaction_status(conn: sa.Connection) -> int | None:
+    """The driver's transaction status (libpq's: 0 idle, 3 failed), None when unknown. psycopg 3
+    (sync or async: `info` is a plain attribute on both) and psycopg2 report it."""
+    driver = conn.connection.driver_connection
+    status = getattr(getattr(driver, "info", None), "transaction_status", None)
+    if status is not None:
+        return int(status)
+    in_txn = getattr(driver, "is_in_transaction", None)  # asyncpg
+    return (2 if in_txn() else 0) if callable(in_txn) else None
 
-    return (not raw.autocommit) or raw.info.transaction_status != TransactionStatus.IDLE
+
+def _in_transaction(conn: sa.Connection) -> bool:
+    """Whether a statement sent now runs inside a transaction block (a connection not in
+    autocommit opens one; in autocommit, only an explicit BEGIN does)."""
+    autocommit = bool(getattr(conn.connection.dbapi_connection, "autocommit", False))
+    return (not autocommit) or _transaction_status(conn) not in (0, None)
 
 
 def _snapshot(raw: Any) -> tuple[dict[str, tuple[str, int]], dict[str, str]] | None:
     """Tables (relfilenode, scans in this transaction) and this session's table locks, read on
-    the driver's connection (no SQLAlchemy event). None when the transaction has failed."""
-    from psycopg.pq import TransactionStatus
-
-    if raw.info.transaction_status == TransactionStatus.INERROR:
+    the session's DBAPI connection with a cursor of its own (no SQLAlchemy event). `raw` is the
+    pool's DBAPI connection: the driver's own for a sync engine, SQLAlchemy's adapter for an
+    async one (its cursor waits on the driver's coroutines: the events run inside
+    `run_sync`'s greenlet). None when the transaction has failed."""
+    driver = getattr(raw, "driver_connection", raw)
+    status = getattr(getattr(driver, "info", None), "transaction_status", None)
+    if status is not None and int(status) == _INERROR:
         return None
     rels: dict[str, tuple[str, int]] = {}
     locks: dict[str, str] = {}
-    for kind, name, a, b in raw.execute(_SNAPSHOT).fetchall():
+    cursor = raw.cursor()
+    try:
+        cursor.execute(_SNAPSHOT)
+        rows = cursor.fetchall()
+    finally:
+        cursor.close()
+    for kind, name, a, b in rows:
         if kind == "rel":
             rels[name] = (a, int(b))
         elif mode_rank(a) > mode_rank(locks.get(name, "")):
@@ -399,7 +420,7 @@ def rehearse(
     out = Rehearsal()
     try:
         with engine.connect() as conn:
-            tracer.existing = set(_snapshot(conn.connection.driver_connection)[0])  # type: ignore[index]
+            tracer.existing = set(_snapshot(conn.connection.dbapi_connection)[0])  # type: ignore[index]
             conn.rollback()
             out.existing = set(tracer.existing)
 
