@@ -374,20 +374,34 @@ class BlockerWatch:
             self._thread.start()
 
     def __enter__(self) -> BlockerWatch:
+        if not _WATCHES:
+            for name, fn in _TIMING_EVENTS:
+                sa.event.listen(sa.Engine, name, fn)
         _WATCHES.append(self)
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self in _WATCHES:
             _WATCHES.remove(self)
+            if not _WATCHES:
+                for name, fn in _TIMING_EVENTS:
+                    sa.event.remove(sa.Engine, name, fn)
+                _RUNNING.clear()
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=5)
 
     def _run(self) -> None:
+        # The server is asked only while a statement has run for half an interval or more
+        # (one waiting on a lock, or a long one): a migration of quick statements costs the
+        # server no query of pg_locks at all.
+        slow = self.interval / 2
         try:
             with self.engine.execution_options(isolation_level="AUTOCOMMIT").connect() as conn:
                 while not self._stop.wait(self.interval):
+                    now = time.perf_counter()
+                    if not any(now - began >= slow for began in list(_RUNNING.values())):
+                        continue
                     row = conn.execute(_BLOCKERS, {"pids": list(self.pids)}).first()
                     if row is not None:
                         self.blocker = Blocker(*row)
@@ -398,6 +412,29 @@ class BlockerWatch:
 
 
 _WATCHES: list[BlockerWatch] = []  # the watches of the migrations running now
+
+# While a watch runs: the statements running now on any engine (ours and env.py's), by
+# connection, with when each began, so that the watch asks the server only when one is slow.
+_RUNNING: dict[int, float] = {}
+
+
+def _statement_began(conn: Any, *_args: Any) -> None:
+    _RUNNING[id(conn)] = time.perf_counter()
+
+
+def _statement_ended(conn: Any, *_args: Any) -> None:
+    _RUNNING.pop(id(conn), None)
+
+
+def _statement_failed(context: Any) -> None:
+    _RUNNING.pop(id(context.connection), None)
+
+
+_TIMING_EVENTS = (
+    ("before_cursor_execute", _statement_began),
+    ("after_cursor_execute", _statement_ended),
+    ("handle_error", _statement_failed),
+)
 
 
 def cancel_running() -> None:
