@@ -19,7 +19,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import AlembicProject, Database, GitHubRunner, wait_for
+from tests.helpers import (
+    AlembicProject,
+    Database,
+    GitHubRunner,
+    start_deploy,
+    version_number,
+    wait_for,
+)
 from tests.helpers.pgcluster import PgCluster, start_cluster
 from tests.helpers.projects import alembic_upgrade, write_alembic_project
 
@@ -52,25 +59,6 @@ def own_engine_project(root: Path, sleep: float) -> AlembicProject:
             f"op.execute('SELECT pg_sleep({sleep})')",
         )
     return project
-
-
-def start_deploy(env: dict[str, str], cwd: Path) -> subprocess.Popen[bytes]:
-    """`python -m deployer` (parent and child) in a process group of its own."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "deployer"],
-        env=env,
-        cwd=cwd,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-
-
-def version_number(database: Database) -> int:
-    if not database.scalar("SELECT to_regclass('public.alembic_version') IS NOT NULL"):
-        return 0
-    v = database.scalar("SELECT max(version_num) FROM alembic_version")
-    return int(str(v)[1:]) if v else 0
 
 
 # --------------------------------------------------------------------------- point 2

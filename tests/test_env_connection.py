@@ -9,13 +9,18 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import AlembicProject, Database, GitHubRunner, wait_for
+from tests.helpers import (
+    AlembicProject,
+    Database,
+    GitHubRunner,
+    start_deploy,
+    version_number,
+    wait_for,
+)
 from tests.helpers.projects import write_alembic_project
 
 # env.py as applications that migrate on an autocommit engine write it (dagster's shape): the
@@ -305,25 +310,6 @@ def test_psycopg2_only_data_migration_with_url_driver_psycopg2(
 
 
 REVISIONS = 30
-
-
-def start_deploy(env: dict[str, str], cwd: Path) -> subprocess.Popen[bytes]:
-    """`python -m deployer` (parent and child) in a process group of its own."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "deployer"],
-        env=env,
-        cwd=cwd,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-
-
-def version_number(database: Database) -> int:
-    if not database.scalar("SELECT to_regclass('public.alembic_version') IS NOT NULL"):
-        return 0
-    v = database.scalar("SELECT max(version_num) FROM alembic_version")
-    return int(str(v)[1:]) if v else 0
 
 
 def sleeping(database: Database) -> bool:

@@ -21,6 +21,8 @@ from tests.helpers.runner import (
     new_runner,
     parse_env_file,
     run_cli,
+    start_deploy,
+    version_number,
     wait_for,
 )
 
@@ -42,6 +44,8 @@ __all__ = [
     "new_runner",
     "parse_env_file",
     "run_cli",
+    "start_deploy",
+    "version_number",
     "wait_for",
     "write_alembic_project",
 ]

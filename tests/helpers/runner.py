@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -194,3 +195,25 @@ def wait_for(predicate: Callable[[], object], timeout: float = 60, what: str = "
             return
         time.sleep(0.05)
     pytest.fail(f"timed out waiting for {what}")
+
+
+def start_deploy(env: dict[str, str], cwd: Path) -> subprocess.Popen[bytes]:
+    """`python -m deployer` (parent and child) in a process group of its own, for tests that
+    kill or signal a deploy under way."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "deployer"],
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def version_number(database: Any) -> int:
+    """The number of the revision `database` is at, for chains of revisions named r001, r002, …
+    (0 before the version table exists)."""
+    if not database.scalar("SELECT to_regclass('public.alembic_version') IS NOT NULL"):
+        return 0
+    v = database.scalar("SELECT max(version_num) FROM alembic_version")
+    return int(str(v)[1:]) if v else 0
