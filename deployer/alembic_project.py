@@ -9,12 +9,14 @@ function (what `alembic.command.upgrade` does), handing env.py the deployer's co
 env.py runs on the calling thread (`env-thread: main`) or in a worker thread of an AnyIO event
 loop (`worker`), as applications whose env.py calls back into the loop run it themselves. The
 revisions are read again when env.py sets its own version locations, and a work function only
-runs on the database it was meant for (`check_target`).
+runs on the database it was meant for (`check_target`). `render_offline` runs env.py in
+Alembic's offline (`--sql`) mode, for the plan's SQL and the risk review without a rehearsal.
 """
 
 from __future__ import annotations
 
 import ctypes
+import io
 import logging
 import os
 import sys
@@ -24,6 +26,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
@@ -31,7 +34,7 @@ from urllib.parse import quote, unquote
 import sqlalchemy as sa
 from alembic.config import Config
 from alembic.runtime.environment import EnvironmentContext
-from alembic.runtime.migration import MigrationContext
+from alembic.runtime.migration import MigrationContext, RevisionStep
 from alembic.script import Script, ScriptDirectory
 from alembic.script.revision import RevisionMap
 from sqlalchemy import event
@@ -475,6 +478,63 @@ def check_target(context: MigrationContext, handed: sa.Connection | None, url: s
         error_class="config",
         obj=shown,
     )
+
+
+@dataclass(frozen=True)
+class OfflineSQL:
+    """Alembic's offline (`--sql`) script for a range of revisions: the whole `text`, and where
+    each revision's step began in it (`marks`: (revision, offset) in order, then ("", where the
+    last step ended)). `error`: why there is none (what env.py or a revision raised, as
+    `describe_exception` says it: a revision that reads data cannot render offline)."""
+
+    text: str = ""
+    marks: tuple[tuple[str, int], ...] = ()
+    error: str = ""
+
+    def by_step(self) -> dict[str, str]:
+        """Each revision's part of the text, cut where Alembic began its step (a revision's
+        part holds its own BEGIN/COMMIT only when each migration has its own transaction)."""
+        return {rev: self.text[start:end] for (rev, start), (_, end) in pairwise(self.marks) if rev}
+
+
+def render_offline(
+    project: AlembicProject,
+    url: str,
+    start: str | None,
+    target: str,
+    workspace: Path | None = None,
+) -> OfflineSQL:
+    """Run env.py in Alembic's offline (`--sql`) mode from revision `start` (None: from the
+    base) to `target`, as `alembic upgrade start:target --sql` would, and keep the script it
+    writes with the step boundaries. Anything env.py or a revision raises is `error`. Nothing
+    is redacted here: the callers' text goes out through the run's redaction."""
+    buf = io.StringIO()
+    marks: list[tuple[str, int]] = []
+
+    def steps(planned: list[RevisionStep]) -> Iterator[RevisionStep]:
+        for step in planned:
+            marks.append((step.revision.revision, buf.tell()))
+            yield step
+        marks.append(("", buf.tell()))
+
+    def work(current: tuple[str, ...], context: MigrationContext) -> Any:
+        return steps(list(project.script._upgrade_revs(target, current)))  # type: ignore[arg-type]
+
+    try:
+        run_env(
+            project,
+            work,
+            connection=None,
+            url=url,
+            workspace=workspace,
+            as_sql=True,
+            output_buffer=buf,
+            starting_rev=start,
+            destination_rev=target,
+        )
+    except Exception as exc:  # noqa: BLE001 - user code that cannot run offline
+        return OfflineSQL(error=describe_exception(exc))
+    return OfflineSQL(text=buf.getvalue(), marks=tuple(marks))
 
 
 # The threads running env.py now besides the one that called `run_env` (env-thread: worker:

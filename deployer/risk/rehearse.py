@@ -21,7 +21,6 @@ catalog reads: the relation locks the session holds (`pg_locks`), each table's `
 from __future__ import annotations
 
 import contextlib
-import itertools
 import re
 import sys
 import threading
@@ -36,7 +35,7 @@ import sqlalchemy as sa
 from alembic.runtime.migration import MigrationContext, RevisionStep
 from sqlalchemy.engine import make_url
 
-from deployer.alembic_project import ENV_THREAD_IDS, AlembicProject, run_env
+from deployer.alembic_project import ENV_THREAD_IDS, AlembicProject, render_offline, run_env
 from deployer.db import APPLICATION_NAME, ConnectionSpec, server_message, session_options
 from deployer.errors import describe_exception
 from deployer.results.risk import LockHeld, StatementTrace
@@ -485,39 +484,9 @@ def offline_statements(
     """Without a rehearsal: each pending revision's SQL from Alembic's offline (`--sql`) mode,
     cut at the step boundaries. ({revision: sql}, "" or why it is not available: a revision
     that reads data cannot render offline)."""
-    import io
-
-    buf = io.StringIO()
-    marks: list[tuple[str, int]] = []
-
-    def steps(planned: list[RevisionStep]) -> Iterator[RevisionStep]:
-        for step in planned:
-            marks.append((step.revision.revision, buf.tell()))
-            yield step
-        marks.append(("", buf.tell()))
-
-    def work(current: tuple[str, ...], context: MigrationContext) -> Any:
-        return steps(list(project.script._upgrade_revs(target, current)))  # type: ignore[arg-type]
-
     if len(heads) > 1:
         return {}, "offline SQL needs a single current revision"
-    try:
-        run_env(
-            project,
-            work,
-            connection=None,
-            url=url,
-            workspace=workspace,
-            as_sql=True,
-            output_buffer=buf,
-            starting_rev=heads[0] if heads else None,
-            destination_rev=target,
-        )
-    except Exception as exc:  # noqa: BLE001 - user code that cannot run offline
-        return {}, f"offline SQL unavailable: {describe_exception(exc)}"
-    text = buf.getvalue()
-    out: dict[str, str] = {}
-    for (rev, start), (_, end) in itertools.pairwise(marks):
-        if rev:
-            out[rev] = text[start:end]
-    return out, ""
+    rendered = render_offline(project, url, heads[0] if heads else None, target, workspace)
+    if rendered.error:
+        return {}, f"offline SQL unavailable: {rendered.error}"
+    return rendered.by_step(), ""

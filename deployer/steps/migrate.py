@@ -10,7 +10,6 @@ committed. A step that raises leaves its revision recorded as the one that faile
 
 from __future__ import annotations
 
-import io
 import re
 import threading
 import time
@@ -30,6 +29,7 @@ from deployer.alembic_project import (
     ENV_THREAD_IDS,
     AlembicProject,
     read_heads,
+    render_offline,
     run_env,
     summary,
 )
@@ -935,26 +935,10 @@ def offline_sql(
     Alembic's `-- Running upgrade A -> B` markers."""
     if len(current) > 1:
         return {}
-    buf = io.StringIO()
-
-    def work(rev: Any, context: MigrationContext) -> Any:
-        return project.script._upgrade_revs(target, rev)
-
-    try:
-        run_env(
-            project,
-            work,
-            connection=None,
-            url=url,
-            workspace=workspace,
-            as_sql=True,
-            output_buffer=buf,
-            starting_rev=current[0] if current else None,
-            destination_rev=target,
-        )
-    except Exception as exc:  # noqa: BLE001 - offline mode is best effort
-        return {"*": f"-- offline SQL unavailable: {describe_exception(exc)}"}
-    text = buf.getvalue()
+    rendered = render_offline(project, url, current[0] if current else None, target, workspace)
+    if rendered.error:  # offline mode is best effort
+        return {"*": f"-- offline SQL unavailable: {rendered.error}"}
+    text = rendered.text
     marks = list(_RUNNING.finditer(text))
     preamble = text[: marks[0].start()].strip() if marks else ""
     chunks: list[list[str]] = []
