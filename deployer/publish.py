@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import TextIO
 
 from deployer import github, notify
+from deployer.files import give_to_owner
 from deployer.redact import Redactor, redact_record
 from deployer.render import json_report, markdown, outputs, risk, slack, terminal
 from deployer.results import RunResult
-from deployer.types import give_to_owner
 
 Console = github.GitHubConsole | terminal.TerminalConsole
 

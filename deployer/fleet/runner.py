@@ -32,11 +32,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
+from deployer.files import give_to_owner
 from deployer.fleet.reports import from_report, write_record
 from deployer.fleet.spec import Fleet, Target
 from deployer.results.fleet import FleetResult, TargetResult
 from deployer.results.run import utcnow
-from deployer.types import give_to_owner
 
 # Not passed to a child: the job's inputs (the child gets its own), GitHub's file commands (the
 # fleet writes one summary and one set of outputs), Slack (one message for the fleet).

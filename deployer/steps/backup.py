@@ -17,7 +17,7 @@ from pathlib import Path
 
 from deployer import pgtools
 from deployer.errors import ConfigError, StepFailed
-from deployer.types import give_to_owner
+from deployer.files import give_to_owner
 
 SUFFIX = ".dump"
 CHUNK = 1024 * 1024
