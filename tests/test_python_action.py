@@ -54,7 +54,13 @@ import pytest
 import yaml
 
 from tests.helpers import REPO, Database, GitHubRunner, parse_env_file
-from tests.helpers.action import DEPLOY_INPUTS, assert_deployed, workflow_commands, write_project
+from tests.helpers.action import (
+    DEPLOY_INPUTS,
+    assert_deployed,
+    checkout_composite,
+    workflow_commands,
+    write_project,
+)
 
 PYTHON_ACTION = REPO / "python" / "action.yml"
 CONTAINER_ACTION = REPO / "action.yml"
@@ -400,25 +406,11 @@ def copy_interpreter(dest: Path) -> Path:
     return python
 
 
-ACTION_FILES = ("python", "deployer", "requirements.lock", "pyproject.toml", "README.md")
-
-
 @pytest.fixture(scope="module")
 def action_checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Where the runner puts `uses: <owner>/db-deploy-action/python@v1`: the repository at that
-    ref in `_actions/<owner>/<repo>/<ref>`, apart from the workspace. A snapshot of the files the
-    composite needs, so the action under test cannot change between two calls of one test.
-    Returns its python/action.yml."""
-    root = tmp_path_factory.mktemp("_actions") / "acme" / "db-deploy-action" / "v1"
-    for name in ACTION_FILES:
-        source = REPO / name
-        if source.is_dir():
-            ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-            shutil.copytree(source, root / name, ignore=ignore)
-        else:
-            root.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, root / name)
-    return root / "python" / "action.yml"
+    """The runner's checkout of `uses: <owner>/db-deploy-action/python@v1` (a snapshot, so the
+    action under test cannot change between two calls of one test): its python/action.yml."""
+    return checkout_composite(tmp_path_factory.mktemp("_actions"))
 
 
 @pytest.fixture(scope="module")

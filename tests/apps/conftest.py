@@ -4,7 +4,6 @@ DB_DEPLOY_APPS_TESTS=1): the contrib-enabled cluster, the action's checkout, one
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,8 +11,8 @@ import pytest
 
 from tests.apps.harness import debian_cluster
 from tests.helpers import REPO
+from tests.helpers.action import checkout_composite
 from tests.helpers.pgcluster import PgCluster
-from tests.test_python_action import ACTION_FILES
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -38,16 +37,7 @@ def action_checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
     files the composite needs, apart from the workspace. Returns its python/action.yml.
     DB_DEPLOY_APPS_ACTION_ROOT: another checkout to take them from (say, `git archive HEAD`)."""
     origin = Path(os.environ.get("DB_DEPLOY_APPS_ACTION_ROOT") or REPO)
-    root = tmp_path_factory.mktemp("_actions") / "acme" / "db-deploy-action" / "v1"
-    for name in ACTION_FILES:
-        source = origin / name
-        if source.is_dir():
-            ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-            shutil.copytree(source, root / name, ignore=ignore)
-        else:
-            root.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, root / name)
-    return root / "python" / "action.yml"
+    return checkout_composite(tmp_path_factory.mktemp("_actions"), origin)
 
 
 @pytest.fixture(scope="session")

@@ -1,13 +1,15 @@
 """The container action's harness: action.yml read and run the way the runner runs a container
 action, minus Docker (see tests/test_action_contract.py for the sources it follows), and a small
 project deployed through it. Shared by tests/test_action_contract.py, tests/test_python_action.py
-and tests/image."""
+and tests/image. Also the composite action's checkout (python/action.yml), for
+tests/test_python_action.py and tests/apps."""
 
 from __future__ import annotations
 
 import json
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -303,3 +305,26 @@ def assert_deployed(outputs: dict[str, str], workspace: Path, *, report_root: Pa
     assert report.is_file(), f"report-path {outputs['report-path']!r} does not exist"
     data = json.loads(report.read_text(encoding="utf-8"))
     assert "schema_version" in data
+
+
+# --------------------------------------------------------------------------- the composite's checkout
+
+# What `uses: <owner>/db-deploy-action/python@v1` needs of the repository (python/action.yml).
+ACTION_FILES = ("python", "deployer", "requirements.lock", "pyproject.toml", "README.md")
+
+
+def checkout_composite(actions: Path, origin: Path = REPO) -> Path:
+    """Where the runner puts `uses: <owner>/db-deploy-action/python@v1`: the repository at that
+    ref in `<actions>/<owner>/<repo>/<ref>` (`actions`: a `_actions` folder apart from the
+    workspace), as a snapshot of ACTION_FILES taken from `origin`, so the action under test
+    cannot change between two of its runs. Returns the snapshot's python/action.yml."""
+    root = actions / "acme" / "db-deploy-action" / "v1"
+    for name in ACTION_FILES:
+        source = origin / name
+        if source.is_dir():
+            ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+            shutil.copytree(source, root / name, ignore=ignore)
+        else:
+            root.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, root / name)
+    return root / "python" / "action.yml"
