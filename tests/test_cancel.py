@@ -7,124 +7,33 @@ exit 130/143. A revision that ends the process (`os._exit(0)`) gives exit 1 with
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.helpers import AlembicProject, Database, GitHubRunner, wait_for
-
-DEADLINE = 5.0  # seconds from the signal to the process's end, report written
-
-
-def start(github: GitHubRunner, env: dict[str, str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "deployer"],
-        env=env,
-        cwd=github.workspace,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
-def sessions(database: Database, like: str = "%") -> int:
-    return int(
-        database.scalar(  # type: ignore[arg-type]
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-            "AND application_name = 'db-deploy' AND query LIKE :q AND state = 'active'",
-            q=like,
-        )
-    )
-
-
-def report(github: GitHubRunner) -> dict:
-    return json.loads((github.workspace / "db-deploy-report.json").read_text())
-
-
-def cancel_mid_revision(
-    project: AlembicProject,
-    database: Database,
-    github: GitHubRunner,
-    sig: signal.Signals,
-    *,
-    busy: str,
-    running: str,
-    **inputs: str,
-) -> tuple[subprocess.Popen[str], str, float]:
-    """Deploy 0001 (quick) then 0002 (`busy`), send `sig` to the process once `running` (a
-    predicate on the database) holds; returns the process, its output and the seconds from
-    the signal to its end."""
-    project.add("0001_a", "op.create_table('a', sa.Column('id', sa.Integer))")
-    project.add("0002_slow", f"op.add_column('a', sa.Column('x', sa.Integer))\n{busy}")
-    env = github.with_inputs(
-        **{"database-url": database.url, "migrations-path": str(project.root), **inputs}
-    )
-    proc = start(github, env)
-    try:
-        wait_for(lambda: running(), what="the slow revision")  # type: ignore[operator]
-        sent = time.monotonic()
-        proc.send_signal(sig)
-        out, _ = proc.communicate(timeout=30)
-        took = time.monotonic() - sent
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    return proc, out, took
-
-
-def assert_cancelled(
-    proc: subprocess.Popen[str],
-    out: str,
-    took: float,
-    database: Database,
-    github: GitHubRunner,
-    sig: signal.Signals,
-) -> None:
-    assert proc.returncode == 128 + sig, out
-    assert took < DEADLINE, f"{took:.1f}s"
-    assert "Traceback" not in out, out
-    errors = [line for line in out.splitlines() if line.startswith("::error")]
-    assert len(errors) == 1, out
-    assert f"cancelled by {sig.name}" in errors[0]
-    outputs = github.outputs()
-    assert outputs["status"] == "cancelled"
-    assert outputs["error-class"] == "cancelled"
-    assert outputs["current-revision"] == "0001_a"
-    assert "cancelled" in github.summary()
-    rep = report(github)
-    assert rep["status"] == "cancelled" and rep["exit_code"] == 128 + sig
-    assert [a["revision"] for a in rep["migrate"]["applied"]] == ["0001_a"]
-    # The open revision rolled back, nothing of ours left on the server, the lock released.
-    assert database.version() == {"0001_a"}
-    cols = database.rows(
-        "SELECT column_name FROM information_schema.columns WHERE table_name = 'a'"
-    )
-    assert [c[0] for c in cols] == ["id"]
-    assert sessions(database) == 0
-    assert database.scalar("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == 0
-    kinds = database.rows("SELECT revision, kind FROM db_deploy.db_deploy_history")
-    assert kinds == [("0001_a", "upgrade")]
+from tests.helpers.scenarios import (
+    DEADLINE,
+    SLEEP,
+    assert_cancelled,
+    cancel_during_python,
+    cancel_during_sleep,
+    cancel_mid_revision,
+    report,
+    sessions,
+    start,
+)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_cancels_the_running_statement_on_the_server(
     project: AlembicProject, database: Database, github: GitHubRunner, sig: signal.Signals
 ) -> None:
-    proc, out, took = cancel_mid_revision(
-        project,
-        database,
-        github,
-        sig,
-        busy="op.execute('SELECT pg_sleep(60)')",
-        running=lambda: sessions(database, "%pg_sleep(60)%") > 0,
-    )
-    assert_cancelled(proc, out, took, database, github, sig)
+    cancel_during_sleep(project, database, github, sig)
 
 
 @pytest.mark.parametrize("connection", ["shared", "none"])
@@ -139,7 +48,7 @@ def test_sigterm_cancels_a_driver_blocked_in_c(
         database,
         github,
         signal.SIGTERM,
-        busy="print('driver:', op.get_bind().dialect.driver)\nop.execute('SELECT pg_sleep(60)')",
+        busy=f"print('driver:', op.get_bind().dialect.driver)\n{SLEEP}",
         running=lambda: _sleeping(database),
         **{"url-driver": "psycopg2", "env-connection": connection},
     )
@@ -163,16 +72,7 @@ def test_sigint_during_python_code_of_a_revision(
     project: AlembicProject, database: Database, github: GitHubRunner, tmp_path: Path
 ) -> None:
     """The revision is busy in Python (time.sleep), not on the server: cancelled all the same."""
-    marker = tmp_path / "sleeping"
-    proc, out, took = cancel_mid_revision(
-        project,
-        database,
-        github,
-        signal.SIGINT,
-        busy=f"open({str(marker)!r}, 'w').close()\nimport time\ntime.sleep(60)",
-        running=marker.exists,
-    )
-    assert_cancelled(proc, out, took, database, github, signal.SIGINT)
+    cancel_during_python(project, database, github, tmp_path / "sleeping")
 
 
 def test_the_runners_sequence_sigint_then_sigterm(

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import AlembicProject, Database, GitHubRunner, Run, write_alembic_project
-from tests.test_cancel import assert_cancelled, cancel_mid_revision, sessions
+from tests.helpers.scenarios import cancel_during_python, cancel_during_sleep
 
 # prefect's style: env.py builds its own async engine, switches to the event loop with
 # anyio.from_thread (which works only in a worker thread of an AnyIO loop) and sets the
@@ -178,16 +178,7 @@ def test_worker_env_py_is_cancelled_like_a_main_thread_one(
 ) -> None:
     env = project.root / "env.py"
     env.write_text(GUARD + env.read_text())
-    proc, out, took = cancel_mid_revision(
-        project,
-        database,
-        github,
-        sig,
-        busy="op.execute('SELECT pg_sleep(60)')",
-        running=lambda: sessions(database, "%pg_sleep(60)%") > 0,
-        **{"env-thread": "worker"},
-    )
-    assert_cancelled(proc, out, took, database, github, sig)
+    cancel_during_sleep(project, database, github, sig, **{"env-thread": "worker"})
 
 
 def test_worker_env_py_busy_in_python_is_cancelled_in_time(
@@ -197,17 +188,9 @@ def test_worker_env_py_busy_in_python_is_cancelled_in_time(
     cancelled, in time; the open revision rolled back."""
     env = project.root / "env.py"
     env.write_text(GUARD + env.read_text())
-    marker = tmp_path / "sleeping"
-    proc, out, took = cancel_mid_revision(
-        project,
-        database,
-        github,
-        signal.SIGINT,
-        busy=f"open({str(marker)!r}, 'w').close()\nimport time\ntime.sleep(60)",
-        running=marker.exists,
-        **{"env-thread": "worker"},
+    cancel_during_python(
+        project, database, github, tmp_path / "sleeping", **{"env-thread": "worker"}
     )
-    assert_cancelled(proc, out, took, database, github, signal.SIGINT)
 
 
 # --------------------------------------------------------------------------- version locations

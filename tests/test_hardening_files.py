@@ -10,52 +10,27 @@ root against a workspace owned by uid 1001, then reading and deleting everything
 
 from __future__ import annotations
 
-import os
-import shutil
 import stat
-import subprocess
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
 from tests.helpers import AlembicProject, Database, GitHubRunner, Run
-from tests.helpers.runner import new_runner
+from tests.helpers.scenarios import OWNER, as_owner, assert_owned, needs_root_and_setpriv
+from tests.helpers.scenarios import owned_runner_fixture as owned_runner_fixture
 
-OWNER = 1001
-
-pytestmark = pytest.mark.skipif(
-    not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("setpriv") is None,
-    reason="needs root and setpriv (util-linux)",
-)
-
-
-@pytest.fixture
-def owned_runner() -> Iterator[GitHubRunner]:
-    """A runner whose workspace folder belongs to uid/gid 1001, in a folder 1001 can reach."""
-    base = Path(tempfile.mkdtemp(prefix="dbd-owner-", dir="/tmp"))
-    base.chmod(0o755)
-    runner = new_runner(base)
-    os.chown(runner.workspace, OWNER, OWNER)
-    runner.workspace.chmod(0o755)
-    yield runner
-    shutil.rmtree(base, ignore_errors=True)
-
-
-def _as_owner(script: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["setpriv", f"--reuid={OWNER}", f"--regid={OWNER}", "--clear-groups", "sh", "-ec", script],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+pytestmark = needs_root_and_setpriv
 
 
 def _everything(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*"))
+
+
+def _add_table_a(project: AlembicProject) -> None:
+    project.add(
+        "0001_a",
+        "op.create_table('a', sa.Column('id', sa.Integer, primary_key=True))",
+        "op.drop_table('a')",
+    )
 
 
 def test_what_a_root_run_writes_in_the_workspace_is_the_owners(
@@ -64,11 +39,7 @@ def test_what_a_root_run_writes_in_the_workspace_is_the_owners(
     owned_runner: GitHubRunner,
     run_cli: Callable[..., Run],
 ) -> None:
-    project.add(
-        "0001_a",
-        "op.create_table('a', sa.Column('id', sa.Integer, primary_key=True))",
-        "op.drop_table('a')",
-    )
+    _add_table_a(project)
     ws = owned_runner.workspace
     inputs = {
         "database-url": database.url,
@@ -92,14 +63,12 @@ def test_what_a_root_run_writes_in_the_workspace_is_the_owners(
     assert "artefacts/summary/summary.md" in names and "artefacts/summary/outputs.env" in names
     dumps = [p for p in written if p.suffix == ".dump"]
     assert len(dumps) == 1 and Path(str(dumps[0]) + ".sha256").exists()
-    for p in written:
-        st = p.lstat()
-        assert (st.st_uid, st.st_gid) == (OWNER, OWNER), f"{p} is {st.st_uid}:{st.st_gid}"
+    assert_owned(written)
     assert stat.S_IMODE(dumps[0].stat().st_mode) == 0o600  # a dump stays private
 
     # As the workspace's owner: everything reads, and everything goes.
     files = " ".join(f"'{p.relative_to(ws)}'" for p in written if p.is_file())
-    check = _as_owner(f"cat {files} > /dev/null; rm -rf artefacts; test ! -e artefacts", ws)
+    check = as_owner(f"cat {files} > /dev/null; rm -rf artefacts; test ! -e artefacts", ws)
     assert check.returncode == 0, check.stderr
     assert not (ws / "artefacts").exists()
 
@@ -111,11 +80,7 @@ def test_backup_command_as_root_leaves_the_owner_able_to_upload_and_clean(
     run_cli: Callable[..., Run],
 ) -> None:
     """`command: backup` with the default path: `backups/` and the dump are the owner's."""
-    project.add(
-        "0001_a",
-        "op.create_table('a', sa.Column('id', sa.Integer, primary_key=True))",
-        "op.drop_table('a')",
-    )
+    _add_table_a(project)
     ws = owned_runner.workspace
     env = owned_runner.with_inputs(
         command="backup", **{"database-url": database.url, "migrations-path": str(project.root)}
@@ -124,7 +89,7 @@ def test_backup_command_as_root_leaves_the_owner_able_to_upload_and_clean(
     assert run.returncode == 0, run.output
     folder = ws / "backups"
     assert folder.stat().st_uid == OWNER
-    check = _as_owner(
+    check = as_owner(
         'for f in backups/* db-deploy-report.json; do cat "$f" > /dev/null; done; '
         "rm -rf backups db-deploy-report.json",
         ws,
@@ -140,11 +105,7 @@ def test_files_outside_the_workspace_are_left_alone(
     run_cli: Callable[..., Run],
     tmp_path: Path,
 ) -> None:
-    project.add(
-        "0001_a",
-        "op.create_table('a', sa.Column('id', sa.Integer, primary_key=True))",
-        "op.drop_table('a')",
-    )
+    _add_table_a(project)
     report = tmp_path / "elsewhere" / "report.json"
     env = owned_runner.with_inputs(
         **{

@@ -7,20 +7,14 @@ action does (issue 15, point 11)."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.fleet.test_fleet_run import fleet_file
 from tests.helpers import GitHubRunner, parse_env_file, write_alembic_project
-from tests.helpers.runner import new_runner
-
-OWNER = 1001
+from tests.helpers.scenarios import as_owner, assert_owned, needs_root_and_setpriv
+from tests.helpers.scenarios import owned_runner_fixture as owned_runner_fixture
 
 
 def test_deploy_with_a_fleet_file_deploys_the_fleet(
@@ -80,22 +74,7 @@ def test_the_fleet_file_from_the_environment_reaches_no_child(
     )
 
 
-@pytest.fixture
-def owned_runner() -> Iterator[GitHubRunner]:
-    """A runner whose workspace folder belongs to uid/gid 1001, in a folder 1001 can reach."""
-    base = Path(tempfile.mkdtemp(prefix="dbd-fleet-owner-", dir="/tmp"))
-    base.chmod(0o755)
-    runner = new_runner(base)
-    os.chown(runner.workspace, OWNER, OWNER)
-    runner.workspace.chmod(0o755)
-    yield runner
-    shutil.rmtree(base, ignore_errors=True)
-
-
-@pytest.mark.skipif(
-    not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("setpriv") is None,
-    reason="needs root and setpriv (util-linux)",
-)
+@needs_root_and_setpriv
 def test_the_reports_folder_is_the_workspace_owners(
     pg_server, databases, owned_runner: GitHubRunner, run_cli
 ) -> None:
@@ -117,18 +96,10 @@ def test_the_reports_folder_is_the_workspace_owners(
     names = {p.name for p in written}
     for target in (ok.name, broken.name):
         assert {f"{target}.json", f"{target}.log", f"{target}.target.json"} <= names
-    for p in written:
-        st = p.lstat()
-        assert (st.st_uid, st.st_gid) == (OWNER, OWNER), f"{p} is {st.st_uid}:{st.st_gid}"
+    assert_owned(written)
     # As the workspace's owner: everything reads, and the folder goes.
-    check = subprocess.run(
-        ["setpriv", f"--reuid={OWNER}", f"--regid={OWNER}", "--clear-groups", "sh", "-ec"]
-        + ["cat db-deploy-fleet/* fleet-report.json > /dev/null; rm -rf db-deploy-fleet"],
-        cwd=ws,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    check = as_owner(
+        "cat db-deploy-fleet/* fleet-report.json > /dev/null; rm -rf db-deploy-fleet", ws
     )
     assert check.returncode == 0, check.stderr
     assert not folder.exists()
