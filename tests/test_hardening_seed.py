@@ -9,10 +9,12 @@ a failed seed leaves no rows, and the report says "rolled back" only when it was
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import pytest
 
-from tests.helpers import AlembicProject, Database, GitHubRunner
+from tests.helpers import AlembicProject, Database, GitHubRunner, Run
 
 SCHEMA = "op.create_table('items', sa.Column('id', sa.Integer, primary_key=True))"
 
@@ -28,6 +30,54 @@ def _revision(database: Database) -> object:
         return database.scalar("SELECT version_num FROM alembic_version")
     except Exception:  # noqa: BLE001 - no version table: nothing was migrated
         return None
+
+
+@dataclass
+class Seeder:
+    """Deploys the `items` project with a seed the test writes."""
+
+    items: AlembicProject
+    deploy: Callable[..., Run]
+
+    def sql(self, text: str | bytes) -> Run:
+        """`text` as the project's seed.sql (bytes written as they are), `seed-path` naming it."""
+        path = self.items.root / "seed.sql"
+        if isinstance(text, bytes):
+            path.write_bytes(text)
+        else:
+            path.write_text(text)
+        return self.deploy(self.items, **{"run-seed": "true", "seed-path": str(path)})
+
+    def py(self, source: str) -> Run:
+        """`source` as the project's seed.py (the default seed path)."""
+        (self.items.root / "seed.py").write_text(source)
+        return self.deploy(self.items, **{"run-seed": "true"})
+
+
+@pytest.fixture
+def seed(items: AlembicProject, deploy: Callable[..., Run]) -> Seeder:
+    return Seeder(items, deploy)
+
+
+def _refused_before_migrating(run: Run, database: Database, message: str) -> None:
+    """Exit 2 naming `message`, and nothing migrated."""
+    assert run.returncode == 2, run.output
+    assert message in run.output
+    assert _revision(database) is None  # nothing migrated
+
+
+def _report(github: GitHubRunner) -> dict:
+    return json.loads((github.workspace / "db-deploy-report.json").read_text())
+
+
+def _rolled_back(run: Run, database: Database, github: GitHubRunner, message: str | None) -> None:
+    """Exit 1, no row left, "rolled back" said (and `message`, if any) and reported."""
+    assert run.returncode == 1, run.output
+    assert database.scalar("SELECT count(*) FROM items") == 0, run.output
+    assert "seed failed and was rolled back" in run.output
+    if message:
+        assert message in run.output, run.output
+    assert _report(github)["seed"]["rolled_back"] is True
 
 
 SQL_REFUSED = [
@@ -90,54 +140,38 @@ SQL_REFUSED = [
     ("sql", "line", "what"), [c[1:] for c in SQL_REFUSED], ids=[c[0] for c in SQL_REFUSED]
 )
 def test_sql_transaction_control_is_refused_before_migrating(
-    items: AlembicProject,
+    seed: Seeder,
     database: Database,
     github: GitHubRunner,
-    deploy,
     sql: str,
     line: int,
     what: str,
 ) -> None:
-    path = items.root / "seed.sql"
-    path.write_text(sql)
-    run = deploy(items, **{"run-seed": "true", "seed-path": str(path)})
-    assert run.returncode == 2, run.output
-    assert f"seed.sql: line {line}: " in run.output
+    run = seed.sql(sql)
+    _refused_before_migrating(run, database, f"seed.sql: line {line}: ")
     assert what in run.output
     assert "Traceback" not in run.output
-    assert _revision(database) is None  # nothing migrated
-    report = json.loads((github.workspace / "db-deploy-report.json").read_text())
+    report = _report(github)
     assert report["status"] == "failed"
 
 
-def test_sql_not_utf8_is_refused_before_migrating(
-    items: AlembicProject, database: Database, deploy
-) -> None:
-    path = items.root / "seed.sql"
-    path.write_bytes(b"INSERT INTO items VALUES (1);\n-- caf\xe9 latin-1\n")
-    run = deploy(items, **{"run-seed": "true", "seed-path": str(path)})
-    assert run.returncode == 2, run.output
-    assert "seed.sql: line 2: not UTF-8" in run.output
-    assert _revision(database) is None
+def test_sql_not_utf8_is_refused_before_migrating(seed: Seeder, database: Database) -> None:
+    run = seed.sql(b"INSERT INTO items VALUES (1);\n-- caf\xe9 latin-1\n")
+    _refused_before_migrating(run, database, "seed.sql: line 2: not UTF-8")
 
 
 def test_sql_that_does_not_parse_is_refused_before_migrating(
-    items: AlembicProject, database: Database, deploy
+    seed: Seeder, database: Database
 ) -> None:
-    path = items.root / "seed.sql"
-    path.write_text("INSERT INTO items VALUES (1);\n\\i other.sql\nINSERT INTO items VALUES (2);\n")
-    run = deploy(items, **{"run-seed": "true", "seed-path": str(path)})
-    assert run.returncode == 2, run.output
-    assert "seed.sql: line 2: not valid SQL" in run.output
-    assert _revision(database) is None
+    run = seed.sql("INSERT INTO items VALUES (1);\n\\i other.sql\nINSERT INTO items VALUES (2);\n")
+    _refused_before_migrating(run, database, "seed.sql: line 2: not valid SQL")
 
 
 def test_sql_keywords_inside_strings_and_bodies_are_not_transaction_control(
-    items: AlembicProject, database: Database, deploy
+    seed: Seeder, database: Database
 ) -> None:
     """A real parser: `COMMIT;` in a string, a comment or a dollar-quoted body is data."""
-    path = items.root / "seed.sql"
-    path.write_text(
+    run = seed.sql(
         "CREATE TABLE notes (t text);\n"
         "INSERT INTO notes VALUES ('COMMIT; ROLLBACK;');  -- COMMIT;\n"
         "/* BEGIN; */ INSERT INTO items VALUES (1);\n"
@@ -146,34 +180,27 @@ def test_sql_keywords_inside_strings_and_bodies_are_not_transaction_control(
         "SAVEPOINT a;\nINSERT INTO items VALUES (3);\nROLLBACK TO SAVEPOINT a;\n"
         "SAVEPOINT b;\nINSERT INTO items VALUES (4);\nRELEASE b;\n"
     )
-    run = deploy(items, **{"run-seed": "true", "seed-path": str(path)})
     assert run.returncode == 0, run.output
     assert database.scalar("SELECT count(*) FROM items") == 3
     assert database.scalar("SELECT t FROM notes") == "COMMIT; ROLLBACK;"
 
 
 def test_sql_failure_leaves_no_rows_and_names_the_line(
-    items: AlembicProject, database: Database, github: GitHubRunner, deploy
+    seed: Seeder, database: Database, github: GitHubRunner
 ) -> None:
-    path = items.root / "seed.sql"
-    path.write_text("INSERT INTO items VALUES (1),(2),(3);\n\nINSERT INTO items VALUES ('bad');\n")
-    run = deploy(items, **{"run-seed": "true", "seed-path": str(path)})
+    run = seed.sql("INSERT INTO items VALUES (1),(2),(3);\n\nINSERT INTO items VALUES ('bad');\n")
     assert run.returncode == 1, run.output
     assert "rolled back" in run.output and "seed.sql line 3" in run.output
     assert database.scalar("SELECT count(*) FROM items") == 0
 
 
-def test_sql_procedure_that_commits_cannot_commit(
-    items: AlembicProject, database: Database, deploy
-) -> None:
+def test_sql_procedure_that_commits_cannot_commit(seed: Seeder, database: Database) -> None:
     """COMMIT inside a procedure or a DO block: the server refuses it in our transaction."""
-    path = items.root / "seed.sql"
-    path.write_text(
+    run = seed.sql(
         "INSERT INTO items VALUES (1);\n"
         "DO $$ BEGIN INSERT INTO items VALUES (2); COMMIT; END $$;\n"
         "INSERT INTO items VALUES (3);\n"
     )
-    run = deploy(items, **{"run-seed": "true", "seed-path": str(path)})
     assert run.returncode == 1, run.output
     assert "rolled back" in run.output
     assert database.scalar("SELECT count(*) FROM items") == 0
@@ -202,32 +229,25 @@ PY_CASES = {
 
 @pytest.mark.parametrize("case", list(PY_CASES))
 def test_python_seed_cannot_commit_or_roll_back(
-    items: AlembicProject, database: Database, github: GitHubRunner, deploy, case: str
+    seed: Seeder, database: Database, github: GitHubRunner, case: str
 ) -> None:
     call, message = PY_CASES[case]
-    (items.root / "seed.py").write_text(
+    run = seed.py(
         "import sqlalchemy as sa\n\n"
         "def seed(connection):\n"
         "    connection.execute(sa.text('INSERT INTO items VALUES (1), (2), (3)'))\n"
         f"    {call}\n"
         "    connection.execute(sa.text(\"INSERT INTO items VALUES ('bad')\"))\n"
     )
-    run = deploy(items, **{"run-seed": "true"})
-    assert run.returncode == 1, run.output
-    assert database.scalar("SELECT count(*) FROM items") == 0
-    assert "seed failed and was rolled back" in run.output
-    if message:
-        assert message in run.output, run.output
+    _rolled_back(run, database, github, message)
     if case in {"sa-commit", "sa-rollback"}:
         assert "seed.py line 5" in run.output
-    report = json.loads((github.workspace / "db-deploy-report.json").read_text())
-    assert report["seed"]["rolled_back"] is True
 
 
 def test_python_seed_that_catches_the_refusal_still_cannot_commit(
-    items: AlembicProject, database: Database, deploy
+    seed: Seeder, database: Database
 ) -> None:
-    (items.root / "seed.py").write_text(
+    run = seed.py(
         "import sqlalchemy as sa\n\n"
         "def seed(connection):\n"
         "    connection.execute(sa.text('INSERT INTO items VALUES (1)'))\n"
@@ -237,17 +257,16 @@ def test_python_seed_that_catches_the_refusal_still_cannot_commit(
         "        pass\n"
         "    connection.execute(sa.text(\"INSERT INTO items VALUES ('bad')\"))\n"
     )
-    run = deploy(items, **{"run-seed": "true"})
     assert run.returncode == 1, run.output
     assert database.scalar("SELECT count(*) FROM items") == 0
 
 
 def test_python_seed_that_ends_the_transaction_behind_our_back_is_not_reported_rolled_back(
-    items: AlembicProject, database: Database, github: GitHubRunner, deploy
+    seed: Seeder, database: Database, github: GitHubRunner
 ) -> None:
     """Past every guard (the raw cursor's ROLLBACK, then a commit of its own): the report says
     what may have happened, never "rolled back"."""
-    (items.root / "seed.py").write_text(
+    run = seed.py(
         "def seed(connection):\n"
         "    cur = connection.connection.driver_connection.cursor()\n"
         "    cur.execute('INSERT INTO items VALUES (1)')\n"
@@ -255,30 +274,28 @@ def test_python_seed_that_ends_the_transaction_behind_our_back_is_not_reported_r
         "    cur.execute('INSERT INTO items VALUES (2)')\n"
         "    cur.execute('COMMIT')\n"
     )
-    run = deploy(items, **{"run-seed": "true"})
     assert run.returncode == 1, run.output
     assert "was rolled back" not in run.output
     assert "may have committed part of its work" in run.output
     assert "rolled back" not in github.summary().split("### Seed", 1)[1].split("###", 1)[0]
-    report = json.loads((github.workspace / "db-deploy-report.json").read_text())
+    report = _report(github)
     assert report["seed"]["rolled_back"] is False
     assert database.scalar("SELECT count(*) FROM items") == 1  # what it did commit, truly
 
 
 def test_python_seed_success_commits_once(
-    items: AlembicProject, database: Database, github: GitHubRunner, deploy
+    seed: Seeder, database: Database, github: GitHubRunner
 ) -> None:
-    (items.root / "seed.py").write_text(
+    run = seed.py(
         "import sqlalchemy as sa\n\n"
         "def seed(connection):\n"
         "    with connection.begin_nested():\n"
         "        connection.execute(sa.text('INSERT INTO items VALUES (1), (2)'))\n"
         "    connection.execute(sa.text('INSERT INTO items VALUES (3)'))\n"
     )
-    run = deploy(items, **{"run-seed": "true"})
     assert run.returncode == 0, run.output
     assert database.scalar("SELECT count(*) FROM items") == 3
-    report = json.loads((github.workspace / "db-deploy-report.json").read_text())
+    report = _report(github)
     assert report["seed"]["totals"]["inserted"] == 3
     assert [t["table"] for t in report["seed"]["tables"]] == ["public.items"]
 
@@ -376,13 +393,13 @@ OWN_SESSION = {
 
 @pytest.mark.parametrize("case", list(OWN_SESSION))
 def test_python_seed_cannot_open_a_session_of_its_own(
-    items: AlembicProject, database: Database, github: GitHubRunner, deploy, case: str
+    seed: Seeder, database: Database, github: GitHubRunner, case: str
 ) -> None:
     """Issue 15.1, provably: whatever session the seed opens itself, nothing it wrote there is
     left after the seed fails, and the report says "rolled back" because it is true."""
     call, message = OWN_SESSION[case]
     host = database.url.split("host=", 1)[1].split("&", 1)[0]
-    (items.root / "seed.py").write_text(
+    run = seed.py(
         "import sqlalchemy as sa\n\n"
         f"URL = {database.url!r}\nHOST = {host!r}\n"
         "POOLED = sa.create_engine(URL.replace('postgresql://', 'postgresql+psycopg://'))\n"
@@ -392,22 +409,15 @@ def test_python_seed_cannot_open_a_session_of_its_own(
         "    connection.execute(sa.text('INSERT INTO items VALUES (1), (2), (3)'))\n"
         "    connection.execute(sa.text(\"INSERT INTO items VALUES ('bad')\"))\n"
     )
-    run = deploy(items, **{"run-seed": "true"})
-    assert run.returncode == 1, run.output
-    assert database.scalar("SELECT count(*) FROM items") == 0, run.output
-    assert "seed failed and was rolled back" in run.output
-    if message:
-        assert message in run.output, run.output
+    _rolled_back(run, database, github, message)
     assert "Traceback" not in run.output
-    report = json.loads((github.workspace / "db-deploy-report.json").read_text())
-    assert report["seed"]["rolled_back"] is True
 
 
 def test_python_seed_that_catches_the_refusal_commits_only_its_own_work(
-    items: AlembicProject, database: Database, deploy
+    seed: Seeder, database: Database
 ) -> None:
     """The refused session never existed: the seed goes on in the deployer's transaction."""
-    (items.root / "seed.py").write_text(
+    run = seed.py(
         "import psycopg, sqlalchemy as sa\n\n"
         f"URL = {database.url!r}\n\n"
         "def seed(connection):\n"
@@ -417,7 +427,6 @@ def test_python_seed_that_catches_the_refusal_commits_only_its_own_work(
         "        print('refused:', type(exc).__name__)\n"
         "    connection.execute(sa.text('INSERT INTO items VALUES (1)'))\n"
     )
-    run = deploy(items, **{"run-seed": "true"})
     assert run.returncode == 0, run.output
     assert database.scalar("SELECT array_agg(id) FROM items") == [1]
     # The deployer's own sessions after the seed (the smoke, the history) are not refused.
@@ -434,27 +443,20 @@ def test_python_seed_that_catches_the_refusal_commits_only_its_own_work(
     ids=["dblink-exec", "in-a-do-block", "dblink-select"],
 )
 def test_sql_seed_using_dblink_is_refused_before_migrating(
-    items: AlembicProject, database: Database, deploy, sql: str
+    seed: Seeder, database: Database, sql: str
 ) -> None:
     """dblink runs SQL on a session of its own, which commits by itself."""
-    path = items.root / "seed.sql"
-    path.write_text("INSERT INTO items VALUES (5);\n" + sql + "\n")
-    run = deploy(items, **{"run-seed": "true", "seed-path": str(path)})
-    assert run.returncode == 2, run.output
-    assert "seed.sql: line 2: dblink (a session of its own" in run.output
-    assert _revision(database) is None
+    run = seed.sql("INSERT INTO items VALUES (5);\n" + sql + "\n")
+    _refused_before_migrating(run, database, "seed.sql: line 2: dblink (a session of its own")
 
 
-def test_python_seed_sql_using_dblink_is_refused(
-    items: AlembicProject, database: Database, deploy
-) -> None:
-    (items.root / "seed.py").write_text(
+def test_python_seed_sql_using_dblink_is_refused(seed: Seeder, database: Database) -> None:
+    run = seed.py(
         "import sqlalchemy as sa\n\n"
         "def seed(connection):\n"
         "    connection.execute(sa.text('INSERT INTO items VALUES (1)'))\n"
         "    connection.execute(sa.text(\"SELECT dblink_exec('x', 'INSERT INTO items VALUES (2)')\"))\n"
     )
-    run = deploy(items, **{"run-seed": "true"})
     assert run.returncode == 1, run.output
     assert "dblink (a session of its own" in run.output and "seed.py line 5" in run.output
     assert database.scalar("SELECT count(*) FROM items") == 0

@@ -9,6 +9,9 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -21,6 +24,7 @@ TABLE_A = (
     "op.create_table('a', sa.Column('id', sa.Integer, primary_key=True))\n"
     "op.execute('INSERT INTO a SELECT generate_series(1, 10)')"
 )
+TABLE_B = "op.create_table('b', sa.Column('id', sa.Integer))"
 # A revision that shows, while it waits for its lock, the lock_timeout its session has: in
 # pg_stat_activity's application_name (set in the transaction: undone with the attempt).
 ALTER_A = """
@@ -94,6 +98,71 @@ def no_lock_waits(database: Database) -> bool:
     )
 
 
+@dataclass
+class Blocked:
+    """A project whose next deploy waits for the blocker's open transaction (see `blocked`)."""
+
+    project: AlembicProject
+    database: Database
+    deploy: Callable[..., Any]
+    blocker: sa.Connection
+    pid: int  # the blocker's
+
+    def deploy_until(
+        self, released: Callable[[Watcher], bool], what: str, **inputs: str
+    ) -> tuple[Any, Watcher]:
+        """Deploy with `inputs` while a Watcher watches the lock waits; the blocker's
+        transaction ends (ROLLBACK) once `released(watcher)` holds. Returns the run and the
+        watcher."""
+
+        def release() -> None:
+            wait_for(lambda: released(watcher), what=what, timeout=120)
+            self.blocker.execute(sa.text("ROLLBACK"))
+
+        with Watcher(self.database) as watcher:
+            thread = threading.Thread(target=release)
+            thread.start()
+            run = self.deploy(self.project, **inputs)
+            thread.join()
+        return run, watcher
+
+
+def blocked(
+    project: AlembicProject,
+    database: Database,
+    deploy: Callable[..., Any],
+    blocker: sa.Connection,
+    *revisions: tuple[str, str],
+    holding: tuple[str, ...] = ("SELECT count(*) FROM a",),
+) -> Blocked:
+    """0001_a (table `a`, 10 rows) deployed, then `revisions` (name, upgrade) added but not
+    deployed, and the blocker's transaction opened with `holding` (by default a read of `a`:
+    ACCESS SHARE, as any query holds)."""
+    project.add("0001_a", TABLE_A)
+    assert deploy(project).returncode == 0
+    for name, upgrade in revisions:
+        project.add(name, upgrade)
+    return Blocked(project, database, deploy, blocker, hold(blocker, *holding))
+
+
+@contextmanager
+def each_statement(
+    database: Database, blocker: sa.Connection, retry: db.LockRetry, *, autocommit: bool = True
+) -> Iterator[sa.Connection]:
+    """Table `a` read by the blocker's open transaction; a connection (AUTOCOMMIT unless told)
+    with lock_timeout 100 ms under `db.lock_ladder(retry, each_statement=True)`, its first
+    attempt begun."""
+    database.execute("CREATE TABLE a (id int)")
+    hold(blocker, "SELECT count(*) FROM a")
+    engine = database.engine
+    if autocommit:
+        engine = engine.execution_options(isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn, db.lock_ladder(retry, each_statement=True):
+        conn.execute(sa.text("SET lock_timeout = 100"))
+        retry.begin()
+        yield conn
+
+
 # --------------------------------------------------------------------------- the ladder itself
 
 
@@ -153,20 +222,13 @@ def test_each_attempt_has_its_rung_and_the_deploy_goes_through_once_the_blocker_
     deploy: Callable[..., object],
     blocker: sa.Connection,
 ) -> None:
-    project.add("0001_a", TABLE_A)
-    assert deploy(project).returncode == 0
-    project.add("0002_alter", ALTER_A)
-    pid = hold(blocker, "SELECT count(*) FROM a")  # a read: ACCESS SHARE, as any query holds
-
-    def release_after_three_rungs() -> None:
-        wait_for(lambda: len(set(watcher.rungs())) >= 3, what="three rungs", timeout=120)
-        blocker.execute(sa.text("ROLLBACK"))
-
-    with Watcher(database) as watcher:
-        release = threading.Thread(target=release_after_three_rungs)
-        release.start()
-        run = deploy(project, **{"lock-timeout-ladder": "200ms, 400ms, 600ms"})
-        release.join()
+    held = blocked(project, database, deploy, blocker, ("0002_alter", ALTER_A))
+    pid = held.pid
+    run, watcher = held.deploy_until(
+        lambda w: len(set(w.rungs())) >= 3,
+        "three rungs",
+        **{"lock-timeout-ladder": "200ms, 400ms, 600ms"},
+    )
     assert run.returncode == 0, run.output
     assert database.version() == {"0002_alter"}
     # Each attempt's lock_timeout, seen from outside while it waited on the blocker.
@@ -191,10 +253,7 @@ def test_spent_budget_fails_cleanly_naming_the_blocker_and_leaves_no_query_queue
     deploy: Callable[..., object],
     blocker: sa.Connection,
 ) -> None:
-    project.add("0001_a", TABLE_A)
-    assert deploy(project).returncode == 0
-    project.add("0002_alter", ALTER_A)
-    pid = hold(blocker, "SELECT count(*) FROM a")
+    pid = blocked(project, database, deploy, blocker, ("0002_alter", ALTER_A)).pid
     # The application keeps querying the hot table meanwhile (no lock_timeout of its own):
     # its queries queue behind a waiting ALTER for at most one rung, then go on.
     stop, done, errors = threading.Event(), [0], []
@@ -255,25 +314,15 @@ def test_an_env_py_with_its_own_engine_gets_each_rung_too(
             'connection = config.attributes.get("connection")', "connection = None"
         )
     )
-    project.add("0001_a", TABLE_A)
-    assert deploy(project).returncode == 0
-    project.add("0002_alter", ALTER_A)
-    pid = hold(blocker, "SELECT count(*) FROM a")
-
-    def release_after_two_rungs() -> None:
-        wait_for(lambda: len(set(watcher.rungs())) >= 2, what="two rungs", timeout=120)
-        blocker.execute(sa.text("ROLLBACK"))
-
-    with Watcher(database) as watcher:
-        release = threading.Thread(target=release_after_two_rungs)
-        release.start()
-        run = deploy(project, **{"lock-timeout-ladder": "250ms, 500ms"})
-        release.join()
+    held = blocked(project, database, deploy, blocker, ("0002_alter", ALTER_A))
+    run, watcher = held.deploy_until(
+        lambda w: len(set(w.rungs())) >= 2, "two rungs", **{"lock-timeout-ladder": "250ms, 500ms"}
+    )
     assert run.returncode == 0, run.output
     assert watcher.rungs()[:2] == ["250ms", "500ms"]
     tries = report(github)["migrate"]["lock_attempts"]
     assert [t["lock_timeout"] for t in tries[:2]] == [0.25, 0.5]
-    assert pid in {t["blocker_pid"] for t in tries}  # env.py's sessions are watched too
+    assert held.pid in {t["blocker_pid"] for t in tries}  # env.py's sessions are watched too
     assert database.version() == {"0002_alter"}
 
 
@@ -289,21 +338,12 @@ def test_a_retried_upgrade_runs_each_revision_once(
     """Per-revision transactions: the committed revision is not run again. One transaction
     for the whole upgrade: it is rolled back and retried whole."""
     project = make_project(per_migration=per_migration)
-    project.add("0001_a", TABLE_A)
-    assert deploy(project).returncode == 0
-    project.add("0002_b", "op.create_table('b', sa.Column('id', sa.Integer))")
-    project.add("0003_alter", ALTER_A)
-    hold(blocker, "SELECT count(*) FROM a")
-
-    def release_after_a_retry() -> None:
-        wait_for(lambda: len(watcher.rungs()) >= 2, what="a retried attempt", timeout=120)
-        blocker.execute(sa.text("ROLLBACK"))
-
-    with Watcher(database) as watcher:
-        release = threading.Thread(target=release_after_a_retry)
-        release.start()
-        run = deploy(project, **{"lock-timeout-ladder": "150ms, 300ms"})
-        release.join()
+    held = blocked(project, database, deploy, blocker, ("0002_b", TABLE_B), ("0003_alter", ALTER_A))
+    run, _ = held.deploy_until(
+        lambda w: len(w.rungs()) >= 2,
+        "a retried attempt",
+        **{"lock-timeout-ladder": "150ms, 300ms"},
+    )
     assert run.returncode == 0, run.output
     assert database.version() == {"0003_alter"} and "b" in database.tables()
     applied = [a["revision"] for a in json.loads(github.outputs()["applied"])]
@@ -370,27 +410,16 @@ def test_env_connection_autocommit_retries_each_statement_alone(
     """`env-connection: autocommit`: each statement is its own transaction, so the one that
     hits lock_timeout is retried alone, climbing the rungs (the revision's earlier statements
     committed and are not run again)."""
-    project.add("0001_a", TABLE_A)
-    assert deploy(project).returncode == 0
-    project.add(
-        "0002_alter",
+    before_then_alter = (
         "op.create_table('before', sa.Column('id', sa.Integer))\n"
-        "op.add_column('a', sa.Column('x', sa.Integer))",
+        "op.add_column('a', sa.Column('x', sa.Integer))"
     )
-    pid = hold(blocker, "SELECT count(*) FROM a")
-
-    def release_after_two_waits() -> None:
-        wait_for(lambda: len(watcher.waits) >= 2, what="two lock waits", timeout=120)
-        blocker.execute(sa.text("ROLLBACK"))
-
-    with Watcher(database) as watcher:
-        release = threading.Thread(target=release_after_two_waits)
-        release.start()
-        run = deploy(
-            project,
-            **{"env-connection": "autocommit", "lock-timeout-ladder": "200ms, 400ms, 600ms"},
-        )
-        release.join()
+    held = blocked(project, database, deploy, blocker, ("0002_alter", before_then_alter))
+    run, _ = held.deploy_until(
+        lambda w: len(w.waits) >= 2,
+        "two lock waits",
+        **{"env-connection": "autocommit", "lock-timeout-ladder": "200ms, 400ms, 600ms"},
+    )
     assert run.returncode == 0, run.output
     assert database.version() == {"0002_alter"} and "before" in database.tables()
     tries = report(github)["migrate"]["lock_attempts"]
@@ -398,7 +427,7 @@ def test_env_connection_autocommit_retries_each_statement_alone(
     assert len(alone) >= 2
     assert [t["lock_timeout"] for t in alone[:2]] == [0.2, 0.4]
     assert all(t["timed_out"] for t in alone[:-1]) and not alone[-1]["timed_out"]
-    assert pid in {t["blocker_pid"] for t in alone}
+    assert held.pid in {t["blocker_pid"] for t in alone}
     # The statement was retried, not the revision: one attempt of the upgrade, which went through.
     assert [t["timed_out"] for t in tries if t["scope"] == "upgrade"] == [False]
 
@@ -409,18 +438,13 @@ def test_a_statement_outside_a_transaction_climbs_the_ladder_alone(
     """`env-connection: autocommit`: each statement is its own transaction, so a statement
     that hits lock_timeout is retried alone (SQLAlchemy's `do_execute` event, on the same
     cursor), at the next rung; the first try pays no extra round trip."""
-    database.execute("CREATE TABLE a (id int)")
-    hold(blocker, "SELECT count(*) FROM a")
-    engine = database.engine.execution_options(isolation_level="AUTOCOMMIT")
 
     def release(seconds: float) -> None:  # the ladder's wait: the blocker ends during the third
         if len(retry.attempts) == 2:
             blocker.execute(sa.text("ROLLBACK"))
 
     retry = db.LockRetry(db.LockLadder(rungs=(0.1, 0.2, 0.3), budget=60.0), sleep=release)
-    with engine.connect() as conn, db.lock_ladder(retry, each_statement=True):
-        conn.execute(sa.text("SET lock_timeout = 100"))
-        retry.begin()
+    with each_statement(database, blocker, retry) as conn:
         conn.execute(sa.text("ALTER TABLE a ADD COLUMN y int"))
         shown = conn.execute(sa.text("SHOW lock_timeout")).scalar()
     assert [(t.lock_timeout, t.timed_out) for t in retry.attempts] == [
@@ -438,12 +462,8 @@ def test_statements_in_a_transaction_are_left_to_the_attempt(
 ) -> None:
     """Inside a transaction a lock timeout is not retried statement by statement (the
     transaction is rolled back and the attempt retried whole): the error goes through."""
-    database.execute("CREATE TABLE a (id int)")
-    hold(blocker, "SELECT count(*) FROM a")
     retry = db.LockRetry(db.LockLadder(rungs=(0.1,), budget=60.0))
-    with database.engine.connect() as conn, db.lock_ladder(retry, each_statement=True):
-        conn.execute(sa.text("SET lock_timeout = 100"))
-        retry.begin()
+    with each_statement(database, blocker, retry, autocommit=False) as conn:
         with pytest.raises(sa.exc.OperationalError) as caught:
             conn.execute(sa.text("ALTER TABLE a ADD COLUMN y int"))
         assert db.is_lock_timeout(caught.value)
@@ -467,17 +487,20 @@ def test_nothing_but_the_migrations_waits_for_the_applications_locks(
     that touches none of them completes while that transaction is still open, so none of them
     asked for a mode conflicting with the application's (and as conflicts are symmetric, no
     application query can queue behind a lock they hold); nothing was seen waiting."""
-    project.add("0001_a", TABLE_A)
-    assert deploy(project).returncode == 0
-    project.add("0002_b", "op.create_table('b', sa.Column('id', sa.Integer))")
-    hold(
+    blocked(
+        project,
+        database,
+        deploy,
         blocker,
-        "LOCK TABLE a IN ROW EXCLUSIVE MODE",
-        "SELECT * FROM a FOR UPDATE",
-        "LOCK TABLE alembic_version IN ROW EXCLUSIVE MODE",
-        "LOCK TABLE db_deploy.db_deploy_history IN ROW EXCLUSIVE MODE",
-        "SELECT pg_advisory_xact_lock(1)",
-        "SELECT pg_advisory_xact_lock(1, 2)",
+        ("0002_b", TABLE_B),
+        holding=(
+            "LOCK TABLE a IN ROW EXCLUSIVE MODE",
+            "SELECT * FROM a FOR UPDATE",
+            "LOCK TABLE alembic_version IN ROW EXCLUSIVE MODE",
+            "LOCK TABLE db_deploy.db_deploy_history IN ROW EXCLUSIVE MODE",
+            "SELECT pg_advisory_xact_lock(1)",
+            "SELECT pg_advisory_xact_lock(1, 2)",
+        ),
     )
     with Watcher(database) as watcher:
         run = deploy(
@@ -545,13 +568,8 @@ def test_a_transaction_block_opened_by_hand_is_left_to_the_attempt(
 ) -> None:
     """On an AUTOCOMMIT connection, a `BEGIN` sent by hand opens a transaction block: its
     statements are not retried alone (the block is aborted by the error)."""
-    database.execute("CREATE TABLE a (id int)")
-    hold(blocker, "SELECT count(*) FROM a")
-    engine = database.engine.execution_options(isolation_level="AUTOCOMMIT")
     retry = db.LockRetry(db.LockLadder(rungs=(0.1,), budget=60.0))
-    with engine.connect() as conn, db.lock_ladder(retry, each_statement=True):
-        conn.execute(sa.text("SET lock_timeout = 100"))
-        retry.begin()
+    with each_statement(database, blocker, retry) as conn:
         conn.execute(sa.text("BEGIN"))
         with pytest.raises(sa.exc.OperationalError):
             conn.execute(sa.text("ALTER TABLE a ADD COLUMN y int"))
