@@ -126,13 +126,16 @@ def baseline(
     return applied
 
 
-def entry(script: Script, upgrade: bool, seconds: float | None) -> Entry:
-    """The history entry of a revision just applied (or reverted): its script's checksums now."""
+def entry(
+    script: Script, upgrade: bool, seconds: float | None, digests: Checksums | None = None
+) -> Entry:
+    """The history entry of a revision just applied (or reverted): its script's checksums
+    (`digests`, when taken already, else now)."""
     kind = "upgrade" if upgrade else "downgrade"
     return (
         script.revision,
         kind,
-        checksums(script.path),
+        digests or checksums(script.path),
         None if seconds is None else round(seconds, 4),
     )
 

@@ -349,6 +349,9 @@ class SettingsBase(BaseSettings):
         populate_by_name=True,  # the flags come in by field name
         case_sensitive=True,  # the runner upper-cases; DATABASE_URL is not database_url
         env_ignore_empty=True,  # the runner passes "" for every input left out
+        # The mixins below are only parts of Settings: their own validators are never built
+        # (each would cost a schema build at import); a model's is built on its first use.
+        defer_build=True,
     )
 
     @classmethod

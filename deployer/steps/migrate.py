@@ -14,7 +14,7 @@ import re
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from itertools import pairwise
@@ -114,8 +114,9 @@ class MigrateOptions:
 class Recorder(Protocol):
     """The deploy history's writer (deployer/commands/migrations.py: HistoryRecorder)."""
 
-    def prepare(self) -> None:
-        """Called once something is about to be applied, before the first revision runs."""
+    def prepare(self, steps: Sequence[RevisionStep]) -> None:
+        """Called with the steps about to run, before the first one (again on a retried
+        attempt)."""
 
     def __call__(self, conn: sa.Connection, step: RevisionStep, seconds: float) -> None:
         """Record `step` on `conn`, inside the revision's own transaction."""
@@ -205,7 +206,7 @@ def _work_function(
         if watch is not None and steps:
             watch.start()  # only when something will run
         if recorder is not None and steps:
-            recorder.prepare()  # the history created (first use) just before the first revision
+            recorder.prepare(steps)  # the history created (first use) before the first revision
         for step in steps:
             tracker.running = step
             tracker.started = time.perf_counter()
