@@ -38,6 +38,7 @@ from urllib.parse import quote
 import pytest
 
 if TYPE_CHECKING:
+    import psycopg
     from psycopg.sql import Composable
 
 SUPERUSER = "postgres"
@@ -143,29 +144,24 @@ class PgCluster:
 
     # -- SQL as the superuser, over TCP with its password (the way every client authenticates)
 
-    def execute(self, sql: str | Composable, dbname: str = "postgres") -> None:
+    def connect(self, dbname: str = "postgres", *, autocommit: bool = False) -> psycopg.Connection:
         import psycopg
 
-        with psycopg.connect(
+        return psycopg.connect(
             host=self.host,
             port=self.port,
             user=SUPERUSER,
             password=SUPERUSER_PASSWORD,
             dbname=dbname,
-            autocommit=True,
-        ) as conn:
+            autocommit=autocommit,
+        )
+
+    def execute(self, sql: str | Composable, dbname: str = "postgres") -> None:
+        with self.connect(dbname, autocommit=True) as conn:
             conn.execute(sql)  # type: ignore[arg-type]
 
     def query(self, sql: str, dbname: str = "postgres") -> list[tuple]:
-        import psycopg
-
-        with psycopg.connect(
-            host=self.host,
-            port=self.port,
-            user=SUPERUSER,
-            password=SUPERUSER_PASSWORD,
-            dbname=dbname,
-        ) as conn:
+        with self.connect(dbname) as conn:
             return list(conn.execute(sql))  # type: ignore[arg-type]
 
     def create_database(self, owner: str = SPECIAL_ROLE) -> str:
