@@ -395,11 +395,16 @@ def _shown_paths(result: Any, workspace: Path) -> None:
     """The record's paths as the summary and the report show them: relative to the workspace
     when inside it (the script folder, each revision's file, the seed)."""
 
+    folders: dict[str, str] = {}  # each folder resolved once (the revisions share a few)
+
     def shown(path: str) -> str:
         if not path or not os.path.isabs(path):
             return path
+        folder, name = os.path.split(path)
+        if folder not in folders:
+            folders[folder] = os.path.realpath(folder)
         try:
-            return str(Path(path).resolve().relative_to(workspace))
+            return str(Path(folders[folder], name).relative_to(workspace))
         except ValueError:
             return path
 
