@@ -501,66 +501,6 @@ def test_smoke_does_not_hang_on_a_locked_table(database: Database) -> None:
     assert f"public.t{n:03d} is not readable" in "; ".join(result.problems)
 
 
-def test_smoke_locks_empty_tables_instead_of_reading_them(database: Database) -> None:
-    """Ordinary tables are locked as a read locks them, the batch's in one LOCK TABLE; those
-    with an empty main fork count 0 without a scan; one held locked by someone else still
-    fails after lock_timeout, named; an inheritance parent (whose own heap is empty) is read:
-    its children's rows are its rows."""
-    from deployer.steps.smoke import SmokeOptions, smoke
-
-    for sql in (
-        "CREATE TABLE e1 (id int)",
-        "CREATE TABLE e2 (id int)",
-        "CREATE TABLE full1 (id int)",
-        "INSERT INTO full1 VALUES (1), (2)",
-        "CREATE TABLE parent (id int)",
-        "CREATE TABLE child () INHERITS (parent)",
-        "INSERT INTO child VALUES (1), (2), (3)",
-    ):
-        database.execute(sql)
-    seen: list[str] = []
-
-    def note(conn, cursor, statement, *_: object) -> None:
-        seen.append(statement)
-
-    sa.event.listen(database.engine, "before_cursor_execute", note)
-    try:
-        with database.engine.connect() as one:
-            result = smoke(one)
-    finally:
-        sa.event.remove(database.engine, "before_cursor_execute", note)
-    assert {t.name: (t.rows, t.ok) for t in result.tables} == {
-        "child": (3, True),
-        "e1": (0, True),
-        "e2": (0, True),
-        "full1": (2, True),
-        "parent": (3, True),
-    }
-    locks = [s for s in seen if s.startswith("LOCK TABLE")]
-    assert locks == [
-        'LOCK TABLE "public"."child", "public"."e1", "public"."e2", "public"."full1" '
-        "IN ACCESS SHARE MODE"
-    ]
-    reads = " ".join(s for s in seen if "count(*)" in s)
-    assert all(f'"{t}"' in reads for t in ("child", "full1", "parent"))
-    assert '"e1"' not in reads and '"e2"' not in reads
-
-    with database.engine.connect() as holder:
-        holder.execute(sa.text("LOCK TABLE e2 IN ACCESS EXCLUSIVE MODE"))
-        with database.engine.connect() as one:
-            result = smoke(one, SmokeOptions(lock_timeout=0.3))
-        holder.rollback()
-    failed = [t for t in result.tables if not t.ok]
-    assert [t.name for t in failed] == ["e2"]
-    assert "lock timeout" in failed[0].error
-    assert {t.name: t.rows for t in result.tables if t.ok} == {
-        "child": 3,
-        "e1": 0,
-        "full1": 2,
-        "parent": 3,
-    }
-
-
 def test_smoke_does_without_a_helper_that_is_gone(database: Database) -> None:
     """A helper session the server has dropped shares nothing; the smoke still reads it all."""
     from deployer.steps.smoke import PARALLEL_MIN, SmokeOptions, smoke

@@ -9,12 +9,7 @@ each table is read through `LIMIT` — `LIMIT 1` where the catalog already estim
 What a read costs the server is opening the table and its indexes in a session that has not
 seen them yet (~0.15 ms a table), so a schema of hundreds of tables is split between the
 sessions the caller already holds (`helpers`: a deploy's migration session), read at once.
-Ordinary tables without inheritance children are first locked as a read locks them, `ACCESS
-SHARE`, all of a batch in one `LOCK TABLE`; those whose main fork is then empty (no row can
-exist, committed or not: typical of the tables a migration has just created) count 0 without a
-scan, the same proof as a read (the role may read them, nobody holds them locked against
-readers) without planning a scan of each and its indexes. A table that someone else holds
-locked fails after `lock_timeout` instead of hanging the run.
+A table that someone else holds locked fails after `lock_timeout` instead of hanging the run.
 """
 
 from __future__ import annotations
@@ -53,9 +48,7 @@ _TABLES = sa.text(
                FROM pg_partition_tree(c.oid) t JOIN pg_class l ON l.oid = t.relid
                WHERE t.isleaf), 0)::bigint
            ELSE c.reltuples::bigint END,
-           has_table_privilege(c.oid, 'SELECT'),
-           -- its rows are in its own main fork: an ordinary table, no inheritance children
-           c.relkind = 'r' AND NOT c.relhassubclass
+           has_table_privilege(c.oid, 'SELECT')
     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
     WHERE c.relkind IN ('r', 'p', 'm', 'f')
       AND n.nspname NOT IN ('pg_catalog', 'information_schema')
@@ -64,11 +57,6 @@ _TABLES = sa.text(
       AND n.nspname <> ALL (CAST(:exclude AS text[]))
     ORDER BY n.nspname, c.relname
     """
-)
-
-# Of tables locked already (no wait): those with an empty main fork.
-_EMPTY = sa.text(
-    "SELECT o FROM unnest(CAST(:oids AS bigint[])) o WHERE pg_relation_size(o::oid) = 0"
 )
 
 _EXTENSIONS = sa.text("SELECT extname, extversion FROM pg_extension")
@@ -248,31 +236,19 @@ def _count(
     share: list[tuple[int, TableCheck, sa.Row]],
     lock_timeout: float | None,
 ) -> dict[int, int]:
-    """Bounded counts of `share`'s tables on `connection`, per batch: its ordinary tables
-    locked (one `LOCK TABLE`), those found empty counted 0, the others read in one UNION ALL of
-    bounded reads. Should any table fail (a lock, a broken foreign table), the batch falls back
-    to one savepoint per table, read, to name the culprit (its check gets the error)."""
+    """Bounded counts of `share`'s tables on `connection`: one round trip per batch, a UNION
+    ALL. Should any table fail (a lock, a broken foreign table), the batch falls back to one
+    savepoint per table, to name the culprit (its check gets the error)."""
     counts: dict[int, int] = {}
     for first in range(0, len(share), BATCH):
         batch = share[first : first + BATCH]
-        plain = [(i, c, r) for i, c, r in batch if r[5]]
+        sql = " UNION ALL ".join(
+            f"SELECT {i}, count(*) FROM (SELECT 1 FROM {qualified(c.schema, c.name)} "
+            f"LIMIT {1 if int(r[3]) > EXACT_LIMIT else EXACT_LIMIT + 1}) s{i}"
+            for i, c, r in batch
+        )
         try:
-            empty: set[int] = set()
-            if plain:
-                names = ", ".join(qualified(c.schema, c.name) for _, c, _ in plain)
-                connection.execute(sa.text(f"LOCK TABLE {names} IN ACCESS SHARE MODE"))
-                oids = [int(r[2]) for _, _, r in plain]
-                found = set(connection.execute(_EMPTY, {"oids": oids}).scalars())
-                empty = {i for i, _, r in plain if int(r[2]) in found}
-            sql = " UNION ALL ".join(
-                f"SELECT {i}, count(*) FROM (SELECT 1 FROM {qualified(c.schema, c.name)} "
-                f"LIMIT {1 if int(r[3]) > EXACT_LIMIT else EXACT_LIMIT + 1}) s{i}"
-                for i, c, r in batch
-                if i not in empty
-            )
-            if sql:
-                counts.update(connection.execute(sa.text(sql)).all())
-            counts.update((i, 0) for i in empty)
+            counts.update(connection.execute(sa.text(sql)).all())
         except sa.exc.DBAPIError:
             connection.rollback()  # the catalog rows are already read
             _begin(connection, lock_timeout)  # the new transaction
