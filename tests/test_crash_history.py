@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -29,6 +27,7 @@ from tests.helpers import (
 )
 from tests.helpers.pgcluster import PgCluster, start_cluster
 from tests.helpers.projects import alembic_upgrade, write_alembic_project
+from tests.helpers.scenarios import start
 
 # env.py as many projects write it: its own engine from sqlalchemy.url, never the deployer's
 # connection (config.attributes["connection"]).
@@ -195,14 +194,7 @@ def test_server_stopped_under_a_deploy_the_report_never_guesses(
             "connect-timeout": "1s",
         }
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "deployer"],
-        env=env,
-        cwd=github.workspace,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc = start(github, env)
     try:
         wait_for(lambda: cluster_version(stoppable, name) >= 3, what="revision 3")
         pg_ctl_stop(stoppable, mode)
@@ -251,14 +243,7 @@ def test_server_back_while_reconnecting_the_report_reads_the_real_revision(
             "connect-timeout": "2s",
         }
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "deployer"],
-        env=env,
-        cwd=github.workspace,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc = start(github, env)
     try:
         wait_for(lambda: cluster_version(stoppable, name) >= 3, what="revision 3")
         pg_ctl_stop(stoppable, "immediate")

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 
 from deployer import db
 from tests.helpers import AlembicProject, Database, GitHubRunner, alembic_upgrade
+from tests.helpers.scenarios import start
 
 TABLE_A = "op.create_table('a', sa.Column('id', sa.Integer, primary_key=True))"
 
@@ -78,14 +79,7 @@ def test_two_deploys_started_together_both_succeed(
         procs.append(
             (
                 out,
-                subprocess.Popen(
-                    [sys.executable, "-m", "deployer"],
-                    env=env,
-                    cwd=github.workspace,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.STDOUT,
-                    text=True,
-                ),
+                start(github, env),
             )
         )
     from tests.helpers import parse_env_file
