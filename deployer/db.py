@@ -674,14 +674,34 @@ def lock_ladder(retry: LockRetry, *, each_statement: bool = False) -> Iterator[L
         _LADDER = previous
 
 
+IDLE, INERROR = (
+    0,
+    3,
+)  # libpq's PQTRANS_IDLE and PQTRANS_INERROR, as psycopg 3 and psycopg2 give them
+
+
+def transaction_status(dbapi_connection: Any) -> int | None:
+    """libpq's transaction status of a DBAPI connection, read from the driver (no round trip):
+    IDLE outside any transaction block, INERROR in a failed one, None when the driver does not
+    say. psycopg 3 and psycopg2 (`info.transaction_status`), SQLAlchemy's async adapter (its
+    driver's), asyncpg (`is_in_transaction`: IDLE, or 2 in a block)."""
+    status = getattr(getattr(dbapi_connection, "info", None), "transaction_status", None)
+    if status is not None:
+        return int(status)
+    driver = getattr(dbapi_connection, "driver_connection", None)
+    if driver is not None and driver is not dbapi_connection:
+        return transaction_status(driver)
+    in_block = getattr(dbapi_connection, "is_in_transaction", None)  # asyncpg
+    return (2 if in_block() else IDLE) if callable(in_block) else None
+
+
 def _alone(raw: Any) -> bool:
     """Whether a statement about to run on DBAPI connection `raw` is a transaction of its own:
-    AUTOCOMMIT, and no transaction block open (`BEGIN` sent by hand). Read from the driver
-    (libpq's transaction status: no round trip); not on the deployer's own threads."""
+    AUTOCOMMIT, and no transaction block open (`BEGIN` sent by hand; a driver that does not
+    say counts as outside one); not on the deployer's own threads."""
     if raw is None or not getattr(raw, "autocommit", False):
         return False
-    status = getattr(getattr(raw, "info", None), "transaction_status", 0)
-    if status != 0:  # psycopg 3 and psycopg2 alike: 0 is IDLE, outside any transaction block
+    if transaction_status(raw) not in (IDLE, None):
         return False
     return not threading.current_thread().name.startswith(_OWN_THREADS)
 

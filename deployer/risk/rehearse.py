@@ -36,7 +36,15 @@ from alembic.runtime.migration import MigrationContext, RevisionStep
 from sqlalchemy.engine import make_url
 
 from deployer.alembic_project import ENV_THREAD_IDS, AlembicProject, render_offline, run_env
-from deployer.db import APPLICATION_NAME, ConnectionSpec, server_message, session_options
+from deployer.db import (
+    APPLICATION_NAME,
+    IDLE,
+    INERROR,
+    ConnectionSpec,
+    server_message,
+    session_options,
+    transaction_status,
+)
 from deployer.errors import describe_exception
 from deployer.results.risk import LockHeld, StatementTrace
 from deployer.risk.schema_copy import apply_ddl, schema_ddl
@@ -73,7 +81,6 @@ _TXN_CONTROL = re.compile(
     r"SET\s+(LOCAL\s+|SESSION\s+)?TRANSACTION|SET\s+SESSION\s+CHARACTERISTICS)\b",
     re.IGNORECASE,
 )
-_INERROR = 3  # libpq's PQTRANS_INERROR (psycopg 3's TransactionStatus.INERROR, psycopg2's too)
 _PASSWORD = re.compile(r"(?i)(\bpassword\s+)'(?:[^']|'')*'")
 
 
@@ -345,22 +352,12 @@ class Tracer:
                 sa.event.remove(sa.engine.Engine, name, fn)
 
 
-def _transaction_status(conn: sa.Connection) -> int | None:
-    """The driver's transaction status (libpq's: 0 idle, 3 failed), None when unknown. psycopg 3
-    (sync or async: `info` is a plain attribute on both) and psycopg2 report it."""
-    driver = conn.connection.driver_connection
-    status = getattr(getattr(driver, "info", None), "transaction_status", None)
-    if status is not None:
-        return int(status)
-    in_txn = getattr(driver, "is_in_transaction", None)  # asyncpg
-    return (2 if in_txn() else 0) if callable(in_txn) else None
-
-
 def _in_transaction(conn: sa.Connection) -> bool:
     """Whether a statement sent now runs inside a transaction block (a connection not in
     autocommit opens one; in autocommit, only an explicit BEGIN does)."""
-    autocommit = bool(getattr(conn.connection.dbapi_connection, "autocommit", False))
-    return (not autocommit) or _transaction_status(conn) not in (0, None)
+    raw = conn.connection.dbapi_connection
+    autocommit = bool(getattr(raw, "autocommit", False))
+    return (not autocommit) or transaction_status(raw) not in (IDLE, None)
 
 
 def _snapshot(raw: Any) -> tuple[dict[str, tuple[str, int]], dict[str, str]] | None:
@@ -369,9 +366,7 @@ def _snapshot(raw: Any) -> tuple[dict[str, tuple[str, int]], dict[str, str]] | N
     pool's DBAPI connection: the driver's own for a sync engine, SQLAlchemy's adapter for an
     async one (its cursor waits on the driver's coroutines: the events run inside
     `run_sync`'s greenlet). None when the transaction has failed."""
-    driver = getattr(raw, "driver_connection", raw)
-    status = getattr(getattr(driver, "info", None), "transaction_status", None)
-    if status is not None and int(status) == _INERROR:
+    if transaction_status(raw) == INERROR:
         return None
     rels: dict[str, tuple[str, int]] = {}
     locks: dict[str, str] = {}

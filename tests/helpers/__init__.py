@@ -3,7 +3,8 @@
 - `postgres`: the embedded server and throwaway databases;
 - `projects`: Alembic projects written by tests, plain `alembic upgrade`;
 - `runner`: the GitHub runner's environment and file commands, running `db-deploy`;
-- `action`: the container action's harness (action.yml read and run as the runner runs it).
+- `action`: the container action's harness (action.yml read and run as the runner runs it);
+- `risk`: the risk review against a live database (`review_live`).
 """
 
 from __future__ import annotations

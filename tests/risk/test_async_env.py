@@ -11,8 +11,8 @@ import pytest
 
 from deployer.alembic_project import find_project
 from deployer.results.risk import RiskResult
-from deployer.risk import review
 from tests.helpers import AlembicProject, Database, EmbeddedServer
+from tests.helpers.risk import review_live
 
 # Alembic's `async` template, as `alembic init -t async` writes it.
 ASYNC_ENV = """\
@@ -66,15 +66,7 @@ def _run(
     deployer_project = dataclasses.replace(
         find_project(project.root, project.root.parent), env_thread=env_thread
     )
-    with database.engine.connect() as live:
-        return review(
-            deployer_project,
-            heads=[],
-            live=live,
-            target_url=database.url,
-            scratch_server_url=pg_server.url(),
-            lock_timeout=5.0,
-        )
+    return review_live(deployer_project, database, pg_server)
 
 
 def _measured(result: RiskResult) -> list[tuple]:

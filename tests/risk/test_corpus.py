@@ -18,9 +18,9 @@ import sqlalchemy as sa
 
 from deployer.alembic_project import find_project
 from deployer.results.risk import RiskResult
-from deployer.risk import review
 from deployer.risk.rules import placeholders_to_params
 from tests.helpers import REPO, AlembicProject, Database, EmbeddedServer
+from tests.helpers.risk import review_live
 
 CORPUS = Path(__file__).parent / "corpus"
 DOC = REPO / "docs" / "risk-review.md"
@@ -104,15 +104,7 @@ def corpus_review(
         for case in cases:
             proj.add(f"r{case.name[:2]}", case.body, message=case.doc)
         project = find_project(root, root.parent)
-        with db.engine.connect() as live:
-            result = review(
-                project,
-                heads=[],
-                live=live,
-                target_url=db.url,
-                scratch_server_url=pg_server.url(),
-                lock_timeout=5.0,
-            )
+        result = review_live(project, db, pg_server)
         return cases, result
     finally:
         drop_database(admin_engine, db)

@@ -16,11 +16,12 @@ import sqlalchemy as sa
 from deployer.alembic_project import find_project
 from deployer.errors import ConfigError
 from deployer.results.risk import RiskResult, SessionInfo, TableStats
-from deployer.risk import RiskGateError, gate, review
+from deployer.risk import RiskGateError, gate
 from deployer.risk.level import weigh
 from deployer.risk.live import read_live
 from deployer.risk.rules import RULES, check_revision
 from tests.helpers import AlembicProject, Database, EmbeddedServer
+from tests.helpers.risk import review_live
 
 GB = 1024**3
 
@@ -31,17 +32,12 @@ def _review(
     pg_server: EmbeddedServer | None,
     **kw: object,
 ) -> RiskResult:
-    deployer_project = find_project(project.root, project.root.parent)
-    with database.engine.connect() as live:
-        return review(
-            deployer_project,
-            heads=kw.pop("heads", []),  # type: ignore[arg-type]
-            live=live,
-            target_url=database.url,
-            scratch_server_url=pg_server.url() if pg_server else "",
-            lock_timeout=kw.pop("lock_timeout", 5.0),  # type: ignore[arg-type]
-            **kw,  # type: ignore[arg-type]
-        )
+    return review_live(
+        find_project(project.root, project.root.parent),
+        database,
+        pg_server,
+        **kw,  # type: ignore[arg-type]
+    )
 
 
 @pytest.fixture
