@@ -58,7 +58,9 @@ def publish(
         report = json_report.render(result)
         _write(options.report_file, report, "JSON report", result, redactor, console)
 
-    summary = redactor(markdown.render(result))
+    # The markdown summary only where it goes (the job summary, a summary file, a PR comment).
+    wanted = gh is not None or options.summary_file is not None
+    summary = redactor(markdown.render(result)) if wanted else ""
     values = {k: redactor(v) for k, v in outputs.outputs(result).items()}
     if gh is not None:
         _to_github(
