@@ -462,26 +462,43 @@ def run_env(
 def check_target(context: MigrationContext, handed: sa.Connection | None, url: str) -> None:
     """The connection env.py migrates on must be the one it was handed or one to `url`'s
     database: an env.py that falls back to another database (a SQLite file when the variable
-    it reads its URL from is missing, or a database of its own) is stopped before any revision
-    runs there, with exit 1, naming where it went (password hidden, secrets masked) and what
-    it probably lacks. Offline (`--sql`) runs have no connection and are not checked."""
+    it reads its URL from is missing, a database of its own, or one of the same name on another
+    server, such as a CI job's service container at `localhost`) is stopped before any
+    revision runs there, with exit 1, naming where it went (password hidden, secrets masked)
+    and what it probably lacks. A URL with the target's address and database name passes as
+    it is; any other PostgreSQL URL is compared by the database the server says it is
+    (`db.server_identity`: a pooler's URL, or another spelling of the host, is the target when
+    the server says so). Offline (`--sql`) runs have no connection and are not checked."""
     conn = context.connection
     if context.as_sql or conn is None or conn is handed:
         return
-    from deployer.db import sqlalchemy_url
+    from deployer.db import server_identity, sqlalchemy_url, url_identity
 
     target = sqlalchemy_url(url)
     went = conn.engine.url
+    elsewhere = ""
     if went.get_backend_name() == "postgresql":
         wanted = target.database
-        if not wanted or not went.database or went.database == wanted:
+        if not wanted or not went.database:
             return
+        if went.database == wanted and _address(went) == _address(target):
+            return
+        theirs = server_identity(conn)
+        ours = url_identity(url) if theirs is not None else None
+        if theirs is None or ours is None:
+            if went.database == wanted:  # cannot tell: the name decides, as it always did
+                return
+        elif theirs == ours:
+            return
+        elif went.database == wanted:
+            elsewhere = " (a database of the same name on another server)"
     from deployer.redact import redact
 
     shown = redact(went.render_as_string(hide_password=True))
     aimed = redact(target.set(drivername="postgresql").render_as_string(hide_password=True))
     raise StepFailed(
-        f"env.py migrated another database: {shown}, not the target database {aimed}. It "
+        f"env.py migrated another database: {shown}{elsewhere}, not the target database "
+        f"{aimed}. It "
         "used neither the connection db-deploy hands it (config.attributes['connection']) nor "
         "sqlalchemy.url / DATABASE_URL: it probably reads its URL from a variable of its own "
         "that is not set here (and falls back to this one). Set that variable to the database "
@@ -490,6 +507,14 @@ def check_target(context: MigrationContext, handed: sa.Connection | None, url: s
         error_class="config",
         obj=shown,
     )
+
+
+def _address(url: sa.URL) -> tuple[str, str]:
+    """Where a PostgreSQL URL points: host (or the `host` query parameter: a socket folder,
+    several hosts) and port, as written."""
+    host = url.host or url.query.get("host") or ""
+    port = url.port or url.query.get("port") or ""
+    return (str(host), str(port))
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +52,45 @@ def sqlalchemy_url(url: str, driver: str = "psycopg") -> URL:
     parsed = make_url(url)
     query = {k: v for k, v in parsed.query.items() if k not in NOT_LIBPQ}
     return parsed.set(drivername=f"postgresql+{driver}", query=query)
+
+
+Identity = tuple[str, int, str]  # current_database(), its oid, pg_postmaster_start_time()
+
+_IDENTITY = (
+    "SELECT current_database(), (SELECT oid FROM pg_database WHERE datname = current_database()),"
+    " pg_postmaster_start_time()::text"
+)
+
+
+def server_identity(conn: sa.Connection) -> Identity | None:
+    """Which database `conn` is in, whatever address reached it (a pooler, `localhost` for
+    `127.0.0.1`, a socket for TCP): its name, its oid and when its server started (two servers
+    do not start in the same microsecond). Read with functions every role may call; inside a
+    savepoint when `conn` is in a transaction (a failure leaves it as it was). None when it
+    cannot be read."""
+    try:
+        with conn.begin_nested() if conn.in_transaction() else nullcontext():
+            row = conn.exec_driver_sql(_IDENTITY).one()
+    except sa.exc.DBAPIError:
+        return None
+    return (str(row[0]), int(row[1]), str(row[2]))
+
+
+def url_identity(url: str, *, connect_timeout: int = 10) -> Identity | None:
+    """`server_identity` of a session of its own to `url` (a user's URL); None when it cannot
+    be opened."""
+    engine = sa.create_engine(
+        sqlalchemy_url(url),
+        poolclass=sa.pool.NullPool,
+        connect_args={"connect_timeout": connect_timeout},
+    )
+    try:
+        with engine.connect() as conn:
+            return server_identity(conn)
+    except (sa.exc.DBAPIError, sa.exc.ArgumentError):
+        return None
+    finally:
+        engine.dispose()
 
 
 def looks_pooled(url: str) -> str:

@@ -15,6 +15,19 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import AlembicProject, Database, GitHubRunner, Run, write_alembic_project
+from tests.helpers.pgcluster import (
+    SPECIAL_PASSWORD,
+    SPECIAL_ROLE,
+    ClusterDatabase,
+    PgCluster,
+    encode,
+)
+from tests.helpers.pgcluster import (
+    cluster_db_fixture as cluster_db_fixture,  # the fixture cluster_db
+)
+from tests.helpers.pgcluster import (
+    pg_cluster_fixture as pg_cluster_fixture,  # the fixture pg_cluster
+)
 from tests.helpers.scenarios import cancel_during_python, cancel_during_sleep
 
 # prefect's style: env.py builds its own async engine, switches to the event loop with
@@ -328,6 +341,73 @@ def test_env_py_falling_back_to_sqlite_in_a_worker_thread(
     run = deploy_in(github, run_cli, database, **{"env-thread": "worker"})
     assert run.returncode == 1, run.output
     assert "env.py migrated another database: sqlite:///myapp.db" in github.outputs()["error"]
+
+
+# The application's own variable, set to a URL of its own (in CI, often a service container at
+# localhost holding a database of the same name as production's).
+APP_URL_ENV = """\
+import os
+
+from alembic import context
+from sqlalchemy import create_engine, pool
+
+engine = create_engine(os.environ["MYAPP_DATABASE_URL"], poolclass=pool.NullPool)
+with engine.connect() as connection:
+    context.configure(connection=connection)
+    with context.begin_transaction():
+        context.run_migrations()
+"""
+
+
+def test_env_py_on_a_database_of_the_same_name_on_another_server_is_stopped(
+    github: GitHubRunner,
+    run_cli: Callable[..., Run],
+    database: Database,
+    pg_cluster: PgCluster,
+) -> None:
+    project = write_alembic_project(github.workspace / "migrations")
+    (project.root / "env.py").write_text(APP_URL_ENV)
+    project.add("0001_a", "op.create_table('a', sa.Column('id', sa.Integer))")
+    pg_cluster.execute(f'CREATE DATABASE "{database.name}" OWNER "{SPECIAL_ROLE}"')
+    try:
+        other = pg_cluster.url(database.name, scheme="postgresql+psycopg")
+        github.output_file.write_text("")
+        env = github.with_inputs(**{"database-url": database.url, "migrations-path": "migrations"})
+        env["MYAPP_DATABASE_URL"] = other
+        run = run_cli(env=env, cwd=github.workspace)
+        assert run.returncode == 1, run.output
+        error = github.outputs()["error"]
+        assert "env.py migrated another database" in error, error
+        assert "same name on another server" in error, error
+        assert SPECIAL_PASSWORD not in run.output and SPECIAL_PASSWORD not in error
+        assert "Traceback" not in run.output
+        # Stopped before anything ran on either server (the version table Alembic creates
+        # first rolled back with the refused transaction).
+        assert pg_cluster.tables(database.name) == set()
+        assert database.tables() == set()
+    finally:
+        pg_cluster.execute(f'DROP DATABASE "{database.name}" WITH (FORCE)')
+
+
+def test_env_py_on_the_target_through_another_address_deploys(
+    github: GitHubRunner, run_cli: Callable[..., Run], cluster_db: ClusterDatabase
+) -> None:
+    # The target by TCP (127.0.0.1), env.py's variable by the server's Unix socket: another
+    # address, the same database (as a pooler's URL beside the direct one).
+    project = write_alembic_project(github.workspace / "migrations")
+    (project.root / "env.py").write_text(APP_URL_ENV)
+    project.add("0001_a", "op.create_table('a', sa.Column('id', sa.Integer))")
+    cluster = cluster_db.cluster
+    socket_url = (
+        f"postgresql+psycopg://{encode(SPECIAL_ROLE)}:{encode(SPECIAL_PASSWORD)}@/"
+        f"{cluster_db.name}?host={cluster.sockets}&port={cluster.port}"
+    )
+    github.output_file.write_text("")
+    env = github.with_inputs(**{"database-url": cluster_db.url(), "migrations-path": "migrations"})
+    env["MYAPP_DATABASE_URL"] = socket_url
+    run = run_cli(env=env, cwd=github.workspace)
+    assert run.returncode == 0, run.output
+    assert "a" in cluster_db.tables()
 
 
 # --------------------------------------------------------------------------- docstrings
