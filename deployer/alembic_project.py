@@ -435,17 +435,30 @@ def run_env(
     env = {"DATABASE_URL": with_options(url, ours) if ours else url, **(environ or {})}
     paths = [p for p in (workspace, project.script_location.parent) if p is not None]
 
+    checked: list[MigrationContext] = []
+
     def work(heads: tuple[str, ...], context: MigrationContext) -> Iterable[Any]:
         project.refresh()
         project.loaded.env_ran = True
-        check_target(context, connection, url)
+        if context not in checked:  # reached some other way: checked here, as it always was
+            check_target(context, connection, url)
         return fn(heads, context)
 
-    with (
-        _environ(env),
-        _sys_path(*paths),
-        EnvironmentContext(config, project.script, fn=work, as_sql=as_sql, **env_kw),
-    ):
+    environment = EnvironmentContext(config, project.script, fn=work, as_sql=as_sql, **env_kw)
+    alembic_run = environment.run_migrations
+
+    def run_migrations(**kw: Any) -> None:
+        # What env.py's `context.run_migrations()` calls (Alembic's module proxy takes the
+        # instance's attribute): the target is checked before Alembic writes anything there,
+        # not even the version table (on an AUTOCOMMIT connection it would stay).
+        context = environment.get_context()
+        check_target(context, connection, url)
+        checked.append(context)
+        alembic_run(**kw)
+
+    environment.run_migrations = run_migrations  # type: ignore[method-assign]
+
+    with _environ(env), _sys_path(*paths), environment:
         try:
             if project.env_thread == "worker":
                 _in_worker(project.script.run_env, connection, url)
@@ -479,19 +492,20 @@ def check_target(context: MigrationContext, handed: sa.Connection | None, url: s
     elsewhere = ""
     if went.get_backend_name() == "postgresql":
         wanted = target.database
-        if not wanted or not went.database:
-            return
-        if went.database == wanted and _address(went) == _address(target):
-            return
+        if wanted and went.database == wanted and _address(went) == _address(target):
+            return  # the target's own URL (sqlalchemy.url, DATABASE_URL): no question to ask
         theirs = server_identity(conn)
         ours = url_identity(url) if theirs is not None else None
         if theirs is None or ours is None:
-            if went.database == wanted:  # cannot tell: the name decides, as it always did
+            # Cannot tell: the name decides, as it always did.
+            if not wanted or not went.database or went.database == wanted:
                 return
         elif theirs == ours:
             return
         elif went.database == wanted:
             elsewhere = " (a database of the same name on another server)"
+        elif not went.database:
+            elsewhere = " (on another server)"
     from deployer.redact import redact
 
     shown = redact(went.render_as_string(hide_password=True))
@@ -509,12 +523,20 @@ def check_target(context: MigrationContext, handed: sa.Connection | None, url: s
     )
 
 
-def _address(url: sa.URL) -> tuple[str, str]:
-    """Where a PostgreSQL URL points: host (or the `host` query parameter: a socket folder,
-    several hosts) and port, as written."""
-    host = url.host or url.query.get("host") or ""
-    port = url.port or url.query.get("port") or ""
-    return (str(host), str(port))
+def _address(url: sa.URL) -> tuple[str, ...]:
+    """Where a PostgreSQL URL points, as written: its host and port (the `host` and `port`
+    query parameters first, as libpq reads them: a socket folder, several hosts), `hostaddr`
+    and `service`. Equal addresses need no question to the server."""
+    q = url.query
+    return tuple(
+        str(v or "")
+        for v in (
+            q.get("host") or url.host,
+            q.get("port") or url.port,
+            q.get("hostaddr"),
+            q.get("service"),
+        )
+    )
 
 
 @dataclass(frozen=True)

@@ -54,43 +54,48 @@ def sqlalchemy_url(url: str, driver: str = "psycopg") -> URL:
     return parsed.set(drivername=f"postgresql+{driver}", query=query)
 
 
-Identity = tuple[str, int, str]  # current_database(), its oid, pg_postmaster_start_time()
+Identity = tuple[str, int, int]  # current_database(), its oid, when its server started (µs)
 
 _IDENTITY = (
     "SELECT current_database(), (SELECT oid FROM pg_database WHERE datname = current_database()),"
-    " pg_postmaster_start_time()::text"
+    " (extract(epoch FROM pg_postmaster_start_time()) * 1000000)::bigint"
 )
 
 
 def server_identity(conn: sa.Connection) -> Identity | None:
     """Which database `conn` is in, whatever address reached it (a pooler, `localhost` for
-    `127.0.0.1`, a socket for TCP): its name, its oid and when its server started (two servers
-    do not start in the same microsecond). Read with functions every role may call; inside a
-    savepoint when `conn` is in a transaction (a failure leaves it as it was). None when it
-    cannot be read."""
+    `127.0.0.1`, a socket for TCP): its name, its oid and when its server started, in
+    microseconds since the epoch whatever the session's TimeZone (two servers do not start in
+    the same microsecond). Read with functions every role may call; inside a savepoint when the
+    session is in a transaction block (a failure then leaves it as it was; on an AUTOCOMMIT
+    session, where SQLAlchemy still counts a transaction, there is no block to keep). None
+    when it cannot be read (a failed transaction block, a lost session)."""
     try:
-        with conn.begin_nested() if conn.in_transaction() else nullcontext():
+        status = transaction_status(conn.connection.dbapi_connection)
+        if status == INERROR:
+            return None
+        in_block = conn.in_transaction() if status is None else status != IDLE
+        with conn.begin_nested() if in_block else nullcontext():
             row = conn.exec_driver_sql(_IDENTITY).one()
-    except sa.exc.DBAPIError:
+        return (str(row[0]), int(row[1]), int(row[2]))
+    except (sa.exc.SQLAlchemyError, TypeError, ValueError):
         return None
-    return (str(row[0]), int(row[1]), str(row[2]))
 
 
 def url_identity(url: str, *, connect_timeout: int = 10) -> Identity | None:
-    """`server_identity` of a session of its own to `url` (a user's URL); None when it cannot
-    be opened."""
-    engine = sa.create_engine(
-        sqlalchemy_url(url),
-        poolclass=sa.pool.NullPool,
-        connect_args={"connect_timeout": connect_timeout},
-    )
+    """`server_identity` of a session of its own to `url` (a user's URL; its connect_timeout,
+    if it has one, else `connect_timeout`); None when it cannot be opened."""
+    parsed = sqlalchemy_url(url)
+    args = {} if "connect_timeout" in parsed.query else {"connect_timeout": connect_timeout}
     try:
-        with engine.connect() as conn:
-            return server_identity(conn)
-    except (sa.exc.DBAPIError, sa.exc.ArgumentError):
+        engine = sa.create_engine(parsed, poolclass=sa.pool.NullPool, connect_args=args)
+        try:
+            with engine.connect() as conn:
+                return server_identity(conn)
+        finally:
+            engine.dispose()
+    except sa.exc.SQLAlchemyError:
         return None
-    finally:
-        engine.dispose()
 
 
 def looks_pooled(url: str) -> str:
