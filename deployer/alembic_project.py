@@ -511,8 +511,8 @@ def check_target(context: MigrationContext, handed: sa.Connection | None, url: s
     shown = redact(went.render_as_string(hide_password=True))
     aimed = redact(target.set(drivername="postgresql").render_as_string(hide_password=True))
     raise StepFailed(
-        f"env.py migrated another database: {shown}{elsewhere}, not the target database "
-        f"{aimed}. It "
+        f"env.py connects to another database: {shown}{elsewhere}, not the target database "
+        f"{aimed}; nothing was run there. It "
         "used neither the connection db-deploy hands it (config.attributes['connection']) nor "
         "sqlalchemy.url / DATABASE_URL: it probably reads its URL from a variable of its own "
         "that is not set here (and falls back to this one). Set that variable to the database "

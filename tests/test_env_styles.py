@@ -311,7 +311,7 @@ def test_env_py_falling_back_to_sqlite_is_named(
     run = deploy_in(github, run_cli, database)
     assert run.returncode == 1, run.output
     error = github.outputs()["error"]
-    assert "env.py migrated another database: sqlite:///myapp.db" in error, error
+    assert "env.py connects to another database: sqlite:///myapp.db" in error, error
     assert "variable of its own" in error and "DATABASE_URL" in error
     assert "Traceback" not in run.output
     assert database.tables() == set()
@@ -340,7 +340,7 @@ def test_env_py_falling_back_to_sqlite_in_a_worker_thread(
     project.add("0001_a", "op.create_table('a', sa.Column('id', sa.Integer))")
     run = deploy_in(github, run_cli, database, **{"env-thread": "worker"})
     assert run.returncode == 1, run.output
-    assert "env.py migrated another database: sqlite:///myapp.db" in github.outputs()["error"]
+    assert "env.py connects to another database: sqlite:///myapp.db" in github.outputs()["error"]
 
 
 # The application's own variable, set to a URL of its own (in CI, often a service container at
@@ -393,7 +393,8 @@ def test_env_py_on_a_database_of_the_same_name_on_another_server_is_stopped(
         run = run_cli(env=env, cwd=github.workspace)
         assert run.returncode == 1, run.output
         error = github.outputs()["error"]
-        assert "env.py migrated another database" in error, error
+        assert "env.py connects to another database" in error, error
+        assert "nothing was run there" in error, error
         assert "same name on another server" in error, error
         assert SPECIAL_PASSWORD not in run.output and SPECIAL_PASSWORD not in error
         assert "Traceback" not in run.output

@@ -346,7 +346,7 @@ def test_env_py_that_migrates_another_database_fails(
         env["OTHER_DATABASE"] = other.url.replace("postgresql://", "postgresql+psycopg://")
         run = run_cli(env=env, cwd=github.workspace)
         assert run.returncode == 1, run.output
-        assert "env.py migrated another database" in github.outputs()["error"]
+        assert "env.py connects to another database" in github.outputs()["error"]
         assert database.version() == set()
         assert other.version() == set()  # stopped before any revision ran there
     finally:
