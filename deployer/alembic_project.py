@@ -480,8 +480,10 @@ def check_target(context: MigrationContext, handed: sa.Connection | None, url: s
     revision runs there, with exit 1, naming where it went (password hidden, secrets masked)
     and what it probably lacks. A URL with the target's address and database name passes as
     it is; any other PostgreSQL URL is compared by the database the server says it is
-    (`db.server_identity`: a pooler's URL, or another spelling of the host, is the target when
-    the server says so). Offline (`--sql`) runs have no connection and are not checked."""
+    (`db.server_identity`, asked on env.py's connection and on the one it was handed, or a
+    session of our own without one: a pooler's URL, or another spelling of the host, is the
+    target when the server says so). Offline (`--sql`) runs have no connection and are not
+    checked."""
     conn = context.connection
     if context.as_sql or conn is None or conn is handed:
         return
@@ -495,7 +497,10 @@ def check_target(context: MigrationContext, handed: sa.Connection | None, url: s
         if wanted and went.database == wanted and _address(went) == _address(target):
             return  # the target's own URL (sqlalchemy.url, DATABASE_URL): no question to ask
         theirs = server_identity(conn)
-        ours = url_identity(url) if theirs is not None else None
+        # Ours: the session env.py was handed (the target's), else one opened for the question.
+        ours = None
+        if theirs is not None:
+            ours = server_identity(handed) if handed is not None else url_identity(url)
         if theirs is None or ours is None:
             # Cannot tell: the name decides, as it always did.
             if not wanted or not went.database or went.database == wanted:

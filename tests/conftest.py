@@ -27,6 +27,7 @@ from tests.helpers import (
 from tests.helpers import (
     run_cli as _run_cli,
 )
+from tests.helpers.pgcluster import SPECIAL_ROLE, ClusterDatabase, PgCluster, get_cluster
 
 
 @pytest.fixture(scope="session")
@@ -121,3 +122,19 @@ def deploy(github: GitHubRunner, run_cli: Callable[..., Run], database: Database
         return run_cli(*args, env=github.with_inputs(**inputs), cwd=github.workspace)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def pg_cluster(request: pytest.FixtureRequest) -> PgCluster:
+    """The TCP cluster with scram-sha-256 authentication (one per test process)."""
+    return get_cluster(request.config)
+
+
+@pytest.fixture
+def cluster_db(pg_cluster: PgCluster) -> Iterator[ClusterDatabase]:
+    """A fresh database on the TCP cluster owned by the special-password role."""
+    name = pg_cluster.create_database(SPECIAL_ROLE)
+    try:
+        yield ClusterDatabase(pg_cluster, name, SPECIAL_ROLE)
+    finally:
+        pg_cluster.drop_database(name)

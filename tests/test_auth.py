@@ -28,12 +28,6 @@ from tests.helpers.pgcluster import (
     mask_values,
     masks_come_first,
 )
-from tests.helpers.pgcluster import (
-    cluster_db_fixture as cluster_db_fixture,  # the fixture cluster_db
-)
-from tests.helpers.pgcluster import (
-    pg_cluster_fixture as pg_cluster_fixture,  # the fixture pg_cluster
-)
 
 WRONG_PASSWORD = "Wr0ng:p@ss/w%rd"
 

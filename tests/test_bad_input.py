@@ -37,12 +37,6 @@ from tests.helpers import (
     drop_database,
 )
 from tests.helpers.pgcluster import ClusterDatabase, assert_no_leaks, closed_port
-from tests.helpers.pgcluster import (
-    cluster_db_fixture as cluster_db_fixture,  # the fixture cluster_db
-)
-from tests.helpers.pgcluster import (
-    pg_cluster_fixture as pg_cluster_fixture,  # the fixture pg_cluster
-)
 
 DOC = REPO / "docs" / "safety.md"  # its "Bad-input matrix" section
 HOOK_PATH = "/services/T0000/B0000/matrixHookSecret"

@@ -22,12 +22,6 @@ from tests.helpers.pgcluster import (
     PgCluster,
     encode,
 )
-from tests.helpers.pgcluster import (
-    cluster_db_fixture as cluster_db_fixture,  # the fixture cluster_db
-)
-from tests.helpers.pgcluster import (
-    pg_cluster_fixture as pg_cluster_fixture,  # the fixture pg_cluster
-)
 from tests.helpers.scenarios import cancel_during_python, cancel_during_sleep
 
 # prefect's style: env.py builds its own async engine, switches to the event loop with
@@ -364,14 +358,16 @@ def app_url_env(engine_kw: str = "", configure_kw: str = "") -> str:
 
 
 @pytest.mark.parametrize(
-    "engine_kw, configure_kw",
+    "engine_kw, configure_kw, handed",
     [
-        ("", ""),
-        ("", ", transaction_per_migration=True"),
+        ("", "", "shared"),
+        ("", ", transaction_per_migration=True", "shared"),
         # Each statement commits at once: Alembic's version table would be there for good.
-        (", isolation_level='AUTOCOMMIT'", ""),
+        (", isolation_level='AUTOCOMMIT'", "", "shared"),
+        # No connection handed: the target's identity is read on a session of its own.
+        ("", "", "none"),
     ],
-    ids=["one-transaction", "transaction-per-migration", "autocommit"],
+    ids=["one-transaction", "transaction-per-migration", "autocommit", "nothing-handed"],
 )
 def test_env_py_on_a_database_of_the_same_name_on_another_server_is_stopped(
     github: GitHubRunner,
@@ -380,6 +376,7 @@ def test_env_py_on_a_database_of_the_same_name_on_another_server_is_stopped(
     pg_cluster: PgCluster,
     engine_kw: str,
     configure_kw: str,
+    handed: str,
 ) -> None:
     project = write_alembic_project(github.workspace / "migrations")
     (project.root / "env.py").write_text(app_url_env(engine_kw, configure_kw))
@@ -388,7 +385,13 @@ def test_env_py_on_a_database_of_the_same_name_on_another_server_is_stopped(
     try:
         other = pg_cluster.url(database.name, scheme="postgresql+psycopg")
         github.output_file.write_text("")
-        env = github.with_inputs(**{"database-url": database.url, "migrations-path": "migrations"})
+        env = github.with_inputs(
+            **{
+                "database-url": database.url,
+                "migrations-path": "migrations",
+                "env-connection": handed,
+            }
+        )
         env["MYAPP_DATABASE_URL"] = other
         run = run_cli(env=env, cwd=github.workspace)
         assert run.returncode == 1, run.output

@@ -24,12 +24,6 @@ from tests.helpers import (
     write_alembic_project,
 )
 from tests.helpers.pgcluster import ClusterDatabase, closed_port
-from tests.helpers.pgcluster import (
-    cluster_db_fixture as cluster_db_fixture,  # the fixture cluster_db
-)
-from tests.helpers.pgcluster import (
-    pg_cluster_fixture as pg_cluster_fixture,  # the fixture pg_cluster
-)
 
 TABLE_T = "op.create_table('t', sa.Column('id', sa.Integer, primary_key=True), sa.Column('v', sa.Integer))"
 

@@ -24,7 +24,6 @@ from pytest_httpserver import HTTPServer
 
 from tests.helpers import AlembicProject, GitHubRunner, Run
 from tests.helpers.pgcluster import PgCluster, find_leaks, mask_values, masks_come_first
-from tests.helpers.pgcluster import pg_cluster_fixture as pg_cluster_fixture  # the fixture
 
 HOOK_PATH = "/services/T0000/B0000/hardeningWebhookToken7Q"
 PASSWORD = "Wé'ird\"Pa\\ss:w0rd-" + "x7Q" * 18 + "-ünïcödé-tail"

@@ -39,12 +39,6 @@ from tests.helpers.pgcluster import (
     masks_come_first,
     url_password,
 )
-from tests.helpers.pgcluster import (
-    cluster_db_fixture as cluster_db_fixture,  # the fixture cluster_db
-)
-from tests.helpers.pgcluster import (
-    pg_cluster_fixture as pg_cluster_fixture,  # the fixture pg_cluster
-)
 
 TOKEN = "XXXXwebhookSecretToken42"  # the secret part of an incoming-webhook URL
 HOOK_PATH = f"/services/T0000/B0000/{TOKEN}"

@@ -29,7 +29,7 @@ import shutil
 import socket
 import subprocess
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -316,12 +316,6 @@ def stop_cluster() -> None:
         cluster.stop()
 
 
-@pytest.fixture(scope="session", name="pg_cluster")
-def pg_cluster_fixture(request: pytest.FixtureRequest) -> PgCluster:
-    """The TCP cluster with scram-sha-256 authentication (one per test process)."""
-    return get_cluster(request.config)
-
-
 @dataclass
 class ClusterDatabase:
     """A fresh database on the cluster, owned by `owner`."""
@@ -344,16 +338,6 @@ class ClusterDatabase:
 
     def execute(self, sql: str) -> None:
         self.cluster.execute(sql, self.name)
-
-
-@pytest.fixture(name="cluster_db")
-def cluster_db_fixture(pg_cluster: PgCluster) -> Iterator[ClusterDatabase]:
-    """A fresh database on the TCP cluster owned by the special-password role."""
-    name = pg_cluster.create_database(SPECIAL_ROLE)
-    try:
-        yield ClusterDatabase(pg_cluster, name, SPECIAL_ROLE)
-    finally:
-        pg_cluster.drop_database(name)
 
 
 # --------------------------------------------------------------------------- finding secrets
