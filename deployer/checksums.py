@@ -62,9 +62,10 @@ def code_checksum(path: str | Path, data: bytes | None = None, *, compiles: bool
 # whose `tokenize` is pure Python (about 1.5 ms a revision file, paid for every revision a
 # deploy applies), the tokens come from the interpreter's own C tokenizer instead (`_tokenize`,
 # which `tokenize` itself uses from 3.12 on), mapped to what `tokenize` gives; and for a file
-# known to compile (a revision Alembic imported: `compiles`) the docstrings are found from those
-# tokens instead of a second parse. Same checksums, compared with `tokenize` and the AST on every
-# file of the standard library and the installed packages; about 0.25 ms a revision.
+# known to compile (a revision Alembic imported: `compiles`) the canonical text is written in one
+# pass over those tokens, docstrings found as they go by (`_c_canonical`), instead of a second
+# parse. Same checksums, compared with `tokenize` and the AST on every file of the standard
+# library and the installed packages; about 0.13 ms a revision.
 
 if sys.version_info < (3, 12):
     try:
@@ -113,12 +114,17 @@ _FSTRING_END = getattr(token, "FSTRING_END", -2)
 
 def python_canonical(data: bytes, *, compiles: bool = False) -> str:
     """The token stream of a Python file as text, one token a line. `compiles`: the caller knows
-    the file compiles (Alembic imported it); then, on 3.11, its docstrings are found from the
-    tokens, and the parse that would tell whether it compiles is saved."""
+    the file compiles (Alembic imported it); then, on 3.11, the text is written in one pass over
+    the C tokenizer's tokens (`_c_canonical`), and the parse that finds the docstrings (and would
+    tell whether the file compiles) is saved."""
     encoding = tokenize.detect_encoding(io.BytesIO(data).readline)[0]
     source = data.decode(encoding).removeprefix("\ufeff")  # "utf-8-sig" drops the BOM already
+    if compiles and _TokenizerIter is not None:
+        text = _c_canonical(source)
+        if text is not None:
+            return text
     toks = _c_tokens(source) if _TokenizerIter is not None else None
-    spans = _token_docstrings(toks) if toks is not None and compiles else _docstring_spans(source)
+    spans = _docstring_spans(source)
     rows = {row for (first, _), (last, _) in spans for row in range(first, last + 1)}
     if toks is None:
         toks = [(t.type, t.string, t.start, t.end) for t in _tokenize(data)]
@@ -215,63 +221,100 @@ def _char_columns(toks: list[Token], rows: set[int], source: str) -> list[Token]
     return out
 
 
-def _token_docstrings(toks: list[Token]) -> list[Span]:
-    """The spans `_docstring_spans` finds, from the tokens of a file that compiles (columns in
-    UTF-8 bytes): the first statement of the module and of each `def` and `class` body (after
-    the header's colon: the first one outside brackets that no `lambda` of a return annotation
-    takes) when it is only string literals, none an f-string or bytes, in parentheses or not."""
-    spans = []
-    expect, header, lambdas, depth = True, False, 0, 0
-    for i, (kind, text, _, _) in enumerate(toks):
-        if expect and kind not in _BEFORE_BODY:
-            expect = False
-            span = _docstring_at(toks, i)
-            if span:
-                spans.append(span)
-        if kind == tokenize.OP:
-            if text in _OPEN:
-                depth += 1
-            elif text in _CLOSE:
-                depth -= 1
-            elif text == ":" and header and not depth:
-                if lambdas:
-                    lambdas -= 1
-                else:
-                    header, expect = False, True
-        elif kind == tokenize.NAME:
-            if text in {"def", "class"}:
-                header, lambdas = True, 0
-            elif text == "lambda" and header and not depth:
-                lambdas += 1
-    return spans
+def _ascii_rows(source: str, first: int, last: int) -> bool:
+    return all(line.isascii() for line in source.split("\n")[first - 1 : last])
 
 
-def _docstring_at(toks: list[Token], i: int) -> Span | None:
-    """The span of the statement starting at toks[i] if it is a docstring: `(`* STRING+ `)`*
-    then the end of the statement."""
-    opened = closed = strings = 0
-    start = toks[i][2]
-    end = start
-    for j in range(i, len(toks)):
-        kind, text, _, tok_end = toks[j]
-        if kind == tokenize.STRING and not closed:
-            if _prefix(text) & {"f", "b"}:
-                return None
-            strings += 1
-        elif kind == tokenize.OP and text == "(" and not strings:
-            opened += 1
-        elif kind == tokenize.OP and text == ")" and strings and closed < opened:
-            closed += 1
-        elif (kind == tokenize.NEWLINE or (kind == tokenize.OP and text == ";")) and strings:
-            return (start, end) if closed == opened else None
-        else:
-            return None
-        end = tok_end
-    return None
-
-
-_BEFORE_BODY = {tokenize.NEWLINE, tokenize.INDENT, tokenize.NL, tokenize.COMMENT}
+_LINE = {tokenize.NEWLINE: "NEWLINE", tokenize.INDENT: "INDENT", tokenize.DEDENT: "DEDENT"}
 _OPEN, _CLOSE = {"(", "[", "{"}, {")", "]", "}"}
+
+
+def _c_canonical(source: str) -> str | None:
+    """`python_canonical`'s text for a file that compiles, in one pass over the tokens of the C
+    tokenizer of 3.11, mapped as `_c_tokens` maps them (None where it gives None: `tokenize`
+    and the AST read the file then).
+
+    A docstring is the first statement of the module and of each `def` and `class` body (after
+    the header's colon: the first one outside brackets that no `lambda` of a return annotation
+    takes) when it is `(`* STRING+ `)`* (none an f-string or bytes) up to the end of the
+    statement. Its tokens are written as they come and taken back once the statement ends, with
+    its own NEWLINE (a `;` after it stays). A docstring on a line that is not ASCII gives None:
+    there `tokenize` counts columns in characters and the AST in bytes, and the text follows
+    what the two give together."""
+    crlf = "\r" in source
+    if crlf and source.count("\r") != source.count("\r\n"):
+        return None
+    assert _TokenizerIter is not None
+    raw = source.split("\n") if crlf else []
+    op, name, string, newline = tokenize.OP, tokenize.NAME, tokenize.STRING, tokenize.NEWLINE
+    out: list[str] = []
+    append = out.append
+    expect, header, lambdas, depth = True, False, 0, 0  # a body starts; in a def/class header
+    start = -1  # where the statement that may be a docstring starts in `out` (-1: none)
+    first_row = opened = closed = strings = 0
+    all_ascii = source.isascii()
+    try:
+        for text, kind, row, end_row, col, end_col, _line in _TokenizerIter(source):
+            if kind >= _FIRST_OPERATOR:
+                if kind > op:
+                    if kind not in _ASYNC:
+                        return None
+                    kind = name
+                else:
+                    kind = op
+            elif kind == name and not text.isascii() and not _WORD.fullmatch(text):
+                return None  # a combining mark: tokenize cuts the name there
+            elif crlf and kind == string and "\n" in text and _is_fstring(text):
+                text = _cut(raw, row, col, end_row, end_col)
+            if expect and kind != newline and kind != tokenize.INDENT:
+                expect, start, first_row, opened, closed, strings = False, len(out), row, 0, 0, 0
+            if start >= 0:
+                if kind == string and not closed:
+                    if _prefix(text) & {"f", "b"}:
+                        start = -1
+                    else:
+                        strings += 1
+                elif kind == op and text == "(" and not strings:
+                    opened += 1
+                elif kind == op and text == ")" and strings and closed < opened:
+                    closed += 1
+                elif (kind == newline or (kind == op and text == ";")) and strings:
+                    docstring = closed == opened
+                    if docstring and not all_ascii and not _ascii_rows(source, first_row, row):
+                        return None  # `tokenize` and the AST count its columns apart
+                    if docstring:
+                        del out[start:]
+                    start = -1
+                    if docstring and kind == newline:
+                        continue
+                else:
+                    start = -1
+            if kind == op:
+                if text in _OPEN:
+                    depth += 1
+                elif text in _CLOSE:
+                    depth -= 1
+                elif text == ":" and header and not depth:
+                    if lambdas:
+                        lambdas -= 1
+                    else:
+                        header, expect = False, True
+                append("OP " + text)
+            elif kind == name:
+                if text == "def" or text == "class":
+                    header, lambdas = True, 0
+                elif text == "lambda" and header and not depth:
+                    lambdas += 1
+                append("NAME " + text)
+            elif kind == string:
+                append("STRING " + _string_value(text))
+            elif kind in _LINE:
+                append(_LINE[kind])
+            elif kind != tokenize.ENDMARKER:
+                append(tokenize.tok_name[kind] + " " + text)
+    except (SyntaxError, ValueError):
+        return None
+    return "\n".join(out)
 
 
 def _prefix(text: str) -> set[str]:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import ast
+import io
+import random
 import shutil
 import subprocess
+import tokenize
 from pathlib import Path
 
 import pytest
@@ -225,6 +228,72 @@ def test_the_fast_path_gives_what_tokenize_and_the_ast_give(
     slow = checksums.python_canonical(data)
     assert fast == slow
     assert compiled == slow
+
+
+def _random_program(rng: random.Random, depth: int = 0) -> str:
+    """A few statements mixing what decides a docstring: one-line and block bodies, `;`,
+    parenthesised and implicitly joined strings, f-strings and bytes first, a lambda in a return
+    annotation, non-ASCII names, strings and comments before and after."""
+    names = ["x", "é", "Ä", "abc", "ñu"]
+    strings = ['"doc"', "'d'", '"""a\nb"""', '"é"', "'''ç'''", 'f"{x}"', 'b"b"', 'r"\\d"']
+    strings += ['("a" "b")', '(\n"a"\n"é")', '"a" "b"', 'u"u"']
+    pad = "    " * depth
+    lines = []
+    for _ in range(rng.randint(1, 3 if depth else 5)):
+        k = rng.random()
+        if k < 0.25:
+            tail = rng.choice(["", "; x = 1", "  # cé", ";"])
+            lines.append(f"{pad}{rng.choice(strings)}{tail}\n")
+        elif k < 0.45 and depth < 3:
+            header = rng.choice(
+                [
+                    f"def {rng.choice(names)}():",
+                    f"class {rng.choice(names)}:",
+                    "def f() -> lambda: 1:",
+                    "if 1:",
+                    f"async def {rng.choice(names)}(a={rng.choice(strings)}):",
+                ]
+            )
+            if rng.random() < 0.3:
+                one_line = f"{header} {rng.choice(strings)}{rng.choice(['', '; y = 2'])}"
+                lines.append(f"{pad}{one_line}\n")
+            else:
+                lines.append(f"{pad}{header}\n{_random_program(rng, depth + 1)}")
+        elif k < 0.6:
+            lines.append(f"{pad}{rng.choice(names)} = {rng.choice(strings)}\n")
+        else:
+            lines.append(f"{pad}{rng.choice(names)} = {rng.randint(0, 9)}  # ü\n")
+    return "".join(lines)
+
+
+@pytest.mark.skipif(checksums._TokenizerIter is None, reason="tokenize is the only path here")
+def test_the_one_pass_text_is_what_tokenize_and_the_ast_give_on_random_programs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`_c_canonical` (one pass, docstrings found as the tokens go by) against `tokenize` and
+    the AST, on programs built to hit every rule that decides a docstring, LF and CRLF."""
+    rng = random.Random(20261206)
+    programs = []
+    while len(programs) < 600:
+        source = _random_program(rng)
+        for data in (source.encode(), source.replace("\n", "\r\n").encode()):
+            try:
+                compile(data, "random", "exec")
+            except SyntaxError:
+                continue
+            programs.append(data)
+    one_pass = [checksums.python_canonical(data, compiles=True) for data in programs]
+    monkeypatch.setattr(checksums, "_TokenizerIter", None)
+    slow = [checksums.python_canonical(data) for data in programs]
+    assert one_pass == slow
+    # The programs do hit the rules: many lose a docstring, many keep a leading string.
+    tokens = [
+        sum(t.type == tokenize.STRING for t in tokenize.tokenize(io.BytesIO(data).readline))
+        for data in programs
+    ]
+    kept = [sum(line.startswith("STRING ") for line in text.split("\n")) for text in slow]
+    dropped = sum(k < n for k, n in zip(kept, tokens, strict=True))
+    assert 100 < dropped < len(programs) - 100
 
 
 # --------------------------------------------------------------------------- in the deploy history
