@@ -492,10 +492,15 @@ def check_target(context: MigrationContext, handed: sa.Connection | None, url: s
     target = sqlalchemy_url(url)
     went = conn.engine.url
     elsewhere = ""
+    redirected = False
     if went.get_backend_name() == "postgresql":
         wanted = target.database
         if wanted and went.database == wanted and _address(went) == _address(target):
-            return  # the target's own URL (sqlalchemy.url, DATABASE_URL): no question to ask
+            actual = _connected_to(conn, went)
+            if actual is None:
+                return  # the target's own URL (sqlalchemy.url, DATABASE_URL): nothing to ask
+            # The engine's `creator` or `connect_args` took its connection elsewhere.
+            went, redirected = actual, True
         theirs = server_identity(conn)
         # Ours: the session env.py was handed (the target's), else one opened for the question.
         ours = None
@@ -515,17 +520,52 @@ def check_target(context: MigrationContext, handed: sa.Connection | None, url: s
 
     shown = redact(went.render_as_string(hide_password=True))
     aimed = redact(target.set(drivername="postgresql").render_as_string(hide_password=True))
+    why = (
+        "Its engine is built from the target's URL, but the engine's `creator` or "
+        "`connect_args` connect it elsewhere: let the URL alone say where to connect"
+        if redirected
+        else "It used neither the connection db-deploy hands it "
+        "(config.attributes['connection']) nor sqlalchemy.url / DATABASE_URL: it probably reads "
+        "its URL from a variable of its own that is not set here (and falls back to this one). "
+        "Set that variable to the database URL in the step's env (e.g. MYAPP_DATABASE_URL: "
+        "${{ secrets.DATABASE_URL }}), or make env.py use DATABASE_URL"
+    )
     raise StepFailed(
         f"env.py connects to another database: {shown}{elsewhere}, not the target database "
-        f"{aimed}; nothing was run there. It "
-        "used neither the connection db-deploy hands it (config.attributes['connection']) nor "
-        "sqlalchemy.url / DATABASE_URL: it probably reads its URL from a variable of its own "
-        "that is not set here (and falls back to this one). Set that variable to the database "
-        "URL in the step's env (e.g. MYAPP_DATABASE_URL: ${{ secrets.DATABASE_URL }}), or make "
-        "env.py use DATABASE_URL",
+        f"{aimed}; nothing was run there. {why}",
         error_class="config",
         obj=shown,
     )
+
+
+def _connected_to(conn: sa.Connection, url: sa.URL) -> sa.URL | None:
+    """Where the driver says `conn` is connected (libpq's host, port, database and user: psycopg
+    3 and psycopg2 tell), as a URL, when that is not where `url` says; None when it is, or when
+    the driver cannot say. A part the URL leaves to libpq's defaults (no host: the default
+    socket; no port) is not compared."""
+    try:
+        info = conn.connection.dbapi_connection.info  # type: ignore[union-attr]
+        host, port, dbname = str(info.host or ""), int(info.port), str(info.dbname)
+        user = str(info.user or "") or url.username
+    except Exception:  # noqa: BLE001 - another driver, a lost session: the URL is all there is
+        return None
+    written_host, written_port = _address(url)[:2]
+    if (
+        dbname == url.database
+        and (not written_host or written_host == host)
+        and (not written_port or written_port == str(port))
+    ):
+        return None
+    query = {k: v for k, v in url.query.items() if k not in {"host", "port", "hostaddr"}}
+    if host.startswith("/"):  # a socket folder: libpq's own spelling
+        return url.set(
+            username=user,
+            host=None,
+            port=None,
+            database=dbname,
+            query={**query, "host": host, "port": str(port)},
+        )
+    return url.set(username=user, host=host, port=port, database=dbname, query=query)
 
 
 def _address(url: sa.URL) -> tuple[str, ...]:

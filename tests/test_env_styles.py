@@ -408,6 +408,69 @@ def test_env_py_on_a_database_of_the_same_name_on_another_server_is_stopped(
         pg_cluster.execute(f'DROP DATABASE "{database.name}" WITH (FORCE)')
 
 
+# The engine is built from the target's own URL (DATABASE_URL), and then connects elsewhere.
+REDIRECTED_ENV = """\
+import os
+
+import psycopg
+import sqlalchemy as sa
+from alembic import context
+
+url = sa.make_url(os.environ["DATABASE_URL"]).set(drivername="postgresql+psycopg")
+engine = sa.create_engine(url, poolclass=sa.pool.NullPool, {engine_kw})
+with engine.connect() as connection:
+    context.configure(connection=connection)
+    with context.begin_transaction():
+        context.run_migrations()
+"""
+
+REDIRECTIONS = {
+    "connect-args": (
+        'connect_args={"host": os.environ["OTHER_HOST"], "port": int(os.environ["OTHER_PORT"]),'
+        ' "user": os.environ["OTHER_USER"], "password": os.environ["OTHER_PASSWORD"]}'
+    ),
+    "creator": 'creator=lambda: psycopg.connect(os.environ["OTHER_DSN"])',
+}
+
+
+@pytest.mark.parametrize("redirection", list(REDIRECTIONS))
+def test_env_py_whose_engine_connects_elsewhere_than_its_url_is_stopped(
+    github: GitHubRunner,
+    run_cli: Callable[..., Run],
+    database: Database,
+    pg_cluster: PgCluster,
+    redirection: str,
+) -> None:
+    """The URL is the target's, so it cannot tell: the driver says where the connection went."""
+    project = write_alembic_project(github.workspace / "migrations")
+    (project.root / "env.py").write_text(REDIRECTED_ENV.format(engine_kw=REDIRECTIONS[redirection]))
+    project.add("0001_a", "op.create_table('a', sa.Column('id', sa.Integer))")
+    pg_cluster.execute(f'CREATE DATABASE "{database.name}" OWNER "{SPECIAL_ROLE}"')
+    try:
+        github.output_file.write_text("")
+        env = github.with_inputs(**{"database-url": database.url, "migrations-path": "migrations"})
+        env.update(
+            OTHER_HOST=str(pg_cluster.sockets),
+            OTHER_PORT=str(pg_cluster.port),
+            OTHER_USER=SPECIAL_ROLE,
+            OTHER_PASSWORD=SPECIAL_PASSWORD,
+            OTHER_DSN=pg_cluster.url(database.name),
+        )
+        run = run_cli(env=env, cwd=github.workspace)
+        assert run.returncode == 1, run.output
+        error = github.outputs()["error"]
+        assert "env.py connects to another database" in error, error
+        assert "same name on another server" in error, error
+        assert f"port={pg_cluster.port}" in error or f":{pg_cluster.port}/" in error, error
+        assert "`creator` or `connect_args`" in error, error
+        assert SPECIAL_PASSWORD not in run.output and SPECIAL_PASSWORD not in error
+        assert "Traceback" not in run.output
+        assert pg_cluster.tables(database.name) == set()
+        assert database.tables() == set()
+    finally:
+        pg_cluster.execute(f'DROP DATABASE "{database.name}" WITH (FORCE)')
+
+
 def test_env_py_on_the_target_through_another_address_deploys(
     github: GitHubRunner, run_cli: Callable[..., Run], cluster_db: ClusterDatabase
 ) -> None:
