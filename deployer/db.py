@@ -378,7 +378,10 @@ _BLOCKERS = sa.text(
            coalesce(a.state, '?'), left(regexp_replace(coalesce(a.query, ''), '\\s+', ' ', 'g'), 4000),
            extract(epoch FROM clock_timestamp() - coalesce(a.xact_start, a.query_start))::float8
     FROM pg_stat_activity a
-    WHERE a.pid IN (SELECT unnest(pg_blocking_pids(p)) FROM unnest(CAST(:pids AS int[])) p)
+    WHERE a.pid IN (
+        SELECT unnest(pg_blocking_pids(w.pid)) FROM pg_stat_activity w
+        WHERE w.pid = ANY (CAST(:pids AS int[])) AND w.wait_event_type = 'Lock'
+    )
       AND NOT a.pid = ANY (CAST(:pids AS int[]))
     ORDER BY a.query_start
     LIMIT 1
@@ -415,6 +418,7 @@ class BlockerWatch:
     def start(self) -> None:
         """Start watching (once; later calls do nothing)."""
         if not self._thread.is_alive() and not self._stop.is_set():
+            _mark()
             self._thread.start()
 
     def __enter__(self) -> BlockerWatch:
@@ -437,14 +441,15 @@ class BlockerWatch:
 
     def _run(self) -> None:
         # The server is asked only while a statement has run for half an interval or more
-        # (one waiting on a lock, or a long one): a migration of quick statements costs the
-        # server no query of pg_locks at all.
+        # (one waiting on a lock, or a long one), or none has begun or ended for as long (one
+        # sent on the driver's own cursor, which SQLAlchemy does not see): a migration of quick
+        # statements costs the server no query at all, and pg_blocking_pids runs only for a
+        # session that waits for a lock.
         slow = self.interval / 2
         try:
             with self.engine.execution_options(isolation_level="AUTOCOMMIT").connect() as conn:
                 while not self._stop.wait(self.interval):
-                    now = time.perf_counter()
-                    if not any(now - began >= slow for began in list(_RUNNING.values())):
+                    if not _slow_or_silent(slow):
                         continue
                     row = conn.execute(_BLOCKERS, {"pids": list(self.pids)}).first()
                     if row is not None:
@@ -458,20 +463,36 @@ class BlockerWatch:
 _WATCHES: list[BlockerWatch] = []  # the watches of the migrations running now
 
 # While a watch runs: the statements running now on any engine (ours and env.py's), by
-# connection, with when each began, so that the watch asks the server only when one is slow.
+# connection, with when each began, and when the last one began or ended (`_LAST[0]`), so that
+# the watch asks the server only when one is slow or all are silent.
 _RUNNING: dict[int, float] = {}
+_LAST = [0.0]
+
+
+def _mark() -> None:
+    _LAST[0] = time.perf_counter()
+
+
+def _slow_or_silent(seconds: float) -> bool:
+    now = time.perf_counter()
+    running = list(_RUNNING.values())
+    if running:
+        return any(now - began >= seconds for began in running)
+    return now - _LAST[0] >= seconds
 
 
 def _statement_began(conn: Any, *_args: Any) -> None:
-    _RUNNING[id(conn)] = time.perf_counter()
+    _RUNNING[id(conn)] = _LAST[0] = time.perf_counter()
 
 
 def _statement_ended(conn: Any, *_args: Any) -> None:
     _RUNNING.pop(id(conn), None)
+    _mark()
 
 
 def _statement_failed(context: Any) -> None:
     _RUNNING.pop(id(context.connection), None)
+    _mark()
 
 
 _TIMING_EVENTS = (

@@ -299,6 +299,30 @@ def test_spent_budget_fails_cleanly_naming_the_blocker_and_leaves_no_query_queue
     assert f"pid {pid}" in run.stdout  # the terminal's attempt lines
 
 
+def test_a_blocker_of_a_statement_sent_on_the_driver_s_own_cursor_is_named(
+    project: AlembicProject,
+    database: Database,
+    github: GitHubRunner,
+    deploy: Callable[..., object],
+    blocker: sa.Connection,
+) -> None:
+    """A revision that runs its ALTER on the driver's cursor, where SQLAlchemy sees nothing:
+    the watch asks the server what its sessions wait for all the same."""
+    raw_alter = (
+        "cursor = op.get_bind().connection.driver_connection.cursor()\n"
+        "cursor.execute('ALTER TABLE a ADD COLUMN x integer')"
+    )
+    pid = blocked(project, database, deploy, blocker, ("0002_raw", raw_alter)).pid
+    run = deploy(project, **{"lock-timeout-ladder": "200ms, 300ms", "lock-wait-budget": "1500ms"})
+    assert run.returncode == 1, run.output
+    out = github.outputs()
+    assert out["error-class"] == "lock-timeout"
+    assert f"blocked by pid {pid}" in out["error"], out["error"]
+    tries = report(github)["migrate"]["lock_attempts"]
+    assert len(tries) >= 2 and tries[-1]["blocker_pid"] == pid
+    assert database.version() == {"0001_a"}
+
+
 def test_an_env_py_with_its_own_engine_gets_each_rung_too(
     project: AlembicProject,
     database: Database,
