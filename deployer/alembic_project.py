@@ -496,7 +496,7 @@ def check_target(context: MigrationContext, handed: sa.Connection | None, url: s
     if went.get_backend_name() == "postgresql":
         wanted = target.database
         if wanted and went.database == wanted and _address(went) == _address(target):
-            actual = _connected_to(conn, went)
+            actual = _connected_to(conn, went, handed)
             if actual is None:
                 return  # the target's own URL (sqlalchemy.url, DATABASE_URL): nothing to ask
             # The engine's `creator` or `connect_args` took its connection elsewhere.
@@ -538,34 +538,62 @@ def check_target(context: MigrationContext, handed: sa.Connection | None, url: s
     )
 
 
-def _connected_to(conn: sa.Connection, url: sa.URL) -> sa.URL | None:
-    """Where the driver says `conn` is connected (libpq's host, port, database and user: psycopg
-    3 and psycopg2 tell), as a URL, when that is not where `url` says; None when it is, or when
-    the driver cannot say. A part the URL leaves to libpq's defaults (no host: the default
-    socket; no port) is not compared."""
+def _connected_to(conn: sa.Connection, url: sa.URL, handed: sa.Connection | None) -> sa.URL | None:
+    """Where the driver says `conn` is connected (libpq's host, address, port, database and
+    user: psycopg 3 and psycopg2 tell), as a URL, when that is not where it should be; None
+    when it is, or when the driver cannot say. Compared with what the driver says of the
+    connection env.py was handed (the target's, with libpq's defaults applied alike), else
+    with `url` as written: a part it leaves to libpq's defaults (no host, no port) is then not
+    compared."""
+    where = _driver_says(conn)
+    if where is None:
+        return None  # another driver, a lost session: the URL is all there is
+    host, hostaddr, port, dbname, user = where
+    reference = _driver_says(handed) if handed is not None else None
+    if reference is not None:
+        ref_host, ref_hostaddr, ref_port, ref_dbname, _ = reference
+        same_address = not (ref_hostaddr and hostaddr) or ref_hostaddr == hostaddr  # psycopg2: ""
+        if (ref_host, ref_port, ref_dbname) == (host, port, dbname) and same_address:
+            return None
+    else:
+        written_host, written_port = _address(url)[:2]
+        if (
+            dbname == url.database
+            and (not written_host or written_host == host)
+            and (not written_port or written_port == str(port))
+        ):
+            return None
+    query = {k: v for k, v in url.query.items() if k not in {"host", "port", "hostaddr"}}
+    if host.startswith("/"):  # a socket folder: libpq's own spelling
+        query = {**query, "host": host, "port": str(port)}
+    elif hostaddr and hostaddr != host:
+        query = {**query, "hostaddr": hostaddr}
+    socket = host.startswith("/")
+    return sa.URL.create(
+        url.drivername,
+        username=user or url.username,
+        password=url.password,
+        host=None if socket else host,
+        port=None if socket else port,
+        database=dbname,
+        query=query,
+    )
+
+
+def _driver_says(conn: sa.Connection) -> tuple[str, str, int, str, str] | None:
+    """(host, hostaddr, port, database, user) of `conn` as its driver reports them (libpq's
+    PQhost, PQhostaddr, PQport, PQdb, PQuser), None when it cannot."""
     try:
         info = conn.connection.dbapi_connection.info  # type: ignore[union-attr]
         host, port, dbname = str(info.host or ""), int(info.port), str(info.dbname)
-        user = str(info.user or "") or url.username
-    except Exception:  # noqa: BLE001 - another driver, a lost session: the URL is all there is
+        user = str(info.user or "")
+    except Exception:  # noqa: BLE001 - another driver (asyncpg, pg8000), a closed connection
         return None
-    written_host, written_port = _address(url)[:2]
-    if (
-        dbname == url.database
-        and (not written_host or written_host == host)
-        and (not written_port or written_port == str(port))
-    ):
-        return None
-    query = {k: v for k, v in url.query.items() if k not in {"host", "port", "hostaddr"}}
-    if host.startswith("/"):  # a socket folder: libpq's own spelling
-        return url.set(
-            username=user,
-            host=None,
-            port=None,
-            database=dbname,
-            query={**query, "host": host, "port": str(port)},
-        )
-    return url.set(username=user, host=host, port=port, database=dbname, query=query)
+    try:
+        hostaddr = str(info.hostaddr or "")  # psycopg 3 on libpq 12+; not psycopg2
+    except Exception:  # noqa: BLE001
+        hostaddr = ""
+    return host, hostaddr, port, dbname, user
 
 
 def _address(url: sa.URL) -> tuple[str, ...]:

@@ -371,6 +371,9 @@ class Blocker:
         )
 
 
+# Who blocks our sessions (the first to have begun). pg_blocking_pids only for a session that
+# waits for a lock, or may: NULL is a session of another role, whose wait this role may not
+# see; IPC a parallel query's leader, whose workers wait for the lock.
 _BLOCKERS = sa.text(
     """
     SELECT a.pid, coalesce(a.application_name, ''), coalesce(a.usename, ''),
@@ -380,7 +383,8 @@ _BLOCKERS = sa.text(
     FROM pg_stat_activity a
     WHERE a.pid IN (
         SELECT unnest(pg_blocking_pids(w.pid)) FROM pg_stat_activity w
-        WHERE w.pid = ANY (CAST(:pids AS int[])) AND w.wait_event_type = 'Lock'
+        WHERE w.pid = ANY (CAST(:pids AS int[]))
+          AND coalesce(w.wait_event_type, 'Lock') IN ('Lock', 'IPC')
     )
       AND NOT a.pid = ANY (CAST(:pids AS int[]))
     ORDER BY a.query_start
@@ -442,9 +446,10 @@ class BlockerWatch:
     def _run(self) -> None:
         # The server is asked only while a statement has run for half an interval or more
         # (one waiting on a lock, or a long one), or none has begun or ended for as long (one
-        # sent on the driver's own cursor, which SQLAlchemy does not see): a migration of quick
-        # statements costs the server no query at all, and pg_blocking_pids runs only for a
-        # session that waits for a lock.
+        # sent on the driver's own cursor, which SQLAlchemy does not see; but also env.py's
+        # imports, a revision's Python work, a back-off): a migration of quick statements asks
+        # nothing, a pause in them costs a read of pg_stat_activity, and pg_blocking_pids runs
+        # only for a session that waits for a lock.
         slow = self.interval / 2
         try:
             with self.engine.execution_options(isolation_level="AUTOCOMMIT").connect() as conn:

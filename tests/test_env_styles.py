@@ -433,6 +433,7 @@ REDIRECTIONS = {
 }
 
 
+@pytest.mark.parametrize("handed", ["shared", "none"])
 @pytest.mark.parametrize("redirection", list(REDIRECTIONS))
 def test_env_py_whose_engine_connects_elsewhere_than_its_url_is_stopped(
     github: GitHubRunner,
@@ -440,15 +441,24 @@ def test_env_py_whose_engine_connects_elsewhere_than_its_url_is_stopped(
     database: Database,
     pg_cluster: PgCluster,
     redirection: str,
+    handed: str,
 ) -> None:
-    """The URL is the target's, so it cannot tell: the driver says where the connection went."""
+    """The URL is the target's, so it cannot tell: the driver says where the connection went,
+    compared with what it says of the connection env.py was handed, or without one (`none`)
+    with the URL as written."""
     project = write_alembic_project(github.workspace / "migrations")
     (project.root / "env.py").write_text(REDIRECTED_ENV.format(engine_kw=REDIRECTIONS[redirection]))
     project.add("0001_a", "op.create_table('a', sa.Column('id', sa.Integer))")
     pg_cluster.execute(f'CREATE DATABASE "{database.name}" OWNER "{SPECIAL_ROLE}"')
     try:
         github.output_file.write_text("")
-        env = github.with_inputs(**{"database-url": database.url, "migrations-path": "migrations"})
+        env = github.with_inputs(
+            **{
+                "database-url": database.url,
+                "migrations-path": "migrations",
+                "env-connection": handed,
+            }
+        )
         env.update(
             OTHER_HOST=str(pg_cluster.sockets),
             OTHER_PORT=str(pg_cluster.port),
