@@ -830,3 +830,27 @@ def read_heads(
         conn, opts={"version_table": version_table, "version_table_schema": schema}
     )
     return sorted(ctx.get_current_heads())
+
+
+def version_heads(
+    conn: sa.Connection, version_table: str = "alembic_version", schema: str | None = None
+) -> list[str]:
+    """`read_heads`, a failure said in one line (StepFailed, exit 1): the deploy role that may
+    not read the table (env.py migrating as a role of its own, which created it) is told what
+    to grant."""
+    from deployer.db import server_message
+    from deployer.errors import sqlstate
+
+    try:
+        return read_heads(conn, version_table, schema)
+    except sa.exc.DBAPIError as exc:
+        name = f"{schema}.{version_table}" if schema else version_table
+        message = f"cannot read the revision from {name}: {server_message(exc)}"
+        if sqlstate(exc) == "42501":  # insufficient_privilege
+            message += (
+                f". The deploy role may not read it: env.py probably migrates as a role of its "
+                f"own, which created it. Grant SELECT on {name} to the deploy role, or let "
+                "env.py migrate on the connection db-deploy hands it"
+            )
+            raise StepFailed(message, error_class="config") from None
+        raise StepFailed(message) from None

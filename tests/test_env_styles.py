@@ -16,6 +16,8 @@ import pytest
 
 from tests.helpers import AlembicProject, Database, GitHubRunner, Run, write_alembic_project
 from tests.helpers.pgcluster import (
+    PLAIN_PASSWORD,
+    PLAIN_ROLE,
     SPECIAL_PASSWORD,
     SPECIAL_ROLE,
     ClusterDatabase,
@@ -479,6 +481,36 @@ def test_env_py_whose_engine_connects_elsewhere_than_its_url_is_stopped(
         assert database.tables() == set()
     finally:
         pg_cluster.execute(f'DROP DATABASE "{database.name}" WITH (FORCE)')
+
+
+def test_a_version_table_the_deploy_role_may_not_read_is_said_in_one_line(
+    github: GitHubRunner, run_cli: Callable[..., Run], cluster_db: ClusterDatabase
+) -> None:
+    """env.py migrates as app_plain (its own variable), which creates alembic_version; the
+    deploy role, app_special, may not read it: one line saying what to grant, exit 1, class
+    config (it was an internal error with SQLAlchemy's traceback link)."""
+    project = write_alembic_project(github.workspace / "migrations")
+    (project.root / "env.py").write_text(app_url_env())
+    project.add("0001_a", "op.create_table('a', sa.Column('id', sa.Integer))")
+    github.output_file.write_text("")
+    env = github.with_inputs(**{"database-url": cluster_db.url(), "migrations-path": "migrations"})
+    env["MYAPP_DATABASE_URL"] = cluster_db.url(role=PLAIN_ROLE).replace(
+        "postgresql://", "postgresql+psycopg://", 1
+    )
+    run = run_cli(env=env, cwd=github.workspace)
+    assert run.returncode == 1, run.output
+    out = github.outputs()
+    assert out["error-class"] == "config", out
+    assert "cannot read the revision from alembic_version: permission denied" in out["error"]
+    assert "Grant SELECT on alembic_version to the deploy role" in out["error"]
+    assert "internal error" not in run.output and "sqlalche.me" not in run.output
+    assert "Traceback" not in run.output
+    assert SPECIAL_PASSWORD not in run.output and PLAIN_PASSWORD not in run.output
+    # The revision is unknown because it may not be read, not because a connection was lost.
+    assert "connection lost" not in run.output + github.summary()
+    report = json.loads((github.workspace / "db-deploy-report.json").read_text())
+    assert report["revisions"]["current"] == "unknown (version table unreadable)"
+    assert out["current-revision"] == ""
 
 
 def test_env_py_on_the_target_through_another_address_deploys(

@@ -13,11 +13,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
 import pytest
 import sqlalchemy as sa
 
 from deployer import db
-from tests.helpers import AlembicProject, Database, GitHubRunner
+from tests.helpers import AlembicProject, Database, GitHubRunner, Run, write_alembic_project
+from tests.helpers.pgcluster import PLAIN_ROLE, SPECIAL_ROLE, ClusterDatabase
 from tests.helpers.runner import wait_for
 
 TABLE_A = (
@@ -321,6 +323,59 @@ def test_a_blocker_of_a_statement_sent_on_the_driver_s_own_cursor_is_named(
     tries = report(github)["migrate"]["lock_attempts"]
     assert len(tries) >= 2 and tries[-1]["blocker_pid"] == pid
     assert database.version() == {"0001_a"}
+
+
+# env.py migrating as a role of its own (MYAPP_DATABASE_URL), not the deploy role.
+ENV_AS_ITS_OWN_ROLE = """\
+import os
+
+import sqlalchemy as sa
+from alembic import context
+
+url = sa.make_url(os.environ["MYAPP_DATABASE_URL"]).set(drivername="postgresql+psycopg")
+engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+with engine.connect() as connection:
+    context.configure(connection=connection, transaction_per_migration=True)
+    with context.begin_transaction():
+        context.run_migrations()
+"""
+
+
+def test_a_blocker_is_named_when_the_deploy_role_cannot_see_what_env_py_waits_for(
+    github: GitHubRunner, run_cli: Callable[..., Run], cluster_db: ClusterDatabase
+) -> None:
+    """env.py migrates as app_plain, a member of the deploy role app_special, which may not see
+    app_plain's waits in pg_stat_activity (NULL there): the watch names the blocker all the
+    same."""
+    project = write_alembic_project(github.workspace / "migrations")
+    (project.root / "env.py").write_text(ENV_AS_ITS_OWN_ROLE)
+    # What the deploy role reads: the version table (its own, app_plain writes it as a member)
+    # and table `a` (app_plain's, read by the smoke).
+    with psycopg.connect(cluster_db.url()) as owner:
+        owner.execute("CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY)")
+    project.add("0001_a", f"{TABLE_A}\nop.execute('GRANT SELECT ON a TO {SPECIAL_ROLE}')")
+
+    def deploy(**inputs: str) -> Run:
+        github.output_file.write_text("")
+        env = github.with_inputs(
+            **{"database-url": cluster_db.url(), "migrations-path": "migrations", **inputs}
+        )
+        env["MYAPP_DATABASE_URL"] = cluster_db.url(role=PLAIN_ROLE)
+        return run_cli(env=env, cwd=github.workspace)
+
+    first = deploy()
+    assert first.returncode == 0, first.output
+    project.add("0002_alter", "op.add_column('a', sa.Column('x', sa.Integer))")
+    with cluster_db.cluster.connect(cluster_db.name) as blocker:  # the superuser's transaction
+        blocker.execute("SELECT count(*) FROM a")
+        pid = blocker.info.backend_pid
+        run = deploy(**{"lock-timeout-ladder": "200ms, 300ms", "lock-wait-budget": "1500ms"})
+        blocker.rollback()
+    assert run.returncode == 1, run.output
+    out = github.outputs()
+    assert out["error-class"] == "lock-timeout"
+    assert f"blocked by pid {pid}" in out["error"], out["error"]
+    assert report(github)["migrate"]["lock_attempts"][-1]["blocker_pid"] == pid
 
 
 def test_an_env_py_with_its_own_engine_gets_each_rung_too(

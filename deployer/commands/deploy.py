@@ -75,7 +75,7 @@ def migrate_locked(
     session of its own. Everything that could refuse the deploy is checked under it and before
     anything is written (the history included). Returns the migration session, the migrate
     step's record and what env.py configures."""
-    from deployer.alembic_project import read_heads
+    from deployer.alembic_project import version_heads
     from deployer.steps.migrate import check_heads, inspect_env, up_to_date
     from deployer.steps.version_table import VersionTable
 
@@ -89,7 +89,7 @@ def migrate_locked(
         facts = inspect_env(project, handed, url=s.direct_url, workspace=s.workspace_dir)
         shared.check_history_schema(ctx, facts.version_table_schema, mig, facts.version_table)
         locked.enter_context(ctx.deploy_lock(VersionTable.of(project, facts)))
-        heads = read_heads(mig, facts.version_table, facts.version_table_schema)
+        heads = version_heads(mig, facts.version_table, facts.version_table_schema)
         mig.rollback()
         check_heads(project, heads, s.target)
         left = shared.unfinished(ctx, mig)

@@ -327,6 +327,11 @@ class SmokeResult:
 
 
 UNKNOWN_REVISION = "unknown (connection lost)"
+# Why the revision is unknown when the connection is fine but the deploy role may not read the
+# version table (env.py migrating as a role of its own): `MigrateResult.current_unknown` starts
+# so, and the revision shows as UNREADABLE_REVISION.
+UNREADABLE = "the deploy role may not read the version table"
+UNREADABLE_REVISION = "unknown (version table unreadable)"
 
 
 @dataclass
@@ -388,12 +393,15 @@ class RunResult:
         if self.status_check and self.status_check.database_heads:
             return ",".join(self.status_check.database_heads)
         if self.revision_unknown:
+            if self.revision_unknown.startswith(UNREADABLE):
+                return UNREADABLE_REVISION
             return UNKNOWN_REVISION
         return ",".join(self.migrate.current) if self.migrate else ""
 
     @property
     def revision_unknown(self) -> str:
-        """Why the revision the database is at is unknown (the connection was lost), or ""."""
+        """Why the revision the database is at is unknown (the connection was lost, or the
+        version table may not be read), or ""."""
         if self.status_check and self.status_check.database_heads:
             return ""
         return self.migrate.current_unknown if self.migrate else ""

@@ -42,8 +42,9 @@ from deployer.db import (
     server_message,
     session_options,
 )
-from deployer.errors import ConfigError, DeployError, StepFailed, describe_exception
+from deployer.errors import ConfigError, DeployError, StepFailed, describe_exception, sqlstate
 from deployer.results import AppliedRevision, Failure, MigrateResult
+from deployer.results.run import UNREADABLE
 
 HEAD_TARGETS = {"head", "heads"}
 ENV_CONNECTIONS = ("shared", "autocommit", "none")  # the input env-connection
@@ -881,6 +882,9 @@ def _read_back(
     except sa.exc.SQLAlchemyError as exc:
         _rollback(connection)
         lost = server_message(exc)
+        if sqlstate(exc) == "42501":  # the connection is fine: another one would not do better
+            result.current_unknown = f"{UNREADABLE}: {lost}"
+            return []
         if reconnect is None:
             result.current_unknown = lost
             return []

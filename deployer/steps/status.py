@@ -40,10 +40,10 @@ def status(
     if heads is not None:
         result.database_heads = sorted(heads)
     else:
-        from deployer.alembic_project import read_heads
+        from deployer.alembic_project import version_heads
 
         try:
-            result.database_heads = read_heads(connection, version_table, version_table_schema)
+            result.database_heads = version_heads(connection, version_table, version_table_schema)
         finally:
             if connection.in_transaction():
                 connection.rollback()

@@ -12,8 +12,8 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from deployer import db
-from deployer.alembic_project import AlembicProject, read_heads
-from deployer.errors import ConfigError, StepFailed
+from deployer.alembic_project import AlembicProject, version_heads
+from deployer.errors import ConfigError
 from deployer.results import PreflightResult, StatusResult
 from deployer.steps import status as status_step
 from deployer.steps.migrate import EnvFacts, inspect_env
@@ -59,12 +59,7 @@ class VersionTable:
     def heads(self, conn: sa.Connection) -> list[str]:
         """The revision(s) in the version table; unreadable → StepFailed (exit 1)."""
         try:
-            return read_heads(conn, self.table, self.schema)
-        except sa.exc.DBAPIError as exc:
-            name = f"{self.schema}.{self.table}" if self.schema else self.table
-            raise StepFailed(
-                f"cannot read the revision from {name}: {db.server_message(exc)}"
-            ) from None
+            return version_heads(conn, self.table, self.schema)
         finally:
             rollback_txn(conn)
 
