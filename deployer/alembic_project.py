@@ -545,11 +545,13 @@ def _connected_to(conn: sa.Connection, url: sa.URL, handed: sa.Connection | None
     connection env.py was handed (the target's, with libpq's defaults applied alike), else
     with `url` as written: a part it leaves to libpq's defaults (no host, no port) is then not
     compared."""
-    where = _driver_says(conn)
+    from deployer.db import driver_address
+
+    where = driver_address(conn)
     if where is None:
         return None  # another driver, a lost session: the URL is all there is
     host, hostaddr, port, dbname, user = where
-    reference = _driver_says(handed) if handed is not None else None
+    reference = driver_address(handed) if handed is not None else None
     if reference is not None:
         ref_host, ref_hostaddr, ref_port, ref_dbname, _ = reference
         same_address = not (ref_hostaddr and hostaddr) or ref_hostaddr == hostaddr  # psycopg2: ""
@@ -564,11 +566,11 @@ def _connected_to(conn: sa.Connection, url: sa.URL, handed: sa.Connection | None
         ):
             return None
     query = {k: v for k, v in url.query.items() if k not in {"host", "port", "hostaddr"}}
-    if host.startswith("/"):  # a socket folder: libpq's own spelling
+    socket = host.startswith("/")  # a socket folder: in the query, libpq's own spelling
+    if socket:
         query = {**query, "host": host, "port": str(port)}
     elif hostaddr and hostaddr != host:
         query = {**query, "hostaddr": hostaddr}
-    socket = host.startswith("/")
     return sa.URL.create(
         url.drivername,
         username=user or url.username,
@@ -578,22 +580,6 @@ def _connected_to(conn: sa.Connection, url: sa.URL, handed: sa.Connection | None
         database=dbname,
         query=query,
     )
-
-
-def _driver_says(conn: sa.Connection) -> tuple[str, str, int, str, str] | None:
-    """(host, hostaddr, port, database, user) of `conn` as its driver reports them (libpq's
-    PQhost, PQhostaddr, PQport, PQdb, PQuser), None when it cannot."""
-    try:
-        info = conn.connection.dbapi_connection.info  # type: ignore[union-attr]
-        host, port, dbname = str(info.host or ""), int(info.port), str(info.dbname)
-        user = str(info.user or "")
-    except Exception:  # noqa: BLE001 - another driver (asyncpg, pg8000), a closed connection
-        return None
-    try:
-        hostaddr = str(info.hostaddr or "")  # psycopg 3 on libpq 12+; not psycopg2
-    except Exception:  # noqa: BLE001
-        hostaddr = ""
-    return host, hostaddr, port, dbname, user
 
 
 def _address(url: sa.URL) -> tuple[str, ...]:

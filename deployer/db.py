@@ -82,6 +82,22 @@ def server_identity(conn: sa.Connection) -> Identity | None:
         return None
 
 
+def driver_address(conn: sa.Connection) -> tuple[str, str, int, str, str] | None:
+    """(host, hostaddr, port, database, user) of `conn` as its driver reports them (libpq's
+    PQhost, PQhostaddr, PQport, PQdb, PQuser), None when it cannot."""
+    try:
+        info = conn.connection.dbapi_connection.info  # type: ignore[union-attr]
+        host, port, dbname = str(info.host or ""), int(info.port), str(info.dbname)
+        user = str(info.user or "")
+    except Exception:  # noqa: BLE001 - another driver (asyncpg, pg8000), a closed connection
+        return None
+    try:
+        hostaddr = str(info.hostaddr or "")  # psycopg 3 on libpq 12+; not psycopg2
+    except Exception:  # noqa: BLE001
+        hostaddr = ""
+    return host, hostaddr, port, dbname, user
+
+
 def url_identity(url: str, *, connect_timeout: int = 10) -> Identity | None:
     """`server_identity` of a session of its own to `url` (a user's URL; its connect_timeout,
     if it has one, else `connect_timeout`); None when it cannot be opened."""
@@ -468,14 +484,15 @@ class BlockerWatch:
 _WATCHES: list[BlockerWatch] = []  # the watches of the migrations running now
 
 # While a watch runs: the statements running now on any engine (ours and env.py's), by
-# connection, with when each began, and when the last one began or ended (`_LAST[0]`), so that
-# the watch asks the server only when one is slow or all are silent.
+# connection, with when each began, and when the last one began or ended (`_last_event`), so
+# that the watch asks the server only when one is slow or all are silent.
 _RUNNING: dict[int, float] = {}
-_LAST = [0.0]
+_last_event = 0.0
 
 
 def _mark() -> None:
-    _LAST[0] = time.perf_counter()
+    global _last_event
+    _last_event = time.perf_counter()
 
 
 def _slow_or_silent(seconds: float) -> bool:
@@ -483,11 +500,12 @@ def _slow_or_silent(seconds: float) -> bool:
     running = list(_RUNNING.values())
     if running:
         return any(now - began >= seconds for began in running)
-    return now - _LAST[0] >= seconds
+    return now - _last_event >= seconds
 
 
 def _statement_began(conn: Any, *_args: Any) -> None:
-    _RUNNING[id(conn)] = _LAST[0] = time.perf_counter()
+    _mark()
+    _RUNNING[id(conn)] = _last_event
 
 
 def _statement_ended(conn: Any, *_args: Any) -> None:

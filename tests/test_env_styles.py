@@ -9,12 +9,19 @@ from __future__ import annotations
 import json
 import signal
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import AlembicProject, Database, GitHubRunner, Run, write_alembic_project
+from tests.helpers import (
+    AlembicProject,
+    Database,
+    GitHubRunner,
+    Run,
+    app_url_env,
+    write_alembic_project,
+)
 from tests.helpers.pgcluster import (
     PLAIN_PASSWORD,
     PLAIN_ROLE,
@@ -339,24 +346,33 @@ def test_env_py_falling_back_to_sqlite_in_a_worker_thread(
     assert "env.py connects to another database: sqlite:///myapp.db" in github.outputs()["error"]
 
 
-# The application's own variable, set to a URL of its own (in CI, often a service container at
-# localhost holding a database of the same name as production's).
-APP_URL_ENV = """\
-import os
-
-from alembic import context
-from sqlalchemy import create_engine, pool
-
-engine = create_engine(os.environ["MYAPP_DATABASE_URL"], poolclass=pool.NullPool{engine_kw})
-with engine.connect() as connection:
-    context.configure(connection=connection{configure_kw})
-    with context.begin_transaction():
-        context.run_migrations()
-"""
+@pytest.fixture
+def same_name_elsewhere(database: Database, pg_cluster: PgCluster) -> Iterator[None]:
+    """A database of the target's name on another server (the TCP cluster), owned by
+    app_special; dropped after the test."""
+    pg_cluster.execute(f'CREATE DATABASE "{database.name}" OWNER "{SPECIAL_ROLE}"')
+    try:
+        yield
+    finally:
+        pg_cluster.execute(f'DROP DATABASE "{database.name}" WITH (FORCE)')
 
 
-def app_url_env(engine_kw: str = "", configure_kw: str = "") -> str:
-    return APP_URL_ENV.format(engine_kw=engine_kw, configure_kw=configure_kw)
+def stopped_elsewhere(
+    run: Run, github: GitHubRunner, database: Database, pg_cluster: PgCluster
+) -> str:
+    """Assert the run was stopped for migrating on the same-name database on the other server,
+    before anything was written on either; returns the error."""
+    assert run.returncode == 1, run.output
+    error = github.outputs()["error"]
+    assert "env.py connects to another database" in error, error
+    assert "nothing was run there" in error, error
+    assert "same name on another server" in error, error
+    assert SPECIAL_PASSWORD not in run.output and SPECIAL_PASSWORD not in error
+    assert "Traceback" not in run.output
+    # Stopped before Alembic wrote anything there, the version table included.
+    assert pg_cluster.tables(database.name) == set()
+    assert database.tables() == set()
+    return error
 
 
 @pytest.mark.parametrize(
@@ -376,6 +392,7 @@ def test_env_py_on_a_database_of_the_same_name_on_another_server_is_stopped(
     run_cli: Callable[..., Run],
     database: Database,
     pg_cluster: PgCluster,
+    same_name_elsewhere: None,
     engine_kw: str,
     configure_kw: str,
     handed: str,
@@ -383,31 +400,12 @@ def test_env_py_on_a_database_of_the_same_name_on_another_server_is_stopped(
     project = write_alembic_project(github.workspace / "migrations")
     (project.root / "env.py").write_text(app_url_env(engine_kw, configure_kw))
     project.add("0001_a", "op.create_table('a', sa.Column('id', sa.Integer))")
-    pg_cluster.execute(f'CREATE DATABASE "{database.name}" OWNER "{SPECIAL_ROLE}"')
-    try:
-        other = pg_cluster.url(database.name, scheme="postgresql+psycopg")
-        github.output_file.write_text("")
-        env = github.with_inputs(
-            **{
-                "database-url": database.url,
-                "migrations-path": "migrations",
-                "env-connection": handed,
-            }
-        )
-        env["MYAPP_DATABASE_URL"] = other
-        run = run_cli(env=env, cwd=github.workspace)
-        assert run.returncode == 1, run.output
-        error = github.outputs()["error"]
-        assert "env.py connects to another database" in error, error
-        assert "nothing was run there" in error, error
-        assert "same name on another server" in error, error
-        assert SPECIAL_PASSWORD not in run.output and SPECIAL_PASSWORD not in error
-        assert "Traceback" not in run.output
-        # Stopped before Alembic wrote anything there, the version table included.
-        assert pg_cluster.tables(database.name) == set()
-        assert database.tables() == set()
-    finally:
-        pg_cluster.execute(f'DROP DATABASE "{database.name}" WITH (FORCE)')
+    github.output_file.write_text("")
+    env = github.with_inputs(
+        **{"database-url": database.url, "migrations-path": "migrations", "env-connection": handed}
+    )
+    env["MYAPP_DATABASE_URL"] = pg_cluster.url(database.name, scheme="postgresql+psycopg")
+    stopped_elsewhere(run_cli(env=env, cwd=github.workspace), github, database, pg_cluster)
 
 
 # The engine is built from the target's own URL (DATABASE_URL), and then connects elsewhere.
@@ -442,6 +440,7 @@ def test_env_py_whose_engine_connects_elsewhere_than_its_url_is_stopped(
     run_cli: Callable[..., Run],
     database: Database,
     pg_cluster: PgCluster,
+    same_name_elsewhere: None,
     redirection: str,
     handed: str,
 ) -> None:
@@ -451,36 +450,21 @@ def test_env_py_whose_engine_connects_elsewhere_than_its_url_is_stopped(
     project = write_alembic_project(github.workspace / "migrations")
     (project.root / "env.py").write_text(REDIRECTED_ENV.format(engine_kw=REDIRECTIONS[redirection]))
     project.add("0001_a", "op.create_table('a', sa.Column('id', sa.Integer))")
-    pg_cluster.execute(f'CREATE DATABASE "{database.name}" OWNER "{SPECIAL_ROLE}"')
-    try:
-        github.output_file.write_text("")
-        env = github.with_inputs(
-            **{
-                "database-url": database.url,
-                "migrations-path": "migrations",
-                "env-connection": handed,
-            }
-        )
-        env.update(
-            OTHER_HOST=str(pg_cluster.sockets),
-            OTHER_PORT=str(pg_cluster.port),
-            OTHER_USER=SPECIAL_ROLE,
-            OTHER_PASSWORD=SPECIAL_PASSWORD,
-            OTHER_DSN=pg_cluster.url(database.name),
-        )
-        run = run_cli(env=env, cwd=github.workspace)
-        assert run.returncode == 1, run.output
-        error = github.outputs()["error"]
-        assert "env.py connects to another database" in error, error
-        assert "same name on another server" in error, error
-        assert f"port={pg_cluster.port}" in error or f":{pg_cluster.port}/" in error, error
-        assert "`creator` or `connect_args`" in error, error
-        assert SPECIAL_PASSWORD not in run.output and SPECIAL_PASSWORD not in error
-        assert "Traceback" not in run.output
-        assert pg_cluster.tables(database.name) == set()
-        assert database.tables() == set()
-    finally:
-        pg_cluster.execute(f'DROP DATABASE "{database.name}" WITH (FORCE)')
+    github.output_file.write_text("")
+    env = github.with_inputs(
+        **{"database-url": database.url, "migrations-path": "migrations", "env-connection": handed}
+    )
+    env.update(
+        OTHER_HOST=str(pg_cluster.sockets),
+        OTHER_PORT=str(pg_cluster.port),
+        OTHER_USER=SPECIAL_ROLE,
+        OTHER_PASSWORD=SPECIAL_PASSWORD,
+        OTHER_DSN=pg_cluster.url(database.name),
+    )
+    run = run_cli(env=env, cwd=github.workspace)
+    error = stopped_elsewhere(run, github, database, pg_cluster)
+    assert f"port={pg_cluster.port}" in error or f":{pg_cluster.port}/" in error, error
+    assert "`creator` or `connect_args`" in error, error
 
 
 def test_a_version_table_the_deploy_role_may_not_read_is_said_in_one_line(
@@ -494,9 +478,7 @@ def test_a_version_table_the_deploy_role_may_not_read_is_said_in_one_line(
     project.add("0001_a", "op.create_table('a', sa.Column('id', sa.Integer))")
     github.output_file.write_text("")
     env = github.with_inputs(**{"database-url": cluster_db.url(), "migrations-path": "migrations"})
-    env["MYAPP_DATABASE_URL"] = cluster_db.url(role=PLAIN_ROLE).replace(
-        "postgresql://", "postgresql+psycopg://", 1
-    )
+    env["MYAPP_DATABASE_URL"] = cluster_db.url(role=PLAIN_ROLE, scheme="postgresql+psycopg")
     run = run_cli(env=env, cwd=github.workspace)
     assert run.returncode == 1, run.output
     out = github.outputs()

@@ -18,7 +18,14 @@ import pytest
 import sqlalchemy as sa
 
 from deployer import db
-from tests.helpers import AlembicProject, Database, GitHubRunner, Run, write_alembic_project
+from tests.helpers import (
+    AlembicProject,
+    Database,
+    GitHubRunner,
+    Run,
+    app_url_env,
+    write_alembic_project,
+)
 from tests.helpers.pgcluster import PLAIN_ROLE, SPECIAL_ROLE, ClusterDatabase
 from tests.helpers.runner import wait_for
 
@@ -98,6 +105,21 @@ def no_lock_waits(database: Database) -> bool:
         "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
         "WHERE a.datname = current_database() AND NOT l.granted"
     )
+
+
+def gave_up_naming(run: Any, github: GitHubRunner, pid: int) -> list[dict]:
+    """Assert the deploy gave up on its lock attempts, every one timed out, naming session
+    `pid` as the blocker (error, last attempt); returns the attempts."""
+    assert run.returncode == 1, run.output
+    out = github.outputs()
+    assert out["error-class"] == "lock-timeout"
+    assert out["failed-step"] == "migrate"
+    assert f"blocked by pid {pid}" in out["error"], out["error"]
+    assert "gave up after" in out["error"] and "lock-wait-budget" in out["error"]
+    tries = report(github)["migrate"]["lock_attempts"]
+    assert len(tries) >= 2 and all(t["timed_out"] for t in tries)
+    assert tries[-1]["blocker_pid"] == pid
+    return tries
 
 
 @dataclass
@@ -286,16 +308,8 @@ def test_spent_budget_fails_cleanly_naming_the_blocker_and_leaves_no_query_queue
         stop.set()
         app.join(timeout=30)
     assert errors == []
-    assert run.returncode == 1, run.output
-    out = github.outputs()
-    assert out["error-class"] == "lock-timeout"
-    assert out["failed-step"] == "migrate"
-    assert f"blocked by pid {pid}" in out["error"]
-    assert "gave up after" in out["error"] and "lock-wait-budget" in out["error"]
-    tries = report(github)["migrate"]["lock_attempts"]
-    assert len(tries) >= 2 and all(t["timed_out"] for t in tries)
+    tries = gave_up_naming(run, github, pid)
     assert [t["lock_timeout"] for t in tries[:2]] == [0.1, 0.2]
-    assert tries[-1]["blocker_pid"] == pid
     assert database.version() == {"0001_a"}
     assert "x" not in {c["name"] for c in sa.inspect(database.engine).get_columns("a")}
     assert f"pid {pid}" in run.stdout  # the terminal's attempt lines
@@ -316,29 +330,8 @@ def test_a_blocker_of_a_statement_sent_on_the_driver_s_own_cursor_is_named(
     )
     pid = blocked(project, database, deploy, blocker, ("0002_raw", raw_alter)).pid
     run = deploy(project, **{"lock-timeout-ladder": "200ms, 300ms", "lock-wait-budget": "1500ms"})
-    assert run.returncode == 1, run.output
-    out = github.outputs()
-    assert out["error-class"] == "lock-timeout"
-    assert f"blocked by pid {pid}" in out["error"], out["error"]
-    tries = report(github)["migrate"]["lock_attempts"]
-    assert len(tries) >= 2 and tries[-1]["blocker_pid"] == pid
+    gave_up_naming(run, github, pid)
     assert database.version() == {"0001_a"}
-
-
-# env.py migrating as a role of its own (MYAPP_DATABASE_URL), not the deploy role.
-ENV_AS_ITS_OWN_ROLE = """\
-import os
-
-import sqlalchemy as sa
-from alembic import context
-
-url = sa.make_url(os.environ["MYAPP_DATABASE_URL"]).set(drivername="postgresql+psycopg")
-engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
-with engine.connect() as connection:
-    context.configure(connection=connection, transaction_per_migration=True)
-    with context.begin_transaction():
-        context.run_migrations()
-"""
 
 
 def test_a_blocker_is_named_when_the_deploy_role_cannot_see_what_env_py_waits_for(
@@ -348,7 +341,9 @@ def test_a_blocker_is_named_when_the_deploy_role_cannot_see_what_env_py_waits_fo
     app_plain's waits in pg_stat_activity (NULL there): the watch names the blocker all the
     same."""
     project = write_alembic_project(github.workspace / "migrations")
-    (project.root / "env.py").write_text(ENV_AS_ITS_OWN_ROLE)
+    (project.root / "env.py").write_text(
+        app_url_env(configure_kw=", transaction_per_migration=True")
+    )
     # What the deploy role reads: the version table (its own, app_plain writes it as a member)
     # and table `a` (app_plain's, read by the smoke).
     with psycopg.connect(cluster_db.url()) as owner:
@@ -360,7 +355,7 @@ def test_a_blocker_is_named_when_the_deploy_role_cannot_see_what_env_py_waits_fo
         env = github.with_inputs(
             **{"database-url": cluster_db.url(), "migrations-path": "migrations", **inputs}
         )
-        env["MYAPP_DATABASE_URL"] = cluster_db.url(role=PLAIN_ROLE)
+        env["MYAPP_DATABASE_URL"] = cluster_db.url(role=PLAIN_ROLE, scheme="postgresql+psycopg")
         return run_cli(env=env, cwd=github.workspace)
 
     first = deploy()
@@ -371,11 +366,7 @@ def test_a_blocker_is_named_when_the_deploy_role_cannot_see_what_env_py_waits_fo
         pid = blocker.info.backend_pid
         run = deploy(**{"lock-timeout-ladder": "200ms, 300ms", "lock-wait-budget": "1500ms"})
         blocker.rollback()
-    assert run.returncode == 1, run.output
-    out = github.outputs()
-    assert out["error-class"] == "lock-timeout"
-    assert f"blocked by pid {pid}" in out["error"], out["error"]
-    assert report(github)["migrate"]["lock_attempts"][-1]["blocker_pid"] == pid
+    gave_up_naming(run, github, pid)
 
 
 def test_an_env_py_with_its_own_engine_gets_each_rung_too(

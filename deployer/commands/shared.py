@@ -13,7 +13,6 @@ from deployer.commands.context import Context
 from deployer.commands.options import smoke_options
 from deployer.errors import ConfigError, StepFailed
 from deployer.results import MigrateResult, PreflightResult, SmokeResult
-from deployer.results.run import UNREADABLE
 from deployer.steps.preflight import preflight as preflight_step
 from deployer.steps.seed import check_seed_file
 from deployer.steps.smoke import smoke as smoke_step
@@ -253,11 +252,7 @@ def raise_if_failed(m: MigrateResult, *, step: str, verb: str = "failed") -> Non
         raise StepFailed(
             f"{what} {verb}: {m.error} (database left at "
             + (
-                (
-                    f"unknown ({m.current_unknown}))"
-                    if m.current_unknown.startswith(UNREADABLE)
-                    else f"unknown (connection lost: {m.current_unknown}))"
-                )
+                f"unknown ({m.unknown_because}: {m.current_unknown}))"
                 if m.current_unknown
                 else f"{', '.join(m.current) or 'base'})"
             ),

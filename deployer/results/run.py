@@ -174,9 +174,11 @@ class MigrateResult:
     target: str = "heads"
     previous: list[str] = field(default_factory=list)
     current: list[str] = field(default_factory=list)
-    # Why `current` could not be read (the connection was lost and no new one read it): the
-    # revision the database is at is then unknown, never guessed.
+    # Why `current` could not be read (the connection was lost and no new one read it, or the
+    # deploy role may not read the version table: `current_unreadable`): the revision the
+    # database is at is then unknown, never guessed.
     current_unknown: str = ""
+    current_unreadable: bool = False
     pending: list[Revision] = field(default_factory=list)  # what was to be applied
     applied: list[AppliedRevision] = field(default_factory=list)
     failed_revision: str = ""
@@ -198,6 +200,11 @@ class MigrateResult:
     def version_table_name(self) -> str:
         s = self.version_table_schema
         return f"{s}.{self.version_table}" if s else self.version_table
+
+    @property
+    def unknown_because(self) -> str:
+        """What kept `current` unread, in a word or two (with `current_unknown`)."""
+        return "version table unreadable" if self.current_unreadable else "connection lost"
 
 
 @dataclass
@@ -326,14 +333,6 @@ class SmokeResult:
         return out
 
 
-UNKNOWN_REVISION = "unknown (connection lost)"
-# Why the revision is unknown when the connection is fine but the deploy role may not read the
-# version table (env.py migrating as a role of its own): `MigrateResult.current_unknown` starts
-# so, and the revision shows as UNREADABLE_REVISION.
-UNREADABLE = "the deploy role may not read the version table"
-UNREADABLE_REVISION = "unknown (version table unreadable)"
-
-
 @dataclass
 class RunResult:
     """Everything one run did: the only input of the renderers (markdown, terminal, JSON, Slack,
@@ -392,10 +391,8 @@ class RunResult:
     def current_revision(self) -> str:
         if self.status_check and self.status_check.database_heads:
             return ",".join(self.status_check.database_heads)
-        if self.revision_unknown:
-            if self.revision_unknown.startswith(UNREADABLE):
-                return UNREADABLE_REVISION
-            return UNKNOWN_REVISION
+        if self.migrate and self.revision_unknown:
+            return f"unknown ({self.migrate.unknown_because})"
         return ",".join(self.migrate.current) if self.migrate else ""
 
     @property

@@ -44,7 +44,6 @@ from deployer.db import (
 )
 from deployer.errors import ConfigError, DeployError, StepFailed, describe_exception, sqlstate
 from deployer.results import AppliedRevision, Failure, MigrateResult
-from deployer.results.run import UNREADABLE
 
 HEAD_TARGETS = {"head", "heads"}
 ENV_CONNECTIONS = ("shared", "autocommit", "none")  # the input env-connection
@@ -883,7 +882,7 @@ def _read_back(
         _rollback(connection)
         lost = server_message(exc)
         if sqlstate(exc) == "42501":  # the connection is fine: another one would not do better
-            result.current_unknown = f"{UNREADABLE}: {lost}"
+            result.current_unknown, result.current_unreadable = lost, True
             return []
         if reconnect is None:
             result.current_unknown = lost

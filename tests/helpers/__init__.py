@@ -12,7 +12,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.helpers.postgres import Database, EmbeddedServer, create_database, drop_database
-from tests.helpers.projects import AlembicProject, alembic_upgrade, write_alembic_project
+from tests.helpers.projects import (
+    AlembicProject,
+    alembic_upgrade,
+    app_url_env,
+    write_alembic_project,
+)
 from tests.helpers.runner import (
     FileCommandError,
     GitHubRunner,
@@ -38,6 +43,7 @@ __all__ = [
     "GitHubRunner",
     "Run",
     "alembic_upgrade",
+    "app_url_env",
     "clean_env",
     "create_database",
     "drop_database",

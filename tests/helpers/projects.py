@@ -108,6 +108,28 @@ class AlembicProject:
         return path
 
 
+# An env.py that migrates on a URL of the application's own variable (in CI, often a service
+# container at localhost holding a database of the same name as production's, or the target
+# under another role). MYAPP_DATABASE_URL carries its driver (postgresql+psycopg://).
+APP_URL_ENV = """\
+import os
+
+from alembic import context
+from sqlalchemy import create_engine, pool
+
+engine = create_engine(os.environ["MYAPP_DATABASE_URL"], poolclass=pool.NullPool{engine_kw})
+with engine.connect() as connection:
+    context.configure(connection=connection{configure_kw})
+    with context.begin_transaction():
+        context.run_migrations()
+"""
+
+
+def app_url_env(engine_kw: str = "", configure_kw: str = "") -> str:
+    """APP_URL_ENV with `engine_kw` for create_engine and `configure_kw` for configure."""
+    return APP_URL_ENV.format(engine_kw=engine_kw, configure_kw=configure_kw)
+
+
 def alembic_upgrade(root: Path, database: Database, target: str = "heads") -> None:
     """Set a database up with plain Alembic, in-process (no deployer, no history): for tests
     whose subject is what the deployer does next."""
