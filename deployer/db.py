@@ -295,6 +295,8 @@ def lock_key(database: str, version_table: str) -> int:
 
 @dataclass(frozen=True)
 class LockHolder:
+    """The session holding the deploy lock, as pg_stat_activity shows it."""
+
     pid: int
     application_name: str
     since: str
@@ -369,6 +371,8 @@ def deploy_lock(
 
 @dataclass(frozen=True)
 class Blocker:
+    """A session holding a lock that a statement of the deploy waits for."""
+
     pid: int
     application_name: str
     user: str
@@ -820,7 +824,7 @@ def retry_alone(
     cap = ladder.cap or 0.0
     timeout = retry.current if each_statement else cap
     scope = f"statement {_summary(statement)}"
-    concurrent_index = _CONCURRENT_INDEX.match(statement) is not None
+    built: tuple[str | None, str, str] | None = None  # the index it builds concurrently
     outer = retry._began  # the attempt this statement runs in (its time is its own)
     if not each_statement:
         _set(raw, cap)
@@ -830,21 +834,23 @@ def retry_alone(
             began = retry._began = retry.clock()
             retry.blocker = None
             try:
-                if drop_first:
-                    dropped, drop_first = _drop_invalid_index(raw, statement), False
+                if built and drop_first:
+                    dropped, drop_first = _drop_invalid_index(raw, *built), False
                 run()
             except Exception as exc:
                 if not is_lock_timeout(exc):
                     raise
-                drop_first = concurrent_index
+                if not tried:  # parsed once, and only for a statement that timed out
+                    built = concurrent_index(statement)
+                drop_first = built is not None
                 retry.end(timed_out=True, timeout=timeout, scope=scope, dropped_index=dropped)
                 if retry.started is None:
                     retry.started = began
                 dropped = ""
                 if retry.wait() is None:
-                    if drop_first:  # given up: leave no invalid index behind, if it can go
+                    if built and drop_first:  # given up: leave no invalid index behind
                         with _suppress_db_errors():
-                            retry.attempts[-1].dropped_index = _drop_invalid_index(raw, statement)
+                            retry.attempts[-1].dropped_index = _drop_invalid_index(raw, *built)
                     raise
                 tried = True
                 if each_statement:
@@ -882,29 +888,44 @@ def _summary(statement: str) -> str:
     return cut(words, 80)
 
 
-_IDENT = r'(?:"(?:[^"]|"")+"|[A-Za-z_][\w$]*)'
-_CONCURRENT_INDEX = re.compile(
-    rf"^\s*CREATE\s+(?:UNIQUE\s+)?INDEX\s+CONCURRENTLY\s+(?:IF\s+NOT\s+EXISTS\s+)?({_IDENT})\s+"
-    rf"ON\s+(?:ONLY\s+)?({_IDENT}(?:\s*\.\s*{_IDENT})?)",
-    re.IGNORECASE,
-)
-
-
 def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def _drop_invalid_index(raw: Any, statement: str) -> str:
-    """After `CREATE INDEX CONCURRENTLY name ON table` failed: the invalid index `name` it
-    left on `table`, dropped (`DROP INDEX CONCURRENTLY`, which takes no lock the application
-    queues behind); returns its schema-qualified name, or "" when there is none. A drop that
-    hits lock_timeout raises (the attempt timed out: the drop is tried again before the next
-    one); another failure leaves the index (the retry then fails as the statement would)."""
-    m = _CONCURRENT_INDEX.match(statement)
-    if m is None:
-        return ""
-    name, table = m.group(1), re.sub(r"\s*\.\s*", ".", m.group(2))
-    name = name[1:-1].replace('""', '"') if name.startswith('"') else name.lower()
+def concurrent_index(statement: str) -> tuple[str | None, str, str] | None:
+    """`(schema or None, table, index)` of a `CREATE INDEX CONCURRENTLY name ON table`
+    statement, read by PostgreSQL's own parser (pglast: comments, quoting and case as the
+    server reads them); None for any other statement, an index without a name (the server
+    picks one) or a statement the parser refuses."""
+    from pglast import ast, parse_sql
+
+    try:
+        statements = parse_sql(statement)
+    except Exception:  # noqa: BLE001 - pglast's ParseError, or a placeholder it cannot read
+        return None
+    if len(statements) != 1:
+        return None
+    node = statements[0].stmt
+    if not isinstance(node, ast.IndexStmt) or not node.concurrent or not node.idxname:
+        return None
+    table = node.relation
+    if table is None or not table.relname:
+        return None
+    return table.schemaname or None, str(table.relname), str(node.idxname)
+
+
+def _drop_invalid_index(raw: Any, schema: str | None, table: str, name: str) -> str:
+    """After `CREATE INDEX CONCURRENTLY name ON [schema.]table` failed: the invalid index
+    `name` it left on the table, dropped (`DROP INDEX CONCURRENTLY`, which takes no lock the
+    application queues behind); returns its schema-qualified name, or "" when there is none.
+    A drop that hits lock_timeout raises (the attempt timed out: the drop is tried again
+    before the next one); another failure leaves the index (the retry then fails as the
+    statement would)."""
+    relation = (
+        f"format('%I.%I', {_literal(schema)}, {_literal(table)})"
+        if schema
+        else f"format('%I', {_literal(table)})"
+    )
     cursor = raw.cursor()
     try:
         cursor.execute(
@@ -912,7 +933,7 @@ def _drop_invalid_index(raw: Any, statement: str) -> str:
             "JOIN pg_class c ON c.oid = i.indexrelid "
             "JOIN pg_namespace n ON n.oid = c.relnamespace "
             f"WHERE NOT i.indisvalid AND c.relname = {_literal(name)} "
-            f"AND i.indrelid = to_regclass({_literal(table)})"
+            f"AND i.indrelid = to_regclass({relation})"
         )
         row = cursor.fetchone()
         if row is None:

@@ -349,8 +349,7 @@ class SettingsBase(BaseSettings):
         populate_by_name=True,  # the flags come in by field name
         case_sensitive=True,  # the runner upper-cases; DATABASE_URL is not database_url
         env_ignore_empty=True,  # the runner passes "" for every input left out
-        # The mixins below are only parts of Settings: their own validators are never built
-        # (each would cost a schema build at import); a model's is built on its first use.
+        # A model's validator is built on its first use, not at import.
         defer_build=True,
     )
 
@@ -382,7 +381,7 @@ class _Environment(EnvSettingsSource):
         return super().get_field_value(field, field_name)
 
 
-class _ConnectionFields(SettingsBase):
+class _ConnectionFields:
     """The command to run and the databases it connects to."""
 
     command: CommandName = Field(
@@ -407,7 +406,7 @@ class _ConnectionFields(SettingsBase):
     )
 
 
-class _DeployFields(SettingsBase):
+class _DeployFields:
     """What a deploy applies: the project, the target, the seed, the smoke checks."""
 
     run_seed: Flag = Field(
@@ -466,7 +465,7 @@ class _DeployFields(SettingsBase):
     )
 
 
-class _TimeoutFields(SettingsBase):
+class _TimeoutFields:
     """PostgreSQL timeouts, the deploy lock's wait and the connection attempts."""
 
     lock_timeout: PostgresDuration = Field(
@@ -517,7 +516,7 @@ class _TimeoutFields(SettingsBase):
     )
 
 
-class _ReportingFields(SettingsBase):
+class _ReportingFields:
     """Notifications, dry run, the history's schema and the JSON report."""
 
     slack_webhook_url: WebhookUrl = Field(
@@ -550,7 +549,7 @@ class _ReportingFields(SettingsBase):
     )
 
 
-class _SafetyFields(SettingsBase):
+class _SafetyFields:
     """Safety (issue 5): edited migrations, TLS, lock retries."""
 
     allow_edited_migrations: Flag = Field(
@@ -573,7 +572,7 @@ class _SafetyFields(SettingsBase):
     )
 
 
-class _OperationsFields(SettingsBase):
+class _OperationsFields:
     """Operations modes (issue 7): drift, backup, restore, rollback, preflight."""
 
     scratch_database_url: PostgresUrl = Field(
@@ -624,7 +623,7 @@ class _OperationsFields(SettingsBase):
     )
 
 
-class _RiskFields(SettingsBase):
+class _RiskFields:
     """Risk review (issue 18)."""
 
     risk_review: OptionalFlag = Field(
@@ -651,7 +650,7 @@ class _RiskFields(SettingsBase):
     )
 
 
-class _ProjectFields(SettingsBase):
+class _ProjectFields:
     """Real-world Alembic projects (issue 8)."""
 
     alembic_ini: str = Field(
@@ -699,7 +698,7 @@ class _ProjectFields(SettingsBase):
     )
 
 
-class _FleetFields(SettingsBase):
+class _FleetFields:
     """Fleets (issue 20): deployer/fleet, docs/fleets.md."""
 
     fleet_file: str = Field(
@@ -744,7 +743,7 @@ class _FleetFields(SettingsBase):
     )
 
 
-class _CommandLineFields(SettingsBase):
+class _CommandLineFields:
     """Command-line only (no alias, never read from the environment), and the workspace."""
 
     # Command-line only: no alias, so never read from the environment.
@@ -767,9 +766,12 @@ class _CommandLineFields(SettingsBase):
     )
 
 
-# pydantic collects the fields from the last base to the first: listed in reverse so that
-# the fields keep their order (the inputs' order in action.yml and the docs).
+# The field groups above are plain classes: pydantic collects the annotated fields of every
+# base, from the last to the first (listed in reverse, so that the fields keep their order: the
+# inputs' order in action.yml and the docs), and only Settings is a model (a model per group
+# would collect and copy its fields once more at import, for nothing).
 class Settings(
+    SettingsBase,
     _CommandLineFields,
     _FleetFields,
     _ProjectFields,

@@ -467,6 +467,42 @@ def test_env_py_whose_engine_connects_elsewhere_than_its_url_is_stopped(
     assert "`creator` or `connect_args`" in error, error
 
 
+@pytest.mark.parametrize("handed", ["shared", "none"])
+def test_a_redirected_engine_whose_driver_cannot_say_where_it_went_is_stopped(
+    github: GitHubRunner,
+    run_cli: Callable[..., Run],
+    database: Database,
+    pg_cluster: PgCluster,
+    same_name_elsewhere: None,
+    handed: str,
+) -> None:
+    """pg8000 (as asyncpg) does not report where its connection went, as libpq does: the engine
+    built from the target's URL is then compared by the database the server says it is, not
+    trusted for its URL."""
+    pytest.importorskip("pg8000")
+    project = write_alembic_project(github.workspace / "migrations")
+    env_py = REDIRECTED_ENV.replace("postgresql+psycopg", "postgresql+pg8000").format(
+        engine_kw='connect_args={"host": os.environ["OTHER_HOST"], '
+        '"port": int(os.environ["OTHER_PORT"]), "user": os.environ["OTHER_USER"], '
+        '"password": os.environ["OTHER_PASSWORD"]}'
+    )
+    (project.root / "env.py").write_text(env_py)
+    project.add("0001_a", "op.create_table('a', sa.Column('id', sa.Integer))")
+    github.output_file.write_text("")
+    env = github.with_inputs(
+        **{"database-url": database.url, "migrations-path": "migrations", "env-connection": handed}
+    )
+    env.update(
+        OTHER_HOST=pg_cluster.host,
+        OTHER_PORT=str(pg_cluster.port),
+        OTHER_USER=SPECIAL_ROLE,
+        OTHER_PASSWORD=SPECIAL_PASSWORD,
+    )
+    run = run_cli(env=env, cwd=github.workspace)
+    error = stopped_elsewhere(run, github, database, pg_cluster)
+    assert "`creator` or `connect_args`" in error, error
+
+
 def test_a_version_table_the_deploy_role_may_not_read_is_said_in_one_line(
     github: GitHubRunner, run_cli: Callable[..., Run], cluster_db: ClusterDatabase
 ) -> None:

@@ -431,43 +431,58 @@ def test_a_retried_upgrade_runs_each_revision_once(
 
 # --------------------------------------------------------------------------- outside a transaction
 
-CONCURRENT_INDEX = """
-with op.get_context().autocommit_block():
-    op.execute("CREATE INDEX CONCURRENTLY ix_a_id ON a (id)")
-"""
+CONCURRENT_INDEXES = {
+    "plain": ("CREATE INDEX CONCURRENTLY ix_a_id ON a (id)", "ix_a_id"),
+    # what the parser reads, not the text's first word: a comment before it, other spellings
+    "commented": (
+        "-- the lookups need it\n/* built online */ create unique index concurrently "
+        "if not exists ix_a_id on public . a using btree (id)",
+        "ix_a_id",
+    ),
+    "quoted": ('CREATE INDEX CONCURRENTLY "Ix A" ON "public"."a" (id)', "Ix A"),
+}
 
 
+@pytest.mark.parametrize("spelling", list(CONCURRENT_INDEXES))
 def test_a_failed_concurrent_index_build_is_dropped_before_its_retry(
     project: AlembicProject,
     database: Database,
     github: GitHubRunner,
     deploy: Callable[..., object],
     blocker: sa.Connection,
+    spelling: str,
 ) -> None:
     """CREATE INDEX CONCURRENTLY waits for every older snapshot: an application's long
     REPEATABLE READ transaction makes it fail on lock_timeout (lock-timeout, the cap: its lock
     does not queue the application's queries), leaving an invalid index. The statement is
     retried alone; the invalid index is dropped before each retry and named; when the budget
-    is spent, none is left behind. Once the blocker is gone the index builds."""
+    is spent, none is left behind. Once the blocker is gone the index builds. The statement is
+    read by PostgreSQL's parser: a leading comment, lower case, a quoted name, all the same."""
+    statement, name = CONCURRENT_INDEXES[spelling]
+    dropped = "public." + (f'"{name}"' if name != name.lower() or " " in name else name)
     project.add("0001_a", TABLE_A + "\nop.create_table('other', sa.Column('id', sa.Integer))")
     assert deploy(project).returncode == 0
-    project.add("0002_index", CONCURRENT_INDEX)
+    project.add(
+        "0002_index",
+        f"with op.get_context().autocommit_block():\n    op.execute({statement!r})",
+    )
     hold(blocker, "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ", "SELECT * FROM other")
     run = deploy(project, **{"lock-timeout": "300ms", "lock-wait-budget": "2s"})
     assert run.returncode == 1, run.output
     assert github.outputs()["error-class"] == "lock-timeout"
     tries = report(github)["migrate"]["lock_attempts"]
-    alone = [t for t in tries if t["scope"].startswith("statement CREATE INDEX CONCURRENTLY")]
+    alone = [t for t in tries if t["scope"].startswith("statement ")]
     assert len(alone) >= 2 and all(t["timed_out"] for t in alone)
     assert {t["lock_timeout"] for t in alone} == {0.3}  # the cap, not the ladder's rungs
-    assert all(t["dropped_index"] == "public.ix_a_id" for t in alone[1:])
+    assert all(t["dropped_index"] == dropped for t in alone[1:])
     invalid = "SELECT count(*) FROM pg_index WHERE NOT indisvalid"
     assert database.scalar(invalid) == 0
-    assert "public.ix_a_id" in github.summary()
+    assert dropped in github.summary()
     blocker.execute(sa.text("ROLLBACK"))
     assert deploy(project).returncode == 0
     assert database.scalar(invalid) == 0
-    assert database.scalar("SELECT count(*) FROM pg_indexes WHERE indexname = 'ix_a_id'") == 1
+    built = "SELECT count(*) FROM pg_indexes WHERE indexname = :n"
+    assert database.scalar(built, n=name) == 1
 
 
 def test_env_connection_autocommit_retries_each_statement_alone(

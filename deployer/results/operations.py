@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 @dataclass
 class BackupResult:
+    """What `backup` (or `backup-before`) wrote: the archive, its digest and what it holds."""
+
     path: str  # as shown: relative to the workspace when inside it
     file: str  # absolute path
     size_bytes: int = 0
@@ -22,6 +24,8 @@ class BackupResult:
 
 @dataclass
 class RestoreResult:
+    """What `restore` read: the archive, its digest and what pg_dump wrote in it."""
+
     path: str
     sha256: str = ""
     size_bytes: int = 0
@@ -39,6 +43,8 @@ class RestoreResult:
 
 @dataclass
 class Difference:
+    """One object that differs between the live database and the migrations (`drift`)."""
+
     kind: str  # schema, table, view, sequence, column, constraint, index, enum, extension, …
     name: str
     change: str  # "only in the live database" | "missing from the live database" | "differs"
@@ -48,6 +54,9 @@ class Difference:
 
 @dataclass
 class DriftResult:
+    """What `drift` compared: the live database against the migrations replayed on a scratch
+    database."""
+
     revision: list[str] = field(default_factory=list)
     scratch: str = ""  # where the migrations were replayed (never a password)
     scratch_version: str = ""
@@ -68,6 +77,8 @@ class DriftResult:
 
 @dataclass
 class Finding:
+    """One check of the security preflight and what it found."""
+
     check: str
     severity: str  # ok | info | warning | error
     message: str
@@ -76,6 +87,8 @@ class Finding:
 
 @dataclass
 class SecurityResult:
+    """The security preflight: its findings and the level that fails the run."""
+
     findings: list[Finding] = field(default_factory=list)
     fail_on: str = "error"
     target_schemas: list[str] = field(default_factory=list)
@@ -100,6 +113,8 @@ class SecurityResult:
 
 @dataclass
 class InstallResult:
+    """The application's requirements installed before its env.py runs (`requirements`)."""
+
     requirements: str
     command: list[str] = field(default_factory=list)
     installed: list[str] = field(default_factory=list)
@@ -109,6 +124,8 @@ class InstallResult:
 
 @dataclass
 class HistoryEntry:
+    """One row of the deploy history: a revision applied, reverted, baselined or accepted."""
+
     revision: str
     kind: str  # upgrade | downgrade | baseline | accepted-edit
     checksum: str
@@ -123,6 +140,8 @@ class HistoryEntry:
 
 @dataclass
 class IntegrityReport:
+    """The history check: revisions compared with their recorded checksums, baselined, accepted."""
+
     checked: int = 0
     baselined: list[str] | None = None
     accepted: list[str] | None = None

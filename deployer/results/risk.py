@@ -88,6 +88,8 @@ class RiskFinding:
 
 @dataclass
 class RiskRevision:
+    """The risk review of one revision: its statements and what they were found to risk."""
+
     revision: str
     description: str = ""
     path: str = ""

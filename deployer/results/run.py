@@ -92,6 +92,8 @@ class Telemetry:
 
 @dataclass
 class PreflightResult:
+    """The connection check: where the run connected, as whom, to which server."""
+
     target: str  # host:port/database, never the password
     server_version: str = ""
     server_version_num: int = 0
@@ -104,6 +106,8 @@ class PreflightResult:
 
 @dataclass
 class Revision:
+    """A revision of the migrations folder."""
+
     revision: str
     description: str = ""
     down_revision: list[str] = field(default_factory=list)
@@ -112,6 +116,8 @@ class Revision:
 
 @dataclass
 class AppliedRevision:
+    """A revision the migrate step ran, and how long it took."""
+
     revision: str
     description: str
     seconds: float
@@ -170,6 +176,8 @@ class LockAttempt:
 
 @dataclass
 class MigrateResult:
+    """The migrate step: the revisions before and after, what was applied, and any failure."""
+
     script_location: str = ""
     target: str = "heads"
     previous: list[str] = field(default_factory=list)
@@ -209,6 +217,8 @@ class MigrateResult:
 
 @dataclass
 class TableDelta:
+    """Rows the seed inserted, updated and deleted in one table."""
+
     table: str
     inserted: int
     updated: int
@@ -217,6 +227,8 @@ class TableDelta:
 
 @dataclass
 class SeedResult:
+    """The seed step: the file run and what it changed."""
+
     path: str
     kind: str  # "python" or "sql"
     tables: list[TableDelta] = field(default_factory=list)
@@ -246,6 +258,8 @@ class SeedResult:
 
 @dataclass
 class StatusResult:
+    """The status step: the database's heads against the migrations' heads."""
+
     database_heads: list[str] = field(default_factory=list)
     script_heads: list[str] = field(default_factory=list)
     pending: list[Revision] = field(default_factory=list)
@@ -256,6 +270,8 @@ class StatusResult:
 
 @dataclass
 class TableCheck:
+    """The smoke's read of one table: its rows (exact, estimated or a lower bound) or its error."""
+
     schema: str
     name: str
     rows: int | None = None
@@ -271,6 +287,8 @@ class TableCheck:
 
 @dataclass
 class ExtensionCheck:
+    """An extension the smoke requires, and the version installed."""
+
     name: str
     required: str = ""  # minimum version asked, "" = any
     installed: str | None = None  # None = not installed
@@ -281,6 +299,8 @@ class ExtensionCheck:
 
 @dataclass
 class ExpectationCheck:
+    """A row count the smoke expects of a table (`smoke-expect`), and what it found."""
+
     table: str
     minimum: int
     counted: int | None = None  # at most `minimum` rows are counted
@@ -292,6 +312,8 @@ class ExpectationCheck:
 
 @dataclass
 class VectorIndex:
+    """A pgvector index the smoke looked at, with pgvector's guidance on its lists."""
+
     name: str
     table: str
     method: str  # ivfflat or hnsw
@@ -304,6 +326,8 @@ class VectorIndex:
 
 @dataclass
 class SmokeResult:
+    """The smoke step: every table read, the extensions and the expected row counts."""
+
     tables: list[TableCheck] = field(default_factory=list)
     extensions: list[ExtensionCheck] = field(default_factory=list)
     expectations: list[ExpectationCheck] = field(default_factory=list)

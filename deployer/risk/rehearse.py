@@ -21,6 +21,7 @@ catalog reads: the relation locks the session holds (`pg_locks`), each table's `
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 import sys
 import threading
@@ -76,11 +77,42 @@ MODES = (
     "ExclusiveLock",
     "AccessExclusiveLock",
 )
-_TXN_CONTROL = re.compile(
-    r"^\s*(BEGIN|START|COMMIT|END|ROLLBACK|ABORT|SAVEPOINT|RELEASE|PREPARE\s+TRANSACTION|"
-    r"SET\s+(LOCAL\s+|SESSION\s+)?TRANSACTION|SET\s+SESSION\s+CHARACTERISTICS)\b",
-    re.IGNORECASE,
-)
+_TXN_SETTINGS = {"TRANSACTION", "SESSION CHARACTERISTICS", "TRANSACTION SNAPSHOT"}
+
+
+@functools.lru_cache(maxsize=512)
+def _reading(statement: str) -> tuple[bool, frozenset[str]]:
+    """What PostgreSQL's parser (pglast) reads in `statement`: whether it is transaction
+    control (BEGIN, COMMIT, SAVEPOINT, SET TRANSACTION…) and the relations it names (as the
+    server reads them: unquoted names folded to lower case). A text the parser refuses is
+    neither (then it is measured as a statement of the revision's)."""
+    from pglast import ast, parse_sql
+    from pglast.visitors import Visitor
+
+    from deployer.risk.rules import placeholders_to_params
+
+    try:
+        statements = parse_sql(placeholders_to_params(statement))
+    except Exception:  # noqa: BLE001 - pglast's ParseError: not a statement it can read
+        return False, frozenset()
+    control = any(
+        isinstance(raw.stmt, ast.TransactionStmt)
+        or (
+            isinstance(raw.stmt, ast.VariableSetStmt)
+            and (raw.stmt.name or "").upper() in _TXN_SETTINGS
+        )
+        for raw in statements
+    )
+    names: set[str] = set()
+
+    class Relations(Visitor):
+        def visit_RangeVar(self, _ancestors: object, node: Any) -> None:
+            names.add(str(node.relname))
+
+    Relations()(statements)
+    return control, frozenset(names)
+
+
 _PASSWORD = re.compile(r"(?i)(\bpassword\s+)'(?:[^']|'')*'")
 
 
@@ -230,7 +262,7 @@ class Tracer:
 
     def __init__(self, database: str, version_table: str, redact: Callable[[str], str]) -> None:
         self.database = database
-        self.version = re.compile(rf"\b{re.escape(version_table)}\b", re.IGNORECASE)
+        self.version_table = version_table
         self.redact = redact
         self.revision = ""
         self.path = ""
@@ -246,7 +278,7 @@ class Tracer:
         return (
             bool(self.revision)
             and conn.engine.url.database == self.database
-            and not self.version.search(statement)
+            and self.version_table not in _reading(statement)[1]  # Alembic's own statements
         )
 
     def before(self, conn: sa.Connection, cursor: Any, statement: str, *_: Any) -> None:
@@ -264,7 +296,7 @@ class Tracer:
             return
         raw = conn.connection.dbapi_connection
         in_txn = _in_transaction(conn)
-        before = None if _TXN_CONTROL.match(statement) else _snapshot(raw)
+        before = None if _reading(statement)[0] else _snapshot(raw)
         self.pending[id(conn)] = _Pending(
             sql=statement,
             started=time.perf_counter(),

@@ -69,6 +69,8 @@ _OUTSIDE_TXN = {
 
 @dataclass(frozen=True)
 class SqlStatement:
+    """One statement of a SQL seed file, with the line it starts on."""
+
     line: int  # 1-based line of the file where the statement starts
     text: str
 

@@ -569,6 +569,32 @@ def test_a_harmless_alter_behind_an_open_transaction_is_a_contention_finding(
     assert finding.statement.startswith("ALTER TABLE orders ADD COLUMN note")
 
 
+def test_a_statement_is_the_revisions_by_what_the_parser_reads_not_by_its_words(
+    make_project: Callable[..., AlembicProject],
+    database: Database,
+    pg_server: EmbeddedServer,
+    holder: Callable[[str], None],
+) -> None:
+    """The rehearsal leaves Alembic's own statements on the version table out, as PostgreSQL's
+    parser reads them: a revision's ALTER whose comment names the version table is still the
+    revision's, measured, and its lock weighed against the live sessions."""
+    database.execute("CREATE TABLE orders (id int PRIMARY KEY)")
+    project = make_project()
+    project.add(
+        "w1",
+        'op.execute("-- unlike alembic_version, orders is ours\\n'
+        'ALTER TABLE orders ADD COLUMN note text")',
+    )
+    holder("SELECT * FROM orders")
+    result = _review(project, database, pg_server)
+    (entry,) = result.revisions
+    (statement,) = entry.statements
+    assert statement.sql.endswith("orders is ours ALTER TABLE orders ADD COLUMN note text")
+    assert [lock.mode for lock in statement.locks] == ["AccessExclusiveLock"]
+    (finding,) = result.findings
+    assert (finding.rule, finding.table) == ("lock-contention", "public.orders")
+
+
 def test_a_required_column_on_a_table_with_rows_is_high(
     make_project: Callable[..., AlembicProject],
     database: Database,
