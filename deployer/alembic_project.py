@@ -487,7 +487,7 @@ def check_target(context: MigrationContext, handed: sa.Connection | None, url: s
     conn = context.connection
     if context.as_sql or conn is None or conn is handed:
         return
-    from deployer.db import server_identity, sqlalchemy_url, url_identity
+    from deployer.db import driver_address, server_identity, sqlalchemy_url, url_identity
 
     target = sqlalchemy_url(url)
     went = conn.engine.url
@@ -496,11 +496,15 @@ def check_target(context: MigrationContext, handed: sa.Connection | None, url: s
     if went.get_backend_name() == "postgresql":
         wanted = target.database
         if wanted and went.database == wanted and _address(went) == _address(target):
-            actual = _connected_to(conn, went, handed)
-            if actual is None:
-                return  # the target's own URL (sqlalchemy.url, DATABASE_URL): nothing to ask
-            # The engine's `creator` or `connect_args` took its connection elsewhere.
-            went, redirected = actual, True
+            # The target's own URL (sqlalchemy.url, DATABASE_URL), unless the engine's
+            # `creator` or `connect_args` took its connection elsewhere. libpq's drivers say
+            # where it went; with another (asyncpg, pg8000) the server says which database.
+            if driver_address(conn) is not None:
+                actual = _connected_to(conn, went, handed)
+                if actual is None:
+                    return  # where the URL says: nothing to ask
+                went = actual
+            redirected = True
         theirs = server_identity(conn)
         # Ours: the session env.py was handed (the target's), else one opened for the question.
         ours = None
@@ -541,15 +545,15 @@ def check_target(context: MigrationContext, handed: sa.Connection | None, url: s
 def _connected_to(conn: sa.Connection, url: sa.URL, handed: sa.Connection | None) -> sa.URL | None:
     """Where the driver says `conn` is connected (libpq's host, address, port, database and
     user: psycopg 3 and psycopg2 tell), as a URL, when that is not where it should be; None
-    when it is, or when the driver cannot say. Compared with what the driver says of the
-    connection env.py was handed (the target's, with libpq's defaults applied alike), else
-    with `url` as written: a part it leaves to libpq's defaults (no host, no port) is then not
-    compared."""
+    when it is, or when the driver cannot say (`check_target` asks the server then). Compared
+    with what the driver says of the connection env.py was handed (the target's, with libpq's
+    defaults applied alike), else with `url` as written: a part it leaves to libpq's defaults
+    (no host, no port) is then not compared."""
     from deployer.db import driver_address
 
     where = driver_address(conn)
     if where is None:
-        return None  # another driver, a lost session: the URL is all there is
+        return None  # a lost session
     host, hostaddr, port, dbname, user = where
     reference = driver_address(handed) if handed is not None else None
     if reference is not None:
