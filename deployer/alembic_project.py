@@ -492,19 +492,19 @@ def check_target(context: MigrationContext, handed: sa.Connection | None, url: s
     target = sqlalchemy_url(url)
     went = conn.engine.url
     elsewhere = ""
-    redirected = False
+    redirected = unsaid = False
     if went.get_backend_name() == "postgresql":
         wanted = target.database
         if wanted and went.database == wanted and _address(went) == _address(target):
             # The target's own URL (sqlalchemy.url, DATABASE_URL), unless the engine's
             # `creator` or `connect_args` took its connection elsewhere. libpq's drivers say
             # where it went; with another (asyncpg, pg8000) the server says which database.
-            if driver_address(conn) is not None:
+            unsaid = redirected = driver_address(conn) is None
+            if not unsaid:
                 actual = _connected_to(conn, went, handed)
                 if actual is None:
                     return  # where the URL says: nothing to ask
-                went = actual
-            redirected = True
+                went, redirected = actual, True
         theirs = server_identity(conn)
         # Ours: the session env.py was handed (the target's), else one opened for the question.
         ours = None
@@ -516,29 +516,41 @@ def check_target(context: MigrationContext, handed: sa.Connection | None, url: s
                 return
         elif theirs == ours:
             return
-        elif went.database == wanted:
-            elsewhere = " (a database of the same name on another server)"
-        elif not went.database:
-            elsewhere = " (on another server)"
+        else:
+            if unsaid:  # the URL is not where it went: the database is the server's word
+                went = went.set(database=theirs[0])
+            if went.database == wanted:
+                elsewhere = " (a database of the same name on another server)"
+            elif not went.database or (unsaid and theirs[2] != ours[2]):
+                elsewhere = " (on another server)"
     from deployer.redact import redact
 
     shown = redact(went.render_as_string(hide_password=True))
     aimed = redact(target.set(drivername="postgresql").render_as_string(hide_password=True))
-    why = (
-        "Its engine is built from the target's URL, but the engine's `creator` or "
-        "`connect_args` connect it elsewhere: let the URL alone say where to connect"
-        if redirected
-        else "It used neither the connection db-deploy hands it "
+    raise StepFailed(
+        f"env.py connects to another database: {shown}{elsewhere}, not the target database "
+        f"{aimed}; nothing was run there. {_why_elsewhere(redirected, unsaid)}",
+        error_class="config",
+        obj=shown,
+    )
+
+
+def _why_elsewhere(redirected: bool, unsaid: bool) -> str:
+    """What `check_target`'s message says env.py probably did: redirected the engine built from
+    the target's URL (`unsaid`: on a driver that does not say where it connected), or used a
+    URL of its own."""
+    if redirected:
+        how = " (or its driver's own defaults do: it does not say where it went)" if unsaid else ""
+        return (
+            "Its engine is built from the target's URL, but the engine's `creator` or "
+            f"`connect_args` connect it elsewhere{how}: let the URL alone say where to connect"
+        )
+    return (
+        "It used neither the connection db-deploy hands it "
         "(config.attributes['connection']) nor sqlalchemy.url / DATABASE_URL: it probably reads "
         "its URL from a variable of its own that is not set here (and falls back to this one). "
         "Set that variable to the database URL in the step's env (e.g. MYAPP_DATABASE_URL: "
         "${{ secrets.DATABASE_URL }}), or make env.py use DATABASE_URL"
-    )
-    raise StepFailed(
-        f"env.py connects to another database: {shown}{elsewhere}, not the target database "
-        f"{aimed}; nothing was run there. {why}",
-        error_class="config",
-        obj=shown,
     )
 
 

@@ -776,7 +776,8 @@ def transaction_status(dbapi_connection: Any) -> int | None:
     """libpq's transaction status of a DBAPI connection, read from the driver (no round trip):
     IDLE outside any transaction block, INERROR in a failed one, None when the driver does not
     say. psycopg 3 and psycopg2 (`info.transaction_status`), SQLAlchemy's async adapter (its
-    driver's), asyncpg (`is_in_transaction`: IDLE, or 2 in a block)."""
+    driver's), asyncpg (`is_in_transaction`: IDLE, or 2 in a block), pg8000 (the status the
+    server last sent)."""
     status = getattr(getattr(dbapi_connection, "info", None), "transaction_status", None)
     if status is not None:
         return int(status)
@@ -784,7 +785,11 @@ def transaction_status(dbapi_connection: Any) -> int | None:
     if driver is not None and driver is not dbapi_connection:
         return transaction_status(driver)
     in_block = getattr(dbapi_connection, "is_in_transaction", None)  # asyncpg
-    return (2 if in_block() else IDLE) if callable(in_block) else None
+    if callable(in_block):
+        return 2 if in_block() else IDLE
+    # pg8000: the status byte of the server's last ReadyForQuery (I, T or E)
+    ready = getattr(dbapi_connection, "_transaction_status", None)
+    return {b"I": IDLE, b"T": 2, b"E": INERROR}.get(ready) if isinstance(ready, bytes) else None
 
 
 def _alone(raw: Any) -> bool:

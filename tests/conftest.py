@@ -68,6 +68,16 @@ def database(pg_server: EmbeddedServer, admin_engine: sa.Engine) -> Iterator[Dat
 
 
 @pytest.fixture
+def second_database(pg_server: EmbeddedServer, admin_engine: sa.Engine) -> Iterator[Database]:
+    """Another fresh database on the same server, dropped after the test."""
+    db = create_database(pg_server, admin_engine)
+    try:
+        yield db
+    finally:
+        drop_database(admin_engine, db)
+
+
+@pytest.fixture
 def database_url(database: Database) -> str:
     return database.url
 

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from tests.helpers import (
     AlembicProject,
@@ -467,26 +468,39 @@ def test_env_py_whose_engine_connects_elsewhere_than_its_url_is_stopped(
     assert "`creator` or `connect_args`" in error, error
 
 
+PG8000_REDIRECTIONS = {
+    # another server, its database of the same name
+    "other-server": (
+        'connect_args={"host": os.environ["OTHER_HOST"], "port": int(os.environ["OTHER_PORT"]),'
+        ' "user": os.environ["OTHER_USER"], "password": os.environ["OTHER_PASSWORD"]}'
+    ),
+    # the same, each statement committing at once (no transaction block to ask it in)
+    "other-server-autocommit": (
+        'connect_args={"host": os.environ["OTHER_HOST"], "port": int(os.environ["OTHER_PORT"]),'
+        ' "user": os.environ["OTHER_USER"], "password": os.environ["OTHER_PASSWORD"]},'
+        ' isolation_level="AUTOCOMMIT"'
+    ),
+}
+
+
 @pytest.mark.parametrize("handed", ["shared", "none"])
+@pytest.mark.parametrize("redirection", list(PG8000_REDIRECTIONS))
 def test_a_redirected_engine_whose_driver_cannot_say_where_it_went_is_stopped(
     github: GitHubRunner,
     run_cli: Callable[..., Run],
     database: Database,
     pg_cluster: PgCluster,
     same_name_elsewhere: None,
+    redirection: str,
     handed: str,
 ) -> None:
     """pg8000 (as asyncpg) does not report where its connection went, as libpq does: the engine
     built from the target's URL is then compared by the database the server says it is, not
-    trusted for its URL."""
+    trusted for its URL, and the message names that database."""
     pytest.importorskip("pg8000")
     project = write_alembic_project(github.workspace / "migrations")
-    env_py = REDIRECTED_ENV.replace("postgresql+psycopg", "postgresql+pg8000").format(
-        engine_kw='connect_args={"host": os.environ["OTHER_HOST"], '
-        '"port": int(os.environ["OTHER_PORT"]), "user": os.environ["OTHER_USER"], '
-        '"password": os.environ["OTHER_PASSWORD"]}'
-    )
-    (project.root / "env.py").write_text(env_py)
+    env_py = REDIRECTED_ENV.replace("postgresql+psycopg", "postgresql+pg8000")
+    (project.root / "env.py").write_text(env_py.format(engine_kw=PG8000_REDIRECTIONS[redirection]))
     project.add("0001_a", "op.create_table('a', sa.Column('id', sa.Integer))")
     github.output_file.write_text("")
     env = github.with_inputs(
@@ -500,7 +514,36 @@ def test_a_redirected_engine_whose_driver_cannot_say_where_it_went_is_stopped(
     )
     run = run_cli(env=env, cwd=github.workspace)
     error = stopped_elsewhere(run, github, database, pg_cluster)
-    assert "`creator` or `connect_args`" in error, error
+    assert "`creator` or `connect_args`" in error and "does not say where it went" in error
+
+
+def test_a_pg8000_engine_on_another_database_of_the_same_server_is_stopped(
+    github: GitHubRunner,
+    run_cli: Callable[..., Run],
+    database: Database,
+    second_database: Database,
+) -> None:
+    """The redirect stays on the target's server, to another database: the message names the
+    database the server says the connection is in, not the URL's."""
+    pytest.importorskip("pg8000")
+    other = second_database.name
+    project = write_alembic_project(github.workspace / "migrations")
+    env_py = REDIRECTED_ENV.replace("postgresql+psycopg", "postgresql+pg8000")
+    target = sa.make_url(database.url)  # a socket folder: pg8000 takes the socket's path
+    socket = f"{target.query['host']}/.s.PGSQL.{target.port or 5432}"
+    (project.root / "env.py").write_text(
+        env_py.format(engine_kw=f'connect_args={{"database": "{other}", "unix_sock": "{socket}"}}')
+    )
+    project.add("0001_a", "op.create_table('a', sa.Column('id', sa.Integer))")
+    github.output_file.write_text("")
+    env = github.with_inputs(**{"database-url": database.url, "migrations-path": "migrations"})
+    run = run_cli(env=env, cwd=github.workspace)
+    assert run.returncode == 1, run.output
+    error = github.outputs()["error"]
+    assert "env.py connects to another database: postgresql+pg8000:" in error, error
+    assert f"/{other}" in error and "another server" not in error, error
+    assert "nothing was run there" in error
+    assert database.tables() == set() and second_database.tables() == set()
 
 
 def test_a_version_table_the_deploy_role_may_not_read_is_said_in_one_line(

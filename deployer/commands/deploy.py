@@ -12,7 +12,6 @@ from deployer.commands.context import Context
 from deployer.commands.migrations import check_history, run_migrate
 from deployer.errors import StepFailed
 from deployer.results import MigrateResult, RunResult
-from deployer.steps.seed import seed
 from deployer.steps.status import check_single_head
 
 if TYPE_CHECKING:
@@ -124,6 +123,8 @@ def backup_before(ctx: Context, project: AlembicProject, facts: EnvFacts) -> Non
 
 
 def run_seed(ctx: Context, mig: sa.Connection) -> None:
+    from deployer.steps.seed import seed
+
     with ctx.step("seed"):
         ctx.result.seed = sd = seed(mig, ctx.settings.seed_file)
         if sd.error:

@@ -11,7 +11,6 @@ from deployer import db
 from deployer.commands.context import Context
 from deployer.errors import DeployError
 from deployer.redact import Redactor
-from deployer.results import RiskResult
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
@@ -46,6 +45,7 @@ def review(
     if not wanted(ctx):
         return
     from deployer import risk
+    from deployer.results import RiskResult
     from deployer.steps import drift as drift_step
     from deployer.steps.version_table import server_major
 

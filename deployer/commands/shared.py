@@ -14,7 +14,6 @@ from deployer.commands.options import smoke_options
 from deployer.errors import ConfigError, StepFailed
 from deployer.results import MigrateResult, PreflightResult, SmokeResult
 from deployer.steps.preflight import preflight as preflight_step
-from deployer.steps.seed import check_seed_file
 from deployer.steps.smoke import smoke as smoke_step
 from deployer.steps.status import status as status_step
 
@@ -242,6 +241,8 @@ def check_seed(ctx: Context) -> None:
             "to true if this is intended",
             step="seed",
         )
+    from deployer.steps.seed import check_seed_file
+
     check_seed_file(s.seed_file)
 
 

@@ -6,10 +6,12 @@ every target."""
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from deployer.render.tables import cell
-from deployer.results import FleetResult, RunResult, TargetResult
+
+if TYPE_CHECKING:
+    from deployer.results import FleetResult, RunResult, TargetResult
 
 ICON = {
     "success": "✅",
@@ -27,6 +29,10 @@ MAX_TEXT = 2900
 
 def of(r: RunResult) -> FleetResult | None:
     fleet = r.extra.get("fleet")
+    if fleet is None:
+        return None
+    from deployer.results import FleetResult
+
     return fleet if isinstance(fleet, FleetResult) else None
 
 

@@ -8,18 +8,21 @@ deployer/render/outputs.py merges `outputs(result)` (names and meanings in `OUTP
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 from deployer import interface
 from deployer.render.tables import SEVERITY_ICON, cell, details, fmt_bytes, rev, short, table
-from deployer.results import (
-    BackupResult,
-    Difference,
-    DriftResult,
-    MigrateResult,
-    RestoreResult,
-    RunResult,
-    SecurityResult,
-)
+
+if TYPE_CHECKING:
+    from deployer.results import (
+        BackupResult,
+        Difference,
+        DriftResult,
+        MigrateResult,
+        RestoreResult,
+        RunResult,
+        SecurityResult,
+    )
 
 MAX_ROWS = 200  # differences listed in the summary; the JSON report has them all
 MAX_DIFF = 60_000  # characters of the catalog diff in the summary

@@ -8,9 +8,12 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from deployer.render.tables import cell, details, fmt_bytes, short, table
-from deployer.results import RiskFinding, RiskResult, RiskRevision
+
+if TYPE_CHECKING:
+    from deployer.results import RiskFinding, RiskResult, RiskRevision
 
 LEVEL_ICON = {"none": "✅", "low": "🟢", "medium": "🟠", "high": "🔴"}
 ANNOTATION_LIMIT = 10  # the runner shows the first ten annotations of each kind per step

@@ -1,41 +1,31 @@
-"""Result records: what each step returns (`operations` for backup, restore, drift, security,
-install and the history; `run` for the deploy pipeline's steps) and the run's record, `RunResult`,
-that every renderer reads. Nothing here does I/O."""
+"""Result records: what each step returns (`run` for the deploy pipeline's steps, the security
+checks and the history among them; `operations` for backup, restore, drift and the requirements
+install; `risk` for the risk review; `fleet` for a fleet's targets) and the run's record,
+`RunResult`, that every renderer reads. Nothing here does I/O.
+
+The records of the operations modes, the risk review and the fleet are imported on first use
+(`from deployer.results import RiskResult` works as for the others): a deploy that does not
+need them does not create their classes at start-up."""
 
 from __future__ import annotations
 
-from deployer.results.fleet import FleetResult, TargetResult
-from deployer.results.operations import (
-    BackupResult,
-    Difference,
-    DriftResult,
-    Finding,
-    HistoryEntry,
-    InstallResult,
-    IntegrityReport,
-    RestoreResult,
-    SecurityResult,
-)
-from deployer.results.risk import (
-    LEVELS,
-    LockHeld,
-    RiskFinding,
-    RiskResult,
-    RiskRevision,
-    SessionInfo,
-    StatementTrace,
-    TableStats,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from deployer.results.run import (
     SCHEMA_VERSION,
     AppliedRevision,
     ExpectationCheck,
     ExtensionCheck,
     Failure,
+    Finding,
+    HistoryEntry,
+    IntegrityReport,
     MigrateResult,
     PreflightResult,
     Revision,
     RunResult,
+    SecurityResult,
     SeedResult,
     SmokeResult,
     StatusResult,
@@ -46,6 +36,57 @@ from deployer.results.run import (
     plain,
     utcnow,
 )
+
+if TYPE_CHECKING:
+    from deployer.results.fleet import FleetResult, TargetResult
+    from deployer.results.operations import (
+        BackupResult,
+        Difference,
+        DriftResult,
+        InstallResult,
+        RestoreResult,
+    )
+    from deployer.results.risk import (
+        LEVELS,
+        LockHeld,
+        RiskFinding,
+        RiskResult,
+        RiskRevision,
+        SessionInfo,
+        StatementTrace,
+        TableStats,
+    )
+
+_ON_FIRST_USE = {
+    **dict.fromkeys(("FleetResult", "TargetResult"), "fleet"),
+    **dict.fromkeys(
+        ("BackupResult", "Difference", "DriftResult", "InstallResult", "RestoreResult"),
+        "operations",
+    ),
+    **dict.fromkeys(
+        (
+            "LEVELS",
+            "LockHeld",
+            "RiskFinding",
+            "RiskResult",
+            "RiskRevision",
+            "SessionInfo",
+            "StatementTrace",
+            "TableStats",
+        ),
+        "risk",
+    ),
+}
+
+
+def __getattr__(name: str) -> Any:
+    """The operations modes', the risk review's and the fleet's records, imported on first use
+    (PEP 562)."""
+    module = _ON_FIRST_USE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+
 
 __all__ = [
     "LEVELS",

@@ -1,5 +1,5 @@
-"""The records of the operations modes and of the deploy history: what backup, restore, drift,
-the security checks, the requirements install and the history step return."""
+"""The records of the operations modes: what backup, restore and drift return, and the
+requirements install (imported on first use: see deployer/results/__init__.py)."""
 
 from __future__ import annotations
 
@@ -76,42 +76,6 @@ class DriftResult:
 
 
 @dataclass
-class Finding:
-    """One check of the security preflight and what it found."""
-
-    check: str
-    severity: str  # ok | info | warning | error
-    message: str
-    advice: str = ""
-
-
-@dataclass
-class SecurityResult:
-    """The security preflight: its findings and the level that fails the run."""
-
-    findings: list[Finding] = field(default_factory=list)
-    fail_on: str = "error"
-    target_schemas: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-
-    def count(self, severity: str) -> int:
-        return sum(1 for f in self.findings if f.severity == severity)
-
-    @property
-    def errors(self) -> int:
-        return self.count("error")
-
-    @property
-    def warnings(self) -> int:
-        return self.count("warning")
-
-    @property
-    def failing(self) -> list[Finding]:
-        levels = {"error"} if self.fail_on == "error" else {"error", "warning"}
-        return [f for f in self.findings if f.severity in levels]
-
-
-@dataclass
 class InstallResult:
     """The application's requirements installed before its env.py runs (`requirements`)."""
 
@@ -120,28 +84,3 @@ class InstallResult:
     installed: list[str] = field(default_factory=list)
     hashes: bool = False
     seconds: float = 0.0
-
-
-@dataclass
-class HistoryEntry:
-    """One row of the deploy history: a revision applied, reverted, baselined or accepted."""
-
-    revision: str
-    kind: str  # upgrade | downgrade | baseline | accepted-edit
-    checksum: str
-    applied_at: str
-    seconds: float | None
-    tool_version: str
-    actor: str
-    sha: str
-    run_url: str
-    code_checksum: str = ""  # of what the code does (deployer/checksums.py); "" on old rows
-
-
-@dataclass
-class IntegrityReport:
-    """The history check: revisions compared with their recorded checksums, baselined, accepted."""
-
-    checked: int = 0
-    baselined: list[str] | None = None
-    accepted: list[str] | None = None

@@ -1,22 +1,21 @@
-"""The deploy pipeline's step records, and the run's record that every renderer reads."""
+"""The deploy pipeline's step records (the security checks and the deploy history's among them),
+and the run's record that every renderer reads."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from deployer.results.operations import (
-    BackupResult,
-    DriftResult,
-    HistoryEntry,
-    InstallResult,
-    IntegrityReport,
-    RestoreResult,
-    SecurityResult,
-)
-from deployer.results.risk import RiskResult
+if TYPE_CHECKING:
+    from deployer.results.operations import (
+        BackupResult,
+        DriftResult,
+        InstallResult,
+        RestoreResult,
+    )
+    from deployer.results.risk import RiskResult
 
 SCHEMA_VERSION = 1
 
@@ -88,6 +87,67 @@ class Telemetry:
             environment=environment,
             tool_version=__version__,
         )
+
+
+@dataclass
+class Finding:
+    """One check of the security preflight and what it found."""
+
+    check: str
+    severity: str  # ok | info | warning | error
+    message: str
+    advice: str = ""
+
+
+@dataclass
+class SecurityResult:
+    """The security preflight: its findings and the level that fails the run."""
+
+    findings: list[Finding] = field(default_factory=list)
+    fail_on: str = "error"
+    target_schemas: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def count(self, severity: str) -> int:
+        return sum(1 for f in self.findings if f.severity == severity)
+
+    @property
+    def errors(self) -> int:
+        return self.count("error")
+
+    @property
+    def warnings(self) -> int:
+        return self.count("warning")
+
+    @property
+    def failing(self) -> list[Finding]:
+        levels = {"error"} if self.fail_on == "error" else {"error", "warning"}
+        return [f for f in self.findings if f.severity in levels]
+
+
+@dataclass
+class HistoryEntry:
+    """One row of the deploy history: a revision applied, reverted, baselined or accepted."""
+
+    revision: str
+    kind: str  # upgrade | downgrade | baseline | accepted-edit
+    checksum: str
+    applied_at: str
+    seconds: float | None
+    tool_version: str
+    actor: str
+    sha: str
+    run_url: str
+    code_checksum: str = ""  # of what the code does (deployer/checksums.py); "" on old rows
+
+
+@dataclass
+class IntegrityReport:
+    """The history check: revisions compared with their recorded checksums, baselined, accepted."""
+
+    checked: int = 0
+    baselined: list[str] | None = None
+    accepted: list[str] | None = None
 
 
 @dataclass

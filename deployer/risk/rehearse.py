@@ -80,12 +80,18 @@ MODES = (
 _TXN_SETTINGS = {"TRANSACTION", "SESSION CHARACTERISTICS", "TRANSACTION SNAPSHOT"}
 
 
-@functools.lru_cache(maxsize=512)
+_READ_MAX = 64 * 1024  # longer statements are data (a big INSERT), never either kind
+
+
+@functools.lru_cache(maxsize=64)
 def _reading(statement: str) -> tuple[bool, frozenset[str]]:
     """What PostgreSQL's parser (pglast) reads in `statement`: whether it is transaction
     control (BEGIN, COMMIT, SAVEPOINT, SET TRANSACTION…) and the relations it names (as the
-    server reads them: unquoted names folded to lower case). A text the parser refuses is
-    neither (then it is measured as a statement of the revision's)."""
+    server reads them: unquoted names folded to lower case). A text the parser refuses, or
+    one longer than any statement of either kind (Alembic's own are a line), is neither:
+    it is measured as a statement of the revision's."""
+    if len(statement) > _READ_MAX:
+        return False, frozenset()
     from pglast import ast, parse_sql
     from pglast.visitors import Visitor
 
