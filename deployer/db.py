@@ -820,16 +820,16 @@ def retry_alone(
 ) -> None:
     """Run `run` (one statement, outside a transaction, on DBAPI connection `raw`); while it
     fails on lock_timeout, retry it alone after the ladder's jittered wait, until the budget
-    is spent (then the error is raised, and the revision fails as a blocked one does). An
-    invalid index left by a failed `CREATE INDEX CONCURRENTLY` is dropped before the retry and
-    named in the attempt. `each_statement`: the statement climbs the ladder's rungs (its first
+    is spent (then the error is raised, and the revision fails as a blocked one does). The
+    invalid indexes a failed `CREATE INDEX CONCURRENTLY` or `REINDEX … CONCURRENTLY` left are
+    dropped before the retry and named in the attempt. `each_statement`: the statement climbs the ladder's rungs (its first
     try runs at the session's rung, with no extra round trip); otherwise it runs with the cap
     (lock-timeout), set before it and the rung set back after it."""
     ladder = retry.ladder
     cap = ladder.cap or 0.0
     timeout = retry.current if each_statement else cap
     scope = f"statement {_summary(statement)}"
-    built: tuple[str | None, str, str] | None = None  # the index it builds concurrently
+    built: Build | None = None  # the index it builds concurrently
     outer = retry._began  # the attempt this statement runs in (its time is its own)
     if not each_statement:
         _set(raw, cap)
@@ -840,13 +840,13 @@ def retry_alone(
             retry.blocker = None
             try:
                 if built and drop_first:
-                    dropped, drop_first = _drop_invalid_index(raw, *built), False
+                    dropped, drop_first = _drop_invalid_index(raw, built), False
                 run()
             except Exception as exc:
                 if not is_lock_timeout(exc):
                     raise
                 if not tried:  # parsed once, and only for a statement that timed out
-                    built = concurrent_index(statement)
+                    built = concurrent_build(statement)
                 drop_first = built is not None
                 retry.end(timed_out=True, timeout=timeout, scope=scope, dropped_index=dropped)
                 if retry.started is None:
@@ -855,7 +855,7 @@ def retry_alone(
                 if retry.wait() is None:
                     if built and drop_first:  # given up: leave no invalid index behind
                         with _suppress_db_errors():
-                            retry.attempts[-1].dropped_index = _drop_invalid_index(raw, *built)
+                            retry.attempts[-1].dropped_index = _drop_invalid_index(raw, built)
                     raise
                 tried = True
                 if each_statement:
@@ -897,11 +897,18 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def concurrent_index(statement: str) -> tuple[str | None, str, str] | None:
-    """`(schema or None, table, index)` of a `CREATE INDEX CONCURRENTLY name ON table`
-    statement, read by PostgreSQL's own parser (pglast: comments, quoting and case as the
-    server reads them); None for any other statement, an index without a name (the server
-    picks one) or a statement the parser refuses."""
+# What a concurrent index build leaves when it fails: (kind, schema, relation, index).
+# "create": CREATE INDEX CONCURRENTLY `index` ON `relation`, which leaves `index` invalid;
+# "reindex": REINDEX INDEX|TABLE CONCURRENTLY `relation` (an index, or a table with `index`
+# None), which leaves invalid copies named `…_ccnew` (or the old index as `…_ccold`).
+Build = tuple[str, str | None, str, str | None]
+
+
+def concurrent_build(statement: str) -> Build | None:
+    """The concurrent index build in `statement`, read by PostgreSQL's own parser (pglast:
+    comments, quoting and case as the server reads them): a `CREATE INDEX CONCURRENTLY` with a
+    name, or a `REINDEX INDEX|TABLE CONCURRENTLY`; None for any other statement, an index
+    without a name (the server picks one) or a statement the parser refuses."""
     from pglast import ast, parse_sql
 
     try:
@@ -911,43 +918,85 @@ def concurrent_index(statement: str) -> tuple[str | None, str, str] | None:
     if len(statements) != 1:
         return None
     node = statements[0].stmt
-    if not isinstance(node, ast.IndexStmt) or not node.concurrent or not node.idxname:
+    relation = getattr(node, "relation", None)
+    if relation is None or not relation.relname:
         return None
-    table = node.relation
-    if table is None or not table.relname:
-        return None
-    return table.schemaname or None, str(table.relname), str(node.idxname)
+    schema, name = relation.schemaname or None, str(relation.relname)
+    if isinstance(node, ast.IndexStmt):
+        return (
+            ("create", schema, name, str(node.idxname))
+            if node.concurrent and node.idxname
+            else None
+        )
+    if isinstance(node, ast.ReindexStmt) and _concurrently(node.params):
+        kind = int(node.kind)  # type: ignore[arg-type]
+        if kind in (0, 1):  # REINDEX_OBJECT_INDEX, REINDEX_OBJECT_TABLE
+            return ("reindex", schema, name, name if kind == 0 else None)
+    return None
 
 
-def _drop_invalid_index(raw: Any, schema: str | None, table: str, name: str) -> str:
-    """After `CREATE INDEX CONCURRENTLY name ON [schema.]table` failed: the invalid index
-    `name` it left on the table, dropped (`DROP INDEX CONCURRENTLY`, which takes no lock the
-    application queues behind); returns its schema-qualified name, or "" when there is none.
-    A drop that hits lock_timeout raises (the attempt timed out: the drop is tried again
-    before the next one); another failure leaves the index (the retry then fails as the
-    statement would)."""
+def _concurrently(params: Any) -> bool:
+    """Whether REINDEX's options ask for CONCURRENTLY (`CONCURRENTLY`, or `(CONCURRENTLY
+    true)`; not `(CONCURRENTLY false)`)."""
+    for option in params or ():
+        if getattr(option, "defname", "") == "concurrently":
+            arg = getattr(option, "arg", None)
+            value = getattr(arg, "sval", None) or getattr(arg, "boolval", None)
+            return arg is None or str(value).lower() not in {"false", "off", "0"}
+    return False
+
+
+_LEFTOVERS = {
+    # the index the statement names, invalid, on its table
+    "create": "i.indrelid = to_regclass({relation}) AND c.relname = {index}",
+    # copies of the index (or of the table's indexes and its TOAST table's), by the names
+    # REINDEX CONCURRENTLY gives them
+    "reindex": (
+        "i.indrelid IN (SELECT t.oid FROM pg_class t WHERE t.oid = {table} "
+        "UNION ALL SELECT t.reltoastrelid FROM pg_class t WHERE t.oid = {table}) "
+        "AND c.relname ~ '_cc(new|old)[0-9]*$' AND left(c.relname, {prefix}) = {start}"
+    ),
+}
+
+
+def _drop_invalid_index(raw: Any, build: Build) -> str:
+    """After a concurrent index build failed: the invalid indexes it left (`Build`), dropped
+    (`DROP INDEX CONCURRENTLY`, which takes no lock the application queues behind); returns
+    their schema-qualified names, or "" when there are none. A drop that hits lock_timeout
+    raises (the attempt timed out: the drop is tried again before the next one); another
+    failure leaves the index (the retry then fails as the statement would)."""
+    kind, schema, name, index = build
     relation = (
-        f"format('%I.%I', {_literal(schema)}, {_literal(table)})"
+        f"format('%I.%I', {_literal(schema)}, {_literal(name)})"
         if schema
-        else f"format('%I', {_literal(table)})"
+        else f"format('%I', {_literal(name)})"
     )
+    if kind == "create":
+        where = _LEFTOVERS[kind].format(relation=relation, index=_literal(str(index)))
+    else:
+        table = (
+            f"(SELECT indrelid FROM pg_index WHERE indexrelid = to_regclass({relation}))"
+            if index
+            else f"to_regclass({relation})"
+        )
+        start = (index or "")[:40]  # PostgreSQL shortens a long name before its suffix
+        where = _LEFTOVERS[kind].format(table=table, prefix=len(start), start=_literal(start))
+    dropped: list[str] = []
     cursor = raw.cursor()
     try:
         cursor.execute(
             "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_index i "
             "JOIN pg_class c ON c.oid = i.indexrelid "
             "JOIN pg_namespace n ON n.oid = c.relnamespace "
-            f"WHERE NOT i.indisvalid AND c.relname = {_literal(name)} "
-            f"AND i.indrelid = to_regclass({relation})"
+            f"WHERE NOT i.indisvalid AND {where} ORDER BY c.oid"
         )
-        row = cursor.fetchone()
-        if row is None:
-            return ""
-        cursor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {row[0]}")
-        return str(row[0])
+        for (qualified,) in cursor.fetchall():
+            cursor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {qualified}")
+            dropped.append(str(qualified))
     except Exception as exc:
         if is_lock_timeout(exc):
             raise
-        return ""  # best effort: the retry reports what remains
+        # best effort: the retry reports what remains
     finally:
         cursor.close()
+    return ", ".join(dropped)

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
+
+import pytest
 
 from deployer.redact import Redactor, redact_record
 from deployer.results import (
@@ -112,3 +116,33 @@ def test_each_section_renders_its_own_record() -> None:
     )
     assert "Dry run: `b.dump` verified, nothing restored." in rows
     assert "`t19` and 5 more" in rows
+
+
+def test_a_deploy_does_not_create_the_records_it_does_not_use() -> None:
+    """What a deploy imports on its way (the entry point, the command, the renderers) leaves the
+    records of the operations modes, the risk review and the fleet unimported, and the seed
+    step; they come on first use, by the same names."""
+    code = """
+import sys
+from deployer import cli, publish
+from deployer.commands import preload
+from deployer.render import json_report, markdown, outputs, slack, terminal
+preload("deploy")
+print(" ".join(sorted(m for m in sys.modules if m.startswith("deployer."))))
+"""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = set(run.stdout.split())
+    assert {"deployer.commands.deploy", "deployer.results.run", "deployer.steps.migrate"} <= loaded
+    lazy = {"deployer.results.operations", "deployer.results.risk", "deployer.results.fleet"}
+    assert not loaded & (lazy | {"deployer.steps.seed"})
+    from deployer.results import BackupResult, FleetResult, RiskResult
+
+    assert (BackupResult.__module__, FleetResult.__module__, RiskResult.__module__) == (
+        "deployer.results.operations",
+        "deployer.results.fleet",
+        "deployer.results.risk",
+    )
+    with pytest.raises(AttributeError, match="NoSuchRecord"):
+        import deployer.results
+
+        deployer.results.NoSuchRecord  # noqa: B018

@@ -7,13 +7,14 @@ deployer/render/operations.py.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from deployer.errors import EXIT_BAD_INPUT
 from deployer.render import fleet, operations, risk
 from deployer.render.tables import ICON, cell, details, fmt_bytes, mark, row_count, table
 from deployer.results import (
     Failure,
     HistoryEntry,
-    InstallResult,
     IntegrityReport,
     MigrateResult,
     PreflightResult,
@@ -23,6 +24,9 @@ from deployer.results import (
     StatusResult,
     VectorIndex,
 )
+
+if TYPE_CHECKING:
+    from deployer.results import InstallResult
 
 
 def render(r: RunResult) -> str:

@@ -231,7 +231,7 @@ class LockAttempt:
     blocker_application: str = ""
     blocker_query_age: float | None = None  # seconds since the blocker's transaction began
     wait: float = 0.0  # the jittered wait after it, before the next attempt
-    dropped_index: str = ""  # an invalid index a failed concurrent build left, dropped
+    dropped_index: str = ""  # the invalid indexes a failed concurrent build left, dropped
 
 
 @dataclass
