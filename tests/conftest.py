@@ -57,24 +57,24 @@ def admin_engine(pg_server: EmbeddedServer) -> Iterator[sa.Engine]:
     engine.dispose()
 
 
-@pytest.fixture
-def database(pg_server: EmbeddedServer, admin_engine: sa.Engine) -> Iterator[Database]:
-    """A fresh, empty database on the embedded server, dropped after the test."""
+def _fresh_database(pg_server: EmbeddedServer, admin_engine: sa.Engine) -> Iterator[Database]:
     db = create_database(pg_server, admin_engine)
     try:
         yield db
     finally:
         drop_database(admin_engine, db)
+
+
+@pytest.fixture
+def database(pg_server: EmbeddedServer, admin_engine: sa.Engine) -> Iterator[Database]:
+    """A fresh, empty database on the embedded server, dropped after the test."""
+    yield from _fresh_database(pg_server, admin_engine)
 
 
 @pytest.fixture
 def second_database(pg_server: EmbeddedServer, admin_engine: sa.Engine) -> Iterator[Database]:
     """Another fresh database on the same server, dropped after the test."""
-    db = create_database(pg_server, admin_engine)
-    try:
-        yield db
-    finally:
-        drop_database(admin_engine, db)
+    yield from _fresh_database(pg_server, admin_engine)
 
 
 @pytest.fixture

@@ -425,13 +425,50 @@ with engine.connect() as connection:
         context.run_migrations()
 """
 
+CONNECT_ARGS = (
+    'connect_args={"host": os.environ["OTHER_HOST"], "port": int(os.environ["OTHER_PORT"]),'
+    ' "user": os.environ["OTHER_USER"], "password": os.environ["OTHER_PASSWORD"]}'
+)
+# name: (the driver, the engine's arguments that send it to the other server)
 REDIRECTIONS = {
-    "connect-args": (
-        'connect_args={"host": os.environ["OTHER_HOST"], "port": int(os.environ["OTHER_PORT"]),'
-        ' "user": os.environ["OTHER_USER"], "password": os.environ["OTHER_PASSWORD"]}'
-    ),
-    "creator": 'creator=lambda: psycopg.connect(os.environ["OTHER_DSN"])',
+    "connect-args": ("psycopg", CONNECT_ARGS),
+    "creator": ("psycopg", 'creator=lambda: psycopg.connect(os.environ["OTHER_DSN"])'),
+    # pg8000 (as asyncpg) does not say where it connected, as libpq does
+    "pg8000": ("pg8000", CONNECT_ARGS),
+    # the same, each statement committing at once (no transaction block to ask it in)
+    "pg8000-autocommit": ("pg8000", CONNECT_ARGS + ', isolation_level="AUTOCOMMIT"'),
 }
+
+
+def redirected_run(
+    github: GitHubRunner,
+    run_cli: Callable[..., Run],
+    database: Database,
+    pg_cluster: PgCluster,
+    driver: str,
+    engine_kw: str,
+    handed: str,
+) -> str:
+    """Deploy with an env.py whose engine, built from the target's URL on `driver`, is sent to
+    the same-name database on the other server by `engine_kw`; assert it was stopped there
+    before anything was written (`stopped_elsewhere`); returns the error."""
+    project = write_alembic_project(github.workspace / "migrations")
+    env_py = REDIRECTED_ENV.replace("postgresql+psycopg", f"postgresql+{driver}")
+    (project.root / "env.py").write_text(env_py.format(engine_kw=engine_kw))
+    project.add("0001_a", "op.create_table('a', sa.Column('id', sa.Integer))")
+    github.output_file.write_text("")
+    env = github.with_inputs(
+        **{"database-url": database.url, "migrations-path": "migrations", "env-connection": handed}
+    )
+    env.update(
+        # libpq takes the socket folder; pg8000 speaks TCP only, to the same server
+        OTHER_HOST=str(pg_cluster.sockets) if driver == "psycopg" else pg_cluster.host,
+        OTHER_PORT=str(pg_cluster.port),
+        OTHER_USER=SPECIAL_ROLE,
+        OTHER_PASSWORD=SPECIAL_PASSWORD,
+        OTHER_DSN=pg_cluster.url(database.name),
+    )
+    return stopped_elsewhere(run_cli(env=env, cwd=github.workspace), github, database, pg_cluster)
 
 
 @pytest.mark.parametrize("handed", ["shared", "none"])
@@ -447,74 +484,17 @@ def test_env_py_whose_engine_connects_elsewhere_than_its_url_is_stopped(
 ) -> None:
     """The URL is the target's, so it cannot tell: the driver says where the connection went,
     compared with what it says of the connection env.py was handed, or without one (`none`)
-    with the URL as written."""
-    project = write_alembic_project(github.workspace / "migrations")
-    (project.root / "env.py").write_text(REDIRECTED_ENV.format(engine_kw=REDIRECTIONS[redirection]))
-    project.add("0001_a", "op.create_table('a', sa.Column('id', sa.Integer))")
-    github.output_file.write_text("")
-    env = github.with_inputs(
-        **{"database-url": database.url, "migrations-path": "migrations", "env-connection": handed}
-    )
-    env.update(
-        OTHER_HOST=str(pg_cluster.sockets),
-        OTHER_PORT=str(pg_cluster.port),
-        OTHER_USER=SPECIAL_ROLE,
-        OTHER_PASSWORD=SPECIAL_PASSWORD,
-        OTHER_DSN=pg_cluster.url(database.name),
-    )
-    run = run_cli(env=env, cwd=github.workspace)
-    error = stopped_elsewhere(run, github, database, pg_cluster)
-    assert f"port={pg_cluster.port}" in error or f":{pg_cluster.port}/" in error, error
+    with the URL as written. A driver that does not say (pg8000, asyncpg): the database the
+    server says it is decides, not the URL."""
+    driver, engine_kw = REDIRECTIONS[redirection]
+    if driver != "psycopg":
+        pytest.importorskip(driver)
+    error = redirected_run(github, run_cli, database, pg_cluster, driver, engine_kw, handed)
     assert "`creator` or `connect_args`" in error, error
-
-
-PG8000_REDIRECTIONS = {
-    # another server, its database of the same name
-    "other-server": (
-        'connect_args={"host": os.environ["OTHER_HOST"], "port": int(os.environ["OTHER_PORT"]),'
-        ' "user": os.environ["OTHER_USER"], "password": os.environ["OTHER_PASSWORD"]}'
-    ),
-    # the same, each statement committing at once (no transaction block to ask it in)
-    "other-server-autocommit": (
-        'connect_args={"host": os.environ["OTHER_HOST"], "port": int(os.environ["OTHER_PORT"]),'
-        ' "user": os.environ["OTHER_USER"], "password": os.environ["OTHER_PASSWORD"]},'
-        ' isolation_level="AUTOCOMMIT"'
-    ),
-}
-
-
-@pytest.mark.parametrize("handed", ["shared", "none"])
-@pytest.mark.parametrize("redirection", list(PG8000_REDIRECTIONS))
-def test_a_redirected_engine_whose_driver_cannot_say_where_it_went_is_stopped(
-    github: GitHubRunner,
-    run_cli: Callable[..., Run],
-    database: Database,
-    pg_cluster: PgCluster,
-    same_name_elsewhere: None,
-    redirection: str,
-    handed: str,
-) -> None:
-    """pg8000 (as asyncpg) does not report where its connection went, as libpq does: the engine
-    built from the target's URL is then compared by the database the server says it is, not
-    trusted for its URL, and the message names that database."""
-    pytest.importorskip("pg8000")
-    project = write_alembic_project(github.workspace / "migrations")
-    env_py = REDIRECTED_ENV.replace("postgresql+psycopg", "postgresql+pg8000")
-    (project.root / "env.py").write_text(env_py.format(engine_kw=PG8000_REDIRECTIONS[redirection]))
-    project.add("0001_a", "op.create_table('a', sa.Column('id', sa.Integer))")
-    github.output_file.write_text("")
-    env = github.with_inputs(
-        **{"database-url": database.url, "migrations-path": "migrations", "env-connection": handed}
-    )
-    env.update(
-        OTHER_HOST=pg_cluster.host,
-        OTHER_PORT=str(pg_cluster.port),
-        OTHER_USER=SPECIAL_ROLE,
-        OTHER_PASSWORD=SPECIAL_PASSWORD,
-    )
-    run = run_cli(env=env, cwd=github.workspace)
-    error = stopped_elsewhere(run, github, database, pg_cluster)
-    assert "`creator` or `connect_args`" in error and "does not say where it went" in error
+    if driver == "psycopg":  # where it went, as the driver says
+        assert f"port={pg_cluster.port}" in error or f":{pg_cluster.port}/" in error, error
+    else:
+        assert "does not say where it went" in error, error
 
 
 def test_a_pg8000_engine_on_another_database_of_the_same_server_is_stopped(
