@@ -935,28 +935,52 @@ def concurrent_build(statement: str) -> Build | None:
     return None
 
 
+_FALSE = {"false", "f", "fa", "fal", "fals", "no", "n", "off", "of", "0"}  # PostgreSQL's parse_bool
+
+
 def _concurrently(params: Any) -> bool:
-    """Whether REINDEX's options ask for CONCURRENTLY (`CONCURRENTLY`, or `(CONCURRENTLY
-    true)`; not `(CONCURRENTLY false)`)."""
+    """Whether REINDEX's options ask for CONCURRENTLY, as the server reads them: the last
+    `concurrently` option counts (`CONCURRENTLY`, `(CONCURRENTLY)`, `(CONCURRENTLY on)` ask for
+    it; `(CONCURRENTLY false)`, `(CONCURRENTLY 0)` do not)."""
+    wanted = False
     for option in params or ():
-        if getattr(option, "defname", "") == "concurrently":
-            arg = getattr(option, "arg", None)
-            value = getattr(arg, "sval", None) or getattr(arg, "boolval", None)
-            return arg is None or str(value).lower() not in {"false", "off", "0"}
-    return False
+        if getattr(option, "defname", "") != "concurrently":
+            continue
+        arg = getattr(option, "arg", None)
+        if arg is None:
+            wanted = True
+        elif getattr(arg, "ival", None) is not None:
+            wanted = int(arg.ival) != 0
+        else:
+            wanted = str(getattr(arg, "sval", getattr(arg, "boolval", ""))).lower() not in _FALSE
+    return wanted
 
 
-_LEFTOVERS = {
-    # the index the statement names, invalid, on its table
-    "create": "i.indrelid = to_regclass({relation}) AND c.relname = {index}",
-    # copies of the index (or of the table's indexes and its TOAST table's), by the names
-    # REINDEX CONCURRENTLY gives them
-    "reindex": (
-        "i.indrelid IN (SELECT t.oid FROM pg_class t WHERE t.oid = {table} "
-        "UNION ALL SELECT t.reltoastrelid FROM pg_class t WHERE t.oid = {table}) "
-        "AND c.relname ~ '_cc(new|old)[0-9]*$' AND left(c.relname, {prefix}) = {start}"
-    ),
-}
+# The indexes on the tables a concurrent build worked on: (name, schema-qualified name, valid,
+# whether the statement named it or a partition of it).
+_CREATED = """
+SELECT c.relname, format('%I.%I', n.nspname, c.relname), i.indisvalid, true
+FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE i.indrelid = to_regclass({relation}) AND c.relname = {index}
+"""
+# REINDEX CONCURRENTLY works on the relation named, on every partition of a partitioned one and,
+# for a table, on its TOAST table (partitions' too).
+_REINDEXED = """
+WITH named AS (
+    SELECT to_regclass({relation}) AS oid UNION SELECT relid FROM pg_partition_tree({relation})
+), heaps AS (
+    SELECT coalesce(i.indrelid, c.oid) AS oid
+    FROM named JOIN pg_class c ON c.oid = named.oid LEFT JOIN pg_index i ON i.indexrelid = c.oid
+), tables AS (
+    SELECT oid FROM heaps
+    UNION SELECT reltoastrelid FROM pg_class WHERE oid IN (SELECT oid FROM heaps) AND reltoastrelid <> 0
+)
+SELECT c.relname, format('%I.%I', n.nspname, c.relname), i.indisvalid, c.oid IN (SELECT oid FROM named)
+FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE i.indrelid IN (SELECT oid FROM tables)
+"""
 
 
 def _drop_invalid_index(raw: Any, build: Build) -> str:
@@ -971,26 +995,19 @@ def _drop_invalid_index(raw: Any, build: Build) -> str:
         if schema
         else f"format('%I', {_literal(name)})"
     )
-    if kind == "create":
-        where = _LEFTOVERS[kind].format(relation=relation, index=_literal(str(index)))
-    else:
-        table = (
-            f"(SELECT indrelid FROM pg_index WHERE indexrelid = to_regclass({relation}))"
-            if index
-            else f"to_regclass({relation})"
-        )
-        start = (index or "")[:40]  # PostgreSQL shortens a long name before its suffix
-        where = _LEFTOVERS[kind].format(table=table, prefix=len(start), start=_literal(start))
     dropped: list[str] = []
     cursor = raw.cursor()
     try:
-        cursor.execute(
-            "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_index i "
-            "JOIN pg_class c ON c.oid = i.indexrelid "
-            "JOIN pg_namespace n ON n.oid = c.relnamespace "
-            f"WHERE NOT i.indisvalid AND {where} ORDER BY c.oid"
-        )
-        for (qualified,) in cursor.fetchall():
+        if kind == "create":
+            cursor.execute(_CREATED.format(relation=relation, index=_literal(str(index))))
+            leftovers = [row[1] for row in cursor.fetchall() if not row[2]]
+        else:
+            cursor.execute(_REINDEXED.format(relation=relation))
+            rows = cursor.fetchall()
+            # REINDEX INDEX: copies of the index named (its partitions'); TABLE: of any index
+            originals = {str(r[0]) for r in rows if r[3] or not index}
+            leftovers = [r[1] for r in rows if not r[2] and _copy_of(str(r[0]), originals)]
+        for qualified in leftovers:
             cursor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {qualified}")
             dropped.append(str(qualified))
     except Exception as exc:
@@ -1000,3 +1017,19 @@ def _drop_invalid_index(raw: Any, build: Build) -> str:
     finally:
         cursor.close()
     return ", ".join(dropped)
+
+
+NAME_BYTES = 63  # NAMEDATALEN - 1
+
+
+def _copy_of(name: str, originals: set[str]) -> bool:
+    """Whether `name` is what REINDEX CONCURRENTLY calls a copy of one of `originals`: the
+    original's name (cut to fit PostgreSQL's 63 bytes when long), `_ccnew` or `_ccold`, and a
+    number when the name was taken."""
+    base, cc, label = name.rpartition("_cc")
+    if not cc or label[:3] not in ("new", "old") or not (label[3:].isdigit() or label == label[:3]):
+        return False
+    if base in originals:
+        return True
+    cut = len(name.encode()) >= NAME_BYTES - 3  # a multibyte character may leave up to 3 unused
+    return cut and any(o.startswith(base) and len(o) > len(base) for o in originals)

@@ -450,8 +450,9 @@ def redirected_run(
     handed: str,
 ) -> str:
     """Deploy with an env.py whose engine, built from the target's URL on `driver`, is sent to
-    the same-name database on the other server by `engine_kw`; assert it was stopped there
-    before anything was written (`stopped_elsewhere`); returns the error."""
+    the same-name database on the other server (the `same_name_elsewhere` fixture must have
+    made it) by `engine_kw`; assert it was stopped there before anything was written
+    (`stopped_elsewhere`); returns the error."""
     project = write_alembic_project(github.workspace / "migrations")
     env_py = REDIRECTED_ENV.replace("postgresql+psycopg", f"postgresql+{driver}")
     (project.root / "env.py").write_text(env_py.format(engine_kw=engine_kw))
@@ -493,6 +494,7 @@ def test_env_py_whose_engine_connects_elsewhere_than_its_url_is_stopped(
     assert "`creator` or `connect_args`" in error, error
     if driver == "psycopg":  # where it went, as the driver says
         assert f"port={pg_cluster.port}" in error or f":{pg_cluster.port}/" in error, error
+        assert "does not say where it went" not in error, error
     else:
         assert "does not say where it went" in error, error
 

@@ -432,8 +432,15 @@ def test_a_retried_upgrade_runs_each_revision_once(
 # --------------------------------------------------------------------------- outside a transaction
 
 INDEX_A_ID = "op.create_index('ix_a_id', 'a', ['id'])"
+PARTITIONED = (
+    "op.execute('CREATE TABLE p (id int) PARTITION BY RANGE (id)')\n"
+    "op.execute('CREATE TABLE p1 PARTITION OF p FOR VALUES FROM (0) TO (100)')\n"
+    "op.execute('CREATE INDEX ix_p_id ON p (id)')"
+)
+TEXT_COLUMN = "op.add_column('a', sa.Column('note', sa.Text()))"  # a TOAST table for a
 
-# spelling: (what 0001 also creates, the statement, the index it builds, what a retry drops)
+# spelling: (what 0001 also creates, the statement, the index it builds, what a retry drops in
+# public; for a whole table with a TOAST table, its copy of the TOAST index too)
 CONCURRENT_BUILDS = {
     "plain": ("", "CREATE INDEX CONCURRENTLY ix_a_id ON a (id)", "ix_a_id", ["public.ix_a_id"]),
     # what the parser reads, not the text's first word: a comment before it, other spellings
@@ -458,12 +465,21 @@ CONCURRENT_BUILDS = {
         ["public.ix_a_id_ccnew"],
     ),
     "reindex-table": (
-        INDEX_A_ID,
-        "reindex (verbose) table concurrently public.a",
+        f"{INDEX_A_ID}\n{TEXT_COLUMN}",
+        "reindex (verbose, concurrently false) table concurrently public.a",  # the last counts
         "ix_a_id",
         ["public.a_pkey_ccnew", "public.ix_a_id_ccnew"],
     ),
+    # the copies are the partitions' indexes'
+    "reindex-partitioned": (
+        PARTITIONED,
+        "REINDEX TABLE CONCURRENTLY p",
+        "ix_p_id",
+        ["public.p1_id_idx_ccnew"],
+    ),
 }
+# An invalid index the statement did not leave (a build that failed before, elsewhere): kept.
+BYSTANDER = "ix_a_id_x_ccnew"
 
 
 @pytest.mark.parametrize("spelling", list(CONCURRENT_BUILDS))
@@ -478,16 +494,21 @@ def test_a_failed_concurrent_index_build_is_dropped_before_its_retry(
     """CREATE INDEX CONCURRENTLY (and REINDEX … CONCURRENTLY) waits for every older snapshot:
     an application's long REPEATABLE READ transaction makes it fail on lock_timeout
     (lock-timeout, the cap: its lock does not queue the application's queries), leaving an
-    invalid index (REINDEX: invalid copies). The statement is retried alone; what it left is
-    dropped before each retry and named; when the budget is spent, nothing invalid is left
-    behind. Once the blocker is gone the index builds. The statement is read by PostgreSQL's
-    parser: a leading comment, lower case, a quoted name, all the same."""
+    invalid index (REINDEX: invalid copies, on the partitions of a partitioned table, and of
+    the TOAST table's index). The statement is retried alone; what it left is dropped before
+    each retry and named; when the budget is spent, nothing it left is left behind, and an
+    invalid index it did not leave is kept. Once the blocker is gone the index builds. The
+    statement is read by PostgreSQL's parser: a leading comment, lower case, a quoted name, all
+    the same."""
     setup, statement, name, dropped = CONCURRENT_BUILDS[spelling]
     project.add(
         "0001_a",
         "\n".join([TABLE_A, "op.create_table('other', sa.Column('id', sa.Integer))", setup]),
     )
     assert deploy(project).returncode == 0
+    autocommit = database.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+    with autocommit as conn, pytest.raises(sa.exc.IntegrityError):  # duplicates: left invalid
+        conn.execute(sa.text(f"CREATE UNIQUE INDEX CONCURRENTLY {BYSTANDER} ON a ((id % 2))"))
     project.add(
         "0002_index",
         f"with op.get_context().autocommit_block():\n    op.execute({statement!r})",
@@ -500,14 +521,17 @@ def test_a_failed_concurrent_index_build_is_dropped_before_its_retry(
     alone = [t for t in tries if t["scope"].startswith("statement ")]
     assert len(alone) >= 2 and all(t["timed_out"] for t in alone)
     assert {t["lock_timeout"] for t in alone} == {0.3}  # the cap, not the ladder's rungs
-    for t in alone[1:]:  # the TOAST table's index copy too, for a whole table
-        assert [d for d in t["dropped_index"].split(", ") if d.startswith("public.")] == dropped
-    invalid = "SELECT count(*) FROM pg_index WHERE NOT indisvalid"
-    assert database.scalar(invalid) == 0
+    for t in alone[1:]:
+        names = t["dropped_index"].split(", ")
+        assert [d for d in names if d.startswith("public.")] == dropped
+        toast = [d for d in names if d.startswith("pg_toast.")]
+        assert len(toast) == (TEXT_COLUMN in setup), names
+    invalid = "SELECT relname FROM pg_index JOIN pg_class ON oid = indexrelid WHERE NOT indisvalid"
+    assert [r[0] for r in database.rows(invalid)] == [BYSTANDER]
     assert dropped[0] in github.summary()
     blocker.execute(sa.text("ROLLBACK"))
     assert deploy(project).returncode == 0
-    assert database.scalar(invalid) == 0
+    assert [r[0] for r in database.rows(invalid)] == [BYSTANDER]
     built = "SELECT count(*) FROM pg_indexes WHERE indexname = :n"
     assert database.scalar(built, n=name) == 1
 

@@ -79,13 +79,15 @@ _ON_FIRST_USE = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    """The operations modes', the risk review's and the fleet's records, imported on first use
-    (PEP 562)."""
-    module = _ON_FIRST_USE.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+if not TYPE_CHECKING:  # the type checker reads the imports above (and refuses other names)
+
+    def __getattr__(name: str) -> Any:
+        """The operations modes', the risk review's and the fleet's records, imported on first
+        use (PEP 562)."""
+        module = _ON_FIRST_USE.get(name)
+        if module is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        return getattr(importlib.import_module(f"{__name__}.{module}"), name)
 
 
 __all__ = [
