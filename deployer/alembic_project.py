@@ -499,9 +499,10 @@ def check_target(context: MigrationContext, handed: sa.Connection | None, url: s
             # The target's own URL (sqlalchemy.url, DATABASE_URL), unless the engine's
             # `creator` or `connect_args` took its connection elsewhere. libpq's drivers say
             # where it went; with another (asyncpg, pg8000) the server says which database.
-            unsaid = redirected = driver_address(conn) is None
-            if not unsaid:
-                actual = _connected_to(conn, went, handed)
+            where = driver_address(conn)
+            unsaid = redirected = where is None
+            if where is not None:
+                actual = _connected_to(where, went, handed)
                 if actual is None:
                     return  # where the URL says: nothing to ask
                 went, redirected = actual, True
@@ -554,18 +555,16 @@ def _why_elsewhere(redirected: bool, unsaid: bool) -> str:
     )
 
 
-def _connected_to(conn: sa.Connection, url: sa.URL, handed: sa.Connection | None) -> sa.URL | None:
-    """Where the driver says `conn` is connected (libpq's host, address, port, database and
-    user: psycopg 3 and psycopg2 tell), as a URL, when that is not where it should be; None
-    when it is, or when the driver cannot say (`check_target` asks the server then). Compared
-    with what the driver says of the connection env.py was handed (the target's, with libpq's
-    defaults applied alike), else with `url` as written: a part it leaves to libpq's defaults
-    (no host, no port) is then not compared."""
+def _connected_to(
+    where: tuple[str, str, int, str, str], url: sa.URL, handed: sa.Connection | None
+) -> sa.URL | None:
+    """Where the driver says env.py's connection went (`where`: `db.driver_address`, libpq's
+    host, address, port, database and user), as a URL, when that is not where it should be;
+    None when it is. Compared with what the driver says of the connection env.py was handed
+    (the target's, with libpq's defaults applied alike), else with `url` as written: a part it
+    leaves to libpq's defaults (no host, no port) is then not compared."""
     from deployer.db import driver_address
 
-    where = driver_address(conn)
-    if where is None:
-        return None  # a lost session
     host, hostaddr, port, dbname, user = where
     reference = driver_address(handed) if handed is not None else None
     if reference is not None:

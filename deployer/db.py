@@ -26,6 +26,7 @@ from sqlalchemy.engine import URL, make_url
 from deployer.errors import ConfigError, UnreachableError
 from deployer.redact import cut
 from deployer.results.run import LockAttempt
+from deployer.sql import Build, concurrent_build
 
 APPLICATION_NAME = "db-deploy"
 
@@ -822,38 +823,39 @@ def retry_alone(
     fails on lock_timeout, retry it alone after the ladder's jittered wait, until the budget
     is spent (then the error is raised, and the revision fails as a blocked one does). The
     invalid indexes a failed `CREATE INDEX CONCURRENTLY` or `REINDEX … CONCURRENTLY` left are
-    dropped before the retry and named in the attempt. `each_statement`: the statement climbs the ladder's rungs (its first
-    try runs at the session's rung, with no extra round trip); otherwise it runs with the cap
-    (lock-timeout), set before it and the rung set back after it."""
+    dropped before the retry and named in the attempt. `each_statement`: the statement climbs
+    the ladder's rungs (its first try runs at the session's rung, with no extra round trip);
+    otherwise it runs with the cap (lock-timeout), set before it and the rung set back after
+    it."""
     ladder = retry.ladder
     cap = ladder.cap or 0.0
     timeout = retry.current if each_statement else cap
     scope = f"statement {_summary(statement)}"
-    built: Build | None = None  # the index it builds concurrently
+    built: Build | None = None  # the index it builds concurrently (read once it timed out)
     outer = retry._began  # the attempt this statement runs in (its time is its own)
     if not each_statement:
         _set(raw, cap)
     try:
-        tried, drop_first, dropped = False, False, ""
+        tried, leftover, dropped = False, False, ""
         while True:
             began = retry._began = retry.clock()
             retry.blocker = None
             try:
-                if built and drop_first:
-                    dropped, drop_first = _drop_invalid_index(raw, built), False
+                if built and leftover:  # what the last try left, dropped before this one
+                    dropped, leftover = _drop_invalid_index(raw, built), False
                 run()
             except Exception as exc:
                 if not is_lock_timeout(exc):
                     raise
-                if not tried:  # parsed once, and only for a statement that timed out
+                if not tried:
                     built = concurrent_build(statement)
-                drop_first = built is not None
+                leftover = True
                 retry.end(timed_out=True, timeout=timeout, scope=scope, dropped_index=dropped)
                 if retry.started is None:
                     retry.started = began
                 dropped = ""
                 if retry.wait() is None:
-                    if built and drop_first:  # given up: leave no invalid index behind
+                    if built:  # given up: leave no invalid index behind
                         with _suppress_db_errors():
                             retry.attempts[-1].dropped_index = _drop_invalid_index(raw, built)
                     raise
@@ -897,75 +899,16 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-# What a concurrent index build leaves when it fails: (kind, schema, relation, index).
-# "create": CREATE INDEX CONCURRENTLY `index` ON `relation`, which leaves `index` invalid;
-# "reindex": REINDEX INDEX|TABLE CONCURRENTLY `relation` (an index, or a table with `index`
-# None), which leaves invalid copies named `…_ccnew` (or the old index as `…_ccold`).
-Build = tuple[str, str | None, str, str | None]
-
-
-def concurrent_build(statement: str) -> Build | None:
-    """The concurrent index build in `statement`, read by PostgreSQL's own parser (pglast:
-    comments, quoting and case as the server reads them): a `CREATE INDEX CONCURRENTLY` with a
-    name, or a `REINDEX INDEX|TABLE CONCURRENTLY`; None for any other statement, an index
-    without a name (the server picks one) or a statement the parser refuses."""
-    from pglast import ast, parse_sql
-
-    try:
-        statements = parse_sql(statement)
-    except Exception:  # noqa: BLE001 - pglast's ParseError, or a placeholder it cannot read
-        return None
-    if len(statements) != 1:
-        return None
-    node = statements[0].stmt
-    relation = getattr(node, "relation", None)
-    if relation is None or not relation.relname:
-        return None
-    schema, name = relation.schemaname or None, str(relation.relname)
-    if isinstance(node, ast.IndexStmt):
-        return (
-            ("create", schema, name, str(node.idxname))
-            if node.concurrent and node.idxname
-            else None
-        )
-    if isinstance(node, ast.ReindexStmt) and _concurrently(node.params):
-        kind = int(node.kind)  # type: ignore[arg-type]
-        if kind in (0, 1):  # REINDEX_OBJECT_INDEX, REINDEX_OBJECT_TABLE
-            return ("reindex", schema, name, name if kind == 0 else None)
-    return None
-
-
-_FALSE = {"false", "f", "fa", "fal", "fals", "no", "n", "off", "of", "0"}  # PostgreSQL's parse_bool
-
-
-def _concurrently(params: Any) -> bool:
-    """Whether REINDEX's options ask for CONCURRENTLY, as the server reads them: the last
-    `concurrently` option counts (`CONCURRENTLY`, `(CONCURRENTLY)`, `(CONCURRENTLY on)` ask for
-    it; `(CONCURRENTLY false)`, `(CONCURRENTLY 0)` do not)."""
-    wanted = False
-    for option in params or ():
-        if getattr(option, "defname", "") != "concurrently":
-            continue
-        arg = getattr(option, "arg", None)
-        if arg is None:
-            wanted = True
-        elif getattr(arg, "ival", None) is not None:
-            wanted = int(arg.ival) != 0
-        else:
-            wanted = str(getattr(arg, "sval", getattr(arg, "boolval", ""))).lower() not in _FALSE
-    return wanted
-
-
-# The indexes on the tables a concurrent build worked on: (name, schema-qualified name, valid,
-# whether the statement named it or a partition of it).
+# CREATE INDEX CONCURRENTLY: the index it names, invalid, on its table (schema-qualified).
 _CREATED = """
-SELECT c.relname, format('%I.%I', n.nspname, c.relname), i.indisvalid, true
+SELECT format('%I.%I', n.nspname, c.relname)
 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
 JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE i.indrelid = to_regclass({relation}) AND c.relname = {index}
+WHERE NOT i.indisvalid AND i.indrelid = to_regclass({relation}) AND c.relname = {index}
 """
 # REINDEX CONCURRENTLY works on the relation named, on every partition of a partitioned one and,
-# for a table, on its TOAST table (partitions' too).
+# for a table, on its TOAST table (partitions' too): the indexes there, as (name,
+# schema-qualified name, valid, whether the statement named it or a partition of it).
 _REINDEXED = """
 WITH named AS (
     SELECT to_regclass({relation}) AS oid UNION SELECT relid FROM pg_partition_tree({relation})
@@ -974,9 +917,11 @@ WITH named AS (
     FROM named JOIN pg_class c ON c.oid = named.oid LEFT JOIN pg_index i ON i.indexrelid = c.oid
 ), tables AS (
     SELECT oid FROM heaps
-    UNION SELECT reltoastrelid FROM pg_class WHERE oid IN (SELECT oid FROM heaps) AND reltoastrelid <> 0
+    UNION SELECT reltoastrelid FROM pg_class
+    WHERE oid IN (SELECT oid FROM heaps) AND reltoastrelid <> 0
 )
-SELECT c.relname, format('%I.%I', n.nspname, c.relname), i.indisvalid, c.oid IN (SELECT oid FROM named)
+SELECT c.relname, format('%I.%I', n.nspname, c.relname), i.indisvalid,
+       c.oid IN (SELECT oid FROM named)
 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
 JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE i.indrelid IN (SELECT oid FROM tables)
@@ -1000,7 +945,7 @@ def _drop_invalid_index(raw: Any, build: Build) -> str:
     try:
         if kind == "create":
             cursor.execute(_CREATED.format(relation=relation, index=_literal(str(index))))
-            leftovers = [row[1] for row in cursor.fetchall() if not row[2]]
+            leftovers = [row[0] for row in cursor.fetchall()]
         else:
             cursor.execute(_REINDEXED.format(relation=relation))
             rows = cursor.fetchall()

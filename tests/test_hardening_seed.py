@@ -127,6 +127,7 @@ SQL_REFUSED = [
     ("commit-and-chain", "INSERT INTO items VALUES (5);\nCOMMIT AND CHAIN;", 2, "COMMIT"),
     ("vacuum", "INSERT INTO items VALUES (5);\nVACUUM items;", 2, "VACUUM"),
     ("concurrently", "CREATE INDEX CONCURRENTLY i ON items (id);", 1, "CONCURRENTLY"),
+    ("reindex-option", "REINDEX (VERBOSE, CONCURRENTLY) TABLE items;", 1, "REINDEX CONCURRENTLY"),
     (
         "lowercase-mixed",
         "insert into items values (1); CoMmIt; insert into items values (2);",
@@ -170,9 +171,11 @@ def test_sql_that_does_not_parse_is_refused_before_migrating(
 def test_sql_keywords_inside_strings_and_bodies_are_not_transaction_control(
     seed: Seeder, database: Database
 ) -> None:
-    """A real parser: `COMMIT;` in a string, a comment or a dollar-quoted body is data."""
+    """A real parser: `COMMIT;` in a string, a comment or a dollar-quoted body is data, and an
+    option read as the server reads it (`CONCURRENTLY false` runs in the transaction)."""
     run = seed.sql(
         "CREATE TABLE notes (t text);\n"
+        "REINDEX (CONCURRENTLY false) TABLE items;\n"
         "INSERT INTO notes VALUES ('COMMIT; ROLLBACK;');  -- COMMIT;\n"
         "/* BEGIN; */ INSERT INTO items VALUES (1);\n"
         "CREATE FUNCTION pg_temp.f() RETURNS int LANGUAGE sql AS $$ SELECT 1 $$;\n"

@@ -49,6 +49,7 @@ from deployer.db import (
 from deployer.errors import describe_exception
 from deployer.results.risk import LockHeld, StatementTrace
 from deployer.risk.schema_copy import apply_ddl, schema_ddl
+from deployer.sql import transaction_setting
 
 STATEMENT_CHARS = 400
 
@@ -77,45 +78,36 @@ MODES = (
     "ExclusiveLock",
     "AccessExclusiveLock",
 )
-_TXN_SETTINGS = {"TRANSACTION", "SESSION CHARACTERISTICS", "TRANSACTION SNAPSHOT"}
-
-
 _READ_MAX = 64 * 1024  # longer statements are data (a big INSERT), never either kind
 
 
 @functools.lru_cache(maxsize=64)
 def _reading(statement: str) -> tuple[bool, frozenset[str]]:
-    """What PostgreSQL's parser (pglast) reads in `statement`: whether it is transaction
-    control (BEGIN, COMMIT, SAVEPOINT, SET TRANSACTION…) and the relations it names (as the
-    server reads them: unquoted names folded to lower case). A text the parser refuses, or
-    one longer than any statement of either kind (Alembic's own are a line), is neither:
-    it is measured as a statement of the revision's."""
+    """What PostgreSQL's parser (pglast) reads in `statement` (`rules.split`): whether it is
+    transaction control (BEGIN, COMMIT, SAVEPOINT, SET TRANSACTION…) and the relations it names
+    (as the server reads them: unquoted names folded to lower case). A text the parser
+    refuses, or one longer than any statement of either kind (Alembic's own are a line), is
+    neither: it is measured as a statement of the revision's."""
     if len(statement) > _READ_MAX:
         return False, frozenset()
-    from pglast import ast, parse_sql
+    from pglast import ast
     from pglast.visitors import Visitor
 
-    from deployer.risk.rules import placeholders_to_params
+    from deployer.risk.rules import split
 
-    try:
-        statements = parse_sql(placeholders_to_params(statement))
-    except Exception:  # noqa: BLE001 - pglast's ParseError: not a statement it can read
+    parsed = split(statement)
+    nodes = [p.node for p in parsed if p.node is not None]
+    if len(nodes) < len(parsed):  # the parser refused it
         return False, frozenset()
-    control = any(
-        isinstance(raw.stmt, ast.TransactionStmt)
-        or (
-            isinstance(raw.stmt, ast.VariableSetStmt)
-            and (raw.stmt.name or "").upper() in _TXN_SETTINGS
-        )
-        for raw in statements
-    )
+    control = any(isinstance(n, ast.TransactionStmt) or transaction_setting(n) for n in nodes)
     names: set[str] = set()
 
     class Relations(Visitor):
         def visit_RangeVar(self, _ancestors: object, node: Any) -> None:
             names.add(str(node.relname))
 
-    Relations()(statements)
+    for node in nodes:
+        Relations()(node)
     return control, frozenset(names)
 
 

@@ -25,6 +25,7 @@ import sqlalchemy as sa
 from deployer.db import server_message
 from deployer.errors import ConfigError, describe_exception
 from deployer.results import SeedResult, TableDelta
+from deployer.sql import concurrently, transaction_setting
 
 _DELTAS = sa.text(
     """
@@ -105,18 +106,14 @@ def _forbidden(stmt: object, savepoints: list[str] | None = None) -> str:
                 return ""
             return f"{_TXN_KINDS[kind]} {name} (no such savepoint earlier in the file)"
         return _TXN_KINDS.get(kind, "transaction control")
-    if isinstance(stmt, ast.VariableSetStmt) and (stmt.name or "").upper() in {
-        "TRANSACTION",
-        "SESSION CHARACTERISTICS",
-        "TRANSACTION SNAPSHOT",
-    }:
-        return f"SET {(stmt.name or '').upper()}"
+    if setting := transaction_setting(stmt):
+        return f"SET {setting}"
     name = type(stmt).__name__
     if name in _OUTSIDE_TXN:
         return _OUTSIDE_TXN[name]
     if name == "IndexStmt" and getattr(stmt, "concurrent", False):
         return "CREATE INDEX CONCURRENTLY"
-    if name == "ReindexStmt" and "concurrently" in str(getattr(stmt, "params", "")).lower():
+    if name == "ReindexStmt" and concurrently(getattr(stmt, "params", None)):
         return "REINDEX CONCURRENTLY"
     return ""
 
