@@ -26,7 +26,7 @@ from sqlalchemy.engine import URL, make_url
 from deployer.errors import ConfigError, UnreachableError
 from deployer.redact import cut
 from deployer.results.run import LockAttempt
-from deployer.sql import Build, concurrent_build
+from deployer.sql import Build, concurrent_build, may_build_concurrently
 
 APPLICATION_NAME = "db-deploy"
 
@@ -823,15 +823,18 @@ def retry_alone(
     fails on lock_timeout, retry it alone after the ladder's jittered wait, until the budget
     is spent (then the error is raised, and the revision fails as a blocked one does). The
     invalid indexes a failed `CREATE INDEX CONCURRENTLY` or `REINDEX … CONCURRENTLY` left are
-    dropped before the retry and named in the attempt. `each_statement`: the statement climbs
-    the ladder's rungs (its first try runs at the session's rung, with no extra round trip);
-    otherwise it runs with the cap (lock-timeout), set before it and the rung set back after
-    it."""
+    dropped before the retry and named in the attempt (for an index built without a name, the
+    invalid ones its table did not have before: one catalog read before the first try).
+    `each_statement`: the statement climbs the ladder's rungs (its first try runs at the
+    session's rung, with no extra round trip); otherwise it runs with the cap (lock-timeout),
+    set before it and the rung set back after it."""
     ladder = retry.ladder
     cap = ladder.cap or 0.0
     timeout = retry.current if each_statement else cap
     scope = f"statement {_summary(statement)}"
-    built: Build | None = None  # the index it builds concurrently (read once it timed out)
+    # the index it builds concurrently, and (no name given) the indexes its table had before
+    built = concurrent_build(statement) if may_build_concurrently(statement) else None
+    before = _indexes_before(raw, built)
     outer = retry._began  # the attempt this statement runs in (its time is its own)
     if not each_statement:
         _set(raw, cap)
@@ -842,13 +845,11 @@ def retry_alone(
             retry.blocker = None
             try:
                 if built and leftover:  # what the last try left, dropped before this one
-                    dropped, leftover = _drop_invalid_index(raw, built), False
+                    dropped, leftover = _drop_invalid_index(raw, built, before), False
                 run()
             except Exception as exc:
                 if not is_lock_timeout(exc):
                     raise
-                if not tried:
-                    built = concurrent_build(statement)
                 leftover = True
                 retry.end(timed_out=True, timeout=timeout, scope=scope, dropped_index=dropped)
                 if retry.started is None:
@@ -857,7 +858,9 @@ def retry_alone(
                 if retry.wait() is None:
                     if built:  # given up: leave no invalid index behind
                         with _suppress_db_errors():
-                            retry.attempts[-1].dropped_index = _drop_invalid_index(raw, built)
+                            retry.attempts[-1].dropped_index = _drop_invalid_index(
+                                raw, built, before
+                            )
                     raise
                 tried = True
                 if each_statement:
@@ -909,10 +912,32 @@ WHERE NOT i.indisvalid AND i.indrelid = to_regclass({relation}) AND c.relname = 
 # REINDEX CONCURRENTLY works on the relation named, on every partition of a partitioned one and,
 # for a table, on its TOAST table (partitions' too): the indexes there, as (name,
 # schema-qualified name, valid, whether the statement named it or a partition of it).
+# CREATE INDEX CONCURRENTLY without a name (the server picks one): the invalid indexes on its
+# table that it did not have before the statement ({before}, their oids), leaving out those
+# another session is building now.
+_NEW_INVALID = """
+SELECT format('%I.%I', n.nspname, c.relname)
+FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE NOT i.indisvalid AND i.indrelid = to_regclass({relation})
+  AND NOT i.indexrelid = ANY (CAST({before} AS oid[]))
+  AND i.indexrelid NOT IN (
+      SELECT index_relid FROM pg_stat_progress_create_index WHERE pid <> pg_backend_pid()
+  )
+"""
+_INDEXES = "SELECT coalesce(array_agg(indexrelid)::text, '{{}}') FROM pg_index WHERE indrelid = to_regclass({relation})"
+# What REINDEX … CONCURRENTLY names: a table or an index and its partitions; a schema's tables
+# and materialized views; the database's, but for the system catalogs.
+_REINDEX_NAMES = {
+    "reindex": "SELECT to_regclass({relation}) AS oid"
+    " UNION SELECT relid FROM pg_partition_tree({relation})",
+    "reindex-schema": "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+    " WHERE n.nspname = {schema} AND c.relkind IN ('r', 'm')",
+    "reindex-database": "SELECT oid FROM pg_class WHERE relkind IN ('r', 'm')"
+    " AND relnamespace <> 'pg_catalog'::regnamespace",
+}
 _REINDEXED = """
-WITH named AS (
-    SELECT to_regclass({relation}) AS oid UNION SELECT relid FROM pg_partition_tree({relation})
-), heaps AS (
+WITH named AS ({named}), heaps AS (
     SELECT coalesce(i.indrelid, c.oid) AS oid
     FROM named JOIN pg_class c ON c.oid = named.oid LEFT JOIN pg_index i ON i.indexrelid = c.oid
 ), tables AS (
@@ -928,26 +953,50 @@ WHERE i.indrelid IN (SELECT oid FROM tables)
 """
 
 
-def _drop_invalid_index(raw: Any, build: Build) -> str:
-    """After a concurrent index build failed: the invalid indexes it left (`Build`), dropped
-    (`DROP INDEX CONCURRENTLY`, which takes no lock the application queues behind); returns
-    their schema-qualified names, or "" when there are none. A drop that hits lock_timeout
-    raises (the attempt timed out: the drop is tried again before the next one); another
-    failure leaves the index (the retry then fails as the statement would)."""
-    kind, schema, name, index = build
-    relation = (
-        f"format('%I.%I', {_literal(schema)}, {_literal(name)})"
-        if schema
-        else f"format('%I', {_literal(name)})"
-    )
+def _relation(build: Build) -> str:
+    """The SQL expression of the relation `build` names, as `to_regclass` takes it."""
+    _, schema, name, _ = build
+    if schema:
+        return f"format('%I.%I', {_literal(schema)}, {_literal(name)})"
+    return f"format('%I', {_literal(name)})"
+
+
+def _indexes_before(raw: Any, build: Build | None) -> str | None:
+    """For a `CREATE INDEX CONCURRENTLY` without a name: the oids of the indexes its table has
+    before it runs (an array literal), so that what a failed try leaves can be told from an
+    invalid index that was there already. None for any other statement."""
+    if build is None or build[0] != "create" or build[3] is not None:
+        return None
+    cursor = raw.cursor()
+    try:
+        cursor.execute(_INDEXES.format(relation=_relation(build)))
+        row = cursor.fetchone()
+    finally:
+        cursor.close()
+    return str(row[0]) if row else "{}"
+
+
+def _drop_invalid_index(raw: Any, build: Build, before: str | None = None) -> str:
+    """After a concurrent index build failed: the invalid indexes it left (`Build`; `before`:
+    the oids its table had before, for an index without a name), dropped (`DROP INDEX
+    CONCURRENTLY`, which takes no lock the application queues behind); returns their
+    schema-qualified names, or "" when there are none. A drop that hits lock_timeout raises
+    (the attempt timed out: the drop is tried again before the next one); another failure
+    leaves the index (the retry then fails as the statement would)."""
+    kind, schema, _, index = build
+    relation = _relation(build) if kind in ("create", "reindex") else ""
     dropped: list[str] = []
     cursor = raw.cursor()
     try:
-        if kind == "create":
+        if kind == "create" and index is None:
+            cursor.execute(_NEW_INVALID.format(relation=relation, before=_literal(before or "{}")))
+            leftovers = [row[0] for row in cursor.fetchall()]
+        elif kind == "create":
             cursor.execute(_CREATED.format(relation=relation, index=_literal(str(index))))
             leftovers = [row[0] for row in cursor.fetchall()]
         else:
-            cursor.execute(_REINDEXED.format(relation=relation))
+            named = _REINDEX_NAMES[kind].format(relation=relation, schema=_literal(schema or ""))
+            cursor.execute(_REINDEXED.format(named=named, relation=relation))
             rows = cursor.fetchall()
             # REINDEX INDEX: copies of the index named (its partitions'); TABLE: of any index
             originals = {str(r[0]) for r in rows if r[3] or not index}

@@ -11,9 +11,12 @@ TRANSACTION_SETTINGS = frozenset({"TRANSACTION", "SESSION CHARACTERISTICS", "TRA
 _FALSE = {"false", "f", "fa", "fal", "fals", "no", "n", "off", "of", "0"}  # PostgreSQL's parse_bool
 
 # What a concurrent index build leaves when it fails: (kind, schema, relation, index).
-# "create": CREATE INDEX CONCURRENTLY `index` ON `relation`, which leaves `index` invalid;
+# "create": CREATE INDEX CONCURRENTLY `index` ON `relation`, which leaves `index` invalid
+# (`index` None: the server picks the name);
 # "reindex": REINDEX INDEX|TABLE CONCURRENTLY `relation` (an index, or a table with `index`
-# None), which leaves invalid copies named `…_ccnew` (or the old index as `…_ccold`).
+# None), which leaves invalid copies named `…_ccnew` (or the old index as `…_ccold`);
+# "reindex-schema": REINDEX SCHEMA CONCURRENTLY `schema` (relation ""), the copies alike on
+# its tables; "reindex-database": REINDEX DATABASE CONCURRENTLY (schema None, relation "").
 Build = tuple[str, str | None, str, str | None]
 
 
@@ -46,11 +49,16 @@ def concurrently(params: Any) -> bool:
     return wanted
 
 
+def may_build_concurrently(statement: str) -> bool:
+    """Whether `statement` can be a concurrent index build at all: it has the keyword
+    somewhere (a cheap test before the parser reads it; `concurrent_build` decides)."""
+    return "concurrently" in statement.lower()
+
+
 def concurrent_build(statement: str) -> Build | None:
     """The concurrent index build in `statement` (comments, quoting and case as the server
-    reads them): a `CREATE INDEX CONCURRENTLY` with a name, or a `REINDEX INDEX|TABLE
-    CONCURRENTLY`; None for any other statement, an index without a name (the server picks
-    one) or a statement the parser refuses."""
+    reads them): a `CREATE INDEX CONCURRENTLY`, named or not, or a `REINDEX INDEX|TABLE|SCHEMA|
+    DATABASE CONCURRENTLY`; None for any other statement or one the parser refuses."""
     from pglast import ast, parse_sql
 
     try:
@@ -61,17 +69,19 @@ def concurrent_build(statement: str) -> Build | None:
         return None
     node = statements[0].stmt
     relation = getattr(node, "relation", None)
-    if relation is None or not relation.relname:
-        return None
-    schema, name = relation.schemaname or None, str(relation.relname)
+    name = str(relation.relname) if relation is not None and relation.relname else ""
+    schema = (relation.schemaname or None) if relation is not None and name else None
     if isinstance(node, ast.IndexStmt):
-        return (
-            ("create", schema, name, str(node.idxname))
-            if node.concurrent and node.idxname
-            else None
-        )
-    if isinstance(node, ast.ReindexStmt) and concurrently(node.params):
-        kind = int(node.kind)  # type: ignore[arg-type]
-        if kind in (0, 1):  # REINDEX_OBJECT_INDEX, REINDEX_OBJECT_TABLE
-            return ("reindex", schema, name, name if kind == 0 else None)
+        if not node.concurrent or not name:
+            return None
+        return ("create", schema, name, str(node.idxname) if node.idxname else None)
+    if not isinstance(node, ast.ReindexStmt) or not concurrently(node.params):
+        return None
+    kind = int(node.kind)  # type: ignore[arg-type]
+    if kind in (0, 1) and name:  # REINDEX_OBJECT_INDEX, REINDEX_OBJECT_TABLE
+        return ("reindex", schema, name, name if kind == 0 else None)
+    if kind == 2:  # REINDEX_OBJECT_SCHEMA
+        return ("reindex-schema", str(node.name), "", None)
+    if kind == 4:  # REINDEX_OBJECT_DATABASE (CONCURRENTLY leaves out the system catalogs)
+        return ("reindex-database", None, "", None)
     return None

@@ -1,0 +1,46 @@
+"""deployer/sql.py: statements as PostgreSQL's parser reads them (no server needed)."""
+
+from __future__ import annotations
+
+import pytest
+
+from deployer.sql import Build, concurrent_build, may_build_concurrently
+
+BUILDS: dict[str, Build | None] = {
+    "CREATE INDEX CONCURRENTLY ix ON a (id)": ("create", None, "a", "ix"),
+    "-- why\ncreate unique index concurrently if not exists ix on s . a (id)": (
+        "create",
+        "s",
+        "a",
+        "ix",
+    ),
+    'CREATE INDEX CONCURRENTLY "Ix A" ON "S"."A" (id)': ("create", "S", "A", "Ix A"),
+    "CREATE INDEX CONCURRENTLY ON a ((id % 2))": ("create", None, "a", None),  # the server names it
+    "REINDEX INDEX CONCURRENTLY s.ix": ("reindex", "s", "ix", "ix"),
+    "reindex (verbose) table concurrently a": ("reindex", None, "a", None),
+    "REINDEX (CONCURRENTLY on) TABLE a": ("reindex", None, "a", None),
+    'REINDEX SCHEMA CONCURRENTLY "My Schema"': ("reindex-schema", "My Schema", "", None),
+    "REINDEX DATABASE CONCURRENTLY": ("reindex-database", None, "", None),
+    "REINDEX (CONCURRENTLY) DATABASE app": ("reindex-database", None, "", None),
+    # not concurrent, or not a build
+    "CREATE INDEX ix ON a (id)": None,
+    "REINDEX (CONCURRENTLY false) TABLE a": None,
+    "REINDEX (CONCURRENTLY, CONCURRENTLY 0) SCHEMA s": None,  # the last option counts
+    "REINDEX SCHEMA s": None,
+    "SELECT 'CREATE INDEX CONCURRENTLY ix ON a (id)'": None,
+    "DROP INDEX CONCURRENTLY ix": None,
+    "CREATE INDEX CONCURRENTLY ix ON a (id); SELECT 1": None,  # two statements
+    "CREATE INDEX CONCURRENTLY ix ON": None,  # the parser refuses it
+}
+
+
+@pytest.mark.parametrize("statement", list(BUILDS))
+def test_the_concurrent_build_is_what_the_parser_reads(statement: str) -> None:
+    assert concurrent_build(statement) == BUILDS[statement]
+
+
+@pytest.mark.parametrize("statement", [s for s, build in BUILDS.items() if build])
+def test_every_concurrent_build_passes_the_cheap_test_before_the_parser(statement: str) -> None:
+    assert may_build_concurrently(statement)
+    assert may_build_concurrently(statement.swapcase())
+    assert not may_build_concurrently("CREATE INDEX ix ON a (id)")
