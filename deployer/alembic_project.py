@@ -561,12 +561,16 @@ def _connected_to(
     """Where the driver says env.py's connection went (`where`: `db.driver_address`, libpq's
     host, address, port, database and user), as a URL, when that is not where it should be;
     None when it is. Compared with what the driver says of the connection env.py was handed
-    (the target's, with libpq's defaults applied alike), else with `url` as written: a part it
-    leaves to libpq's defaults (no host, no port) is then not compared."""
-    from deployer.db import driver_address
+    (the target's, with libpq's defaults applied alike); without one, with `url` as written
+    when it writes its host and port, else with a session of our own to it (libpq's defaults,
+    PGHOST, PGPORT or a service file, apply to it alike: a port-only redirect is seen); when
+    that cannot be opened, the parts `url` leaves to the defaults are not compared."""
+    from deployer.db import driver_address, url_address
 
     host, hostaddr, port, dbname, user = where
     reference = driver_address(handed) if handed is not None else None
+    if reference is None and not all(_address(url)[:2]):
+        reference = url_address(url.render_as_string(hide_password=False))
     if reference is not None:
         ref_host, ref_hostaddr, ref_port, ref_dbname, _ = reference
         same_address = not (ref_hostaddr and hostaddr) or ref_hostaddr == hostaddr  # psycopg2: ""

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, make_url
@@ -29,6 +29,7 @@ from deployer.results.run import LockAttempt
 from deployer.sql import Build, concurrent_build, may_build_concurrently
 
 APPLICATION_NAME = "db-deploy"
+_T = TypeVar("_T")
 
 # Errors that no retry will cure: say so at once. The database answered, but refused us (exit 3,
 # as for an unreachable database)…
@@ -102,13 +103,26 @@ def driver_address(conn: sa.Connection) -> tuple[str, str, int, str, str] | None
 def url_identity(url: str, *, connect_timeout: int = 10) -> Identity | None:
     """`server_identity` of a session of its own to `url` (a user's URL; its connect_timeout,
     if it has one, else `connect_timeout`); None when it cannot be opened."""
+    return _on_own_session(url, server_identity, connect_timeout)
+
+
+def url_address(url: str, *, connect_timeout: int = 10) -> tuple[str, str, int, str, str] | None:
+    """`driver_address` of a session of its own to `url`: where libpq takes a URL that leaves
+    its host or port to libpq's defaults (PGHOST, PGPORT, a service file); None when it cannot
+    be opened or the driver does not say."""
+    return _on_own_session(url, driver_address, connect_timeout)
+
+
+def _on_own_session(
+    url: str, ask: Callable[[sa.Connection], _T], connect_timeout: int
+) -> _T | None:
     parsed = sqlalchemy_url(url)
     args = {} if "connect_timeout" in parsed.query else {"connect_timeout": connect_timeout}
     try:
         engine = sa.create_engine(parsed, poolclass=sa.pool.NullPool, connect_args=args)
         try:
             with engine.connect() as conn:
-                return server_identity(conn)
+                return ask(conn)
         finally:
             engine.dispose()
     except sa.exc.SQLAlchemyError:

@@ -7,7 +7,9 @@ multi-line revision docstrings. Real PostgreSQL, real subprocesses, real signals
 from __future__ import annotations
 
 import json
+import shutil
 import signal
+import tempfile
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -497,6 +499,59 @@ def test_env_py_whose_engine_connects_elsewhere_than_its_url_is_stopped(
         assert "does not say where it went" not in error, error
     else:
         assert "does not say where it went" in error, error
+
+
+@pytest.mark.parametrize("handed", ["shared", "none"])
+def test_env_py_whose_engine_changes_only_the_port_is_stopped(
+    github: GitHubRunner,
+    run_cli: Callable[..., Run],
+    database: Database,
+    pg_cluster: PgCluster,
+    same_name_elsewhere: None,
+    handed: str,
+) -> None:
+    """The target's URL leaves its port to libpq's default (5432, or PGPORT); env.py's engine,
+    built from it, sets only another port (`connect_args`): another server on the same host.
+    Without a connection handed to env.py (`none`) the URL as written cannot tell (it has no
+    port to compare): a session of the deployer's own to the URL says where the default took
+    it. Both servers are reached through one socket folder, as two clusters on one host are."""
+    target = sa.make_url(database.url)
+    folder = Path(tempfile.mkdtemp(prefix="dbd-port-", dir="/tmp"))  # short: socket paths
+    try:
+        ours = Path(target.query["host"]) / f".s.PGSQL.{target.port or 5432}"
+        (folder / ".s.PGSQL.5432").symlink_to(ours)
+        theirs = pg_cluster.sockets / f".s.PGSQL.{pg_cluster.port}"
+        (folder / f".s.PGSQL.{pg_cluster.port}").symlink_to(theirs)
+        url = target.set(port=None).update_query_dict({"host": str(folder)})
+        project = write_alembic_project(github.workspace / "migrations")
+        (project.root / "env.py").write_text(
+            REDIRECTED_ENV.format(
+                engine_kw='connect_args={"port": int(os.environ["OTHER_PORT"]), '
+                '"user": os.environ["OTHER_USER"], "password": os.environ["OTHER_PASSWORD"]}'
+            )
+        )
+        project.add("0001_a", "op.create_table('a', sa.Column('id', sa.Integer))")
+        github.output_file.write_text("")
+        env = github.with_inputs(
+            **{
+                "database-url": url.render_as_string(hide_password=False),
+                "migrations-path": "migrations",
+                "env-connection": handed,
+            }
+        )
+        env.update(
+            PGPORT="5432",
+            OTHER_PORT=str(pg_cluster.port),
+            OTHER_USER=SPECIAL_ROLE,
+            OTHER_PASSWORD=SPECIAL_PASSWORD,
+        )
+        error = stopped_elsewhere(
+            run_cli(env=env, cwd=github.workspace), github, database, pg_cluster
+        )
+        assert "`creator` or `connect_args`" in error, error
+        assert f"port={pg_cluster.port}" in error or f":{pg_cluster.port}/" in error, error
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_a_pg8000_engine_on_another_database_of_the_same_server_is_stopped(
