@@ -26,7 +26,7 @@ from sqlalchemy.engine import URL, make_url
 from deployer.errors import ConfigError, UnreachableError
 from deployer.redact import cut
 from deployer.results.run import LockAttempt
-from deployer.sql import Build, concurrent_build, may_build_concurrently
+from deployer.sql import Build, Detach, concurrent_build, concurrent_detach, may_build_concurrently
 
 APPLICATION_NAME = "db-deploy"
 _T = TypeVar("_T")
@@ -838,7 +838,10 @@ def retry_alone(
     is spent (then the error is raised, and the revision fails as a blocked one does). The
     invalid indexes a failed `CREATE INDEX CONCURRENTLY` or `REINDEX … CONCURRENTLY` left are
     dropped before the retry and named in the attempt (for an index built without a name, the
-    invalid ones its table did not have before: one catalog read before the first try).
+    invalid ones its table did not have before: one catalog read before the first try). A
+    `DETACH PARTITION … CONCURRENTLY` whose partition is pending detach (a try cancelled in
+    its second transaction, in this run or an earlier one) is completed by `… FINALIZE`
+    instead: the statement itself cannot run again (one catalog read before each try).
     `each_statement`: the statement climbs the ladder's rungs (its first try runs at the
     session's rung, with no extra round trip); otherwise it runs with the cap (lock-timeout),
     set before it and the rung set back after it."""
@@ -846,9 +849,12 @@ def retry_alone(
     cap = ladder.cap or 0.0
     timeout = retry.current if each_statement else cap
     scope = f"statement {_summary(statement)}"
-    # the index it builds concurrently, and (no name given) the indexes its table had before
-    built = concurrent_build(statement) if may_build_concurrently(statement) else None
+    # the index it builds concurrently, and (no name given) the indexes its table had before;
+    # or the partition it detaches concurrently
+    concurrent = may_build_concurrently(statement)
+    built = concurrent_build(statement) if concurrent else None
     before = _indexes_before(raw, built)
+    detach = concurrent_detach(statement) if concurrent and built is None else None
     outer = retry._began  # the attempt this statement runs in (its time is its own)
     if not each_statement:
         _set(raw, cap)
@@ -860,7 +866,10 @@ def retry_alone(
             try:
                 if built and leftover:  # what the last try left, dropped before this one
                     dropped, leftover = _drop_invalid_index(raw, built, before), False
-                run()
+                if detach is not None and _detach_pending(raw, detach):
+                    _finalize_detach(raw, detach)  # what a try (this run's or not) began
+                else:
+                    run()
             except Exception as exc:
                 if not is_lock_timeout(exc):
                     raise
@@ -1025,6 +1034,48 @@ def _drop_invalid_index(raw: Any, build: Build, before: str | None = None) -> st
     finally:
         cursor.close()
     return ", ".join(dropped)
+
+
+def _ident(schema: str | None, name: str) -> str:
+    quoted = '"' + name.replace('"', '""') + '"'
+    return f'"{schema.replace(chr(34), chr(34) * 2)}".{quoted}' if schema else quoted
+
+
+def _regclass(schema: str | None, name: str) -> str:
+    return _literal(_ident(schema, name))
+
+
+def _detach_pending(raw: Any, detach: Detach) -> bool:
+    """Whether the partition `detach` names is pending detach from its table: a `DETACH
+    PARTITION … CONCURRENTLY` cancelled in its second transaction (by lock_timeout, or a run
+    that ended there), which the statement itself cannot take up again."""
+    (parent, partition) = detach
+    cursor = raw.cursor()
+    try:
+        cursor.execute(
+            "SELECT EXISTS (SELECT FROM pg_inherits WHERE inhdetachpending"
+            f" AND inhrelid = to_regclass({_regclass(*partition)})"
+            f" AND inhparent = to_regclass({_regclass(*parent)}))"
+        )
+        row = cursor.fetchone()
+    except Exception:  # noqa: BLE001 - a server before 14 (no such column): the statement speaks
+        return False
+    finally:
+        cursor.close()
+    return bool(row and row[0])
+
+
+def _finalize_detach(raw: Any, detach: Detach) -> None:
+    """Complete the pending detach (`… DETACH PARTITION … FINALIZE`, which waits as the
+    statement's second transaction did: its lock_timeout fails the try alike)."""
+    (parent, partition) = detach
+    cursor = raw.cursor()
+    try:
+        cursor.execute(
+            f"ALTER TABLE {_ident(*parent)} DETACH PARTITION {_ident(*partition)} FINALIZE"
+        )
+    finally:
+        cursor.close()
 
 
 NAME_BYTES = 63  # NAMEDATALEN - 1

@@ -49,9 +49,45 @@ def concurrently(params: Any) -> bool:
     return wanted
 
 
+# ALTER TABLE `parent` DETACH PARTITION `partition` CONCURRENTLY: ((schema, parent),
+# (schema, partition)), schemas None where the name is left to the search path. Cancelled in its
+# second transaction (waiting for the queries that may see the partition), it leaves the
+# partition "pending detach": only `… DETACH PARTITION … FINALIZE` then completes it.
+Detach = tuple[tuple[str | None, str], tuple[str | None, str]]
+
+
+def concurrent_detach(statement: str) -> Detach | None:
+    """The partition `statement` detaches concurrently (as the server reads it), else None."""
+    from pglast import ast, parse_sql
+    from pglast.enums import AlterTableType
+
+    try:
+        statements = parse_sql(statement)
+    except Exception:  # noqa: BLE001 - pglast's ParseError, or a placeholder it cannot read
+        return None
+    if len(statements) != 1 or not isinstance(statements[0].stmt, ast.AlterTableStmt):
+        return None
+    node = statements[0].stmt
+    cmds = node.cmds or ()
+    if node.relation is None or len(cmds) != 1:
+        return None
+    cmd = cmds[0]
+    part = getattr(cmd, "def_", None)
+    if cmd.subtype != AlterTableType.AT_DetachPartition or not isinstance(part, ast.PartitionCmd):
+        return None
+    if not part.concurrent or part.name is None:
+        return None
+    parent, child = node.relation, part.name
+    return (
+        (parent.schemaname or None, str(parent.relname)),
+        (child.schemaname or None, str(child.relname)),
+    )
+
+
 def may_build_concurrently(statement: str) -> bool:
-    """Whether `statement` can be a concurrent index build at all: it has the keyword
-    somewhere (a cheap test before the parser reads it; `concurrent_build` decides)."""
+    """Whether `statement` can be a concurrent index build or detach at all: it has the
+    keyword somewhere (a cheap test before the parser reads it; `concurrent_build` and
+    `concurrent_detach` decide)."""
     return "concurrently" in statement.lower()
 
 

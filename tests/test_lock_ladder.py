@@ -552,6 +552,41 @@ def test_a_failed_concurrent_index_build_is_dropped_before_its_retry(
     assert database.scalar(built, n=name) == 1
 
 
+def test_a_concurrent_detach_left_pending_is_finalized(
+    project: AlembicProject,
+    database: Database,
+    github: GitHubRunner,
+    deploy: Callable[..., object],
+    blocker: sa.Connection,
+) -> None:
+    """`DETACH PARTITION … CONCURRENTLY` commits a first transaction (the partition marked
+    pending detach), then waits for every query that may see the partition: behind an
+    application's open read of the table it hits lock_timeout, and the statement itself can
+    never run again ("already pending detach"). Each retry, in this run or the next, completes
+    it with `… FINALIZE` instead, which waits alike."""
+    project.add("0001_a", "\n".join([TABLE_A, PARTITIONED]))
+    assert deploy(project).returncode == 0
+    project.add(
+        "0002_detach",
+        "with op.get_context().autocommit_block():\n"
+        "    op.execute('ALTER TABLE p DETACH PARTITION p1 CONCURRENTLY')",
+    )
+    pending = "SELECT inhdetachpending FROM pg_inherits WHERE inhrelid = 'p1'::regclass"
+    hold(blocker, "SELECT count(*) FROM p")
+    run = deploy(project, **{"lock-timeout": "300ms", "lock-wait-budget": "1500ms"})
+    assert run.returncode == 1, run.output
+    assert github.outputs()["error-class"] == "lock-timeout", github.outputs()["error"]
+    tries = report(github)["migrate"]["lock_attempts"]
+    alone = [t for t in tries if t["scope"].startswith("statement ALTER TABLE p DETACH")]
+    assert len(alone) >= 2 and all(t["timed_out"] for t in alone)
+    assert database.rows(pending) == [(True,)]  # left for the next run to finish
+    blocker.execute(sa.text("ROLLBACK"))
+    run = deploy(project)
+    assert run.returncode == 0, run.output
+    assert database.rows(pending) == []  # detached
+    assert database.version() == {"0002_detach"}
+
+
 def test_env_connection_autocommit_retries_each_statement_alone(
     project: AlembicProject,
     database: Database,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from deployer.sql import Build, concurrent_build, may_build_concurrently
+from deployer.sql import Build, Detach, concurrent_build, concurrent_detach, may_build_concurrently
 
 BUILDS: dict[str, Build | None] = {
     "CREATE INDEX CONCURRENTLY ix ON a (id)": ("create", None, "a", "ix"),
@@ -44,3 +44,21 @@ def test_every_concurrent_build_passes_the_cheap_test_before_the_parser(statemen
     assert may_build_concurrently(statement)
     assert may_build_concurrently(statement.swapcase())
     assert not may_build_concurrently("CREATE INDEX ix ON a (id)")
+
+
+DETACHES: dict[str, Detach | None] = {
+    "ALTER TABLE p DETACH PARTITION p1 CONCURRENTLY": ((None, "p"), (None, "p1")),
+    '/* monthly */ alter table s."P" detach partition s.p1 concurrently': (
+        ("s", "P"),
+        ("s", "p1"),
+    ),
+    "ALTER TABLE p DETACH PARTITION p1": None,
+    "ALTER TABLE p DETACH PARTITION p1 FINALIZE": None,
+    "ALTER TABLE p ATTACH PARTITION p1 FOR VALUES FROM (0) TO (9)": None,
+    "CREATE INDEX CONCURRENTLY ix ON p (id)": None,
+}
+
+
+@pytest.mark.parametrize("statement", list(DETACHES))
+def test_the_concurrent_detach_is_what_the_parser_reads(statement: str) -> None:
+    assert concurrent_detach(statement) == DETACHES[statement]
