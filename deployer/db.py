@@ -756,7 +756,8 @@ def lock_ladder(retry: LockRetry, *, each_statement: bool = False) -> Iterator[L
         def run() -> None:
             context.dialect.do_execute(cursor, statement, parameters, context)
 
-        retry_alone(run, raw, statement, retry, each_statement=each_statement)
+        sent = _as_sent(statement, parameters, context.dialect)
+        retry_alone(run, raw, sent, retry, each_statement=each_statement)
         return True
 
     def on_execute_no_params(cursor: Any, statement: str, context: Any) -> bool | None:
@@ -779,6 +780,17 @@ def lock_ladder(retry: LockRetry, *, each_statement: bool = False) -> Iterator[L
         sa.event.remove(sa.Engine, "do_execute", on_execute)
         sa.event.remove(sa.Engine, "do_execute_no_params", on_execute_no_params)
         _LADDER = previous
+
+
+_PERCENT_DRIVERS = ("psycopg", "psycopg_async", "psycopg2")
+
+
+def _as_sent(statement: str, parameters: Any, dialect: Any) -> str:
+    """`statement` as the server reads it: given parameters (Alembic's `op.execute` passes
+    none, as `{}`), psycopg and psycopg2 turn the `%%` SQLAlchemy escaped back into `%`."""
+    if parameters is not None and getattr(dialect, "driver", "") in _PERCENT_DRIVERS:
+        return statement.replace("%%", "%")
+    return statement
 
 
 IDLE, INERROR = (
@@ -837,8 +849,8 @@ def retry_alone(
     fails on lock_timeout, retry it alone after the ladder's jittered wait, until the budget
     is spent (then the error is raised, and the revision fails as a blocked one does). The
     invalid indexes a failed `CREATE INDEX CONCURRENTLY` or `REINDEX … CONCURRENTLY` left are
-    dropped before the retry and named in the attempt (for an index built without a name, the
-    invalid ones its table did not have before: one catalog read before the first try). A
+    dropped before the retry and named in the attempt (never an invalid index that was there
+    before its first try: one catalog read before it, for such a statement only). A
     `DETACH PARTITION … CONCURRENTLY` whose partition is pending detach (a try cancelled in
     its second transaction, in this run or an earlier one) is completed by `… FINALIZE`
     instead: the statement itself cannot run again (one catalog read before each try).
@@ -849,11 +861,11 @@ def retry_alone(
     cap = ladder.cap or 0.0
     timeout = retry.current if each_statement else cap
     scope = f"statement {_summary(statement)}"
-    # the index it builds concurrently, and (no name given) the indexes its table had before;
-    # or the partition it detaches concurrently
+    # the index it builds concurrently, and the invalid indexes there were before it; or the
+    # partition it detaches concurrently
     concurrent = may_build_concurrently(statement)
     built = concurrent_build(statement) if concurrent else None
-    before = _indexes_before(raw, built)
+    before = _invalid_before(raw) if built else "{}"
     detach = concurrent_detach(statement) if concurrent and built is None else None
     outer = retry._began  # the attempt this statement runs in (its time is its own)
     if not each_statement:
@@ -925,30 +937,34 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+# The invalid indexes of the database before a concurrent build runs (their oids, an array
+# literal): what a failed try leaves is told from what was there already by them, never by name
+# alone (an earlier failed REINDEX's `…_ccnew`, an unnamed build's leftover of someone else's).
+_INVALID = "SELECT coalesce(array_agg(indexrelid)::text, '{}') FROM pg_index WHERE NOT indisvalid"
 # CREATE INDEX CONCURRENTLY: the index it names, invalid, on its table (schema-qualified).
 _CREATED = """
 SELECT format('%I.%I', n.nspname, c.relname)
 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
 JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE NOT i.indisvalid AND i.indrelid = to_regclass({relation}) AND c.relname = {index}
+  AND NOT i.indexrelid = ANY (CAST({before} AS oid[]))
 """
-# REINDEX CONCURRENTLY works on the relation named, on every partition of a partitioned one and,
-# for a table, on its TOAST table (partitions' too): the indexes there, as (name,
-# schema-qualified name, valid, whether the statement named it or a partition of it).
 # CREATE INDEX CONCURRENTLY without a name (the server picks one): the invalid indexes on its
-# table that it did not have before the statement ({before}, their oids), leaving out those
-# another session is building now.
+# table that were not there before, leaving out one another session of this database is
+# building now (a build whose progress row this role may not see holds a lock that makes the
+# DROP wait, and so time out, rather than drop it).
 _NEW_INVALID = """
 SELECT format('%I.%I', n.nspname, c.relname)
 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
 JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE NOT i.indisvalid AND i.indrelid = to_regclass({relation})
   AND NOT i.indexrelid = ANY (CAST({before} AS oid[]))
-  AND i.indexrelid NOT IN (
-      SELECT index_relid FROM pg_stat_progress_create_index WHERE pid <> pg_backend_pid()
+  AND NOT EXISTS (
+      SELECT FROM pg_stat_progress_create_index p
+      WHERE p.index_relid = i.indexrelid AND p.pid <> pg_backend_pid()
+        AND p.datid = (SELECT oid FROM pg_database WHERE datname = current_database())
   )
 """
-_INDEXES = "SELECT coalesce(array_agg(indexrelid)::text, '{{}}') FROM pg_index WHERE indrelid = to_regclass({relation})"
 # What REINDEX … CONCURRENTLY names: a table or an index and its partitions; a schema's tables
 # and materialized views; the database's, but for the system catalogs.
 _REINDEX_NAMES = {
@@ -959,6 +975,9 @@ _REINDEX_NAMES = {
     "reindex-database": "SELECT oid FROM pg_class WHERE relkind IN ('r', 'm')"
     " AND relnamespace <> 'pg_catalog'::regnamespace",
 }
+# REINDEX CONCURRENTLY works on what it names and, for a table, on its TOAST table (partitions'
+# too): the indexes there, as (name, schema-qualified name, whether it is invalid and was not
+# before, whether the statement named it or a partition of it).
 _REINDEXED = """
 WITH named AS ({named}), heaps AS (
     SELECT coalesce(i.indrelid, c.oid) AS oid
@@ -968,7 +987,8 @@ WITH named AS ({named}), heaps AS (
     UNION SELECT reltoastrelid FROM pg_class
     WHERE oid IN (SELECT oid FROM heaps) AND reltoastrelid <> 0
 )
-SELECT c.relname, format('%I.%I', n.nspname, c.relname), i.indisvalid,
+SELECT c.relname, format('%I.%I', n.nspname, c.relname),
+       NOT i.indisvalid AND NOT c.oid = ANY (CAST({before} AS oid[])),
        c.oid IN (SELECT oid FROM named)
 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
 JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -984,46 +1004,46 @@ def _relation(build: Build) -> str:
     return f"format('%I', {_literal(name)})"
 
 
-def _indexes_before(raw: Any, build: Build | None) -> str | None:
-    """For a `CREATE INDEX CONCURRENTLY` without a name: the oids of the indexes its table has
-    before it runs (an array literal), so that what a failed try leaves can be told from an
-    invalid index that was there already. None for any other statement."""
-    if build is None or build[0] != "create" or build[3] is not None:
-        return None
+def _invalid_before(raw: Any) -> str:
+    """The oids of the database's invalid indexes now, before a concurrent build's first try
+    (an array literal): none of them is what the statement leaves."""
     cursor = raw.cursor()
     try:
-        cursor.execute(_INDEXES.format(relation=_relation(build)))
+        cursor.execute(_INVALID)
         row = cursor.fetchone()
     finally:
         cursor.close()
-    return str(row[0]) if row else "{}"
+    return str(row[0]) if row and row[0] else "{}"
 
 
-def _drop_invalid_index(raw: Any, build: Build, before: str | None = None) -> str:
+def _drop_invalid_index(raw: Any, build: Build, before: str) -> str:
     """After a concurrent index build failed: the invalid indexes it left (`Build`; `before`:
-    the oids its table had before, for an index without a name), dropped (`DROP INDEX
-    CONCURRENTLY`, which takes no lock the application queues behind); returns their
-    schema-qualified names, or "" when there are none. A drop that hits lock_timeout raises
-    (the attempt timed out: the drop is tried again before the next one); another failure
-    leaves the index (the retry then fails as the statement would)."""
+    the database's invalid indexes before its first try, `_invalid_before`, which are never
+    its), dropped (`DROP INDEX CONCURRENTLY`, which takes no lock the application queues
+    behind); returns their schema-qualified names, or "" when there are none. A drop that hits
+    lock_timeout raises (the attempt timed out: the drop is tried again before the next one);
+    another failure leaves the index (the retry then fails as the statement would)."""
     kind, schema, _, index = build
     relation = _relation(build) if kind in ("create", "reindex") else ""
+    known = _literal(before)
     dropped: list[str] = []
     cursor = raw.cursor()
     try:
         if kind == "create" and index is None:
-            cursor.execute(_NEW_INVALID.format(relation=relation, before=_literal(before or "{}")))
+            cursor.execute(_NEW_INVALID.format(relation=relation, before=known))
             leftovers = [row[0] for row in cursor.fetchall()]
         elif kind == "create":
-            cursor.execute(_CREATED.format(relation=relation, index=_literal(str(index))))
+            cursor.execute(
+                _CREATED.format(relation=relation, index=_literal(str(index)), before=known)
+            )
             leftovers = [row[0] for row in cursor.fetchall()]
         else:
             named = _REINDEX_NAMES[kind].format(relation=relation, schema=_literal(schema or ""))
-            cursor.execute(_REINDEXED.format(named=named, relation=relation))
+            cursor.execute(_REINDEXED.format(named=named, relation=relation, before=known))
             rows = cursor.fetchall()
             # REINDEX INDEX: copies of the index named (its partitions'); TABLE: of any index
             originals = {str(r[0]) for r in rows if r[3] or not index}
-            leftovers = [r[1] for r in rows if not r[2] and _copy_of(str(r[0]), originals)]
+            leftovers = [r[1] for r in rows if r[2] and _copy_of(str(r[0]), originals)]
         for qualified in leftovers:
             cursor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {qualified}")
             dropped.append(str(qualified))

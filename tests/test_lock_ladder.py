@@ -465,6 +465,13 @@ CONCURRENT_BUILDS = {
     # the server names it (a_id_idx each time: the leftover is dropped before the retry); the
     # invalid index the table had before is not the statement's
     "unnamed": ("", "CREATE INDEX CONCURRENTLY ON a (id)", "a_id_idx", ["public.a_id_idx"]),
+    # a name with % (which SQLAlchemy escapes as %% for the driver): as the server reads it
+    "percent": (
+        "op.execute('CREATE TABLE \"a%b\" (id int)')",
+        'CREATE INDEX CONCURRENTLY ON "a%b" (id)',
+        "a%b_id_idx",
+        ['public."a%b_id_idx"'],
+    ),
     # REINDEX CONCURRENTLY leaves its copies, named …_ccnew
     "reindex-index": (
         INDEX_A_ID,
@@ -476,7 +483,7 @@ CONCURRENT_BUILDS = {
         f"{INDEX_A_ID}\n{TEXT_COLUMN}",
         "reindex (verbose, concurrently false) table concurrently public.a",  # the last counts
         "ix_a_id",
-        ["public.a_pkey_ccnew", "public.ix_a_id_ccnew"],
+        ["public.a_pkey_ccnew1", "public.ix_a_id_ccnew"],  # the bystander took …_ccnew
     ),
     # the copies are the partitions' indexes'
     "reindex-partitioned": (
@@ -489,10 +496,11 @@ CONCURRENT_BUILDS = {
     "reindex-schema": (SCHEMA_S, "REINDEX SCHEMA CONCURRENTLY s", "ix_c_id", ["s.ix_c_id_ccnew"]),
     # the whole database, a table at a time (which comes first is the server's choice): the
     # copies of that table's indexes
-    "reindex-database": ("", "REINDEX DATABASE CONCURRENTLY", "ix_a_id_x_ccnew", None),
+    "reindex-database": ("", "REINDEX DATABASE CONCURRENTLY", "a_pkey_ccnew", None),
 }
-# An invalid index the statement did not leave (a build that failed before, elsewhere): kept.
-BYSTANDER = "ix_a_id_x_ccnew"
+# An invalid index the statement did not leave (a build that failed before), on table a, named
+# as a REINDEX copy of a's primary key would be: kept, whatever its name.
+BYSTANDER = "a_pkey_ccnew"
 
 
 @pytest.mark.parametrize("spelling", list(CONCURRENT_BUILDS))
