@@ -16,6 +16,7 @@ Alembic's offline (`--sql`) mode, for the plan's SQL and the risk review without
 from __future__ import annotations
 
 import ctypes
+import functools
 import io
 import logging
 import os
@@ -28,7 +29,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
 import sqlalchemy as sa
@@ -41,6 +42,9 @@ from sqlalchemy import event
 
 from deployer.errors import ConfigError, StepFailed, describe_exception
 from deployer.results import Revision
+
+if TYPE_CHECKING:
+    from deployer.db import Address
 
 
 class AlembicLog(logging.Filter):
@@ -487,8 +491,10 @@ def check_target(context: MigrationContext, handed: sa.Connection | None, url: s
     conn = context.connection
     if context.as_sql or conn is None or conn is handed:
         return
-    from deployer.db import driver_address, server_identity, sqlalchemy_url, url_identity
+    from deployer.db import driver_address, server_identity, sqlalchemy_url, url_session
 
+    # Without a connection handed to env.py: a session of our own to `url`, opened once if asked.
+    own = functools.cache(lambda: url_session(url))
     target = sqlalchemy_url(url)
     went = conn.engine.url
     elsewhere = ""
@@ -502,7 +508,13 @@ def check_target(context: MigrationContext, handed: sa.Connection | None, url: s
             where = driver_address(conn)
             unsaid = redirected = where is None
             if where is not None:
-                actual = _connected_to(where, went, handed)
+                # Where the target's own session went: the one handed to env.py, else ours when
+                # the URL leaves its host or port to libpq's defaults (then none is needed).
+                if handed is not None:
+                    reference = driver_address(handed)
+                else:
+                    reference = None if all(_address(went)[:2]) else own()[0]
+                actual = _connected_to(where, went, reference)
                 if actual is None:
                     return  # where the URL says: nothing to ask
                 went, redirected = actual, True
@@ -510,7 +522,7 @@ def check_target(context: MigrationContext, handed: sa.Connection | None, url: s
         # Ours: the session env.py was handed (the target's), else one opened for the question.
         ours = None
         if theirs is not None:
-            ours = server_identity(handed) if handed is not None else url_identity(url)
+            ours = server_identity(handed) if handed is not None else own()[1]
         if theirs is None or ours is None:
             # Cannot tell: the name decides, as it always did.
             if not wanted or not went.database or went.database == wanted:
@@ -555,35 +567,26 @@ def _why_elsewhere(redirected: bool, unsaid: bool) -> str:
     )
 
 
-def _connected_to(
-    where: tuple[str, str, int, str, str], url: sa.URL, handed: sa.Connection | None
-) -> sa.URL | None:
+def _connected_to(where: Address, url: sa.URL, reference: Address | None) -> sa.URL | None:
     """Where the driver says env.py's connection went (`where`: `db.driver_address`, libpq's
     host, address, port, database and user), as a URL, when that is not where it should be;
-    None when it is. Compared with what the driver says of the connection env.py was handed
-    (the target's, with libpq's defaults applied alike); without one, with `url` as written
-    when it writes its host and port, else with a session of our own to it (libpq's defaults,
-    PGHOST, PGPORT or a service file, apply to it alike: a port-only redirect is seen); when
-    that cannot be opened, the parts `url` leaves to the defaults are not compared."""
-    from deployer.db import driver_address, url_address
-
+    None when it is. Compared with where the target's own session went (`reference`: the
+    connection env.py was handed, or a session of ours, libpq's defaults applied alike: a
+    redirect of the port alone is seen), else with `url` as written: the parts it leaves to
+    libpq's defaults are then not compared."""
     host, hostaddr, port, dbname, user = where
-    reference = driver_address(handed) if handed is not None else None
-    if reference is None and not all(_address(url)[:2]):
-        reference = url_address(url.render_as_string(hide_password=False))
+    written_host, written_port = _address(url)[:2]
     if reference is not None:
         ref_host, ref_hostaddr, ref_port, ref_dbname, _ = reference
         same_address = not (ref_hostaddr and hostaddr) or ref_hostaddr == hostaddr  # psycopg2: ""
         if (ref_host, ref_port, ref_dbname) == (host, port, dbname) and same_address:
             return None
-    else:
-        written_host, written_port = _address(url)[:2]
-        if (
-            dbname == url.database
-            and (not written_host or written_host == host)
-            and (not written_port or written_port == str(port))
-        ):
-            return None
+    elif (
+        dbname == url.database
+        and (not written_host or written_host == host)
+        and (not written_port or written_port == str(port))
+    ):
+        return None
     query = {k: v for k, v in url.query.items() if k not in {"host", "port", "hostaddr"}}
     socket = host.startswith("/")  # a socket folder: in the query, libpq's own spelling
     if socket:

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, make_url
@@ -26,10 +26,16 @@ from sqlalchemy.engine import URL, make_url
 from deployer.errors import ConfigError, UnreachableError
 from deployer.redact import cut
 from deployer.results.run import LockAttempt
-from deployer.sql import Build, Detach, concurrent_build, concurrent_detach, may_build_concurrently
+from deployer.sql import (
+    Build,
+    Detach,
+    concurrent_build,
+    concurrent_detach,
+    may_build_concurrently,
+    qualified,
+)
 
 APPLICATION_NAME = "db-deploy"
-_T = TypeVar("_T")
 
 # Errors that no retry will cure: say so at once. The database answered, but refused us (exit 3,
 # as for an unreachable database)…
@@ -84,7 +90,10 @@ def server_identity(conn: sa.Connection) -> Identity | None:
         return None
 
 
-def driver_address(conn: sa.Connection) -> tuple[str, str, int, str, str] | None:
+Address = tuple[str, str, int, str, str]  # host, hostaddr, port, database, user
+
+
+def driver_address(conn: sa.Connection) -> Address | None:
     """(host, hostaddr, port, database, user) of `conn` as its driver reports them (libpq's
     PQhost, PQhostaddr, PQport, PQdb, PQuser), None when it cannot."""
     try:
@@ -100,33 +109,22 @@ def driver_address(conn: sa.Connection) -> tuple[str, str, int, str, str] | None
     return host, hostaddr, port, dbname, user
 
 
-def url_identity(url: str, *, connect_timeout: int = 10) -> Identity | None:
-    """`server_identity` of a session of its own to `url` (a user's URL; its connect_timeout,
-    if it has one, else `connect_timeout`); None when it cannot be opened."""
-    return _on_own_session(url, server_identity, connect_timeout)
-
-
-def url_address(url: str, *, connect_timeout: int = 10) -> tuple[str, str, int, str, str] | None:
-    """`driver_address` of a session of its own to `url`: where libpq takes a URL that leaves
-    its host or port to libpq's defaults (PGHOST, PGPORT, a service file); None when it cannot
-    be opened or the driver does not say."""
-    return _on_own_session(url, driver_address, connect_timeout)
-
-
-def _on_own_session(
-    url: str, ask: Callable[[sa.Connection], _T], connect_timeout: int
-) -> _T | None:
+def url_session(url: str, *, connect_timeout: int = 10) -> tuple[Address | None, Identity | None]:
+    """`driver_address` and `server_identity` of a session of its own to `url` (a user's URL;
+    its connect_timeout, if it has one, else `connect_timeout`): where libpq took it, its
+    defaults (PGHOST, PGPORT, a service file) applied, and which database the server says it
+    is; (None, None) when it cannot be opened."""
     parsed = sqlalchemy_url(url)
     args = {} if "connect_timeout" in parsed.query else {"connect_timeout": connect_timeout}
     try:
         engine = sa.create_engine(parsed, poolclass=sa.pool.NullPool, connect_args=args)
         try:
             with engine.connect() as conn:
-                return ask(conn)
+                return driver_address(conn), server_identity(conn)
         finally:
             engine.dispose()
     except sa.exc.SQLAlchemyError:
-        return None
+        return None, None
 
 
 def looks_pooled(url: str) -> str:
@@ -920,12 +918,18 @@ def _suppress_db_errors() -> Iterator[None]:
         pass
 
 
-def _set(raw: Any, seconds: float) -> None:
+def _on_raw(raw: Any, statement: str) -> list[Any]:
+    """Run `statement` on a cursor of its own on DBAPI connection `raw`; its rows, if any."""
     cursor = raw.cursor()
     try:
-        cursor.execute(f"SET lock_timeout = {pg_milliseconds(seconds)}")
+        cursor.execute(statement)
+        return list(cursor.fetchall()) if cursor.description else []
     finally:
         cursor.close()
+
+
+def _set(raw: Any, seconds: float) -> None:
+    _on_raw(raw, f"SET lock_timeout = {pg_milliseconds(seconds)}")
 
 
 def _summary(statement: str) -> str:
@@ -996,24 +1000,15 @@ WHERE i.indrelid IN (SELECT oid FROM tables)
 """
 
 
-def _relation(build: Build) -> str:
-    """The SQL expression of the relation `build` names, as `to_regclass` takes it."""
-    _, schema, name, _ = build
-    if schema:
-        return f"format('%I.%I', {_literal(schema)}, {_literal(name)})"
-    return f"format('%I', {_literal(name)})"
+def _regclass(schema: str | None, name: str) -> str:
+    """The relation `schema.name` as a literal for `to_regclass`."""
+    return _literal(qualified(schema, name))
 
 
 def _invalid_before(raw: Any) -> str:
     """The oids of the database's invalid indexes now, before a concurrent build's first try
     (an array literal): none of them is what the statement leaves."""
-    cursor = raw.cursor()
-    try:
-        cursor.execute(_INVALID)
-        row = cursor.fetchone()
-    finally:
-        cursor.close()
-    return str(row[0]) if row and row[0] else "{}"
+    return str(_on_raw(raw, _INVALID)[0][0])
 
 
 def _drop_invalid_index(raw: Any, build: Build, before: str) -> str:
@@ -1023,46 +1018,31 @@ def _drop_invalid_index(raw: Any, build: Build, before: str) -> str:
     behind); returns their schema-qualified names, or "" when there are none. A drop that hits
     lock_timeout raises (the attempt timed out: the drop is tried again before the next one);
     another failure leaves the index (the retry then fails as the statement would)."""
-    kind, schema, _, index = build
-    relation = _relation(build) if kind in ("create", "reindex") else ""
+    kind, schema, name, index = build
+    relation = _regclass(schema, name) if kind in ("create", "reindex") else ""
     known = _literal(before)
     dropped: list[str] = []
-    cursor = raw.cursor()
     try:
-        if kind == "create" and index is None:
-            cursor.execute(_NEW_INVALID.format(relation=relation, before=known))
-            leftovers = [row[0] for row in cursor.fetchall()]
-        elif kind == "create":
-            cursor.execute(
-                _CREATED.format(relation=relation, index=_literal(str(index)), before=known)
+        if kind == "create":  # with a name, that index; without, the table's new invalid ones
+            query = _CREATED if index is not None else _NEW_INVALID
+            rows = _on_raw(
+                raw, query.format(relation=relation, index=_literal(str(index)), before=known)
             )
-            leftovers = [row[0] for row in cursor.fetchall()]
+            leftovers = [r[0] for r in rows]
         else:
             named = _REINDEX_NAMES[kind].format(relation=relation, schema=_literal(schema or ""))
-            cursor.execute(_REINDEXED.format(named=named, relation=relation, before=known))
-            rows = cursor.fetchall()
+            rows = _on_raw(raw, _REINDEXED.format(named=named, relation=relation, before=known))
             # REINDEX INDEX: copies of the index named (its partitions'); TABLE: of any index
             originals = {str(r[0]) for r in rows if r[3] or not index}
             leftovers = [r[1] for r in rows if r[2] and _copy_of(str(r[0]), originals)]
-        for qualified in leftovers:
-            cursor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {qualified}")
-            dropped.append(str(qualified))
+        for leftover in leftovers:
+            _on_raw(raw, f"DROP INDEX CONCURRENTLY IF EXISTS {leftover}")
+            dropped.append(str(leftover))
     except Exception as exc:
         if is_lock_timeout(exc):
             raise
         # best effort: the retry reports what remains
-    finally:
-        cursor.close()
     return ", ".join(dropped)
-
-
-def _ident(schema: str | None, name: str) -> str:
-    quoted = '"' + name.replace('"', '""') + '"'
-    return f'"{schema.replace(chr(34), chr(34) * 2)}".{quoted}' if schema else quoted
-
-
-def _regclass(schema: str | None, name: str) -> str:
-    return _literal(_ident(schema, name))
 
 
 def _detach_pending(raw: Any, detach: Detach) -> bool:
@@ -1070,32 +1050,25 @@ def _detach_pending(raw: Any, detach: Detach) -> bool:
     PARTITION … CONCURRENTLY` cancelled in its second transaction (by lock_timeout, or a run
     that ended there), which the statement itself cannot take up again."""
     (parent, partition) = detach
-    cursor = raw.cursor()
     try:
-        cursor.execute(
+        rows = _on_raw(
+            raw,
             "SELECT EXISTS (SELECT FROM pg_inherits WHERE inhdetachpending"
             f" AND inhrelid = to_regclass({_regclass(*partition)})"
-            f" AND inhparent = to_regclass({_regclass(*parent)}))"
+            f" AND inhparent = to_regclass({_regclass(*parent)}))",
         )
-        row = cursor.fetchone()
     except Exception:  # noqa: BLE001 - a server before 14 (no such column): the statement speaks
         return False
-    finally:
-        cursor.close()
-    return bool(row and row[0])
+    return bool(rows[0][0])
 
 
 def _finalize_detach(raw: Any, detach: Detach) -> None:
     """Complete the pending detach (`… DETACH PARTITION … FINALIZE`, which waits as the
     statement's second transaction did: its lock_timeout fails the try alike)."""
     (parent, partition) = detach
-    cursor = raw.cursor()
-    try:
-        cursor.execute(
-            f"ALTER TABLE {_ident(*parent)} DETACH PARTITION {_ident(*partition)} FINALIZE"
-        )
-    finally:
-        cursor.close()
+    _on_raw(
+        raw, f"ALTER TABLE {qualified(*parent)} DETACH PARTITION {qualified(*partition)} FINALIZE"
+    )
 
 
 NAME_BYTES = 63  # NAMEDATALEN - 1

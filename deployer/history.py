@@ -24,6 +24,7 @@ import sqlalchemy as sa
 from deployer.checksums import PREFIX, code_checksum, raw_checksum
 from deployer.errors import StepFailed
 from deployer.results import HistoryEntry, IntegrityReport, Telemetry
+from deployer.sql import quote_ident
 
 if TYPE_CHECKING:
     from alembic.script import Script
@@ -33,10 +34,6 @@ if TYPE_CHECKING:
 Entry = tuple[str, str, "Checksums", float | None]  # revision, kind, checksums, seconds
 
 TABLE = "db_deploy_history"
-
-
-def _q(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 Checksums = tuple[str, str]  # (raw: SHA-256 of the bytes, code: deployer.checksums)
@@ -52,7 +49,7 @@ def checksums(path: str | Path, data: bytes | None = None) -> Checksums:
 def exists(conn: sa.Connection, schema: str) -> bool:
     return bool(
         conn.execute(
-            sa.text("SELECT to_regclass(:t) IS NOT NULL"), {"t": f"{_q(schema)}.{TABLE}"}
+            sa.text("SELECT to_regclass(:t) IS NOT NULL"), {"t": f"{quote_ident(schema)}.{TABLE}"}
         ).scalar()
     )
 
@@ -65,21 +62,23 @@ def ensure(conn: sa.Connection, schema: str) -> None:
             "SELECT to_regclass(:t) IS NOT NULL, EXISTS (SELECT FROM pg_attribute "
             "WHERE attrelid = to_regclass(:t) AND attname = 'code_checksum' AND NOT attisdropped)"
         ),
-        {"t": f"{_q(schema)}.{TABLE}"},
+        {"t": f"{quote_ident(schema)}.{TABLE}"},
     ).one()
     if state[0] and state[1]:  # one round trip; the caller's transaction goes on
         return
     if state[0]:
         conn.execute(
-            sa.text(f"ALTER TABLE {_q(schema)}.{TABLE} ADD COLUMN IF NOT EXISTS code_checksum text")
+            sa.text(
+                f"ALTER TABLE {quote_ident(schema)}.{TABLE} ADD COLUMN IF NOT EXISTS code_checksum text"
+            )
         )
         conn.commit()
         return
-    conn.execute(sa.text(f"CREATE SCHEMA IF NOT EXISTS {_q(schema)}"))
+    conn.execute(sa.text(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}"))
     conn.execute(
         sa.text(
             f"""
-            CREATE TABLE IF NOT EXISTS {_q(schema)}.{TABLE} (
+            CREATE TABLE IF NOT EXISTS {quote_ident(schema)}.{TABLE} (
                 id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
                 revision text NOT NULL,
                 kind text NOT NULL CHECK (kind IN ('upgrade', 'downgrade', 'baseline',
@@ -98,7 +97,7 @@ def ensure(conn: sa.Connection, schema: str) -> None:
     )
     conn.execute(
         sa.text(
-            f"CREATE INDEX IF NOT EXISTS {TABLE}_revision_idx ON {_q(schema)}.{TABLE} (revision, id)"
+            f"CREATE INDEX IF NOT EXISTS {TABLE}_revision_idx ON {quote_ident(schema)}.{TABLE} (revision, id)"
         )
     )
     conn.commit()
@@ -173,7 +172,7 @@ def record(
 def _insert(schema: str) -> sa.TextClause:
     """The INSERT of `record`, built once per schema (it runs once per applied revision)."""
     return sa.text(
-        f"INSERT INTO {_q(schema)}.{TABLE} (revision, kind, checksum, code_checksum, seconds, "
+        f"INSERT INTO {quote_ident(schema)}.{TABLE} (revision, kind, checksum, code_checksum, seconds, "
         "tool_version, actor, sha, run_url) VALUES (:r, :k, :c, :cc, :s, :v, :a, :sha, :u)"
     )
 
@@ -183,7 +182,7 @@ def latest_checksums(conn: sa.Connection, schema: str) -> dict[str, tuple[int, s
     rows = conn.execute(
         sa.text(
             f"SELECT DISTINCT ON (revision) revision, id, checksum, to_jsonb(h) ->> 'code_checksum' "
-            f"FROM {_q(schema)}.{TABLE} h WHERE kind <> 'downgrade' ORDER BY revision, id DESC"
+            f"FROM {quote_ident(schema)}.{TABLE} h WHERE kind <> 'downgrade' ORDER BY revision, id DESC"
         )
     )
     return {r[0]: (r[1], r[2], r[3]) for r in rows}
@@ -232,7 +231,9 @@ def verify(
         record(conn, schema, baseline, telemetry=telemetry)
         if rekey:
             conn.execute(
-                sa.text(f"UPDATE {_q(schema)}.{TABLE} SET code_checksum = :cc WHERE id = :id"),
+                sa.text(
+                    f"UPDATE {quote_ident(schema)}.{TABLE} SET code_checksum = :cc WHERE id = :id"
+                ),
                 rekey,
             )
     if edited and not allow_edited:
@@ -274,7 +275,7 @@ def read(conn: sa.Connection, schema: str, limit: int = 20) -> list[HistoryEntry
     rows = conn.execute(
         sa.text(
             f"SELECT revision, kind, checksum, applied_at, seconds, tool_version, actor, sha, "
-            f"run_url, to_jsonb(h) ->> 'code_checksum' FROM {_q(schema)}.{TABLE} h "
+            f"run_url, to_jsonb(h) ->> 'code_checksum' FROM {quote_ident(schema)}.{TABLE} h "
             "ORDER BY id DESC LIMIT :n"
         ),
         {"n": limit},

@@ -4,6 +4,7 @@ statement is first read, not with this module."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 # SET commands that change the transaction, not a setting of the session
@@ -18,6 +19,29 @@ _FALSE = {"false", "f", "fa", "fal", "fals", "no", "n", "off", "of", "0"}  # Pos
 # "reindex-schema": REINDEX SCHEMA CONCURRENTLY `schema` (relation ""), the copies alike on
 # its tables; "reindex-database": REINDEX DATABASE CONCURRENTLY (schema None, relation "").
 Build = tuple[str, str | None, str, str | None]
+
+
+def quote_ident(name: str) -> str:
+    """`name` as a quoted identifier (PostgreSQL's own `quote_ident` always quoting)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def qualified(schema: str | None, name: str) -> str:
+    """`schema.name`, each quoted; `name` alone (the search path decides) without a schema."""
+    return f"{quote_ident(schema)}.{quote_ident(name)}" if schema else quote_ident(name)
+
+
+@functools.lru_cache(maxsize=8)
+def _only_statement(statement: str) -> Any:
+    """The parse tree of `statement` when it is one statement the parser reads, else None (the
+    lock ladder asks twice of the same text: what it builds, what it detaches)."""
+    from pglast import parse_sql
+
+    try:
+        statements = parse_sql(statement)
+    except Exception:  # noqa: BLE001 - pglast's ParseError, or a placeholder it cannot read
+        return None
+    return statements[0].stmt if len(statements) == 1 else None
 
 
 def transaction_setting(node: Any) -> str:
@@ -58,16 +82,12 @@ Detach = tuple[tuple[str | None, str], tuple[str | None, str]]
 
 def concurrent_detach(statement: str) -> Detach | None:
     """The partition `statement` detaches concurrently (as the server reads it), else None."""
-    from pglast import ast, parse_sql
+    from pglast import ast
     from pglast.enums import AlterTableType
 
-    try:
-        statements = parse_sql(statement)
-    except Exception:  # noqa: BLE001 - pglast's ParseError, or a placeholder it cannot read
+    node = _only_statement(statement)
+    if not isinstance(node, ast.AlterTableStmt):
         return None
-    if len(statements) != 1 or not isinstance(statements[0].stmt, ast.AlterTableStmt):
-        return None
-    node = statements[0].stmt
     cmds = node.cmds or ()
     if node.relation is None or len(cmds) != 1:
         return None
@@ -95,15 +115,9 @@ def concurrent_build(statement: str) -> Build | None:
     """The concurrent index build in `statement` (comments, quoting and case as the server
     reads them): a `CREATE INDEX CONCURRENTLY`, named or not, or a `REINDEX INDEX|TABLE|SCHEMA|
     DATABASE CONCURRENTLY`; None for any other statement or one the parser refuses."""
-    from pglast import ast, parse_sql
+    from pglast import ast
 
-    try:
-        statements = parse_sql(statement)
-    except Exception:  # noqa: BLE001 - pglast's ParseError, or a placeholder it cannot read
-        return None
-    if len(statements) != 1:
-        return None
-    node = statements[0].stmt
+    node = _only_statement(statement)
     relation = getattr(node, "relation", None)
     name = str(relation.relname) if relation is not None and relation.relname else ""
     schema = (relation.schemaname or None) if relation is not None and name else None

@@ -28,6 +28,7 @@ from tests.helpers import (
 )
 from tests.helpers.pgcluster import PLAIN_ROLE, SPECIAL_ROLE, ClusterDatabase
 from tests.helpers.runner import wait_for
+from tests.helpers.scenarios import report
 
 TABLE_A = (
     "op.create_table('a', sa.Column('id', sa.Integer, primary_key=True))\n"
@@ -46,8 +47,16 @@ WHERE a.datname = current_database() AND NOT l.granted
 """
 
 
-def report(github: GitHubRunner) -> dict:
-    return json.loads((github.workspace / "db-deploy-report.json").read_text())
+def alone(github: GitHubRunner, statement: str = "") -> list[dict]:
+    """The lock attempts of the statements retried alone (scope `statement …`), those of the
+    statement beginning with `statement`."""
+    tries = report(github)["migrate"]["lock_attempts"]
+    return [t for t in tries if t["scope"].startswith(f"statement {statement}")]
+
+
+def in_autocommit_block(statement: str) -> str:
+    """A revision's upgrade running `statement` outside a transaction (Alembic's block)."""
+    return f"with op.get_context().autocommit_block():\n    op.execute({statement!r})"
 
 
 @pytest.fixture
@@ -532,17 +541,16 @@ def test_a_failed_concurrent_index_build_is_dropped_before_its_retry(
         conn.execute(sa.text(f"CREATE UNIQUE INDEX CONCURRENTLY {BYSTANDER} ON a ((id % 2))"))
     project.add(
         "0002_index",
-        f"with op.get_context().autocommit_block():\n    op.execute({statement!r})",
+        in_autocommit_block(statement),
     )
     hold(blocker, "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ", "SELECT * FROM other")
     run = deploy(project, **{"lock-timeout": "300ms", "lock-wait-budget": "2s"})
     assert run.returncode == 1, run.output
     assert github.outputs()["error-class"] == "lock-timeout"
-    tries = report(github)["migrate"]["lock_attempts"]
-    alone = [t for t in tries if t["scope"].startswith("statement ")]
-    assert len(alone) >= 2 and all(t["timed_out"] for t in alone)
-    assert {t["lock_timeout"] for t in alone} == {0.3}  # the cap, not the ladder's rungs
-    for t in alone[1:]:
+    tries = alone(github)
+    assert len(tries) >= 2 and all(t["timed_out"] for t in tries)
+    assert {t["lock_timeout"] for t in tries} == {0.3}  # the cap, not the ladder's rungs
+    for t in tries[1:]:
         names = t["dropped_index"].split(", ")
         toast = [d for d in names if d.startswith("pg_toast.")]
         if dropped is None:  # copies of the indexes of whichever table came first
@@ -552,7 +560,7 @@ def test_a_failed_concurrent_index_build_is_dropped_before_its_retry(
         assert len(toast) == (TEXT_COLUMN in setup), names
     invalid = "SELECT relname FROM pg_index JOIN pg_class ON oid = indexrelid WHERE NOT indisvalid"
     assert [r[0] for r in database.rows(invalid)] == [BYSTANDER]
-    assert (dropped or [alone[-1]["dropped_index"].split(", ")[0]])[0] in github.summary()
+    assert (dropped or [tries[-1]["dropped_index"].split(", ")[0]])[0] in github.summary()
     blocker.execute(sa.text("ROLLBACK"))
     assert deploy(project).returncode == 0
     assert [r[0] for r in database.rows(invalid)] == [BYSTANDER]
@@ -575,18 +583,15 @@ def test_a_concurrent_detach_left_pending_is_finalized(
     project.add("0001_a", "\n".join([TABLE_A, PARTITIONED]))
     assert deploy(project).returncode == 0
     project.add(
-        "0002_detach",
-        "with op.get_context().autocommit_block():\n"
-        "    op.execute('ALTER TABLE p DETACH PARTITION p1 CONCURRENTLY')",
+        "0002_detach", in_autocommit_block("ALTER TABLE p DETACH PARTITION p1 CONCURRENTLY")
     )
     pending = "SELECT inhdetachpending FROM pg_inherits WHERE inhrelid = 'p1'::regclass"
     hold(blocker, "SELECT count(*) FROM p")
     run = deploy(project, **{"lock-timeout": "300ms", "lock-wait-budget": "1500ms"})
     assert run.returncode == 1, run.output
     assert github.outputs()["error-class"] == "lock-timeout", github.outputs()["error"]
-    tries = report(github)["migrate"]["lock_attempts"]
-    alone = [t for t in tries if t["scope"].startswith("statement ALTER TABLE p DETACH")]
-    assert len(alone) >= 2 and all(t["timed_out"] for t in alone)
+    tries = alone(github, "ALTER TABLE p DETACH")
+    assert len(tries) >= 2 and all(t["timed_out"] for t in tries)
     assert database.rows(pending) == [(True,)]  # left for the next run to finish
     blocker.execute(sa.text("ROLLBACK"))
     run = deploy(project)
@@ -618,11 +623,11 @@ def test_env_connection_autocommit_retries_each_statement_alone(
     assert run.returncode == 0, run.output
     assert database.version() == {"0002_alter"} and "before" in database.tables()
     tries = report(github)["migrate"]["lock_attempts"]
-    alone = [t for t in tries if t["scope"].startswith("statement ALTER TABLE a ADD COLUMN x")]
-    assert len(alone) >= 2
-    assert [t["lock_timeout"] for t in alone[:2]] == [0.2, 0.4]
-    assert all(t["timed_out"] for t in alone[:-1]) and not alone[-1]["timed_out"]
-    assert held.pid in {t["blocker_pid"] for t in alone}
+    statement = alone(github, "ALTER TABLE a ADD COLUMN x")
+    assert len(statement) >= 2
+    assert [t["lock_timeout"] for t in statement[:2]] == [0.2, 0.4]
+    assert all(t["timed_out"] for t in statement[:-1]) and not statement[-1]["timed_out"]
+    assert held.pid in {t["blocker_pid"] for t in statement}
     # The statement was retried, not the revision: one attempt of the upgrade, which went through.
     assert [t["timed_out"] for t in tries if t["scope"] == "upgrade"] == [False]
 

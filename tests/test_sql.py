@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from deployer.sql import Build, Detach, concurrent_build, concurrent_detach, may_build_concurrently
+from deployer.sql import (
+    Build,
+    Detach,
+    concurrent_build,
+    concurrent_detach,
+    may_build_concurrently,
+    qualified,
+)
 
 BUILDS: dict[str, Build | None] = {
     "CREATE INDEX CONCURRENTLY ix ON a (id)": ("create", None, "a", "ix"),
@@ -39,13 +46,6 @@ def test_the_concurrent_build_is_what_the_parser_reads(statement: str) -> None:
     assert concurrent_build(statement) == BUILDS[statement]
 
 
-@pytest.mark.parametrize("statement", [s for s, build in BUILDS.items() if build])
-def test_every_concurrent_build_passes_the_cheap_test_before_the_parser(statement: str) -> None:
-    assert may_build_concurrently(statement)
-    assert may_build_concurrently(statement.swapcase())
-    assert not may_build_concurrently("CREATE INDEX ix ON a (id)")
-
-
 DETACHES: dict[str, Detach | None] = {
     "ALTER TABLE p DETACH PARTITION p1 CONCURRENTLY": ((None, "p"), (None, "p1")),
     '/* monthly */ alter table s."P" detach partition s.p1 concurrently': (
@@ -62,3 +62,25 @@ DETACHES: dict[str, Detach | None] = {
 @pytest.mark.parametrize("statement", list(DETACHES))
 def test_the_concurrent_detach_is_what_the_parser_reads(statement: str) -> None:
     assert concurrent_detach(statement) == DETACHES[statement]
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [s for s, found in (*BUILDS.items(), *DETACHES.items()) if found],
+)
+def test_every_concurrent_statement_passes_the_cheap_test_before_the_parser(
+    statement: str,
+) -> None:
+    assert may_build_concurrently(statement)
+    assert may_build_concurrently(statement.swapcase())
+
+
+def test_a_statement_without_the_keyword_is_not_parsed() -> None:
+    assert not may_build_concurrently("CREATE INDEX ix ON a (id)")
+    assert not may_build_concurrently("ALTER TABLE p DETACH PARTITION p1")
+
+
+def test_names_are_quoted_as_identifiers() -> None:
+    assert qualified("public", "a") == '"public"."a"'
+    assert qualified(None, 'My "odd" %name') == '"My ""odd"" %name"'  # the search path decides
+    assert qualified('S"', "t") == '"S"""."t"'

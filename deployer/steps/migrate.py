@@ -44,6 +44,7 @@ from deployer.db import (
 )
 from deployer.errors import ConfigError, DeployError, StepFailed, describe_exception, sqlstate
 from deployer.results import AppliedRevision, Failure, MigrateResult
+from deployer.sql import quote_ident
 
 HEAD_TARGETS = {"head", "heads"}
 ENV_CONNECTIONS = ("shared", "autocommit", "none")  # the input env-connection
@@ -301,10 +302,6 @@ class _Stamped:
 UNFINISHED_TABLE = "db_deploy_unfinished"
 
 
-def _q(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 @dataclass
 class _Marks:
     """On an autocommit connection a revision's statements commit one by one, so a crash (or
@@ -323,7 +320,7 @@ class _Marks:
     def mark(self, conn: sa.Connection, step: RevisionStep) -> None:
         if self.off:
             return
-        table = f"{_q(self.schema)}.{UNFINISHED_TABLE}"
+        table = f"{quote_ident(self.schema)}.{UNFINISHED_TABLE}"
         try:
             if not self.ready:
                 conn.exec_driver_sql(
@@ -352,7 +349,9 @@ class _Marks:
         conn.exec_driver_sql("SAVEPOINT db_deploy_unfinished")
         try:
             conn.execute(
-                sa.text(f"DELETE FROM {_q(self.schema)}.{UNFINISHED_TABLE} WHERE revision = :r"),
+                sa.text(
+                    f"DELETE FROM {quote_ident(self.schema)}.{UNFINISHED_TABLE} WHERE revision = :r"
+                ),
                 {"r": revision},
             )
         except sa.exc.DBAPIError:
@@ -378,7 +377,7 @@ class Unfinished:
 def unfinished(conn: sa.Connection, schema: str) -> list[Unfinished]:
     """The revisions marked unfinished (`_Marks`), oldest first; none when there is no such
     table or it cannot be read. Leaves no transaction open."""
-    table = f"{_q(schema)}.{UNFINISHED_TABLE}"
+    table = f"{quote_ident(schema)}.{UNFINISHED_TABLE}"
     try:
         if not conn.execute(sa.text("SELECT to_regclass(:t) IS NOT NULL"), {"t": table}).scalar():
             return []
@@ -403,7 +402,9 @@ def clear_unfinished(conn: sa.Connection, schema: str, revisions: list[str]) -> 
         return
     try:
         conn.execute(
-            sa.text(f"DELETE FROM {_q(schema)}.{UNFINISHED_TABLE} WHERE revision = ANY(:r)"),
+            sa.text(
+                f"DELETE FROM {quote_ident(schema)}.{UNFINISHED_TABLE} WHERE revision = ANY(:r)"
+            ),
             {"r": revisions},
         )
         conn.commit()

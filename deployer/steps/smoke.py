@@ -30,6 +30,7 @@ from deployer.results import (
     TableCheck,
     VectorIndex,
 )
+from deployer.sql import qualified
 from deployer.types import Expectation, ExtensionRequirement, version_tuple
 
 EXACT_LIMIT = 10_000
@@ -74,14 +75,6 @@ _VECTOR_INDEXES = sa.text(
     ORDER BY 2, 1
     """
 )
-
-
-def quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def qualified(schema: str, table: str) -> str:
-    return f"{quote_ident(schema)}.{quote_ident(table)}"
 
 
 def recommended_lists(rows: int) -> int:
